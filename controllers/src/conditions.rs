@@ -1,0 +1,196 @@
+//! `metav1.Condition` bookkeeping.
+//!
+//! `lastTransitionTime` moves only when a condition's status flips, so
+//! `kubectl wait`, kstatus and Argo CD read transitions, not reconciles.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// A condition's status, as the API spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::True => "True",
+            Status::False => "False",
+            Status::Unknown => "Unknown",
+        }
+    }
+}
+
+/// What a reconcile wants a condition to say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desired {
+    pub type_: &'static str,
+    pub status: Status,
+    /// Positive CamelCase, e.g. `SignatureValid`.
+    pub reason: &'static str,
+    /// For people.
+    pub message: String,
+}
+
+impl Desired {
+    pub fn new(
+        type_: &'static str,
+        status: Status,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Messages longer than this are cut (the API allows 32768; status stays small).
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// Merges `desired` into `current` and returns the new list, sorted by type.
+///
+/// A condition whose status is unchanged keeps its `lastTransitionTime`; a
+/// new or flipped one gets `now`. Conditions of other types are kept as they are.
+pub fn merge(
+    current: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = current
+        .iter()
+        .filter(|c| !desired.iter().any(|d| d.type_ == c.type_))
+        .cloned()
+        .collect();
+    for d in desired {
+        let previous = current.iter().find(|c| c.type_ == d.type_);
+        let last_transition_time = match previous {
+            Some(p) if p.status == d.status.as_str() => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        out.push(Condition {
+            type_: d.type_.to_string(),
+            status: d.status.as_str().to_string(),
+            reason: d.reason.to_string(),
+            message: truncate(&d.message, MAX_MESSAGE_LEN),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// The condition of a type, if present.
+pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn new_condition_gets_now() {
+        let out = merge(
+            &[],
+            &[Desired::new("Ready", Status::Unknown, "Reconciling", "m")],
+            Some(3),
+            &at(100),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].status, "Unknown");
+        assert_eq!(out[0].observed_generation, Some(3));
+        assert_eq!(out[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_time_but_updates_reason_and_message() {
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", Status::False, "Waiting", "a")],
+            Some(1),
+            &at(100),
+        );
+        let second = merge(
+            &first,
+            &[Desired::new("Ready", Status::False, "StillWaiting", "b")],
+            Some(2),
+            &at(200),
+        );
+        assert_eq!(second[0].last_transition_time, at(100));
+        assert_eq!(second[0].reason, "StillWaiting");
+        assert_eq!(second[0].message, "b");
+        assert_eq!(second[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn flipped_status_moves_transition_time() {
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", Status::False, "Waiting", "")],
+            None,
+            &at(100),
+        );
+        let second = merge(
+            &first,
+            &[Desired::new("Ready", Status::True, "Available", "")],
+            None,
+            &at(200),
+        );
+        assert_eq!(second[0].last_transition_time, at(200));
+    }
+
+    #[test]
+    fn other_types_are_kept_and_output_is_sorted() {
+        let first = merge(
+            &[],
+            &[Desired::new("Verified", Status::True, "SignatureValid", "")],
+            None,
+            &at(1),
+        );
+        let second = merge(
+            &first,
+            &[Desired::new("Approved", Status::False, "Rejected", "")],
+            None,
+            &at(2),
+        );
+        let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Approved", "Verified"]);
+        assert_eq!(
+            find(&second, "Verified").map(|c| c.last_transition_time.clone()),
+            Some(at(1))
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_LEN);
+        let cut = truncate(&long, MAX_MESSAGE_LEN);
+        assert!(cut.len() <= MAX_MESSAGE_LEN);
+        assert!(cut.ends_with("..."));
+        assert_eq!(truncate("short", 10), "short");
+    }
+}

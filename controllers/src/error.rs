@@ -1,0 +1,48 @@
+//! The one error type of the controllers crate.
+
+/// An error met while reconciling. [`Error::category`] is stable: metrics,
+/// Events and logs key on it, so renaming a variant does not change it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// An object could not be turned into JSON (a bug, not bad input).
+    #[error("could not serialize an object: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// An object lacks something the API server always sets (name, uid, ...).
+    #[error("object is missing {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Stable, low-cardinality name of the error's kind.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(_)) => "api_rejected",
+            Error::Kube(_) => "api_unreachable",
+            Error::Serialization(_) => "serialization",
+            Error::MissingField(_) => "missing_field",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_are_stable_names() {
+        assert_eq!(
+            Error::MissingField("metadata.name").category(),
+            "missing_field"
+        );
+        let bad_json = serde_json::from_str::<serde_json::Value>("{").err();
+        assert_eq!(
+            bad_json.map(|e| Error::from(e).category()),
+            Some("serialization")
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! `DrDrill` controller.
+
+use std::sync::Arc;
+
+use kube::Api;
+use somastack_crds::DrDrill;
+
+use crate::runtime::{self, Context};
+
+/// Runs the DrDrill controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<DrDrill> = Api::all(ctx.client.clone());
+    runtime::run(api, ctx, shutdown, |obj, ctx| {
+        super::observe(obj, ctx, "Succeeded", true)
+    })
+    .await;
+}

@@ -1,0 +1,20 @@
+//! `Installation` controller.
+
+use std::sync::Arc;
+
+use kube::Api;
+use somastack_crds::Installation;
+
+use crate::runtime::{self, Context};
+
+/// Runs the Installation controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<Installation> = Api::all(ctx.client.clone());
+    runtime::run(api, ctx, shutdown, |obj, ctx| {
+        super::observe(obj, ctx, "Ready", true)
+    })
+    .await;
+}

@@ -1,0 +1,20 @@
+//! `KamachiqProject` controller.
+
+use std::sync::Arc;
+
+use kube::Api;
+use somastack_crds::KamachiqProject;
+
+use crate::runtime::{self, Context};
+
+/// Runs the KamachiqProject controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api: Api<KamachiqProject> = Api::all(ctx.client.clone());
+    runtime::run(api, ctx, shutdown, |obj, ctx| {
+        super::observe(obj, ctx, "Succeeded", true)
+    })
+    .await;
+}

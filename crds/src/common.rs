@@ -1,0 +1,199 @@
+//! Types and schema pieces shared by several kinds.
+//!
+//! String formats (region names, semantic versions, digests, quantities, cron
+//! expressions) are checked by the API server with CEL rules that carry a
+//! message a person understands, instead of bare `pattern`s whose error only
+//! repeats the regular expression.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// How sensitive the data a capsule handles is; residency rules key on it.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DataClassification {
+    Public,
+    Internal,
+    Confidential,
+    Restricted,
+}
+
+impl DataClassification {
+    pub const ALL: [DataClassification; 4] = [
+        Self::Public,
+        Self::Internal,
+        Self::Confidential,
+        Self::Restricted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Internal => "internal",
+            Self::Confidential => "confidential",
+            Self::Restricted => "restricted",
+        }
+    }
+}
+
+impl std::fmt::Display for DataClassification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Names one version of a marketplace package (a Capsule).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapsuleRef {
+    /// Package name, as in `Capsule.spec.package`.
+    #[schemars(schema_with = "dns_label")]
+    pub package: String,
+    /// Exact semantic version, as in `Capsule.spec.version`.
+    #[schemars(schema_with = "semver")]
+    pub version: String,
+}
+
+/// Conditions list as Kubernetes API conventions want it: a map keyed by `type`.
+pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
+    let mut item = generator.subschema_for::<Condition>();
+    // k8s-openapi's Condition schema is large; inline what the API server needs.
+    item.remove("description");
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": item,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    })
+}
+
+/// A CEL rule with its message, in the shape `x-kubernetes-validations` wants.
+fn rule(rule: &str, message: &str) -> Value {
+    json!({ "rule": rule, "message": message })
+}
+
+fn string_with(max_len: u32, rules: Vec<Value>) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": max_len,
+        "x-kubernetes-validations": rules,
+    })
+}
+
+const DNS_LABEL_RE: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A lowercase RFC 1123 label: package, publisher, task and capability names.
+pub fn dns_label(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        63,
+        vec![rule(
+            &format!("self.matches('{DNS_LABEL_RE}')"),
+            "must be a lowercase name of at most 63 characters: letters a-z, digits and '-', starting and ending with a letter or digit",
+        )],
+    )
+}
+
+/// A region name such as `eu-west-1`: what kwok/cloud nodes carry in
+/// `topology.kubernetes.io/region`.
+pub fn region(_: &mut SchemaGenerator) -> Schema {
+    string_with(63, vec![region_rule()])
+}
+
+fn region_rule() -> Value {
+    rule(
+        &format!("self.matches('{DNS_LABEL_RE}')"),
+        "must be a region name such as eu-west-1: lowercase letters, digits and '-', at most 63 characters",
+    )
+}
+
+/// A set of region names (no duplicates).
+pub fn region_set(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": string_with(63, vec![region_rule()]),
+        "x-kubernetes-list-type": "set",
+    })
+}
+
+/// A set of lowercase names (capabilities, dependencies).
+pub fn dns_label_set(generator: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": dns_label(generator),
+        "x-kubernetes-list-type": "set",
+    })
+}
+
+/// Semantic version 2.0.0 (`1.2.3`, `1.2.3-rc.1`, `1.2.3+build.5`).
+pub fn semver(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        128,
+        vec![rule(
+            r"self.matches('^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$')",
+            "must be a semantic version such as 1.4.2 or 2.0.0-rc.1",
+        )],
+    )
+}
+
+/// A container image pinned by digest: `registry/repo@sha256:<64 hex>`.
+pub fn image_digest(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        512,
+        vec![rule(
+            r"self.matches('^[a-z0-9]+([._/:-][a-z0-9]+)*@sha256:[a-f0-9]{64}$')",
+            "must be an image pinned by digest, such as registry.example/agents/summarizer@sha256:<64 hex digits>; tags are not accepted",
+        )],
+    )
+}
+
+/// A URL path such as `/healthz`.
+pub fn http_path(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        256,
+        vec![rule(
+            r"self.matches('^/[A-Za-z0-9._~!$&()*+,;=:@%/-]*$')",
+            "must be an absolute URL path starting with '/', such as /healthz",
+        )],
+    )
+}
+
+/// A Kubernetes resource quantity (`500m`, `2`, `1Gi`), as an integer or a string.
+pub fn quantity(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "anyOf": [{ "type": "integer" }, { "type": "string", "maxLength": 32 }],
+        "x-kubernetes-validations": [rule(
+            "isQuantity(string(self))",
+            "must be a Kubernetes quantity such as 500m, 2, 256Mi or 1Gi",
+        )],
+    })
+}
+
+/// A five-field cron expression, or one of the `@hourly`-style macros.
+pub fn cron(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        128,
+        vec![rule(
+            r"self.matches('^(@(yearly|annually|monthly|weekly|daily|hourly)|[0-9A-Za-z*/,?#-]+(\\s+[0-9A-Za-z*/,?#-]+){4})$')",
+            "must be a cron schedule with five fields (minute hour day-of-month month day-of-week), such as '0 3 * * *', or a macro such as @daily",
+        )],
+    )
+}
+
+/// An http or https URL.
+pub fn http_url(_: &mut SchemaGenerator) -> Schema {
+    string_with(
+        2048,
+        vec![rule(
+            "isURL(self) && (url(self).getScheme() == 'http' || url(self).getScheme() == 'https')",
+            "must be an http:// or https:// URL",
+        )],
+    )
+}

@@ -1,0 +1,215 @@
+//! `DrDrill`: a disaster-recovery drill against an Installation.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common;
+
+/// Inject an outage into an Installation, fail over, measure the recovery
+/// time (RTO), restore, and record a timeline and a verdict; once or on a
+/// cron schedule.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "somastack.io",
+    version = "v1alpha1",
+    kind = "DrDrill",
+    plural = "drdrills",
+    shortname = "drill",
+    category = "somastack",
+    namespaced,
+    status = "DrDrillStatus",
+    doc = "A disaster-recovery drill against an Installation, with a measured RTO and a verdict.",
+    printcolumn(
+        name = "Installation",
+        type_ = "string",
+        json_path = ".spec.installationRef.name"
+    ),
+    printcolumn(name = "Scenario", type_ = "string", json_path = ".spec.scenario"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Verdict", type_ = "string", json_path = ".status.verdict"),
+    printcolumn(
+        name = "RTO",
+        type_ = "number",
+        json_path = ".status.measuredRtoSeconds"
+    ),
+    printcolumn(
+        name = "Schedule",
+        type_ = "string",
+        json_path = ".spec.schedule",
+        priority = 1
+    ),
+    printcolumn(name = "Last-Run", type_ = "date", json_path = ".status.lastRunTime"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.targetRegion) || !has(self.failoverRegion) || self.targetRegion != self.failoverRegion").message("failoverRegion must differ from targetRegion: a drill cannot fail over into the region it takes down"))]
+#[x_kube(validation = Rule::new("self.scope != 'Region' || self.scenario == 'RegionOutage'").message("scope: Region applies only to the RegionOutage scenario"))]
+#[x_kube(validation = Rule::new("self.scenario != 'PodLoss' || !has(self.failoverRegion)").message("failoverRegion does not apply to PodLoss, which recovers in place"))]
+pub struct DrDrillSpec {
+    /// The Installation (in this namespace) to drill.
+    pub installation_ref: LocalRef,
+    /// What goes wrong.
+    pub scenario: Scenario,
+    /// `Installation` (default): only the target's pods lose the region. `Region`: the region's nodes are tainted NoExecute.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Region taken down; default the Installation's active region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "common::region")]
+    pub target_region: Option<String>,
+    /// Region to fail over to; default the first allowed entry of the Installation's failoverRegions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "common::region")]
+    pub failover_region: Option<String>,
+    /// What counts as a pass.
+    pub objectives: Objectives,
+    /// Cron schedule (five fields, UTC); absent runs the drill once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "common::cron")]
+    pub schedule: Option<String>,
+    /// A run that takes longer is ended, restored and failed (default 900).
+    #[serde(default = "default_timeout")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub timeout_seconds: i32,
+    /// Return the Installation to its home region after the drill (default true).
+    #[serde(default = "default_true")]
+    pub restore: bool,
+    /// Abort a running drill (restoring) and start no new run.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Past runs kept in status (default 5).
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 1, max = 50))]
+    pub history_limit: i32,
+}
+
+fn default_timeout() -> i32 {
+    900
+}
+fn default_true() -> bool {
+    true
+}
+fn default_history_limit() -> i32 {
+    5
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LocalRef {
+    #[schemars(schema_with = "common::dns_label")]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Scenario {
+    /// The target region becomes unusable; the workload must fail over.
+    RegionOutage,
+    /// The Installation's pods are deleted; the workload must recover in place.
+    PodLoss,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Scope {
+    #[default]
+    Installation,
+    Region,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Objectives {
+    /// Recovery time objective: most seconds from injection to Available again.
+    #[schemars(range(min = 1, max = 86400))]
+    pub rto_seconds: i32,
+    /// Recovery point objective, in seconds of data loss tolerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub rpo_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DrillPhase {
+    #[default]
+    Pending,
+    Waiting,
+    Running,
+    Restoring,
+    Succeeded,
+    Failed,
+    Scheduled,
+    Suspended,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    Pass,
+    Fail,
+}
+
+/// One step of a drill run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// `Validate`, `Snapshot`, `Inject`, `Failover`, `Verify`, `Restore`, `Report`.
+    pub step: String,
+    pub start: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    /// `Running`, `Succeeded`, `Failed`, `Skipped`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Summary of one finished run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillRun {
+    pub start: Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_rto_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// What the operator observed about a DrDrill.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrDrillStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DrillPhase>,
+    /// `Succeeded` (a run's outcome).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "common::conditions")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<String>,
+    /// Steps of the current or last run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub timeline: Vec<TimelineEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_rto_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<Time>,
+    /// Past runs, newest first, at most `historyLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub history: Vec<DrillRun>,
+}

@@ -1,0 +1,161 @@
+//! `Installation`: a Capsule version running in a namespace and a region.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{self, CapsuleRef};
+
+/// A Capsule version running in this namespace, in one region.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "somastack.io",
+    version = "v1alpha1",
+    kind = "Installation",
+    plural = "installations",
+    shortname = "inst",
+    category = "somastack",
+    namespaced,
+    status = "InstallationStatus",
+    doc = "A Capsule version running in a namespace and a region.",
+    printcolumn(
+        name = "Package",
+        type_ = "string",
+        json_path = ".spec.capsule.package"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".spec.capsule.version"
+    ),
+    printcolumn(name = "Region", type_ = "string", json_path = ".status.activeRegion"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Revision",
+        type_ = "integer",
+        json_path = ".status.currentRevision",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.failoverRegions) || !(self.region in self.failoverRegions)").message("failoverRegions must not contain the home region (spec.region)"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas, or be left out when autoscaling is set"))]
+pub struct InstallationSpec {
+    /// The Capsule (package and version) to run.
+    pub capsule: CapsuleRef,
+    /// Home region; pods are scheduled only onto nodes labelled `topology.kubernetes.io/region` with it.
+    #[schemars(schema_with = "common::region")]
+    pub region: String,
+    /// Regions a disaster-recovery failover may move the workload to, in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "common::region_set")]
+    pub failover_regions: Vec<String>,
+    /// Number of replicas (default 1). Left to the autoscaler when `autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling on CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Configuration, mounted as a ConfigMap and exposed as environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && size(k) <= 253)").message("config keys may contain only letters, digits, '-', '_' and '.' (at most 253 characters)"))]
+    #[schemars(extend("maxProperties" = 64))]
+    pub config: BTreeMap<String, String>,
+    /// Stop reconciling the workload (nothing is deleted).
+    #[serde(default)]
+    pub paused: bool,
+    /// How many old revisions to keep for rollback (default 10).
+    #[serde(default = "default_revision_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub revision_history_limit: i32,
+    /// How upgrades are watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradePolicy>,
+}
+
+fn default_revision_history_limit() -> i32 {
+    10
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("autoscaling.minReplicas must not be greater than autoscaling.maxReplicas"))]
+pub struct Autoscaling {
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation, percent of the request (default 80).
+    #[serde(default = "default_target_cpu")]
+    #[schemars(range(min = 1, max = 100))]
+    #[serde(rename = "targetCPUUtilizationPercentage")]
+    pub target_cpu_utilization_percentage: i32,
+}
+
+fn default_target_cpu() -> i32 {
+    80
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradePolicy {
+    /// Roll back automatically when a new revision is not Available within the deadline.
+    #[serde(default)]
+    pub auto_rollback: bool,
+    /// Seconds a new revision has to become Available (default 600).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_progress_deadline() -> i32 {
+    600
+}
+
+/// Lifecycle phase of an Installation, for people; automation reads the conditions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum InstallationPhase {
+    #[default]
+    Pending,
+    Progressing,
+    Ready,
+    Degraded,
+    Blocked,
+    Suspended,
+}
+
+/// What the operator observed about an Installation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstallationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<InstallationPhase>,
+    /// `PolicyCompliant`, `Available`, `Progressing`, `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "common::conditions")]
+    pub conditions: Vec<Condition>,
+    /// Number of the revision the workload runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<i64>,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Region the workload runs in now (the home region unless failed over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_region: Option<String>,
+}

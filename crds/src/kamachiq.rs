@@ -1,0 +1,231 @@
+//! `KamachiqProject`: a goal driven to completion as a DAG of agent tasks.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{self, CapsuleRef};
+
+/// Most tasks a project may list inline in `spec.tasks`.
+pub const MAX_INLINE_TASKS: usize = 256;
+/// Most tasks listed in status (failed first); counts cover the rest.
+pub const MAX_LISTED_TASKS: usize = 50;
+
+/// A goal decomposed into a DAG of tasks, each run as an agent Job, reviewed
+/// and aggregated, under budgets and approval gates.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "somastack.io",
+    version = "v1alpha1",
+    kind = "KamachiqProject",
+    plural = "kamachiqprojects",
+    shortname = "kp",
+    category = "somastack",
+    namespaced,
+    status = "KamachiqProjectStatus",
+    doc = "Autonomous project orchestration: goal -> task DAG -> agent Jobs -> review -> aggregated results.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Tasks",
+        type_ = "integer",
+        json_path = ".status.taskCounts.total"
+    ),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "integer",
+        json_path = ".status.taskCounts.succeeded"
+    ),
+    printcolumn(
+        name = "Failed",
+        type_ = "integer",
+        json_path = ".status.taskCounts.failed"
+    ),
+    printcolumn(
+        name = "Goal",
+        type_ = "string",
+        json_path = ".spec.goal",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.planner) || (has(self.tasks) && size(self.tasks) > 0)").message("a project needs tasks or a planner: list spec.tasks, or set spec.planner to decompose the goal"))]
+#[x_kube(validation = Rule::new("!has(self.tasks) || self.tasks.all(t, !has(t.dependsOn) || t.dependsOn.all(d, self.tasks.exists(u, u.name == d)))").message("every dependsOn entry must name a task listed in spec.tasks"))]
+#[x_kube(validation = Rule::new("!has(self.tasks) || !has(self.budget) || !has(self.budget.maxTasks) || size(self.tasks) <= self.budget.maxTasks").message("spec.tasks has more tasks than budget.maxTasks allows"))]
+pub struct KamachiqProjectSpec {
+    /// What the project should achieve, in plain words; given to the planner and every task.
+    #[schemars(length(min = 1, max = 4096))]
+    pub goal: String,
+    /// Decomposes the goal into tasks when `tasks` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<Planner>,
+    /// The task DAG (names unique; dependsOn names other tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub tasks: Vec<Task>,
+    /// Most tasks running at once (default 4).
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1, max = 100))]
+    pub parallelism: i32,
+    /// Limits on the whole project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// Approval gate before anything is spawned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// A reviewer capsule run per task; its verdict decides accept or retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<CapsuleRef>,
+    /// Stop spawning and stop running Jobs; resume by setting false.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+fn default_parallelism() -> i32 {
+    4
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.capsule) != has(self.url)").message("planner needs exactly one of capsule (an installed planner capsule) or url"))]
+pub struct Planner {
+    /// An Installation in this namespace running a planner capsule; its Service is called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capsule: Option<CapsuleRef>,
+    /// An HTTP endpoint implementing the planner contract (docs/kamachiq.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "common::http_url")]
+    pub url: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.dependsOn) || !(self.name in self.dependsOn)").message("a task cannot depend on itself"))]
+pub struct Task {
+    /// Unique task name.
+    #[schemars(schema_with = "common::dns_label")]
+    pub name: String,
+    /// The agent capsule that performs the task.
+    pub capsule: CapsuleRef,
+    /// Tasks that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "dependency_set")]
+    pub depends_on: Vec<String>,
+    /// Input handed to the agent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 16384))]
+    pub input: String,
+    /// Seconds one attempt may run (default 600).
+    #[serde(default = "default_task_timeout")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub timeout_seconds: i32,
+    /// Attempts after the first failure (default 1).
+    #[serde(default = "default_retries")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: i32,
+}
+
+fn dependency_set(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut s = common::dns_label_set(generator);
+    s.insert("maxItems".into(), 16.into());
+    s
+}
+
+fn default_task_timeout() -> i32 {
+    600
+}
+fn default_retries() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// Most tasks the plan may have (default 100); a larger plan is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 5000))]
+    pub max_tasks: Option<i32>,
+    /// Wall-clock seconds for the whole project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub max_duration_seconds: Option<i32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// Wait in AwaitingApproval until a reviewer approves the plan digest.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ProjectPhase {
+    #[default]
+    Pending,
+    Planning,
+    AwaitingApproval,
+    Running,
+    Suspended,
+    Halted,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCounts {
+    pub total: i32,
+    pub pending: i32,
+    pub running: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskState {
+    pub name: String,
+    /// `Pending`, `Running`, `Succeeded`, `Failed`.
+    pub phase: String,
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// What the operator observed about a KamachiqProject.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KamachiqProjectStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ProjectPhase>,
+    /// `Succeeded` (the project's outcome), plus `Approved` when a gate applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "common::conditions")]
+    pub conditions: Vec<Condition>,
+    /// `sha256:<hex>` of the validated plan; approvals are bound to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_counts: Option<TaskCounts>,
+    /// Up to 50 tasks, failed first; the Jobs hold every task's state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub tasks: Vec<TaskState>,
+    /// Name of the ConfigMap holding the aggregated results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}

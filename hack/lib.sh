@@ -1,0 +1,54 @@
+# shellcheck shell=bash
+# Shared settings for the hack/ scripts. Source it; do not run it.
+#
+# Every pinned version of a tool the project builds lives here, so a bump is a
+# one-line change and the cache key follows it.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+K8S_VERSION="${K8S_VERSION:-v1.37.2}"   # kube-apiserver, -controller-manager, -scheduler, kubectl
+ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
+KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
+HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+
+# Binaries are cached outside the repository, keyed by version, so a fresh
+# clone on the same machine (and CI after a developer session) reuses them.
+CACHE_DIR="${SOMASTACK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/somastack}"
+BIN_DIR="$CACHE_DIR/bin"
+K8S_BIN="$BIN_DIR/kubernetes-$K8S_VERSION"
+ETCD_BIN="$BIN_DIR/etcd-$ETCD_VERSION"
+KWOK_BIN="$BIN_DIR/kwok-$KWOK_VERSION"
+HELM_BIN="$BIN_DIR/helm-$HELM_VERSION"
+
+# The local cluster's state lives in the repo's ignored .local/ folder.
+CLUSTER_NAME="${SOMASTACK_CLUSTER:-somastack}"
+LOCAL_DIR="$ROOT/.local"
+KWOK_WORKDIR="$LOCAL_DIR/kwok"
+LOCAL_KUBECONFIG="$LOCAL_DIR/kubeconfig"
+
+export PATH="$K8S_BIN:$ETCD_BIN:$KWOK_BIN:$HELM_BIN:$PATH"
+
+_t0=$(date +%s)
+log() { printf '[%s +%ss] %s\n' "$(basename "$0")" "$(( $(date +%s) - _t0 ))" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Run a long command while printing a heartbeat every 30 s, so nobody stares
+# at a silent terminal during a cold build.
+with_heartbeat() {
+  local what="$1"; shift
+  local start last now
+  start=$(date +%s); last=$start
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 2
+    now=$(date +%s)
+    if (( now - last >= 30 )) && kill -0 "$pid" 2>/dev/null; then
+      log "... still $what ($(( now - start ))s so far)"
+      last=$now
+    fi
+  done
+  wait "$pid"
+}

@@ -1,0 +1,139 @@
+//! `somastack-operator run`.
+
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{LogFormat, RunArgs};
+use crate::error::{Error, Result};
+
+pub fn main(args: RunArgs) -> Result<()> {
+    init_logging(args.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let client = client(&args).await?;
+    let version = client.apiserver_version().await?;
+    tracing::info!(server = %version.git_version, "connected to the API server");
+    wait_for_crds(&client, args.crd_wait).await?;
+
+    let shutdown = shutdown_signal().shared();
+    tracing::info!("controllers starting");
+    somastack_controllers::run(client, shutdown.clone()).await;
+    tracing::info!("all controllers stopped; exiting");
+    Ok(())
+}
+
+async fn client(args: &RunArgs) -> Result<Client> {
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?
+        }
+        None if args.context.is_some() => Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?,
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// Waits until every CRD of the API is `Established`, polling once a second.
+async fn wait_for_crds(client: &Client, timeout: Duration) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + timeout;
+    for crd in somastack_crds::crdgen::all() {
+        let name = crd.metadata.name.unwrap_or_default();
+        loop {
+            let found = api.get_opt(&name).await?;
+            let established = found.as_ref().and_then(established_status);
+            if established.as_deref() == Some("True") {
+                tracing::info!(crd = %name, "CRD established");
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(match found {
+                    None => Error::CrdMissing { name },
+                    Some(_) => Error::CrdNotEstablished {
+                        name,
+                        secs: timeout.as_secs(),
+                        detail: format!(
+                            "Established is {}",
+                            established.unwrap_or_else(|| "not reported".into())
+                        ),
+                    },
+                });
+            }
+            tracing::info!(crd = %name, "waiting for the CRD to be established");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
+}
+
+fn established_status(crd: &CustomResourceDefinition) -> Option<String> {
+    crd.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Established")
+        .map(|c| c.status.clone())
+}
+
+/// Resolves on SIGTERM or SIGINT. A second signal exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; the operator will stop only when killed");
+        return futures::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received: finishing in-flight reconciles"),
+        _ = int.recv() => tracing::info!("SIGINT received: finishing in-flight reconciles"),
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
