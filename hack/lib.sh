@@ -52,3 +52,19 @@ with_heartbeat() {
   done
   wait "$pid"
 }
+
+# Loopback ports of the local cluster (override SOMASTACK_PORT_BASE to run two).
+PORT_BASE="${SOMASTACK_PORT_BASE:-36400}"
+APISERVER_PORT=$((PORT_BASE + 43))
+ETCD_PORT=$((PORT_BASE + 79))
+ETCD_PEER_PORT=$((PORT_BASE + 80))
+KWOK_PORT=$((PORT_BASE + 47))
+KCM_PORT=$((PORT_BASE + 57))
+SCHEDULER_PORT=$((PORT_BASE + 59))
+
+kubectl_local() { kubectl --kubeconfig "$LOCAL_KUBECONFIG" "$@"; }
+
+# True when the local cluster's API server answers /readyz.
+cluster_running() {
+  [[ -f "$LOCAL_KUBECONFIG" ]] && kubectl_local get --raw /readyz --request-timeout=3s >/dev/null 2>&1
+}

@@ -42,7 +42,7 @@ use crate::common::{self, DataClassification};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.package == oldSelf.package && self.publisher == oldSelf.publisher").message("package and publisher cannot change; publish a new Capsule instead"))]
+#[x_kube(validation = Rule::new("self.__package__ == oldSelf.__package__ && self.publisher == oldSelf.publisher").message("package and publisher cannot change; publish a new Capsule instead"))]
 pub struct CapsuleSpec {
     /// Package name (lowercase DNS label), shared by all versions of the package.
     #[schemars(schema_with = "common::dns_label")]
@@ -192,8 +192,8 @@ pub struct CapsuleStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<ReviewRecord>,
     /// How many Installations use this Capsule.
-    #[serde(default)]
-    pub installations: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installations: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

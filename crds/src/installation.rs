@@ -153,8 +153,8 @@ pub struct InstallationStatus {
     /// Number of the revision the workload runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_revision: Option<i64>,
-    #[serde(default)]
-    pub ready_replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
     /// Region the workload runs in now (the home region unless failed over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_region: Option<String>,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::common::{self, CapsuleRef};
 
 /// Most tasks a project may list inline in `spec.tasks`.
-pub const MAX_INLINE_TASKS: usize = 256;
+pub const MAX_INLINE_TASKS: usize = 128;
 /// Most tasks listed in status (failed first); counts cover the rest.
 pub const MAX_LISTED_TASKS: usize = 50;
 
@@ -66,7 +66,7 @@ pub struct KamachiqProjectSpec {
     pub planner: Option<Planner>,
     /// The task DAG (names unique; dependsOn names other tasks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub tasks: Vec<Task>,
     /// Most tasks running at once (default 4).

@@ -109,7 +109,7 @@ pub struct ResidencyRule {
 pub struct Trust {
     /// Publishers whose keys are trusted.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub publishers: Vec<TrustedPublisher>,
     /// Capsules without a valid signature from a trusted key may not be installed.
@@ -127,7 +127,7 @@ pub struct TrustedPublisher {
     #[schemars(schema_with = "common::dns_label")]
     pub name: String,
     /// The publisher's public keys.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 8))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
     pub keys: Vec<PublisherKey>,
 }
@@ -194,11 +194,11 @@ pub struct PolicyBundleStatus {
     #[schemars(schema_with = "common::conditions")]
     pub conditions: Vec<Condition>,
     /// Number of namespaces the selector matches.
-    #[serde(default)]
-    pub governed_namespaces: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governed_namespaces: Option<i32>,
     /// Number of existing Installations that break this bundle.
-    #[serde(default)]
-    pub violation_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation_count: Option<i32>,
     /// The first violations found (at most 20).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Stops the local cluster and deletes its state (.local/kwok).
+source "$(dirname "$0")/lib.sh"
+command -v kwokctl >/dev/null || die "kwokctl not built; nothing to stop"
+KWOK_WORKDIR="$KWOK_WORKDIR" kwokctl delete cluster --name "$CLUSTER_NAME" --kubeconfig "$LOCAL_KUBECONFIG" >&2 || true
+rm -f "$LOCAL_KUBECONFIG"
+log "cluster '$CLUSTER_NAME' stopped"

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Starts a real Kubernetes control plane on loopback: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler (built by hack/build-tools.sh),
+# with kwok standing in for kubelets, as upstream scale tests do. Creates kwok
+# nodes in three regions (two zones each) and installs the somastack CRDs.
+#
+# The kubeconfig is written to .local/kubeconfig (never ~/.kube/config):
+#   export KUBECONFIG=$PWD/.local/kubeconfig
+# Running it again while the cluster is up only re-applies nodes and CRDs.
+source "$(dirname "$0")/lib.sh"
+
+"$ROOT/hack/build-tools.sh"
+mkdir -p "$LOCAL_DIR"
+
+if cluster_running; then
+  log "cluster '$CLUSTER_NAME' already running ($(kubectl_local config view --minify -o jsonpath='{.clusters[0].cluster.server}'))"
+else
+  # A cluster whose processes are gone (machine restarted) is recreated.
+  KWOK_WORKDIR="$KWOK_WORKDIR" kwokctl delete cluster --name "$CLUSTER_NAME" --kubeconfig "$LOCAL_KUBECONFIG" >/dev/null 2>&1 || true
+  rm -f "$LOCAL_KUBECONFIG"
+  log "starting cluster '$CLUSTER_NAME' on 127.0.0.1:$APISERVER_PORT (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+  loopback=127.0.0.1
+  KWOK_WORKDIR="$KWOK_WORKDIR" with_heartbeat "starting the control plane" \
+    kwokctl create cluster --name "$CLUSTER_NAME" --runtime binary \
+      --kubeconfig "$LOCAL_KUBECONFIG" \
+      --etcd-binary "$ETCD_BIN/etcd" \
+      --kube-apiserver-binary "$K8S_BIN/kube-apiserver" \
+      --kube-controller-manager-binary "$K8S_BIN/kube-controller-manager" \
+      --kube-scheduler-binary "$K8S_BIN/kube-scheduler" \
+      --kwok-controller-binary "$KWOK_BIN/kwok" \
+      --kube-apiserver-port "$APISERVER_PORT" --etcd-port "$ETCD_PORT" --controller-port "$KWOK_PORT" \
+      --kube-controller-manager-port "$KCM_PORT" --kube-scheduler-port "$SCHEDULER_PORT" \
+      --disable-qps-limits \
+      --extra-args "etcd=listen-client-urls=http://$loopback:$ETCD_PORT" \
+      --extra-args "etcd=advertise-client-urls=http://$loopback:$ETCD_PORT" \
+      --extra-args "etcd=listen-peer-urls=http://$loopback:$ETCD_PEER_PORT" \
+      --extra-args "etcd=initial-advertise-peer-urls=http://$loopback:$ETCD_PEER_PORT" \
+      --extra-args "etcd=initial-cluster=node0=http://$loopback:$ETCD_PEER_PORT" \
+      --extra-args "kube-apiserver=bind-address=$loopback" \
+      --extra-args "kube-controller-manager=bind-address=$loopback" \
+      --extra-args "kube-scheduler=bind-address=$loopback" \
+      --extra-args "kwok-controller=server-address=$loopback:$KWOK_PORT" \
+      --wait 120s > "$LOCAL_DIR/kwokctl-create.log" 2>&1 ||
+    { tail -20 "$LOCAL_DIR/kwokctl-create.log" >&2; die "the control plane did not start; logs in $KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs"; }
+fi
+
+log "waiting for the API server to be ready"
+for _ in $(seq 1 120); do cluster_running && break; sleep 1; done
+cluster_running || die "the API server did not become ready; logs in $KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs"
+
+log "creating kwok nodes in three regions"
+"$ROOT/hack/nodes.sh" | kubectl_local apply --server-side --field-manager=somastack-hack -f - >/dev/null
+kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
+
+log "installing the somastack CRDs"
+kubectl_local apply --server-side --field-manager=somastack-hack -f "$ROOT/charts/somastack-operator/crds/" >/dev/null
+kubectl_local wait --for=condition=Established -f "$ROOT/charts/somastack-operator/crds/" --timeout=60s >/dev/null
+
+log "cluster ready: export KUBECONFIG=$LOCAL_KUBECONFIG"
+kubectl_local get nodes -L topology.kubernetes.io/region -L topology.kubernetes.io/zone >&2

@@ -1,0 +1,181 @@
+//! Helpers for the integration tests. Every test talks to the real local
+//! control plane started by `hack/cluster-up.sh` (or to the cluster named by
+//! `$KUBECONFIG`); nothing here imitates the API server.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Api, Client, Config};
+use serde_json::Value;
+
+/// Field manager of everything the tests apply.
+pub const TEST_MANAGER: &str = "somastack-tests";
+/// Label on every namespace a test creates, so stale ones can be swept.
+pub const TEST_NAMESPACE_LABEL: &str = "somastack.io/test";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// The kubeconfig the tests use: `$KUBECONFIG`, else the local cluster's.
+pub fn kubeconfig_path() -> PathBuf {
+    match std::env::var_os("KUBECONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => repo_root().join(".local/kubeconfig"),
+    }
+}
+
+/// A client for the test cluster. Panics with what to do when there is none.
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no cluster to test against ({}: {e}); start one with hack/cluster-up.sh or run hack/test.sh",
+            path.display()
+        )
+    });
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client builds")
+}
+
+/// Splits a multi-document YAML stream into JSON objects (empty documents dropped).
+pub fn parse_docs(yaml: &str) -> Vec<Value> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).expect("valid YAML");
+    docs.into_iter().filter(Value::is_object).collect()
+}
+
+pub fn read_docs(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    parse_docs(&text)
+}
+
+/// The API of a manifest's kind, found through discovery.
+pub async fn api_for(client: &Client, doc: &Value) -> Api<DynamicObject> {
+    let api_version = doc["apiVersion"].as_str().expect("apiVersion");
+    let kind = doc["kind"].as_str().expect("kind");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.expect("kind is served");
+    match (&caps.scope, doc["metadata"]["namespace"].as_str()) {
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// Server-side applies one manifest and returns what the server stored.
+pub async fn apply(client: &Client, doc: &Value) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, doc).await;
+    let name = doc["metadata"]["name"].as_str().expect("metadata.name");
+    api.patch(name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(doc)).await
+}
+
+/// Creates a manifest with `dryRun=All`: the API server validates it fully
+/// (schema, CEL, admission) and stores nothing.
+pub async fn create_dry_run(client: &Client, doc: &Value) -> Result<DynamicObject, kube::Error> {
+    let api = api_for(client, doc).await;
+    let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("manifest is an object");
+    let params = PostParams { dry_run: true, field_manager: Some(TEST_MANAGER.into()) };
+    api.create(&params, &obj).await
+}
+
+/// True when every field of `want` is in `have` with the same value
+/// (objects compared key by key, arrays element by element).
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => {
+            w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv)))
+        }
+        (Value::Array(w), Value::Array(h)) => {
+            w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
+        }
+        (a, b) => a == b,
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics after
+/// `timeout` saying what was awaited. The timeout only bounds a test that
+/// would otherwise hang; it is not a speed claim.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A short suffix that differs between test runs and between calls.
+pub fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}{n}", (nanos ^ std::process::id()) & 0xfffff)
+}
+
+/// A namespace of its own for one test, labelled for sweeping.
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("t-{prefix}-{}", unique_suffix());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { TEST_NAMESPACE_LABEL: "true" } }
+        }))
+        .expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace created");
+        Self { name, client: client.clone() }
+    }
+
+    /// Deletes the namespace (and so everything in it).
+    pub async fn delete(self) {
+        let _ = Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await;
+    }
+}
+
+/// Path of a binary of this workspace; the test command builds them first
+/// (`cargo build --bins`), or `SOMASTACK_<NAME>_BIN` names one.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let var = format!("SOMASTACK_{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(var) {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --bins` (hack/test.sh does)", path.display());
+    path
+}
+
+/// `kubectl` against the test cluster, as a user would run it.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args)
+        .output()
+        .expect("kubectl is on PATH (hack/test.sh puts the built one there)")
+}
