@@ -53,7 +53,7 @@ log "creating kwok nodes in three regions"
 kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
 
 log "installing the somastack CRDs"
-kubectl_local apply --server-side --field-manager=somastack-hack -f "$ROOT/charts/somastack-operator/crds/" >/dev/null
+kubectl_local apply --server-side --force-conflicts --field-manager=somastack-hack -f "$ROOT/charts/somastack-operator/crds/" >/dev/null
 kubectl_local wait --for=condition=Established -f "$ROOT/charts/somastack-operator/crds/" --timeout=60s >/dev/null
 
 log "cluster ready: export KUBECONFIG=$LOCAL_KUBECONFIG"

@@ -38,3 +38,92 @@ pub fn all_yaml() -> Result<String, serde_saphyr::ser::Error> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn spec_schema(crd: &CustomResourceDefinition) -> Value {
+        let v = serde_json::to_value(crd).unwrap_or_default();
+        v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    }
+
+    #[test]
+    fn every_kind_is_in_the_somastack_category_with_status_and_short_name() {
+        for crd in all() {
+            let names = &crd.spec.names;
+            assert_eq!(
+                names.categories.as_deref(),
+                Some(&[crate::CATEGORY.to_string()][..])
+            );
+            assert!(
+                names.short_names.as_ref().is_some_and(|s| !s.is_empty()),
+                "{}",
+                names.kind
+            );
+            let version = &crd.spec.versions[0];
+            assert_eq!(version.name, crate::VERSION);
+            assert!(
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
+                "{}",
+                names.kind
+            );
+            let columns = version
+                .additional_printer_columns
+                .as_deref()
+                .unwrap_or_default();
+            assert!(columns.iter().any(|c| c.name == "Age"), "{}", names.kind);
+            assert!(columns.len() >= 3, "{}", names.kind);
+        }
+    }
+
+    #[test]
+    fn inline_task_limit_in_the_schema_matches_the_constant() {
+        let spec = spec_schema(&crate::KamachiqProject::crd());
+        assert_eq!(
+            spec["properties"]["tasks"]["maxItems"],
+            crate::kamachiq::MAX_INLINE_TASKS as u64
+        );
+    }
+
+    #[test]
+    fn every_string_checked_by_cel_has_a_max_length() {
+        // The API server estimates CEL cost from maxLength/maxItems; a string
+        // without a bound makes the CRD unacceptable or the rules useless.
+        fn walk(v: &Value, path: &str, out: &mut Vec<String>) {
+            if let Some(obj) = v.as_object() {
+                if obj.get("type") == Some(&Value::from("string"))
+                    && obj.contains_key("x-kubernetes-validations")
+                    && !obj.contains_key("maxLength")
+                {
+                    out.push(path.to_string());
+                }
+                for (k, child) in obj {
+                    walk(child, &format!("{path}.{k}"), out);
+                }
+            }
+        }
+        let mut unbounded = Vec::new();
+        for crd in all() {
+            walk(&spec_schema(&crd), &crd.spec.names.kind, &mut unbounded);
+        }
+        assert!(
+            unbounded.is_empty(),
+            "CEL-checked strings without maxLength: {unbounded:?}"
+        );
+    }
+
+    #[test]
+    fn yaml_stream_holds_five_documents() {
+        let yaml = all_yaml().unwrap_or_default();
+        assert_eq!(
+            yaml.matches("\nkind: CustomResourceDefinition\n").count(),
+            5
+        );
+    }
+}

@@ -48,9 +48,9 @@ use crate::common;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.targetRegion) || !has(self.failoverRegion) || self.targetRegion != self.failoverRegion").message("failoverRegion must differ from targetRegion: a drill cannot fail over into the region it takes down"))]
-#[x_kube(validation = Rule::new("self.scope != 'Region' || self.scenario == 'RegionOutage'").message("scope: Region applies only to the RegionOutage scenario"))]
-#[x_kube(validation = Rule::new("self.scenario != 'PodLoss' || !has(self.failoverRegion)").message("failoverRegion does not apply to PodLoss, which recovers in place"))]
+#[x_kube(validation = Rule::new("!has(self.targetRegion) || !has(self.failoverRegion) || self.targetRegion != self.failoverRegion").message("failoverRegion must differ from targetRegion: a drill cannot fail over into the region it takes down").field_path(".failoverRegion"))]
+#[x_kube(validation = Rule::new("self.scope != 'Region' || self.scenario == 'RegionOutage'").message("scope: Region applies only to the RegionOutage scenario").field_path(".scope"))]
+#[x_kube(validation = Rule::new("self.scenario != 'PodLoss' || !has(self.failoverRegion)").message("failoverRegion does not apply to PodLoss, which recovers in place").field_path(".failoverRegion"))]
 pub struct DrDrillSpec {
     /// The Installation (in this namespace) to drill.
     pub installation_ref: LocalRef,

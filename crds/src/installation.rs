@@ -51,8 +51,8 @@ use crate::common::{self, CapsuleRef};
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.failoverRegions) || !(self.region in self.failoverRegions)").message("failoverRegions must not contain the home region (spec.region)"))]
-#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas, or be left out when autoscaling is set"))]
+#[x_kube(validation = Rule::new("!has(self.failoverRegions) || !(self.region in self.failoverRegions)").message("failoverRegions must not contain the home region (spec.region)").field_path(".failoverRegions"))]
+#[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas, or be left out when autoscaling is set").field_path(".replicas"))]
 pub struct InstallationSpec {
     /// The Capsule (package and version) to run.
     pub capsule: CapsuleRef,

@@ -55,8 +55,8 @@ pub const MAX_LISTED_TASKS: usize = 50;
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.planner) || (has(self.tasks) && size(self.tasks) > 0)").message("a project needs tasks or a planner: list spec.tasks, or set spec.planner to decompose the goal"))]
-#[x_kube(validation = Rule::new("!has(self.tasks) || self.tasks.all(t, !has(t.dependsOn) || t.dependsOn.all(d, self.tasks.exists(u, u.name == d)))").message("every dependsOn entry must name a task listed in spec.tasks"))]
-#[x_kube(validation = Rule::new("!has(self.tasks) || !has(self.budget) || !has(self.budget.maxTasks) || size(self.tasks) <= self.budget.maxTasks").message("spec.tasks has more tasks than budget.maxTasks allows"))]
+#[x_kube(validation = Rule::new("!has(self.tasks) || self.tasks.all(t, !has(t.dependsOn) || t.dependsOn.all(d, self.tasks.exists(u, u.name == d)))").message("every dependsOn entry must name a task listed in spec.tasks").field_path(".tasks"))]
+#[x_kube(validation = Rule::new("!has(self.tasks) || !has(self.budget) || !has(self.budget.maxTasks) || size(self.tasks) <= self.budget.maxTasks").message("spec.tasks has more tasks than budget.maxTasks allows").field_path(".tasks"))]
 pub struct KamachiqProjectSpec {
     /// What the project should achieve, in plain words; given to the planner and every task.
     #[schemars(length(min = 1, max = 4096))]

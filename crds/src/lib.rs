@@ -6,6 +6,9 @@
 //! [`crdgen::all`] renders the CustomResourceDefinitions that
 //! `somastack-operator crd` prints and `charts/somastack-operator/crds/` holds.
 
+// kube-derive's repeated `printcolumn(type_ = ...)` attributes trip this lint.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod capsule;
 pub mod common;
 pub mod crdgen;

@@ -20,7 +20,10 @@ pub const TEST_MANAGER: &str = "somastack-tests";
 pub const TEST_NAMESPACE_LABEL: &str = "somastack.io/test";
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The kubeconfig the tests use: `$KUBECONFIG`, else the local cluster's.
@@ -63,7 +66,9 @@ pub async fn api_for(client: &Client, doc: &Value) -> Api<DynamicObject> {
     let kind = doc["kind"].as_str().expect("kind");
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.expect("kind is served");
+    let (ar, caps) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .expect("kind is served");
     match (&caps.scope, doc["metadata"]["namespace"].as_str()) {
         (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
         (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &ar),
@@ -75,7 +80,12 @@ pub async fn api_for(client: &Client, doc: &Value) -> Api<DynamicObject> {
 pub async fn apply(client: &Client, doc: &Value) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, doc).await;
     let name = doc["metadata"]["name"].as_str().expect("metadata.name");
-    api.patch(name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(doc)).await
+    api.patch(
+        name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(doc),
+    )
+    .await
 }
 
 /// Creates a manifest with `dryRun=All`: the API server validates it fully
@@ -83,7 +93,10 @@ pub async fn apply(client: &Client, doc: &Value) -> Result<DynamicObject, kube::
 pub async fn create_dry_run(client: &Client, doc: &Value) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, doc).await;
     let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("manifest is an object");
-    let params = PostParams { dry_run: true, field_manager: Some(TEST_MANAGER.into()) };
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(TEST_MANAGER.into()),
+    };
     api.create(&params, &obj).await
 }
 
@@ -91,9 +104,9 @@ pub async fn create_dry_run(client: &Client, doc: &Value) -> Result<DynamicObjec
 /// (objects compared key by key, arrays element by element).
 pub fn is_subset(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => {
-            w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv)))
-        }
+        (Value::Object(w), Value::Object(h)) => w
+            .iter()
+            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
         (Value::Array(w), Value::Array(h)) => {
             w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
         }
@@ -124,7 +137,10 @@ where
 /// A short suffix that differs between test runs and between calls.
 pub fn unique_suffix() -> String {
     static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{:x}{n}", (nanos ^ std::process::id()) & 0xfffff)
 }
@@ -146,12 +162,17 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .expect("namespace created");
-        Self { name, client: client.clone() }
+        Self {
+            name,
+            client: client.clone(),
+        }
     }
 
     /// Deletes the namespace (and so everything in it).
     pub async fn delete(self) {
-        let _ = Api::<Namespace>::all(self.client).delete(&self.name, &DeleteParams::background()).await;
+        let _ = Api::<Namespace>::all(self.client)
+            .delete(&self.name, &DeleteParams::background())
+            .await;
     }
 }
 
@@ -166,7 +187,11 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     let path = target.join("debug").join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --bins` (hack/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --bins` (hack/test.sh does)",
+        path.display()
+    );
     path
 }
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the operator end to end: builds it, starts the local cluster when no
+# kubeconfig is given, installs the CRDs, starts the operator, applies the
+# examples and shows them. The operator then keeps running until Ctrl-C.
+#
+#   hack/run.sh            against $KUBECONFIG, or the local cluster when unset
+#   hack/run.sh --check    same, but stop once the operator has reported on
+#                          every example (used by hack/test.sh and CI)
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+check=false
+[[ "${1:-}" == "--check" ]] && check=true
+
+log "building the operator"
+cargo build --quiet --locked -p somastack-operator
+"$ROOT/hack/build-tools.sh"
+
+if [[ -z "${KUBECONFIG:-}" ]]; then
+  "$ROOT/hack/cluster-up.sh"
+  export KUBECONFIG="$LOCAL_KUBECONFIG"
+else
+  log "using the cluster of KUBECONFIG=$KUBECONFIG"
+  kubectl apply --server-side --force-conflicts --field-manager=somastack-hack -f charts/somastack-operator/crds/ >/dev/null
+fi
+
+mkdir -p "$LOCAL_DIR"
+log "starting the operator (logs: .local/operator.log)"
+target/debug/somastack-operator run >"$LOCAL_DIR/operator.log" 2>&1 &
+operator=$!
+trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
+
+log "applying the examples"
+for f in examples/*.yaml; do
+  kubectl apply --server-side --field-manager=somastack-examples -f "$f" >&2
+done
+
+log "waiting for the operator to report on every example"
+for obj in $(kubectl get somastack -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{"\n"}{end}'); do
+  IFS=/ read -r kind ns name <<<"$obj"
+  args=("$kind/$name"); [[ -n "$ns" ]] && args+=(-n "$ns")
+  for _ in $(seq 1 60); do
+    gen=$(kubectl get "${args[@]}" -o jsonpath='{.metadata.generation}')
+    seen=$(kubectl get "${args[@]}" -o jsonpath='{.status.observedGeneration}')
+    [[ -n "$seen" && "$seen" == "$gen" ]] && break
+    kill -0 $operator 2>/dev/null || { tail -20 "$LOCAL_DIR/operator.log" >&2; die "the operator exited"; }
+    sleep 1
+  done
+  [[ "$seen" == "$gen" ]] || die "$kind $ns/$name: the operator did not report on generation $gen"
+done
+kubectl get somastack -A >&2
+
+if $check; then
+  kill -TERM $operator; wait $operator || die "the operator did not exit cleanly on SIGTERM"
+  trap - EXIT
+  log "end-to-end check passed"
+else
+  log "operator running (pid $operator); Ctrl-C stops it. In another shell: export KUBECONFIG=$KUBECONFIG"
+  wait $operator
+fi

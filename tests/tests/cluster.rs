@@ -1,0 +1,140 @@
+//! The local cluster is a real control plane: nodes in three regions, and
+//! the real scheduler and controllers run workloads (kwok plays the kubelets).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use somastack_tests::{TestNamespace, client, wait_for};
+
+const REGION: &str = "topology.kubernetes.io/region";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+#[tokio::test]
+async fn nodes_span_three_regions_with_zones() {
+    let client = client().await;
+    let nodes = Api::<Node>::all(client)
+        .list(&ListParams::default())
+        .await
+        .expect("nodes");
+    let mut zones_by_region: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for node in &nodes {
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let labels = node.labels();
+        if let (true, Some(region), Some(zone)) = (ready, labels.get(REGION), labels.get(ZONE)) {
+            zones_by_region
+                .entry(region.clone())
+                .or_default()
+                .insert(zone.clone());
+        }
+    }
+    assert!(
+        zones_by_region.len() >= 3,
+        "Ready nodes in at least three regions, found {zones_by_region:?}"
+    );
+    assert!(
+        zones_by_region.values().all(|z| z.len() >= 2),
+        "two zones per region: {zones_by_region:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_plain_deployment_becomes_available() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "deploy").await;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "replicas": 3,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{ "name": "web", "image": "registry.k8s.io/pause:3.10" }] }
+            }
+        }
+    }))
+    .expect("deployment");
+    api.create(&PostParams::default(), &deployment)
+        .await
+        .expect("created");
+
+    wait_for(
+        "deployment web to be Available with 3 ready replicas",
+        Duration::from_secs(90),
+        || async {
+            let d = api.get("web").await.ok()?;
+            let status = d.status?;
+            let available = status.conditions?.iter().any(|c| {
+                c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+            });
+            (available && status.ready_replicas == Some(3)).then_some(())
+        },
+    )
+    .await;
+
+    // The real scheduler placed each pod on a kwok node, and kwok runs it.
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("pods");
+    assert_eq!(pods.items.len(), 3);
+    for pod in &pods {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        assert!(
+            node.starts_with("kwok-"),
+            "{} scheduled to {node:?}",
+            pod.name_any()
+        );
+        assert_eq!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Running")
+        );
+    }
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_job_completes() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "job").await;
+    let api: Api<Job> = Api::namespaced(client.clone(), &ns.name);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": { "name": "once" },
+        "spec": {
+            "backoffLimit": 0,
+            "template": { "spec": {
+                "restartPolicy": "Never",
+                "containers": [{ "name": "work", "image": "registry.k8s.io/pause:3.10" }]
+            } }
+        }
+    }))
+    .expect("job");
+    api.create(&PostParams::default(), &job)
+        .await
+        .expect("created");
+    wait_for("job once to complete", Duration::from_secs(90), || async {
+        let j = api.get("once").await.ok()?;
+        let done = j
+            .status?
+            .conditions?
+            .iter()
+            .any(|c| c.type_ == "Complete" && c.status == "True");
+        done.then_some(())
+    })
+    .await;
+    ns.delete().await;
+}

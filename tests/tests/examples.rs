@@ -1,0 +1,56 @@
+//! Every file in `examples/` applies to the real cluster and reads back as
+//! written; `kubectl get somastack -A` then lists them. The examples are left
+//! in the cluster on purpose: they are what a newcomer looks at afterwards.
+
+use somastack_tests::{apply, client, is_subset, kubectl, read_docs, repo_root};
+
+#[tokio::test]
+async fn examples_apply_and_read_back() {
+    let client = client().await;
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("examples"))
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "a namespace and one example per kind");
+
+    let mut applied = Vec::new();
+    for path in &files {
+        for doc in read_docs(path) {
+            let stored = apply(&client, &doc)
+                .await
+                .unwrap_or_else(|e| panic!("{}: apply refused: {e}", path.display()));
+            let stored = serde_json::to_value(&stored).expect("json");
+            if let Some(spec) = doc.get("spec") {
+                assert!(
+                    is_subset(spec, &stored["spec"]),
+                    "{}: the server's spec differs from the file\nfile:   {spec}\nserver: {}",
+                    path.display(),
+                    stored["spec"]
+                );
+            }
+            applied.push((
+                doc["kind"].as_str().unwrap_or_default().to_lowercase(),
+                doc["metadata"]["name"].clone(),
+            ));
+        }
+    }
+
+    // What a user sees: the `somastack` category lists every applied object.
+    let out = kubectl(&["get", "somastack", "-A", "-o", "name"]);
+    assert!(
+        out.status.success(),
+        "kubectl get somastack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for (kind, name) in applied.iter().filter(|(k, _)| k != "namespace") {
+        let name = name.as_str().unwrap_or_default();
+        let needle = format!("{kind}.somastack.io/{name}");
+        assert!(
+            listed.lines().any(|l| l == needle),
+            "`kubectl get somastack -A` does not list {needle}:\n{listed}"
+        );
+    }
+}
