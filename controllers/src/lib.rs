@@ -8,7 +8,9 @@
 pub mod conditions;
 pub mod error;
 pub mod kinds;
+pub mod policy;
 pub mod runtime;
+pub mod signing;
 pub mod status;
 
 pub use error::{Error, Result};

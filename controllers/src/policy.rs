@@ -1,0 +1,943 @@
+//! Policy evaluation: pure functions over PolicyBundles, no API calls.
+//!
+//! Several bundles may govern one namespace. The effective policy is the most
+//! restrictive combination: allowed regions and capabilities intersect, the
+//! lowest ceiling wins, any bundle's signature/approval requirement applies,
+//! a publisher key must be trusted by every bundle that lists publishers, and
+//! any engaged kill switch stops everything. Each violation names the rule
+//! and the bundles that impose it.
+//!
+//! Bundles in `Audit` mode report without blocking: [`evaluate`] checks the
+//! request once against the `Enforce` bundles (blocking) and once against all
+//! bundles (the rest are warnings).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::core::{Selector, SelectorExt};
+use kube_quantity::ParsedQuantity;
+use somastack_crds::capsule::CapsuleSpec;
+use somastack_crds::common::DataClassification;
+use somastack_crds::policy::{Enforcement, PolicyBundleSpec};
+
+use crate::signing;
+
+/// A bundle by name, as the evaluation sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Bundle<'a> {
+    pub name: &'a str,
+    pub spec: &'a PolicyBundleSpec,
+}
+
+/// Whether `spec`'s namespace selector selects a namespace with `labels`.
+/// An absent or empty selector selects every namespace; a selector the API
+/// server would reject selects none (fail closed for a bad bundle is worse:
+/// it would silently govern nothing, so callers report it; see [`selector_error`]).
+pub fn governs(spec: &PolicyBundleSpec, labels: &BTreeMap<String, String>) -> bool {
+    match &spec.namespace_selector {
+        None => true,
+        Some(sel) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
+    }
+}
+
+/// Why a bundle's namespace selector cannot be used, if it cannot.
+pub fn selector_error(spec: &PolicyBundleSpec) -> Option<String> {
+    let sel = spec.namespace_selector.clone()?;
+    Selector::try_from(sel).err().map(|e| e.to_string())
+}
+
+/// Stable rule names, used in messages, status and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    Residency,
+    MaxReplicas,
+    MaxCpu,
+    MaxMemory,
+    Capabilities,
+    Signature,
+    Approval,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Residency => "residency",
+            Rule::MaxReplicas => "maxReplicas",
+            Rule::MaxCpu => "maxCpu",
+            Rule::MaxMemory => "maxMemory",
+            Rule::Capabilities => "capabilities",
+            Rule::Signature => "signature",
+            Rule::Approval => "approval",
+        }
+    }
+}
+
+/// One broken rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: Rule,
+    /// Bundles imposing the rule that is broken (sorted).
+    pub bundles: Vec<String>,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(rule: Rule, bundles: impl IntoIterator<Item = String>, message: String) -> Self {
+        let mut bundles: Vec<String> = bundles.into_iter().collect();
+        bundles.sort();
+        bundles.dedup();
+        let names = bundles.join(", ");
+        Violation {
+            rule,
+            message: format!("{message} (rule {}, PolicyBundle {names})", rule.as_str()),
+            bundles,
+        }
+    }
+}
+
+/// A value together with the bundles that imposed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Imposed<T> {
+    pub value: T,
+    pub bundles: BTreeSet<String>,
+}
+
+/// The most restrictive combination of a set of bundles.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Effective {
+    /// Per classification, the regions every restricting bundle allows.
+    pub residency: BTreeMap<DataClassification, Imposed<BTreeSet<String>>>,
+    pub max_replicas: Option<Imposed<i32>>,
+    pub max_cpu: Option<Imposed<ParsedQuantity>>,
+    pub max_memory: Option<Imposed<ParsedQuantity>>,
+    /// Capabilities every restricting bundle allows; `None`: no restriction.
+    pub capabilities: Option<Imposed<BTreeSet<String>>>,
+    pub require_signature: BTreeSet<String>,
+    pub require_approval: BTreeSet<String>,
+    /// Bundles that list trusted publishers, each with its `(publisher, key id) -> PEM`.
+    pub trust: BTreeMap<String, BTreeMap<(String, String), String>>,
+    /// Engaged kill switches: bundle -> reason.
+    pub kill_switch: BTreeMap<String, String>,
+    /// Ceilings a bundle wrote that are not quantities (the schema should
+    /// prevent this); reported rather than ignored.
+    pub invalid: Vec<(String, Rule, String)>,
+}
+
+fn tighten<T: Ord + Clone>(slot: &mut Option<Imposed<T>>, value: T, bundle: &str) {
+    match slot {
+        Some(cur) if cur.value < value => {}
+        Some(cur) if cur.value == value => {
+            cur.bundles.insert(bundle.to_string());
+        }
+        _ => {
+            *slot = Some(Imposed {
+                value,
+                bundles: BTreeSet::from([bundle.to_string()]),
+            })
+        }
+    }
+}
+
+fn intersect(
+    slot: &mut Option<Imposed<BTreeSet<String>>>,
+    allowed: BTreeSet<String>,
+    bundle: &str,
+) {
+    match slot {
+        Some(cur) => {
+            cur.value = cur.value.intersection(&allowed).cloned().collect();
+            cur.bundles.insert(bundle.to_string());
+        }
+        None => {
+            *slot = Some(Imposed {
+                value: allowed,
+                bundles: BTreeSet::from([bundle.to_string()]),
+            })
+        }
+    }
+}
+
+impl Effective {
+    /// Combines bundles; the result does not depend on their order.
+    pub fn combine<'a>(bundles: impl IntoIterator<Item = Bundle<'a>>) -> Effective {
+        let mut eff = Effective::default();
+        for Bundle { name, spec } in bundles {
+            if let Some(residency) = &spec.residency {
+                for rule in &residency.rules {
+                    let allowed: BTreeSet<String> = rule.allowed_regions.iter().cloned().collect();
+                    let mut slot = eff.residency.remove(&rule.data_classification);
+                    intersect(&mut slot, allowed, name);
+                    if let Some(v) = slot {
+                        eff.residency.insert(rule.data_classification, v);
+                    }
+                }
+            }
+            if let Some(limits) = &spec.limits {
+                if let Some(max) = limits.max_replicas {
+                    tighten(&mut eff.max_replicas, max, name);
+                }
+                for (q, slot, rule) in [
+                    (&limits.max_cpu, &mut eff.max_cpu, Rule::MaxCpu),
+                    (&limits.max_memory, &mut eff.max_memory, Rule::MaxMemory),
+                ] {
+                    if let Some(q) = q {
+                        match ParsedQuantity::try_from(q) {
+                            Ok(parsed) => tighten(slot, parsed, name),
+                            Err(_) => eff.invalid.push((
+                                name.to_string(),
+                                rule,
+                                format!("{} {:?} is not a quantity", rule.as_str(), q.0),
+                            )),
+                        }
+                    }
+                }
+            }
+            if let Some(caps) = &spec.capabilities {
+                intersect(
+                    &mut eff.capabilities,
+                    caps.allowed.iter().cloned().collect(),
+                    name,
+                );
+            }
+            if let Some(trust) = &spec.trust {
+                if trust.require_signature {
+                    eff.require_signature.insert(name.to_string());
+                }
+                if trust.require_approval {
+                    eff.require_approval.insert(name.to_string());
+                }
+                if !trust.publishers.is_empty() {
+                    let keys = trust
+                        .publishers
+                        .iter()
+                        .flat_map(|p| {
+                            p.keys
+                                .iter()
+                                .map(|k| ((p.name.clone(), k.id.clone()), k.public_key.clone()))
+                        })
+                        .collect();
+                    eff.trust.insert(name.to_string(), keys);
+                }
+            }
+            if let Some(ks) = spec.kill_switch.as_ref().filter(|k| k.engaged) {
+                eff.kill_switch
+                    .insert(name.to_string(), ks.reason.clone().unwrap_or_default());
+            }
+        }
+        eff.invalid.sort();
+        eff
+    }
+
+    /// Regions where data of `class` may be processed; `None`: anywhere.
+    pub fn allowed_regions(&self, class: DataClassification) -> Option<&BTreeSet<String>> {
+        self.residency.get(&class).map(|f| &f.value)
+    }
+
+    /// Whether `region` is allowed for `class`.
+    pub fn region_allowed(&self, class: DataClassification, region: &str) -> bool {
+        self.allowed_regions(class)
+            .is_none_or(|r| r.contains(region))
+    }
+
+    /// The PEM of a key trusted by every bundle that lists publishers, or why not.
+    pub fn trusted_key(&self, publisher: &str, key_id: &str) -> Result<Option<&str>, Vec<String>> {
+        let key = (publisher.to_string(), key_id.to_string());
+        let distrusting: Vec<String> = self
+            .trust
+            .iter()
+            .filter(|(_, keys)| !keys.contains_key(&key))
+            .map(|(b, _)| b.clone())
+            .collect();
+        if !distrusting.is_empty() {
+            return Err(distrusting);
+        }
+        Ok(self
+            .trust
+            .values()
+            .find_map(|keys| keys.get(&key))
+            .map(String::as_str))
+    }
+}
+
+/// What is asked: run `capsule` with at most `replicas` replicas in `region`.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub capsule: &'a CapsuleSpec,
+    /// The Capsule carries a current approval (review bound to its digest).
+    pub approved: bool,
+    pub region: &'a str,
+    pub replicas: i32,
+}
+
+/// Per-replica CPU and memory of a capsule: its limits, else its requests.
+pub fn capsule_amounts(spec: &CapsuleSpec) -> (Option<&Quantity>, Option<&Quantity>) {
+    let Some(res) = &spec.resources else {
+        return (None, None);
+    };
+    let pick = |f: fn(&somastack_crds::capsule::ResourceAmounts) -> Option<&Quantity>| {
+        res.limits
+            .as_ref()
+            .and_then(f)
+            .or_else(|| res.requests.as_ref().and_then(f))
+    };
+    (pick(|a| a.cpu.as_ref()), pick(|a| a.memory.as_ref()))
+}
+
+/// The result of checking one request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Violations of `Enforce` bundles: nothing new may be created.
+    pub blocking: Vec<Violation>,
+    /// Violations only `Audit` bundles impose: reported, not blocking.
+    pub warnings: Vec<Violation>,
+    /// Engaged kill switches (bundle -> reason), whatever their enforcement.
+    pub kill_switch: BTreeMap<String, String>,
+}
+
+impl Evaluation {
+    pub fn compliant(&self) -> bool {
+        self.blocking.is_empty()
+    }
+}
+
+/// Checks `req` against every bundle in `bundles`.
+pub fn evaluate(bundles: &[Bundle<'_>], req: &Request<'_>) -> Evaluation {
+    let enforced = Effective::combine(
+        bundles
+            .iter()
+            .copied()
+            .filter(|b| b.spec.enforcement == Enforcement::Enforce),
+    );
+    let all = Effective::combine(bundles.iter().copied());
+    let blocking = violations(&enforced, req);
+    let warnings = violations(&all, req)
+        .into_iter()
+        .filter(|w| !blocking.iter().any(|b| b.rule == w.rule))
+        .collect();
+    Evaluation {
+        blocking,
+        warnings,
+        kill_switch: all.kill_switch,
+    }
+}
+
+/// Every rule of `eff` that `req` breaks, in a stable order.
+pub fn violations(eff: &Effective, req: &Request<'_>) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let capsule = req.capsule;
+    let class = capsule.data_classification;
+
+    for (bundle, rule, problem) in &eff.invalid {
+        out.push(Violation::new(
+            *rule,
+            [bundle.clone()],
+            format!("the bundle is invalid: {problem}"),
+        ));
+    }
+
+    if let Some(allowed) = eff.residency.get(&class) {
+        if !allowed.value.contains(req.region) {
+            let list = allowed.value.iter().cloned().collect::<Vec<_>>().join(", ");
+            let list = if list.is_empty() {
+                "none".to_string()
+            } else {
+                list
+            };
+            out.push(Violation::new(
+                Rule::Residency,
+                allowed.bundles.iter().cloned(),
+                format!(
+                    "{class} data may not be processed in region {}; allowed regions: {list}",
+                    req.region
+                ),
+            ));
+        }
+    }
+
+    if let Some(max) = &eff.max_replicas {
+        if req.replicas > max.value {
+            out.push(Violation::new(
+                Rule::MaxReplicas,
+                max.bundles.iter().cloned(),
+                format!(
+                    "{} replicas exceed the ceiling of {}",
+                    req.replicas, max.value
+                ),
+            ));
+        }
+    }
+
+    let (cpu, memory) = capsule_amounts(capsule);
+    for (asked, max, rule, what) in [
+        (cpu, &eff.max_cpu, Rule::MaxCpu, "CPU"),
+        (memory, &eff.max_memory, Rule::MaxMemory, "memory"),
+    ] {
+        let (Some(asked), Some(max)) = (asked, max) else {
+            continue;
+        };
+        match ParsedQuantity::try_from(asked) {
+            Ok(parsed) if parsed <= max.value => {}
+            Ok(_) => out.push(Violation::new(
+                rule,
+                max.bundles.iter().cloned(),
+                format!(
+                    "{what} per replica {} exceeds the ceiling of {}",
+                    asked.0, max.value
+                ),
+            )),
+            Err(_) => out.push(Violation::new(
+                rule,
+                max.bundles.iter().cloned(),
+                format!("{what} per replica {:?} is not a quantity", asked.0),
+            )),
+        }
+    }
+
+    if let Some(allowed) = &eff.capabilities {
+        let denied: Vec<&str> = capsule
+            .capabilities
+            .iter()
+            .filter(|c| !allowed.value.contains(*c))
+            .map(String::as_str)
+            .collect();
+        if !denied.is_empty() {
+            out.push(Violation::new(
+                Rule::Capabilities,
+                allowed.bundles.iter().cloned(),
+                format!("capabilities not allowed: {}", denied.join(", ")),
+            ));
+        }
+    }
+
+    if let Some(problem) = signature_problem(eff, capsule) {
+        out.push(problem);
+    }
+
+    if !eff.require_approval.is_empty() && !req.approved {
+        out.push(Violation::new(
+            Rule::Approval,
+            eff.require_approval.iter().cloned(),
+            format!(
+                "capsule {} {} is not approved by a reviewer",
+                capsule.package, capsule.version
+            ),
+        ));
+    }
+    out
+}
+
+/// What is wrong with the capsule's signature under `eff`, if anything.
+fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation> {
+    let signature = match &capsule.signature {
+        None if eff.require_signature.is_empty() => return None,
+        None => {
+            return Some(Violation::new(
+                Rule::Signature,
+                eff.require_signature.iter().cloned(),
+                format!(
+                    "capsule {} {} is not signed",
+                    capsule.package, capsule.version
+                ),
+            ));
+        }
+        Some(s) => s,
+    };
+    // A signature is checked whenever one is present: a bad one is never ignored.
+    let blame = || {
+        let mut b: BTreeSet<String> = eff.require_signature.clone();
+        b.extend(eff.trust.keys().cloned());
+        b
+    };
+    match eff.trusted_key(&capsule.publisher, &signature.key_id) {
+        Err(distrusting) => Some(Violation::new(
+            Rule::Signature,
+            distrusting,
+            format!(
+                "key {} of publisher {} is not trusted",
+                signature.key_id, capsule.publisher
+            ),
+        )),
+        Ok(None) if eff.require_signature.is_empty() => None,
+        Ok(None) => Some(Violation::new(
+            Rule::Signature,
+            eff.require_signature.iter().cloned(),
+            format!(
+                "no bundle trusts key {} of publisher {}",
+                signature.key_id, capsule.publisher
+            ),
+        )),
+        Ok(Some(pem)) => {
+            let payload = signing::canonical_payload(capsule);
+            signing::verify(
+                signature.algorithm,
+                pem,
+                &signature.key_id,
+                &payload,
+                &signature.value,
+            )
+            .err()
+            .map(|e| {
+                Violation::new(
+                    Rule::Signature,
+                    blame(),
+                    format!("signature check failed: {e}"),
+                )
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use somastack_crds::capsule::{ResourceAmounts, ResourceRequirements};
+    use somastack_crds::policy::{
+        Capabilities, KillSwitch, Limits, Residency, ResidencyRule, Trust,
+    };
+
+    const REGIONS: [&str; 4] = ["eu-west-1", "eu-central-1", "us-east-1", "ap-south-1"];
+    const CAPS: [&str; 4] = ["network-egress", "llm-inference", "gpu", "filesystem-write"];
+
+    fn capsule(class: DataClassification, caps: &[&str], cpu: Option<&str>) -> CapsuleSpec {
+        CapsuleSpec {
+            package: "agent".into(),
+            version: "1.0.0".into(),
+            publisher: "acme".into(),
+            image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4".into(),
+            ports: vec![],
+            env: vec![],
+            resources: cpu.map(|c| ResourceRequirements {
+                requests: None,
+                limits: Some(ResourceAmounts { cpu: Some(Quantity(c.into())), memory: None }),
+            }),
+            capabilities: caps.iter().map(|c| c.to_string()).collect(),
+            data_classification: class,
+            health_path: None,
+            ready_path: None,
+            signature: None,
+        }
+    }
+
+    fn bundle_spec() -> PolicyBundleSpec {
+        PolicyBundleSpec {
+            namespace_selector: None,
+            residency: None,
+            trust: None,
+            limits: None,
+            capabilities: None,
+            kill_switch: None,
+            enforcement: Enforcement::Enforce,
+        }
+    }
+
+    fn residency(class: DataClassification, regions: &[&str]) -> Option<Residency> {
+        Some(Residency {
+            rules: vec![ResidencyRule {
+                data_classification: class,
+                allowed_regions: regions.iter().map(|r| r.to_string()).collect(),
+            }],
+        })
+    }
+
+    fn request<'a>(capsule: &'a CapsuleSpec, region: &'a str, replicas: i32) -> Request<'a> {
+        Request {
+            capsule,
+            approved: false,
+            region,
+            replicas,
+        }
+    }
+
+    fn rules(v: &[Violation]) -> BTreeSet<Rule> {
+        v.iter().map(|v| v.rule).collect()
+    }
+
+    #[test]
+    fn residency_is_the_intersection_and_names_the_bundles() {
+        let a = PolicyBundleSpec {
+            residency: residency(
+                DataClassification::Confidential,
+                &["eu-west-1", "eu-central-1"],
+            ),
+            ..bundle_spec()
+        };
+        let b = PolicyBundleSpec {
+            residency: residency(
+                DataClassification::Confidential,
+                &["eu-central-1", "us-east-1"],
+            ),
+            ..bundle_spec()
+        };
+        let bundles = [
+            Bundle {
+                name: "a",
+                spec: &a,
+            },
+            Bundle {
+                name: "b",
+                spec: &b,
+            },
+        ];
+        let eff = Effective::combine(bundles);
+        assert_eq!(
+            eff.allowed_regions(DataClassification::Confidential)
+                .cloned(),
+            Some(BTreeSet::from(["eu-central-1".to_string()]))
+        );
+        assert!(
+            eff.allowed_regions(DataClassification::Public).is_none(),
+            "no rule, no restriction"
+        );
+
+        let c = capsule(DataClassification::Confidential, &[], None);
+        let result = evaluate(&bundles, &request(&c, "eu-west-1", 1));
+        assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Residency]));
+        let v = &result.blocking[0];
+        assert_eq!(v.bundles, ["a", "b"]);
+        assert!(
+            v.message
+                .contains("confidential data may not be processed in region eu-west-1"),
+            "{}",
+            v.message
+        );
+        assert!(
+            v.message.contains("allowed regions: eu-central-1"),
+            "{}",
+            v.message
+        );
+        assert!(v.message.contains("PolicyBundle a, b"), "{}", v.message);
+        assert!(evaluate(&bundles, &request(&c, "eu-central-1", 1)).compliant());
+    }
+
+    #[test]
+    fn lowest_ceilings_win() {
+        let a = PolicyBundleSpec {
+            limits: Some(Limits {
+                max_replicas: Some(10),
+                max_cpu: Some(Quantity("2".into())),
+                max_memory: None,
+            }),
+            ..bundle_spec()
+        };
+        let b = PolicyBundleSpec {
+            limits: Some(Limits {
+                max_replicas: Some(3),
+                max_cpu: Some(Quantity("500m".into())),
+                max_memory: None,
+            }),
+            ..bundle_spec()
+        };
+        let bundles = [
+            Bundle {
+                name: "a",
+                spec: &a,
+            },
+            Bundle {
+                name: "b",
+                spec: &b,
+            },
+        ];
+        let c = capsule(DataClassification::Public, &[], Some("750m"));
+        let result = evaluate(&bundles, &request(&c, "us-east-1", 4));
+        assert_eq!(
+            rules(&result.blocking),
+            BTreeSet::from([Rule::MaxReplicas, Rule::MaxCpu])
+        );
+        assert!(result.blocking.iter().all(|v| v.bundles == ["b"]));
+        let small = capsule(DataClassification::Public, &[], Some("0.5"));
+        assert!(
+            evaluate(&bundles, &request(&small, "us-east-1", 3)).compliant(),
+            "0.5 CPU == 500m"
+        );
+    }
+
+    #[test]
+    fn capabilities_intersect() {
+        let a = PolicyBundleSpec {
+            capabilities: Some(Capabilities {
+                allowed: vec!["network-egress".into(), "gpu".into()],
+            }),
+            ..bundle_spec()
+        };
+        let b = PolicyBundleSpec {
+            capabilities: Some(Capabilities {
+                allowed: vec!["gpu".into()],
+            }),
+            ..bundle_spec()
+        };
+        let bundles = [
+            Bundle {
+                name: "a",
+                spec: &a,
+            },
+            Bundle {
+                name: "b",
+                spec: &b,
+            },
+        ];
+        let c = capsule(DataClassification::Public, &["network-egress"], None);
+        let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
+        assert_eq!(
+            rules(&result.blocking),
+            BTreeSet::from([Rule::Capabilities])
+        );
+        assert!(
+            result.blocking[0]
+                .message
+                .contains("capabilities not allowed: network-egress")
+        );
+    }
+
+    #[test]
+    fn audit_bundles_warn_but_do_not_block() {
+        let audit = PolicyBundleSpec {
+            enforcement: Enforcement::Audit,
+            limits: Some(Limits {
+                max_replicas: Some(1),
+                ..Default::default()
+            }),
+            ..bundle_spec()
+        };
+        let bundles = [Bundle {
+            name: "audit",
+            spec: &audit,
+        }];
+        let c = capsule(DataClassification::Public, &[], None);
+        let result = evaluate(&bundles, &request(&c, "us-east-1", 5));
+        assert!(result.compliant());
+        assert_eq!(rules(&result.warnings), BTreeSet::from([Rule::MaxReplicas]));
+    }
+
+    #[test]
+    fn any_kill_switch_wins_even_in_audit_mode() {
+        let on = PolicyBundleSpec {
+            enforcement: Enforcement::Audit,
+            kill_switch: Some(KillSwitch {
+                engaged: true,
+                reason: Some("incident 42".into()),
+            }),
+            ..bundle_spec()
+        };
+        let off = PolicyBundleSpec {
+            kill_switch: Some(KillSwitch {
+                engaged: false,
+                reason: None,
+            }),
+            ..bundle_spec()
+        };
+        let bundles = [
+            Bundle {
+                name: "off",
+                spec: &off,
+            },
+            Bundle {
+                name: "on",
+                spec: &on,
+            },
+        ];
+        let c = capsule(DataClassification::Public, &[], None);
+        let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
+        assert_eq!(
+            result.kill_switch,
+            BTreeMap::from([("on".to_string(), "incident 42".to_string())])
+        );
+    }
+
+    #[test]
+    fn unsigned_capsule_is_refused_only_when_a_bundle_requires_signatures() {
+        let requires = PolicyBundleSpec {
+            trust: Some(Trust {
+                require_signature: true,
+                ..Default::default()
+            }),
+            ..bundle_spec()
+        };
+        let relaxed = bundle_spec();
+        let c = capsule(DataClassification::Public, &[], None);
+        let result = evaluate(
+            &[Bundle {
+                name: "strict",
+                spec: &requires,
+            }],
+            &request(&c, "us-east-1", 1),
+        );
+        assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Signature]));
+        assert!(result.blocking[0].message.contains("is not signed"));
+        assert!(
+            evaluate(
+                &[Bundle {
+                    name: "relaxed",
+                    spec: &relaxed
+                }],
+                &request(&c, "us-east-1", 1)
+            )
+            .compliant()
+        );
+    }
+
+    #[test]
+    fn approval_is_required_when_any_bundle_says_so() {
+        let requires = PolicyBundleSpec {
+            trust: Some(Trust {
+                require_approval: true,
+                ..Default::default()
+            }),
+            ..bundle_spec()
+        };
+        let bundles = [Bundle {
+            name: "review",
+            spec: &requires,
+        }];
+        let c = capsule(DataClassification::Public, &[], None);
+        let mut req = request(&c, "us-east-1", 1);
+        assert_eq!(
+            rules(&evaluate(&bundles, &req).blocking),
+            BTreeSet::from([Rule::Approval])
+        );
+        req.approved = true;
+        assert!(evaluate(&bundles, &req).compliant());
+    }
+
+    #[test]
+    fn selectors() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+        let labels = BTreeMap::from([("somastack.io/tenant".to_string(), "acme".to_string())]);
+        let all = bundle_spec();
+        assert!(governs(&all, &labels));
+        let acme = PolicyBundleSpec {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(labels.clone()),
+                match_expressions: None,
+            }),
+            ..bundle_spec()
+        };
+        assert!(governs(&acme, &labels));
+        assert!(!governs(&acme, &BTreeMap::new()));
+        assert!(selector_error(&acme).is_none());
+    }
+
+    // ---- properties -------------------------------------------------------
+
+    fn arb_regions() -> impl Strategy<Value = Vec<String>> {
+        proptest::sample::subsequence(REGIONS.to_vec(), 0..=REGIONS.len())
+            .prop_map(|v| v.into_iter().map(String::from).collect())
+    }
+
+    fn arb_class() -> impl Strategy<Value = DataClassification> {
+        proptest::sample::select(DataClassification::ALL.to_vec())
+    }
+
+    prop_compose! {
+        fn arb_bundle()(
+            rules in proptest::collection::vec((arb_class(), arb_regions()), 0..3),
+            max_replicas in proptest::option::of(0..12i32),
+            max_cpu in proptest::option::of(1..4000u32),
+            caps in proptest::option::of(proptest::sample::subsequence(CAPS.to_vec(), 0..=CAPS.len())),
+            audit in any::<bool>(),
+            kill in any::<bool>(),
+        ) -> PolicyBundleSpec {
+            let mut seen = BTreeSet::new();
+            let rules = rules.into_iter().filter(|(c, _)| seen.insert(*c))
+                .map(|(c, r)| ResidencyRule { data_classification: c, allowed_regions: r }).collect();
+            PolicyBundleSpec {
+                residency: Some(Residency { rules }),
+                limits: Some(Limits { max_replicas, max_cpu: max_cpu.map(|m| Quantity(format!("{m}m"))), max_memory: None }),
+                capabilities: caps.map(|c| Capabilities { allowed: c.into_iter().map(String::from).collect() }),
+                kill_switch: Some(KillSwitch { engaged: kill, reason: kill.then(|| "drill".to_string()) }),
+                enforcement: if audit { Enforcement::Audit } else { Enforcement::Enforce },
+                ..bundle_spec()
+            }
+        }
+    }
+
+    prop_compose! {
+        fn arb_capsule()(
+            class in arb_class(),
+            caps in proptest::sample::subsequence(CAPS.to_vec(), 0..=2),
+            cpu in proptest::option::of(1..4000u32),
+        ) -> CapsuleSpec {
+            capsule(class, &caps, cpu.map(|c| format!("{c}m")).as_deref())
+        }
+    }
+
+    fn named(specs: &[PolicyBundleSpec]) -> Vec<Bundle<'_>> {
+        const NAMES: [&str; 6] = ["b0", "b1", "b2", "b3", "b4", "b5"];
+        specs
+            .iter()
+            .zip(NAMES)
+            .map(|(spec, name)| Bundle { name, spec })
+            .collect()
+    }
+
+    proptest! {
+        /// The order bundles are listed in never changes the outcome.
+        #[test]
+        fn combination_is_order_independent(specs in proptest::collection::vec(arb_bundle(), 0..5), seed in any::<u64>()) {
+            let bundles = named(&specs);
+            let mut shuffled = bundles.clone();
+            let n = shuffled.len();
+            if n > 1 {
+                for i in 0..n { shuffled.swap(i, (seed as usize).wrapping_add(i * 7) % n); }
+            }
+            prop_assert_eq!(Effective::combine(bundles.iter().copied()), Effective::combine(shuffled.iter().copied()));
+        }
+
+        /// A rule is broken under the combination exactly when some single
+        /// bundle breaks it: the combination is the most restrictive, never
+        /// stricter than its parts.
+        #[test]
+        fn combined_violations_are_the_union_of_each_bundles(
+            specs in proptest::collection::vec(arb_bundle(), 0..5),
+            capsule in arb_capsule(),
+            region in proptest::sample::select(REGIONS.to_vec()),
+            replicas in 0..15i32,
+        ) {
+            let bundles = named(&specs);
+            let req = Request { capsule: &capsule, approved: true, region, replicas };
+            let combined = rules(&violations(&Effective::combine(bundles.iter().copied()), &req));
+            let mut union = BTreeSet::new();
+            for b in &bundles {
+                union.extend(rules(&violations(&Effective::combine([*b]), &req)));
+            }
+            prop_assert_eq!(combined, union);
+        }
+
+        /// Adding a bundle can only add restrictions.
+        #[test]
+        fn adding_a_bundle_never_relaxes(
+            specs in proptest::collection::vec(arb_bundle(), 1..5),
+            capsule in arb_capsule(),
+            region in proptest::sample::select(REGIONS.to_vec()),
+            replicas in 0..15i32,
+        ) {
+            let bundles = named(&specs);
+            let req = Request { capsule: &capsule, approved: true, region, replicas };
+            let fewer = evaluate(&bundles[..bundles.len() - 1], &req);
+            let more = evaluate(&bundles, &req);
+            prop_assert!(rules(&fewer.blocking).is_subset(&rules(&more.blocking)));
+            prop_assert!(fewer.kill_switch.keys().all(|k| more.kill_switch.contains_key(k)));
+            if let Some(cls) = Effective::combine(bundles[..bundles.len() - 1].iter().copied()).allowed_regions(capsule.data_classification) {
+                let all = Effective::combine(bundles.iter().copied());
+                let now = all.allowed_regions(capsule.data_classification).cloned().unwrap_or_default();
+                prop_assert!(now.is_subset(cls));
+            }
+        }
+
+        /// Audit-only bundles never block, and their findings are reported.
+        #[test]
+        fn audit_never_blocks(
+            specs in proptest::collection::vec(arb_bundle(), 0..5),
+            capsule in arb_capsule(),
+            region in proptest::sample::select(REGIONS.to_vec()),
+            replicas in 0..15i32,
+        ) {
+            let audit: Vec<PolicyBundleSpec> = specs.into_iter().map(|s| PolicyBundleSpec { enforcement: Enforcement::Audit, ..s }).collect();
+            let bundles = named(&audit);
+            let req = Request { capsule: &capsule, approved: true, region, replicas };
+            let result = evaluate(&bundles, &req);
+            prop_assert!(result.blocking.is_empty());
+            prop_assert_eq!(rules(&result.warnings), rules(&violations(&Effective::combine(bundles.iter().copied()), &req)));
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Capsule signatures: the canonical payload and its verification.
+//!
+//! The exact byte format is documented in `docs/signing.md`; publishers sign
+//! it with standard tools (`openssl dgst -sha256 -sign` for ECDSA P-256,
+//! `openssl pkeyutl -sign -rawin` for Ed25519, or cosign's `sign-blob`).
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use somastack_crds::capsule::{CapsuleSpec, SignatureAlgorithm};
+
+/// First line of every payload; bump it if the format ever changes.
+pub const PAYLOAD_HEADER: &str = "somastack.io/capsule-signature/v1";
+
+/// The bytes a publisher signs for a capsule release.
+///
+/// One `key:value` line per field, in this order, each ending with `\n`:
+/// header, publisher, package, version, image, digest (the `sha256:` part of
+/// the image), capabilities (sorted, de-duplicated, comma-separated; empty
+/// when none), dataClassification. The CRD schema keeps newlines out of
+/// every value, so the encoding is unambiguous.
+pub fn canonical_payload(spec: &CapsuleSpec) -> Vec<u8> {
+    let mut capabilities: Vec<&str> = spec.capabilities.iter().map(String::as_str).collect();
+    capabilities.sort_unstable();
+    capabilities.dedup();
+    let digest = spec.image.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+    format!(
+        "{PAYLOAD_HEADER}\npublisher:{}\npackage:{}\nversion:{}\nimage:{}\ndigest:{}\ncapabilities:{}\ndataClassification:{}\n",
+        spec.publisher,
+        spec.package,
+        spec.version,
+        spec.image,
+        digest,
+        capabilities.join(","),
+        spec.data_classification,
+    )
+    .into_bytes()
+}
+
+/// `sha256:<hex>` of the canonical payload. Approvals are bound to it, so
+/// any change to a signed field invalidates an earlier approval.
+pub fn payload_digest(spec: &CapsuleSpec) -> String {
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical_payload(spec)))
+    )
+}
+
+/// Why a signature did not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("signature value is not valid base64")]
+    BadEncoding,
+    #[error("public key {0} is not a valid PEM public key for the signature's algorithm")]
+    BadKey(String),
+    #[error("signature is malformed for {0}")]
+    Malformed(&'static str),
+    #[error("signature does not match the capsule's payload")]
+    Mismatch,
+}
+
+/// Verifies `signature_b64` over `payload` with the PEM (SPKI) `public_key_pem`.
+pub fn verify(
+    algorithm: SignatureAlgorithm,
+    public_key_pem: &str,
+    key_id: &str,
+    payload: &[u8],
+    signature_b64: &str,
+) -> Result<(), VerifyError> {
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(signature_b64.trim())
+        .map_err(|_| VerifyError::BadEncoding)?;
+    match algorithm {
+        SignatureAlgorithm::EcdsaP256Sha256 => {
+            use p256::ecdsa::signature::Verifier;
+            use p256::pkcs8::DecodePublicKey;
+            let key = p256::ecdsa::VerifyingKey::from_public_key_pem(public_key_pem.trim())
+                .map_err(|_| VerifyError::BadKey(key_id.to_string()))?;
+            // openssl and cosign emit ASN.1 DER; accept raw r||s as well.
+            let sig = p256::ecdsa::Signature::from_der(&signature)
+                .or_else(|_| p256::ecdsa::Signature::from_slice(&signature))
+                .map_err(|_| VerifyError::Malformed("ecdsa-p256-sha256"))?;
+            // OpenSSL may produce a high-S signature; both forms are valid ECDSA.
+            let sig = sig.normalize_s();
+            key.verify(payload, &sig).map_err(|_| VerifyError::Mismatch)
+        }
+        SignatureAlgorithm::Ed25519 => {
+            use ed25519_dalek::pkcs8::DecodePublicKey;
+            let key = ed25519_dalek::VerifyingKey::from_public_key_pem(public_key_pem.trim())
+                .map_err(|_| VerifyError::BadKey(key_id.to_string()))?;
+            let sig = ed25519_dalek::Signature::from_slice(&signature)
+                .map_err(|_| VerifyError::Malformed("ed25519"))?;
+            key.verify_strict(payload, &sig)
+                .map_err(|_| VerifyError::Mismatch)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Signatures here are made by the real `openssl` command line, never by
+    //! the code under test.
+    use super::*;
+    use somastack_crds::common::DataClassification;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    fn spec() -> CapsuleSpec {
+        CapsuleSpec {
+            package: "summarizer".into(),
+            version: "1.4.2".into(),
+            publisher: "acme-agents".into(),
+            image: "r.example/agents/summarizer@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
+                .into(),
+            ports: vec![],
+            env: vec![],
+            resources: None,
+            capabilities: vec!["network-egress".into(), "llm-inference".into(), "network-egress".into()],
+            data_classification: DataClassification::Confidential,
+            health_path: None,
+            ready_path: None,
+            signature: None,
+        }
+    }
+
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let dir = std::env::temp_dir().join(format!(
+                "somastack-sign-{tag}-{}-{nanos}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn openssl(args: &[&str]) -> Vec<u8> {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    fn p(path: &Path) -> &str {
+        path.to_str().unwrap()
+    }
+
+    /// Makes a key pair with openssl; returns (private key path, public PEM).
+    fn keypair(dir: &TempDir, algorithm: SignatureAlgorithm) -> (PathBuf, String) {
+        let key = dir.path("key.pem");
+        match algorithm {
+            SignatureAlgorithm::EcdsaP256Sha256 => openssl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                p(&key),
+            ]),
+            SignatureAlgorithm::Ed25519 => {
+                openssl(&["genpkey", "-algorithm", "ed25519", "-out", p(&key)])
+            }
+        };
+        let public = String::from_utf8(openssl(&["pkey", "-in", p(&key), "-pubout"])).unwrap();
+        (key, public)
+    }
+
+    /// Signs `payload` with openssl; returns base64 of the signature.
+    fn sign(dir: &TempDir, algorithm: SignatureAlgorithm, key: &Path, payload: &[u8]) -> String {
+        let input = dir.path("payload");
+        std::fs::write(&input, payload).unwrap();
+        let raw = match algorithm {
+            SignatureAlgorithm::EcdsaP256Sha256 => {
+                openssl(&["dgst", "-sha256", "-sign", p(key), p(&input)])
+            }
+            SignatureAlgorithm::Ed25519 => openssl(&[
+                "pkeyutl",
+                "-sign",
+                "-inkey",
+                p(key),
+                "-rawin",
+                "-in",
+                p(&input),
+            ]),
+        };
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    #[test]
+    fn payload_is_the_documented_bytes() {
+        let expected = "somastack.io/capsule-signature/v1\n\
+            publisher:acme-agents\n\
+            package:summarizer\n\
+            version:1.4.2\n\
+            image:r.example/agents/summarizer@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4\n\
+            digest:sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4\n\
+            capabilities:llm-inference,network-egress\n\
+            dataClassification:confidential\n";
+        assert_eq!(
+            String::from_utf8(canonical_payload(&spec())).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn digest_follows_signed_fields_only() {
+        let base = payload_digest(&spec());
+        assert!(base.starts_with("sha256:") && base.len() == 71);
+        let mut other = spec();
+        other.env.push(somastack_crds::capsule::EnvVar {
+            name: "X".into(),
+            value: "1".into(),
+        });
+        assert_eq!(
+            payload_digest(&other),
+            base,
+            "env is not part of the signed payload"
+        );
+        other.version = "1.4.3".into();
+        assert_ne!(payload_digest(&other), base);
+        let mut reordered = spec();
+        reordered.capabilities.reverse();
+        assert_eq!(
+            payload_digest(&reordered),
+            base,
+            "capability order does not matter"
+        );
+    }
+
+    fn roundtrip(algorithm: SignatureAlgorithm) {
+        let dir = TempDir::new("ok");
+        let (key, public) = keypair(&dir, algorithm);
+        let payload = canonical_payload(&spec());
+        // Several signatures: ECDSA ones differ each time (and some are high-S).
+        for _ in 0..4 {
+            let sig = sign(&dir, algorithm, &key, &payload);
+            assert_eq!(verify(algorithm, &public, "k", &payload, &sig), Ok(()));
+        }
+    }
+
+    #[test]
+    fn openssl_ecdsa_p256_signature_verifies() {
+        roundtrip(SignatureAlgorithm::EcdsaP256Sha256);
+    }
+
+    #[test]
+    fn openssl_ed25519_signature_verifies() {
+        roundtrip(SignatureAlgorithm::Ed25519);
+    }
+
+    #[test]
+    fn tampered_payload_is_a_mismatch() {
+        for algorithm in [
+            SignatureAlgorithm::EcdsaP256Sha256,
+            SignatureAlgorithm::Ed25519,
+        ] {
+            let dir = TempDir::new("tamper");
+            let (key, public) = keypair(&dir, algorithm);
+            let sig = sign(&dir, algorithm, &key, &canonical_payload(&spec()));
+            let mut changed = spec();
+            changed.capabilities.push("shell".into());
+            assert_eq!(
+                verify(algorithm, &public, "k", &canonical_payload(&changed), &sig),
+                Err(VerifyError::Mismatch)
+            );
+        }
+    }
+
+    #[test]
+    fn another_key_is_a_mismatch() {
+        let dir = TempDir::new("otherkey");
+        let (key, _) = keypair(&dir, SignatureAlgorithm::EcdsaP256Sha256);
+        let sig = sign(
+            &dir,
+            SignatureAlgorithm::EcdsaP256Sha256,
+            &key,
+            &canonical_payload(&spec()),
+        );
+        let dir2 = TempDir::new("otherkey2");
+        let (_, other_public) = keypair(&dir2, SignatureAlgorithm::EcdsaP256Sha256);
+        assert_eq!(
+            verify(
+                SignatureAlgorithm::EcdsaP256Sha256,
+                &other_public,
+                "k",
+                &canonical_payload(&spec()),
+                &sig
+            ),
+            Err(VerifyError::Mismatch)
+        );
+    }
+
+    #[test]
+    fn wrong_algorithm_key_and_garbage_are_reported() {
+        let dir = TempDir::new("garbage");
+        let (_, ed_public) = keypair(&dir, SignatureAlgorithm::Ed25519);
+        let payload = canonical_payload(&spec());
+        assert_eq!(
+            verify(
+                SignatureAlgorithm::EcdsaP256Sha256,
+                &ed_public,
+                "k1",
+                &payload,
+                "AAAA"
+            ),
+            Err(VerifyError::BadKey("k1".into()))
+        );
+        assert_eq!(
+            verify(
+                SignatureAlgorithm::Ed25519,
+                &ed_public,
+                "k1",
+                &payload,
+                "not base64!"
+            ),
+            Err(VerifyError::BadEncoding)
+        );
+        assert_eq!(
+            verify(
+                SignatureAlgorithm::Ed25519,
+                &ed_public,
+                "k1",
+                &payload,
+                "AAAA"
+            ),
+            Err(VerifyError::Malformed("ed25519"))
+        );
+    }
+}
