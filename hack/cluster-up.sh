@@ -22,6 +22,7 @@ else
   loopback=127.0.0.1
   KWOK_WORKDIR="$KWOK_WORKDIR" with_heartbeat "starting the control plane" \
     kwokctl create cluster --name "$CLUSTER_NAME" --runtime binary \
+      --config "$ROOT/hack/kwok-stages.yaml" \
       --kubeconfig "$LOCAL_KUBECONFIG" \
       --etcd-binary "$ETCD_BIN/etcd" \
       --kube-apiserver-binary "$K8S_BIN/kube-apiserver" \

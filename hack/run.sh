@@ -31,8 +31,10 @@ operator=$!
 trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
 
 log "applying the examples"
+# One field manager per file: each file is one actor's intent (the reviewer's
+# approval in 25-capsule-review.yaml must not take the publisher's spec away).
 for f in examples/*.yaml; do
-  kubectl apply --server-side --field-manager=somastack-examples -f "$f" >&2
+  kubectl apply --server-side --field-manager="example-$(basename "$f" .yaml)" -f "$f" >&2
 done
 
 log "waiting for the operator to report on every example"

@@ -13,6 +13,18 @@ pub enum Error {
     /// An object lacks something the API server always sets (name, uid, ...).
     #[error("object is missing {0}")]
     MissingField(&'static str),
+    /// A watch cache stopped (the operator is shutting down).
+    #[error("a watch cache stopped")]
+    CacheStopped,
+    /// Deleting an object must wait (e.g. a Capsule still installed).
+    #[error("{0}")]
+    DeletionBlocked(String),
+    /// A rollback named a revision the history does not hold.
+    #[error("revision {0} is not in the Installation's history (pruned, or never existed)")]
+    RevisionNotFound(i64),
+    /// A finalizer operation failed.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -23,6 +35,10 @@ impl Error {
             Error::Kube(_) => "api_unreachable",
             Error::Serialization(_) => "serialization",
             Error::MissingField(_) => "missing_field",
+            Error::CacheStopped => "cache_stopped",
+            Error::DeletionBlocked(_) => "deletion_blocked",
+            Error::Finalizer(_) => "finalizer",
+            Error::RevisionNotFound(_) => "revision_not_found",
         }
     }
 }
@@ -35,14 +51,8 @@ mod tests {
 
     #[test]
     fn categories_are_stable_names() {
-        assert_eq!(
-            Error::MissingField("metadata.name").category(),
-            "missing_field"
-        );
+        assert_eq!(Error::MissingField("metadata.name").category(), "missing_field");
         let bad_json = serde_json::from_str::<serde_json::Value>("{").err();
-        assert_eq!(
-            bad_json.map(|e| Error::from(e).category()),
-            Some("serialization")
-        );
+        assert_eq!(bad_json.map(|e| Error::from(e).category()), Some("serialization"));
     }
 }

@@ -95,6 +95,27 @@ impl Violation {
     }
 }
 
+/// A resource ceiling: its value, and the quantity as the bundle wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ceiling {
+    pub parsed: ParsedQuantity,
+    pub written: String,
+}
+
+impl PartialOrd for Ceiling {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ceiling {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parsed
+            .cmp(&other.parsed)
+            .then_with(|| self.written.cmp(&other.written))
+    }
+}
+
 /// A value together with the bundles that imposed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Imposed<T> {
@@ -108,8 +129,8 @@ pub struct Effective {
     /// Per classification, the regions every restricting bundle allows.
     pub residency: BTreeMap<DataClassification, Imposed<BTreeSet<String>>>,
     pub max_replicas: Option<Imposed<i32>>,
-    pub max_cpu: Option<Imposed<ParsedQuantity>>,
-    pub max_memory: Option<Imposed<ParsedQuantity>>,
+    pub max_cpu: Option<Imposed<Ceiling>>,
+    pub max_memory: Option<Imposed<Ceiling>>,
     /// Capabilities every restricting bundle allows; `None`: no restriction.
     pub capabilities: Option<Imposed<BTreeSet<String>>>,
     pub require_signature: BTreeSet<String>,
@@ -138,11 +159,7 @@ fn tighten<T: Ord + Clone>(slot: &mut Option<Imposed<T>>, value: T, bundle: &str
     }
 }
 
-fn intersect(
-    slot: &mut Option<Imposed<BTreeSet<String>>>,
-    allowed: BTreeSet<String>,
-    bundle: &str,
-) {
+fn intersect(slot: &mut Option<Imposed<BTreeSet<String>>>, allowed: BTreeSet<String>, bundle: &str) {
     match slot {
         Some(cur) => {
             cur.value = cur.value.intersection(&allowed).cloned().collect();
@@ -182,7 +199,14 @@ impl Effective {
                 ] {
                     if let Some(q) = q {
                         match ParsedQuantity::try_from(q) {
-                            Ok(parsed) => tighten(slot, parsed, name),
+                            Ok(parsed) => tighten(
+                                slot,
+                                Ceiling {
+                                    parsed,
+                                    written: q.0.clone(),
+                                },
+                                name,
+                            ),
                             Err(_) => eff.invalid.push((
                                 name.to_string(),
                                 rule,
@@ -235,8 +259,7 @@ impl Effective {
 
     /// Whether `region` is allowed for `class`.
     pub fn region_allowed(&self, class: DataClassification, region: &str) -> bool {
-        self.allowed_regions(class)
-            .is_none_or(|r| r.contains(region))
+        self.allowed_regions(class).is_none_or(|r| r.contains(region))
     }
 
     /// The PEM of a key trusted by every bundle that lists publishers, or why not.
@@ -335,36 +358,29 @@ pub fn violations(eff: &Effective, req: &Request<'_>) -> Vec<Violation> {
         ));
     }
 
-    if let Some(allowed) = eff.residency.get(&class) {
-        if !allowed.value.contains(req.region) {
-            let list = allowed.value.iter().cloned().collect::<Vec<_>>().join(", ");
-            let list = if list.is_empty() {
-                "none".to_string()
-            } else {
-                list
-            };
-            out.push(Violation::new(
-                Rule::Residency,
-                allowed.bundles.iter().cloned(),
-                format!(
-                    "{class} data may not be processed in region {}; allowed regions: {list}",
-                    req.region
-                ),
-            ));
-        }
+    if let Some(allowed) = eff.residency.get(&class)
+        && !allowed.value.contains(req.region)
+    {
+        let list = allowed.value.iter().cloned().collect::<Vec<_>>().join(", ");
+        let list = if list.is_empty() { "none".to_string() } else { list };
+        out.push(Violation::new(
+            Rule::Residency,
+            allowed.bundles.iter().cloned(),
+            format!(
+                "{class} data may not be processed in region {}; allowed regions: {list}",
+                req.region
+            ),
+        ));
     }
 
-    if let Some(max) = &eff.max_replicas {
-        if req.replicas > max.value {
-            out.push(Violation::new(
-                Rule::MaxReplicas,
-                max.bundles.iter().cloned(),
-                format!(
-                    "{} replicas exceed the ceiling of {}",
-                    req.replicas, max.value
-                ),
-            ));
-        }
+    if let Some(max) = &eff.max_replicas
+        && req.replicas > max.value
+    {
+        out.push(Violation::new(
+            Rule::MaxReplicas,
+            max.bundles.iter().cloned(),
+            format!("{} replicas exceed the ceiling of {}", req.replicas, max.value),
+        ));
     }
 
     let (cpu, memory) = capsule_amounts(capsule);
@@ -376,13 +392,13 @@ pub fn violations(eff: &Effective, req: &Request<'_>) -> Vec<Violation> {
             continue;
         };
         match ParsedQuantity::try_from(asked) {
-            Ok(parsed) if parsed <= max.value => {}
+            Ok(parsed) if parsed <= max.value.parsed => {}
             Ok(_) => out.push(Violation::new(
                 rule,
                 max.bundles.iter().cloned(),
                 format!(
                     "{what} per replica {} exceeds the ceiling of {}",
-                    asked.0, max.value
+                    asked.0, max.value.written
                 ),
             )),
             Err(_) => out.push(Violation::new(
@@ -434,10 +450,7 @@ fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation
             return Some(Violation::new(
                 Rule::Signature,
                 eff.require_signature.iter().cloned(),
-                format!(
-                    "capsule {} {} is not signed",
-                    capsule.package, capsule.version
-                ),
+                format!("capsule {} {} is not signed", capsule.package, capsule.version),
             ));
         }
         Some(s) => s,
@@ -476,13 +489,7 @@ fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation
                 &signature.value,
             )
             .err()
-            .map(|e| {
-                Violation::new(
-                    Rule::Signature,
-                    blame(),
-                    format!("signature check failed: {e}"),
-                )
-            })
+            .map(|e| Violation::new(Rule::Signature, blame(), format!("signature check failed: {e}")))
         }
     }
 }
@@ -492,9 +499,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use somastack_crds::capsule::{ResourceAmounts, ResourceRequirements};
-    use somastack_crds::policy::{
-        Capabilities, KillSwitch, Limits, Residency, ResidencyRule, Trust,
-    };
+    use somastack_crds::policy::{Capabilities, KillSwitch, Limits, Residency, ResidencyRule, Trust};
 
     const REGIONS: [&str; 4] = ["eu-west-1", "eu-central-1", "us-east-1", "ap-south-1"];
     const CAPS: [&str; 4] = ["network-egress", "llm-inference", "gpu", "filesystem-write"];
@@ -504,12 +509,16 @@ mod tests {
             package: "agent".into(),
             version: "1.0.0".into(),
             publisher: "acme".into(),
-            image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4".into(),
+            image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
+                .into(),
             ports: vec![],
             env: vec![],
             resources: cpu.map(|c| ResourceRequirements {
                 requests: None,
-                limits: Some(ResourceAmounts { cpu: Some(Quantity(c.into())), memory: None }),
+                limits: Some(ResourceAmounts {
+                    cpu: Some(Quantity(c.into())),
+                    memory: None,
+                }),
             }),
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
             data_classification: class,
@@ -556,33 +565,17 @@ mod tests {
     #[test]
     fn residency_is_the_intersection_and_names_the_bundles() {
         let a = PolicyBundleSpec {
-            residency: residency(
-                DataClassification::Confidential,
-                &["eu-west-1", "eu-central-1"],
-            ),
+            residency: residency(DataClassification::Confidential, &["eu-west-1", "eu-central-1"]),
             ..bundle_spec()
         };
         let b = PolicyBundleSpec {
-            residency: residency(
-                DataClassification::Confidential,
-                &["eu-central-1", "us-east-1"],
-            ),
+            residency: residency(DataClassification::Confidential, &["eu-central-1", "us-east-1"]),
             ..bundle_spec()
         };
-        let bundles = [
-            Bundle {
-                name: "a",
-                spec: &a,
-            },
-            Bundle {
-                name: "b",
-                spec: &b,
-            },
-        ];
+        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
         let eff = Effective::combine(bundles);
         assert_eq!(
-            eff.allowed_regions(DataClassification::Confidential)
-                .cloned(),
+            eff.allowed_regions(DataClassification::Confidential).cloned(),
             Some(BTreeSet::from(["eu-central-1".to_string()]))
         );
         assert!(
@@ -628,16 +621,7 @@ mod tests {
             }),
             ..bundle_spec()
         };
-        let bundles = [
-            Bundle {
-                name: "a",
-                spec: &a,
-            },
-            Bundle {
-                name: "b",
-                spec: &b,
-            },
-        ];
+        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
         let c = capsule(DataClassification::Public, &[], Some("750m"));
         let result = evaluate(&bundles, &request(&c, "us-east-1", 4));
         assert_eq!(
@@ -666,22 +650,10 @@ mod tests {
             }),
             ..bundle_spec()
         };
-        let bundles = [
-            Bundle {
-                name: "a",
-                spec: &a,
-            },
-            Bundle {
-                name: "b",
-                spec: &b,
-            },
-        ];
+        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
         let c = capsule(DataClassification::Public, &["network-egress"], None);
         let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
-        assert_eq!(
-            rules(&result.blocking),
-            BTreeSet::from([Rule::Capabilities])
-        );
+        assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Capabilities]));
         assert!(
             result.blocking[0]
                 .message

@@ -1,4 +1,4 @@
-//! The controller loop shared by every kind.
+//! The controller loop shared by every kind, and what every reconcile gets.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -6,26 +6,90 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
-use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use somastack_crds::{Capsule, Installation, PolicyBundle};
 use tracing::Instrument;
 
 use crate::Error;
 
-/// What every reconcile gets.
+/// What every reconcile gets: a client, an Event recorder, and read-only
+/// caches of the objects reconciles look up (kept by the controllers' own
+/// watches, so a lookup costs no API call).
 pub struct Context {
     pub client: kube::Client,
+    pub recorder: Recorder,
+    pub capsules: Store<Capsule>,
+    pub bundles: Store<PolicyBundle>,
+    pub installations: Store<Installation>,
+    pub namespaces: Store<Namespace>,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        capsules: Store<Capsule>,
+        bundles: Store<PolicyBundle>,
+        installations: Store<Installation>,
+        namespaces: Store<Namespace>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: crate::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            recorder,
+            capsules,
+            bundles,
+            installations,
+            namespaces,
+        }
+    }
+
+    /// Waits until every cache has had its first full list, so a reconcile
+    /// never mistakes a cold cache for a missing object.
+    pub async fn caches_ready(&self) -> Result<(), Error> {
+        let ready = futures::try_join!(
+            self.capsules.wait_until_ready(),
+            self.bundles.wait_until_ready(),
+            self.installations.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+        );
+        ready.map(|_| ()).map_err(|_| Error::CacheStopped)
+    }
+
+    /// Records a Kubernetes Event on `obj` (best effort: a failed Event is
+    /// logged, never fails the reconcile).
+    pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(crate::conditions::truncate(&note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(%reason, error = %err, "could not record an Event");
+        }
+    }
 }
 
 /// How long after an error a reconcile is retried.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);
 
-/// Runs one controller for `K` until `shutdown` resolves.
+/// Runs `controller` until `shutdown` resolves.
 ///
 /// Concurrency is bounded (kube's default is unbounded, a footgun at scale).
-pub async fn run<K, R, Fut, S>(api: Api<K>, ctx: Arc<Context>, shutdown: S, reconcile: R)
+pub async fn run<K, R, Fut, S>(controller: Controller<K>, ctx: Arc<Context>, shutdown: S, reconcile: R)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     R: FnMut(Arc<K>, Arc<Context>) -> Fut,
@@ -34,7 +98,7 @@ where
 {
     let kind = K::kind(&());
     tracing::info!(%kind, "starting controller");
-    Controller::new(api, watcher::Config::default().any_semantic())
+    controller
         .with_config(Config::default().concurrency(8))
         .graceful_shutdown_on(shutdown)
         .run(traced(reconcile), error_policy::<K>, ctx)

@@ -39,10 +39,7 @@ pub fn canonical_payload(spec: &CapsuleSpec) -> Vec<u8> {
 /// `sha256:<hex>` of the canonical payload. Approvals are bound to it, so
 /// any change to a signed field invalidates an earlier approval.
 pub fn payload_digest(spec: &CapsuleSpec) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(canonical_payload(spec)))
-    )
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical_payload(spec))))
 }
 
 /// Why a signature did not verify.
@@ -129,10 +126,8 @@ mod tests {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            let dir = std::env::temp_dir().join(format!(
-                "somastack-sign-{tag}-{}-{nanos}",
-                std::process::id()
-            ));
+            let dir =
+                std::env::temp_dir().join(format!("somastack-sign-{tag}-{}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
         }
@@ -176,9 +171,7 @@ mod tests {
                 "-out",
                 p(&key),
             ]),
-            SignatureAlgorithm::Ed25519 => {
-                openssl(&["genpkey", "-algorithm", "ed25519", "-out", p(&key)])
-            }
+            SignatureAlgorithm::Ed25519 => openssl(&["genpkey", "-algorithm", "ed25519", "-out", p(&key)]),
         };
         let public = String::from_utf8(openssl(&["pkey", "-in", p(&key), "-pubout"])).unwrap();
         (key, public)
@@ -189,18 +182,10 @@ mod tests {
         let input = dir.path("payload");
         std::fs::write(&input, payload).unwrap();
         let raw = match algorithm {
-            SignatureAlgorithm::EcdsaP256Sha256 => {
-                openssl(&["dgst", "-sha256", "-sign", p(key), p(&input)])
+            SignatureAlgorithm::EcdsaP256Sha256 => openssl(&["dgst", "-sha256", "-sign", p(key), p(&input)]),
+            SignatureAlgorithm::Ed25519 => {
+                openssl(&["pkeyutl", "-sign", "-inkey", p(key), "-rawin", "-in", p(&input)])
             }
-            SignatureAlgorithm::Ed25519 => openssl(&[
-                "pkeyutl",
-                "-sign",
-                "-inkey",
-                p(key),
-                "-rawin",
-                "-in",
-                p(&input),
-            ]),
         };
         base64::engine::general_purpose::STANDARD.encode(raw)
     }
@@ -215,10 +200,7 @@ mod tests {
             digest:sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4\n\
             capabilities:llm-inference,network-egress\n\
             dataClassification:confidential\n";
-        assert_eq!(
-            String::from_utf8(canonical_payload(&spec())).unwrap(),
-            expected
-        );
+        assert_eq!(String::from_utf8(canonical_payload(&spec())).unwrap(), expected);
     }
 
     #[test]
@@ -269,10 +251,7 @@ mod tests {
 
     #[test]
     fn tampered_payload_is_a_mismatch() {
-        for algorithm in [
-            SignatureAlgorithm::EcdsaP256Sha256,
-            SignatureAlgorithm::Ed25519,
-        ] {
+        for algorithm in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::Ed25519] {
             let dir = TempDir::new("tamper");
             let (key, public) = keypair(&dir, algorithm);
             let sig = sign(&dir, algorithm, &key, &canonical_payload(&spec()));
@@ -335,13 +314,7 @@ mod tests {
             Err(VerifyError::BadEncoding)
         );
         assert_eq!(
-            verify(
-                SignatureAlgorithm::Ed25519,
-                &ed_public,
-                "k1",
-                &payload,
-                "AAAA"
-            ),
+            verify(SignatureAlgorithm::Ed25519, &ed_public, "k1", &payload, "AAAA"),
             Err(VerifyError::Malformed("ed25519"))
         );
     }

@@ -36,6 +36,31 @@ pub fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
+/// Drops the top-level fields of `status` that are null (absent, for us).
+fn without_nulls(status: Value) -> Value {
+    match status {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+/// Applies `status` unless the object already has exactly that status.
+/// `current` is the object's status as its typed struct serializes it.
+pub async fn apply_if_changed<K, S>(api: &Api<K>, obj: &K, current: Option<&S>, status: Value) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize,
+{
+    let status = without_nulls(status);
+    let current = current
+        .and_then(|c| serde_json::to_value(c).ok())
+        .map(without_nulls);
+    if current.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    apply(api, obj, status).await
+}
+
 /// Applies `status` (a JSON object with the fields this operator owns) to
 /// the object's status subresource. Forced: the operator is the only writer
 /// of status, so a conflict means a stale manager to take over from.
@@ -43,6 +68,7 @@ pub async fn apply<K>(api: &Api<K>, obj: &K, status: Value) -> Result<()>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let status = without_nulls(status);
     let name = obj
         .meta()
         .name

@@ -35,11 +35,7 @@ use crate::common::{self, DataClassification};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.__package__ == oldSelf.__package__ && self.publisher == oldSelf.publisher").message("package and publisher cannot change; publish a new Capsule instead"))]

@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// How sensitive the data a capsule handles is; residency rules key on it.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataClassification {
     Public,
@@ -23,12 +21,8 @@ pub enum DataClassification {
 }
 
 impl DataClassification {
-    pub const ALL: [DataClassification; 4] = [
-        Self::Public,
-        Self::Internal,
-        Self::Confidential,
-        Self::Restricted,
-    ];
+    pub const ALL: [DataClassification; 4] =
+        [Self::Public, Self::Internal, Self::Confidential, Self::Restricted];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -73,10 +73,7 @@ mod tests {
                 "{}",
                 names.kind
             );
-            let columns = version
-                .additional_printer_columns
-                .as_deref()
-                .unwrap_or_default();
+            let columns = version.additional_printer_columns.as_deref().unwrap_or_default();
             assert!(columns.iter().any(|c| c.name == "Age"), "{}", names.kind);
             assert!(columns.len() >= 3, "{}", names.kind);
         }
@@ -121,9 +118,6 @@ mod tests {
     #[test]
     fn yaml_stream_holds_five_documents() {
         let yaml = all_yaml().unwrap_or_default();
-        assert_eq!(
-            yaml.matches("\nkind: CustomResourceDefinition\n").count(),
-            5
-        );
+        assert_eq!(yaml.matches("\nkind: CustomResourceDefinition\n").count(), 5);
     }
 }

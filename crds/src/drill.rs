@@ -29,11 +29,7 @@ use crate::common;
     printcolumn(name = "Scenario", type_ = "string", json_path = ".spec.scenario"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Verdict", type_ = "string", json_path = ".status.verdict"),
-    printcolumn(
-        name = "RTO",
-        type_ = "number",
-        json_path = ".status.measuredRtoSeconds"
-    ),
+    printcolumn(name = "RTO", type_ = "number", json_path = ".status.measuredRtoSeconds"),
     printcolumn(
         name = "Schedule",
         type_ = "string",
@@ -41,11 +37,7 @@ use crate::common;
         priority = 1
     ),
     printcolumn(name = "Last-Run", type_ = "date", json_path = ".status.lastRunTime"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.targetRegion) || !has(self.failoverRegion) || self.targetRegion != self.failoverRegion").message("failoverRegion must differ from targetRegion: a drill cannot fail over into the region it takes down").field_path(".failoverRegion"))]

@@ -21,16 +21,8 @@ use crate::common::{self, CapsuleRef};
     namespaced,
     status = "InstallationStatus",
     doc = "A Capsule version running in a namespace and a region.",
-    printcolumn(
-        name = "Package",
-        type_ = "string",
-        json_path = ".spec.capsule.package"
-    ),
-    printcolumn(
-        name = "Version",
-        type_ = "string",
-        json_path = ".spec.capsule.version"
-    ),
+    printcolumn(name = "Package", type_ = "string", json_path = ".spec.capsule.package"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.capsule.version"),
     printcolumn(name = "Region", type_ = "string", json_path = ".status.activeRegion"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(
@@ -44,11 +36,7 @@ use crate::common::{self, CapsuleRef};
         json_path = ".status.currentRevision",
         priority = 1
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.failoverRegions) || !(self.region in self.failoverRegions)").message("failoverRegions must not contain the home region (spec.region)").field_path(".failoverRegions"))]
@@ -158,4 +146,29 @@ pub struct InstallationStatus {
     /// Region the workload runs in now (the home region unless failed over).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_region: Option<String>,
+    /// Newest revision that was fully rolled out and Available (what an
+    /// automatic rollback returns to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_revision: Option<i64>,
+    /// The last rollback, manual or automatic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback: Option<RollbackRecord>,
 }
+
+/// A rollback: which revision failed or was left, and where it went.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RollbackRecord {
+    /// Revision that was running (and failed, for an automatic rollback).
+    pub from_revision: i64,
+    /// Revision whose spec was restored.
+    pub to_revision: i64,
+    /// `Automatic` or `Manual`.
+    pub trigger: String,
+    pub reason: String,
+    pub time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+}
+
+/// Annotation a disaster-recovery failover sets to move the workload to one
+/// of `spec.failoverRegions`; absent, the workload runs in `spec.region`.
+pub const ACTIVE_REGION_ANNOTATION: &str = "somastack.io/active-region";

@@ -26,32 +26,15 @@ pub const MAX_LISTED_TASKS: usize = 50;
     status = "KamachiqProjectStatus",
     doc = "Autonomous project orchestration: goal -> task DAG -> agent Jobs -> review -> aggregated results.",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Tasks",
-        type_ = "integer",
-        json_path = ".status.taskCounts.total"
-    ),
+    printcolumn(name = "Tasks", type_ = "integer", json_path = ".status.taskCounts.total"),
     printcolumn(
         name = "Succeeded",
         type_ = "integer",
         json_path = ".status.taskCounts.succeeded"
     ),
-    printcolumn(
-        name = "Failed",
-        type_ = "integer",
-        json_path = ".status.taskCounts.failed"
-    ),
-    printcolumn(
-        name = "Goal",
-        type_ = "string",
-        json_path = ".spec.goal",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.taskCounts.failed"),
+    printcolumn(name = "Goal", type_ = "string", json_path = ".spec.goal", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.planner) || (has(self.tasks) && size(self.tasks) > 0)").message("a project needs tasks or a planner: list spec.tasks, or set spec.planner to decompose the goal"))]

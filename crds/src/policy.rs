@@ -21,21 +21,13 @@ use crate::common::{self, DataClassification};
     category = "somastack",
     status = "PolicyBundleStatus",
     doc = "Rules for the namespaces it selects: residency, trusted publishers, ceilings, capabilities, kill switch.",
-    printcolumn(
-        name = "Enforcement",
-        type_ = "string",
-        json_path = ".spec.enforcement"
-    ),
+    printcolumn(name = "Enforcement", type_ = "string", json_path = ".spec.enforcement"),
     printcolumn(
         name = "Namespaces",
         type_ = "integer",
         json_path = ".status.governedNamespaces"
     ),
-    printcolumn(
-        name = "Violations",
-        type_ = "integer",
-        json_path = ".status.violationCount"
-    ),
+    printcolumn(name = "Violations", type_ = "integer", json_path = ".status.violationCount"),
     printcolumn(
         name = "Kill-Switch",
         type_ = "boolean",
@@ -46,11 +38,7 @@ use crate::common::{self, DataClassification};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyBundleSpec {

@@ -12,9 +12,8 @@ fn committed_crds_match_the_rust_types() {
     for crd in crdgen::all() {
         let file = crdgen::file_name(&crd);
         let generated = crdgen::to_yaml(&crd).expect("renders");
-        let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|e| {
-            panic!("charts/somastack-operator/crds/{file}: {e}; run hack/gen-crds.sh")
-        });
+        let committed = std::fs::read_to_string(dir.join(&file))
+            .unwrap_or_else(|e| panic!("charts/somastack-operator/crds/{file}: {e}; run hack/gen-crds.sh"));
         assert!(
             committed == generated,
             "charts/somastack-operator/crds/{file} is stale: the Rust types changed; run hack/gen-crds.sh and commit"

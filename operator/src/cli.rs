@@ -22,16 +22,61 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions (YAML), or write one file per CRD.
     Crd(CrdArgs),
+    /// Take an Installation back to an earlier revision (recorded as a new revision).
+    Rollback(RollbackArgs),
+    /// List an Installation's revisions.
+    History(HistoryArgs),
+    /// Print the canonical bytes a publisher signs for a Capsule manifest (docs/signing.md).
+    Payload(PayloadArgs),
 }
 
-#[derive(Args, Debug)]
-pub struct RunArgs {
+/// Which cluster to talk to.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
     /// Kubeconfig file; default: $KUBECONFIG, ~/.kube/config, then in-cluster.
     #[arg(long, env = "SOMASTACK_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Kubeconfig context to use (default: the current context).
     #[arg(long)]
     pub context: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// Installation name.
+    pub installation: String,
+    /// Namespace of the Installation.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Revision to go back to (see `history`).
+    #[arg(long)]
+    pub to_revision: i64,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Installation name.
+    pub installation: String,
+    /// Namespace of the Installation.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PayloadArgs {
+    /// A Capsule manifest (YAML); `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// How long to wait for the CRDs to be established before giving up.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub crd_wait: Duration,

@@ -12,15 +12,13 @@ pub enum Error {
     )]
     CrdMissing { name: String },
     #[error("CustomResourceDefinition {name} was not established within {secs}s: {detail}")]
-    CrdNotEstablished {
-        name: String,
-        secs: u64,
-        detail: String,
-    },
+    CrdNotEstablished { name: String, secs: u64, detail: String },
     #[error("could not render the CRDs: {0}")]
     Render(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Controller(somastack_controllers::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

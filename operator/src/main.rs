@@ -3,11 +3,17 @@
 //! ```text
 //! somastack-operator run [--kubeconfig PATH]   run the controllers
 //! somastack-operator crd [--out-dir DIR]       print (or write) the CRDs
+//! somastack-operator history NAME -n NS        list an Installation's revisions
+//! somastack-operator rollback NAME -n NS --to-revision N
+//! somastack-operator payload -f capsule.yaml   bytes a publisher signs
 //! ```
 
 mod cli;
+mod cluster;
 mod crds;
 mod error;
+mod payload;
+mod revisions;
 mod run;
 
 use clap::Parser;
@@ -19,6 +25,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Crd(args) => crds::print(&args),
         Command::Run(args) => run::main(args),
+        Command::Rollback(args) => revisions::rollback(args),
+        Command::History(args) => revisions::history(args),
+        Command::Payload(args) => payload::print(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

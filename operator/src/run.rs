@@ -4,8 +4,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogFormat, RunArgs};
@@ -13,30 +12,23 @@ use crate::error::{Error, Result};
 
 pub fn main(args: RunArgs) -> Result<()> {
     init_logging(args.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(args))
 }
 
 fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
     }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let client = client(&args).await?;
+    let client = crate::cluster::client(&args.cluster).await?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the API server");
     wait_for_crds(&client, args.crd_wait).await?;
@@ -46,29 +38,6 @@ async fn run(args: RunArgs) -> Result<()> {
     somastack_controllers::run(client, shutdown.clone()).await;
     tracing::info!("all controllers stopped; exiting");
     Ok(())
-}
-
-async fn client(args: &RunArgs) -> Result<Client> {
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| Error::Config(e.to_string()))?
-        }
-        None if args.context.is_some() => Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?,
-        None => Config::infer()
-            .await
-            .map_err(|e| Error::Config(e.to_string()))?,
-    };
-    Ok(Client::try_from(config)?)
 }
 
 /// Waits until every CRD of the API is `Established`, polling once a second.
@@ -117,10 +86,8 @@ fn established_status(crd: &CustomResourceDefinition) -> Option<String> {
 /// Resolves on SIGTERM or SIGINT. A second signal exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; the operator will stop only when killed");
         return futures::future::pending().await;
     };

@@ -78,14 +78,15 @@ pub async fn api_for(client: &Client, doc: &Value) -> Api<DynamicObject> {
 
 /// Server-side applies one manifest and returns what the server stored.
 pub async fn apply(client: &Client, doc: &Value) -> Result<DynamicObject, kube::Error> {
+    apply_as(client, doc, TEST_MANAGER).await
+}
+
+/// Server-side applies one manifest as field manager `manager`.
+pub async fn apply_as(client: &Client, doc: &Value, manager: &str) -> Result<DynamicObject, kube::Error> {
     let api = api_for(client, doc).await;
     let name = doc["metadata"]["name"].as_str().expect("metadata.name");
-    api.patch(
-        name,
-        &PatchParams::apply(TEST_MANAGER).force(),
-        &Patch::Apply(doc),
-    )
-    .await
+    api.patch(name, &PatchParams::apply(manager).force(), &Patch::Apply(doc))
+        .await
 }
 
 /// Creates a manifest with `dryRun=All`: the API server validates it fully
@@ -104,9 +105,9 @@ pub async fn create_dry_run(client: &Client, doc: &Value) -> Result<DynamicObjec
 /// (objects compared key by key, arrays element by element).
 pub fn is_subset(want: &Value, have: &Value) -> bool {
     match (want, have) {
-        (Value::Object(w), Value::Object(h)) => w
-            .iter()
-            .all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv))),
+        (Value::Object(w), Value::Object(h)) => {
+            w.iter().all(|(k, v)| h.get(k).is_some_and(|hv| is_subset(v, hv)))
+        }
         (Value::Array(w), Value::Array(h)) => {
             w.len() == h.len() && w.iter().zip(h).all(|(a, b)| is_subset(a, b))
         }

@@ -74,9 +74,10 @@ async fn a_plain_deployment_becomes_available() {
         || async {
             let d = api.get("web").await.ok()?;
             let status = d.status?;
-            let available = status.conditions?.iter().any(|c| {
-                c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
-            });
+            let available = status
+                .conditions?
+                .iter()
+                .any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True"));
             (available && status.ready_replicas == Some(3)).then_some(())
         },
     )
@@ -123,9 +124,7 @@ async fn a_job_completes() {
         }
     }))
     .expect("job");
-    api.create(&PostParams::default(), &job)
-        .await
-        .expect("created");
+    api.create(&PostParams::default(), &job).await.expect("created");
     wait_for("job once to complete", Duration::from_secs(90), || async {
         let j = api.get("once").await.ok()?;
         let done = j

@@ -2,7 +2,7 @@
 //! written; `kubectl get somastack -A` then lists them. The examples are left
 //! in the cluster on purpose: they are what a newcomer looks at afterwards.
 
-use somastack_tests::{apply, client, is_subset, kubectl, read_docs, repo_root};
+use somastack_tests::{apply_as, client, is_subset, kubectl, read_docs, repo_root};
 
 #[tokio::test]
 async fn examples_apply_and_read_back() {
@@ -17,8 +17,13 @@ async fn examples_apply_and_read_back() {
 
     let mut applied = Vec::new();
     for path in &files {
+        // One field manager per file, as hack/run.sh does: each file is one actor.
+        let manager = format!(
+            "example-{}",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or_default()
+        );
         for doc in read_docs(path) {
-            let stored = apply(&client, &doc)
+            let stored = apply_as(&client, &doc, &manager)
                 .await
                 .unwrap_or_else(|e| panic!("{}: apply refused: {e}", path.display()));
             let stored = serde_json::to_value(&stored).expect("json");

@@ -104,12 +104,7 @@ async fn operator_observes_every_kind_and_stops_on_sigterm() {
         })))
         .await
         .expect("spec updated");
-    let after = observed(
-        &api,
-        "observed",
-        patched.metadata.generation.expect("generation"),
-    )
-    .await;
+    let after = observed(&api, "observed", patched.metadata.generation.expect("generation")).await;
     assert_eq!(
         before["conditions"][0]["lastTransitionTime"], after["conditions"][0]["lastTransitionTime"],
         "an unchanged condition status keeps its lastTransitionTime"
@@ -127,10 +122,7 @@ async fn operator_observes_every_kind_and_stops_on_sigterm() {
         .expect("operator exits after SIGTERM")
         .expect("exit status");
     let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
-    assert!(
-        status.success(),
-        "operator exit status {status:?}; logs:\n{logs}"
-    );
+    assert!(status.success(), "operator exit status {status:?}; logs:\n{logs}");
     assert!(logs.contains("all controllers stopped"), "logs:\n{logs}");
 
     for doc in objects(&ns.name, &suffix)
@@ -163,8 +155,9 @@ async fn crd_yaml_printed_by_the_binary_is_what_the_cluster_serves() {
     let client = client().await;
     for crd in docs {
         let name = crd["metadata"]["name"].as_str().expect("name");
-        let api: kube::Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-            kube::Api::all(client.clone());
+        let api: kube::Api<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        > = kube::Api::all(client.clone());
         let served = api
             .get(name)
             .await

@@ -20,18 +20,15 @@ async fn refused_with_message(file: &str, kind: &str) {
     );
     for doc in docs {
         assert_eq!(doc["kind"], kind, "{file} holds only {kind}s");
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
         let expected = doc["metadata"]["annotations"][EXPECT]
             .as_str()
             .unwrap_or_else(|| panic!("{file}/{name}: annotation {EXPECT} missing"))
             .to_string();
         match create_dry_run(&client, &doc).await {
-            Ok(_) => panic!(
-                "{file}/{name}: the API server accepted it; expected a refusal saying {expected:?}"
-            ),
+            Ok(_) => {
+                panic!("{file}/{name}: the API server accepted it; expected a refusal saying {expected:?}")
+            }
             Err(kube::Error::Api(status)) => {
                 assert_eq!(status.code, 422, "{file}/{name}: {status:?}");
                 assert!(
@@ -88,10 +85,7 @@ async fn examples_pass_validation() {
                 let mut doc = doc;
                 // A fresh name (the example itself may already be applied),
                 // in `default` (the example's namespace may not exist yet).
-                let name = format!(
-                    "dry-run-{}",
-                    doc["metadata"]["name"].as_str().unwrap_or_default()
-                );
+                let name = format!("dry-run-{}", doc["metadata"]["name"].as_str().unwrap_or_default());
                 doc["metadata"]["name"] = json!(name);
                 if doc["metadata"].get("namespace").is_some() {
                     doc["metadata"]["namespace"] = json!("default");

@@ -1,20 +1,592 @@
-//! `Capsule` controller.
+//! `Capsule` controller: signature verification, review, readiness, and
+//! protection against deleting a Capsule that is still installed.
+//!
+//! [`decide`] is pure: from the Capsule, the PolicyBundles and a count of
+//! Installations it computes the status. The reconcile only reads caches,
+//! calls it and applies the result.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use kube::Api;
-use somastack_crds::Capsule;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use somastack_crds::capsule::{CapsuleSpec, ReviewRecord};
+use somastack_crds::{Capsule, Installation, PolicyBundle};
 
-use crate::runtime::{self, Context};
+use crate::conditions::{self, Desired, Status};
+use crate::runtime::Context;
+use crate::status::HasConditions;
+use crate::{Error, Result, signing, status};
 
-/// Runs the Capsule controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<Capsule> = Api::all(ctx.client.clone());
-    runtime::run(api, ctx, shutdown, |obj, ctx| {
-        super::observe(obj, ctx, "Ready", false)
+pub const DECISION_ANNOTATION: &str = "review.somastack.io/decision";
+pub const REASON_ANNOTATION: &str = "review.somastack.io/reason";
+pub const REVIEWER_ANNOTATION: &str = "review.somastack.io/reviewer";
+pub const DIGEST_ANNOTATION: &str = "review.somastack.io/digest";
+/// Keeps a Capsule that Installations still use from disappearing under them.
+pub const FINALIZER: &str = "somastack.io/capsule-protection";
+
+/// Adds the triggers a Capsule needs: trust changes in any PolicyBundle, and
+/// Installations appearing or going (the count in status).
+pub fn wire(ctl: Controller<Capsule>, ctx: &Arc<Context>) -> Controller<Capsule> {
+    let client = ctx.client.clone();
+    let all = ctx.capsules.clone();
+    let capsules = ctx.capsules.clone();
+    ctl.watches(
+        Api::<PolicyBundle>::all(client.clone()),
+        watcher::Config::default(),
+        move |_| {
+            all.state()
+                .iter()
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+    .watches(
+        Api::<Installation>::all(client),
+        watcher::Config::default(),
+        move |inst| {
+            capsules
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// The status a Capsule should have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub conditions: Vec<Desired>,
+    pub payload_digest: String,
+    pub review: Option<ReviewRecord>,
+}
+
+/// Where a trusted key comes from.
+fn trusted_key<'a>(
+    bundles: &'a [Arc<PolicyBundle>],
+    publisher: &str,
+    key_id: &str,
+) -> Option<(&'a str, Vec<String>)> {
+    let mut found: Option<&str> = None;
+    let mut names = Vec::new();
+    for b in bundles {
+        let Some(trust) = &b.spec.trust else { continue };
+        for p in trust.publishers.iter().filter(|p| p.name == publisher) {
+            if let Some(k) = p.keys.iter().find(|k| k.id == key_id) {
+                found.get_or_insert(k.public_key.as_str());
+                names.push(b.name_any());
+            }
+        }
+    }
+    found.map(|pem| (pem, names))
+}
+
+/// `Verified`: the signature against every key any PolicyBundle trusts.
+pub fn verification(spec: &CapsuleSpec, bundles: &[Arc<PolicyBundle>]) -> Desired {
+    let requiring: Vec<String> = bundles
+        .iter()
+        .filter(|b| b.spec.trust.as_ref().is_some_and(|t| t.require_signature))
+        .map(|b| b.name_any())
+        .collect();
+    let Some(sig) = &spec.signature else {
+        return if requiring.is_empty() {
+            Desired::new(
+                "Verified",
+                Status::True,
+                "NotRequired",
+                "unsigned; no PolicyBundle requires a signature",
+            )
+        } else {
+            Desired::new(
+                "Verified",
+                Status::False,
+                "Unsigned",
+                format!(
+                    "the capsule is not signed and PolicyBundle {} requires signatures",
+                    requiring.join(", ")
+                ),
+            )
+        };
+    };
+    let Some((pem, trusted_by)) = trusted_key(bundles, &spec.publisher, &sig.key_id) else {
+        return Desired::new(
+            "Verified",
+            Status::False,
+            "UnknownKey",
+            format!(
+                "key {} of publisher {} is not trusted by any PolicyBundle",
+                sig.key_id, spec.publisher
+            ),
+        );
+    };
+    match signing::verify(
+        sig.algorithm,
+        pem,
+        &sig.key_id,
+        &signing::canonical_payload(spec),
+        &sig.value,
+    ) {
+        Ok(()) => Desired::new(
+            "Verified",
+            Status::True,
+            "SignatureValid",
+            format!(
+                "signed by key {} of publisher {}, trusted by PolicyBundle {}",
+                sig.key_id,
+                spec.publisher,
+                trusted_by.join(", ")
+            ),
+        ),
+        Err(e) => Desired::new(
+            "Verified",
+            Status::False,
+            "SignatureInvalid",
+            format!("key {}: {e}", sig.key_id),
+        ),
+    }
+}
+
+/// The review the annotations state, bound to a payload digest. Kept from
+/// `previous` (with its time) while nothing about the review changed.
+pub fn review_record(
+    annotations: &BTreeMap<String, String>,
+    previous: Option<&ReviewRecord>,
+    current_digest: &str,
+    now: &Time,
+) -> Option<ReviewRecord> {
+    let decision = annotations.get(DECISION_ANNOTATION)?.trim().to_string();
+    let reviewer = annotations.get(REVIEWER_ANNOTATION).cloned();
+    let reason = annotations.get(REASON_ANNOTATION).cloned();
+    let same_review =
+        previous.filter(|p| p.decision == decision && p.reviewer == reviewer && p.reason == reason);
+    // An explicit digest annotation names what was reviewed; otherwise the
+    // review binds to the payload at the time the operator first saw it.
+    let payload_digest = annotations
+        .get(DIGEST_ANNOTATION)
+        .cloned()
+        .or_else(|| same_review.and_then(|p| p.payload_digest.clone()))
+        .unwrap_or_else(|| current_digest.to_string());
+    let time = same_review
+        .filter(|p| p.payload_digest.as_deref() == Some(payload_digest.as_str()))
+        .and_then(|p| p.time.clone())
+        .unwrap_or_else(|| now.clone());
+    Some(ReviewRecord {
+        decision,
+        reviewer,
+        reason,
+        time: Some(time),
+        payload_digest: Some(payload_digest),
     })
-    .await;
+}
+
+/// `Approved`, from the review record and what the bundles require.
+pub fn approval(
+    review: Option<&ReviewRecord>,
+    current_digest: &str,
+    approval_required_by: &[String],
+) -> Desired {
+    let by = |r: &ReviewRecord| {
+        let who = r.reviewer.as_deref().unwrap_or("an unnamed reviewer");
+        match r.reason.as_deref().filter(|s| !s.is_empty()) {
+            Some(why) => format!("{who}: {why}"),
+            None => who.to_string(),
+        }
+    };
+    match review {
+        None if approval_required_by.is_empty() => Desired::new(
+            "Approved",
+            Status::True,
+            "NotRequired",
+            "no PolicyBundle requires a review",
+        ),
+        None => Desired::new(
+            "Approved",
+            Status::False,
+            "AwaitingReview",
+            format!(
+                "PolicyBundle {} requires a review; a reviewer sets the annotation {DECISION_ANNOTATION}=approve",
+                approval_required_by.join(", ")
+            ),
+        ),
+        Some(r) if r.decision == "approve" && r.payload_digest.as_deref() == Some(current_digest) => {
+            Desired::new(
+                "Approved",
+                Status::True,
+                "Approved",
+                format!("approved by {}", by(r)),
+            )
+        }
+        Some(r) if r.decision == "approve" => Desired::new(
+            "Approved",
+            Status::False,
+            "ApprovalOutdated",
+            format!(
+                "the approval by {} was for {}, but the capsule changed to {current_digest}; approve again with {DIGEST_ANNOTATION}={current_digest}",
+                by(r),
+                r.payload_digest.as_deref().unwrap_or("an unknown payload")
+            ),
+        ),
+        Some(r) if r.decision == "reject" => Desired::new(
+            "Approved",
+            Status::False,
+            "Rejected",
+            format!("rejected by {}", by(r)),
+        ),
+        Some(r) => Desired::new(
+            "Approved",
+            Status::False,
+            "UnknownDecision",
+            format!("{DECISION_ANNOTATION} is {:?}; use approve or reject", r.decision),
+        ),
+    }
+}
+
+/// The whole status, from the Capsule, all PolicyBundles and `now`.
+pub fn decide(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Time) -> Decision {
+    let digest = signing::payload_digest(&capsule.spec);
+    let previous = capsule.status.as_ref().and_then(|s| s.review.as_ref());
+    let review = review_record(capsule.annotations(), previous, &digest, now);
+    let requiring: Vec<String> = bundles
+        .iter()
+        .filter(|b| b.spec.trust.as_ref().is_some_and(|t| t.require_approval))
+        .map(|b| b.name_any())
+        .collect();
+    let verified = verification(&capsule.spec, bundles);
+    let approved = approval(review.as_ref(), &digest, &requiring);
+    let ready = match (&verified.status, &approved.status) {
+        (Status::True, Status::True) => Desired::new(
+            "Ready",
+            Status::True,
+            "Installable",
+            "verified and approved as the PolicyBundles require",
+        ),
+        (Status::True, _) => Desired::new("Ready", Status::False, approved.reason, approved.message.clone()),
+        _ => Desired::new("Ready", Status::False, verified.reason, verified.message.clone()),
+    };
+    Decision {
+        conditions: vec![verified, approved, ready],
+        payload_digest: digest,
+        review,
+    }
+}
+
+/// Whether `capsule` carries a current approval (its review, bound to its
+/// payload digest, says approve). Independent of whether one is required.
+pub fn is_approved(capsule: &Capsule) -> bool {
+    let digest = signing::payload_digest(&capsule.spec);
+    let previous = capsule.status.as_ref().and_then(|s| s.review.as_ref());
+    review_record(capsule.annotations(), previous, &digest, &status::now())
+        .is_some_and(|r| r.decision == "approve" && r.payload_digest.as_deref() == Some(digest.as_str()))
+}
+
+/// Installations (namespace/name) that run this Capsule's package and version.
+pub fn users(capsule: &Capsule, installations: &[Arc<Installation>]) -> Vec<String> {
+    let mut out: Vec<String> = installations
+        .iter()
+        .filter(|i| {
+            i.spec.capsule.package == capsule.spec.package && i.spec.capsule.version == capsule.spec.version
+        })
+        .map(|i| format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()))
+        .collect();
+    out.sort();
+    out
+}
+
+pub async fn reconcile(capsule: Arc<Capsule>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_ready().await?;
+    let api: Api<Capsule> = Api::all(ctx.client.clone());
+    finalizer(&api, FINALIZER, capsule, |event| async {
+        match event {
+            Finalizer::Apply(capsule) => apply(&capsule, &ctx, &api).await,
+            Finalizer::Cleanup(capsule) => cleanup(&capsule, &ctx, &api).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
+    let bundles = ctx.bundles.state();
+    let now = status::now();
+    let decision = decide(capsule, &bundles, &now);
+    let users = users(capsule, &ctx.installations.state());
+    let merged = conditions::merge(
+        capsule.conditions(),
+        &decision.conditions,
+        capsule.metadata.generation,
+        &now,
+    );
+
+    let before = conditions::find(capsule.conditions(), "Ready").map(|c| c.status.clone());
+    let after = conditions::find(&merged, "Ready").map(|c| c.status.clone());
+    if before != after {
+        let ready = conditions::find(&merged, "Ready");
+        let (type_, reason) = if after.as_deref() == Some("True") {
+            (EventType::Normal, "Installable")
+        } else {
+            (
+                EventType::Warning,
+                ready.map(|c| c.reason.as_str()).unwrap_or("NotReady"),
+            )
+        };
+        let note = ready.map(|c| c.message.clone()).unwrap_or_default();
+        ctx.event(capsule, type_, reason, "Verify", note).await;
+    }
+
+    let body = json!({
+        "observedGeneration": capsule.metadata.generation,
+        "conditions": merged,
+        "payloadDigest": decision.payload_digest,
+        "review": decision.review,
+        "installations": users.len(),
+    });
+    status::apply_if_changed(api, capsule, capsule.status.as_ref(), body).await?;
+    Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
+    let users = users(capsule, &ctx.installations.state());
+    if users.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let shown: Vec<&str> = users.iter().take(5).map(String::as_str).collect();
+    let message = format!(
+        "deletion waits: still used by {} Installation(s) ({}{}); delete or upgrade them first",
+        users.len(),
+        shown.join(", "),
+        if users.len() > shown.len() { ", ..." } else { "" }
+    );
+    let now = status::now();
+    let desired = [Desired::new(
+        "Ready",
+        Status::False,
+        "DeletionBlocked",
+        message.clone(),
+    )];
+    let merged = conditions::merge(capsule.conditions(), &desired, capsule.metadata.generation, &now);
+    if merged.as_slice() != capsule.conditions() {
+        status::apply(
+            api,
+            capsule,
+            json!({ "conditions": merged, "installations": users.len() }),
+        )
+        .await?;
+        ctx.event(
+            capsule,
+            EventType::Warning,
+            "DeletionBlocked",
+            "Delete",
+            message.clone(),
+        )
+        .await;
+    }
+    Err(Error::DeletionBlocked(message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use somastack_crds::capsule::{Signature, SignatureAlgorithm};
+    use somastack_crds::common::DataClassification;
+    use somastack_crds::policy::{PolicyBundleSpec, PublisherKey, Trust, TrustedPublisher};
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_800_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+    }
+
+    fn capsule(signature: Option<Signature>, annotations: &[(&str, &str)]) -> Capsule {
+        let mut c = Capsule::new(
+            "agent-1.0.0",
+            CapsuleSpec {
+                package: "agent".into(),
+                version: "1.0.0".into(),
+                publisher: "acme".into(),
+                image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
+                    .into(),
+                ports: vec![],
+                env: vec![],
+                resources: None,
+                capabilities: vec![],
+                data_classification: DataClassification::Internal,
+                health_path: None,
+                ready_path: None,
+                signature,
+            },
+        );
+        c.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        c
+    }
+
+    fn bundle(name: &str, trust: Option<Trust>) -> Arc<PolicyBundle> {
+        Arc::new(PolicyBundle::new(
+            name,
+            PolicyBundleSpec {
+                namespace_selector: None,
+                residency: None,
+                trust,
+                limits: None,
+                capabilities: None,
+                kill_switch: None,
+                enforcement: Default::default(),
+            },
+        ))
+    }
+
+    fn find<'a>(d: &'a Decision, type_: &str) -> &'a Desired {
+        d.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn unsigned_without_requirements_is_installable() {
+        let d = decide(&capsule(None, &[]), &[bundle("open", None)], &now());
+        assert_eq!(find(&d, "Verified").reason, "NotRequired");
+        assert_eq!(find(&d, "Approved").reason, "NotRequired");
+        assert_eq!(find(&d, "Ready").status, Status::True);
+    }
+
+    #[test]
+    fn unsigned_with_required_signature_is_not_ready() {
+        let trust = Trust {
+            require_signature: true,
+            ..Default::default()
+        };
+        let d = decide(&capsule(None, &[]), &[bundle("strict", Some(trust))], &now());
+        let v = find(&d, "Verified");
+        assert_eq!((v.status, v.reason), (Status::False, "Unsigned"));
+        assert!(v.message.contains("PolicyBundle strict requires signatures"));
+        assert_eq!(find(&d, "Ready").reason, "Unsigned");
+    }
+
+    #[test]
+    fn unknown_key_and_invalid_signature() {
+        let sig = Signature {
+            key_id: "k9".into(),
+            algorithm: SignatureAlgorithm::Ed25519,
+            value: "AAAA".into(),
+        };
+        let d = decide(&capsule(Some(sig.clone()), &[]), &[bundle("b", None)], &now());
+        assert_eq!(find(&d, "Verified").reason, "UnknownKey");
+
+        let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        let trust = Trust {
+            publishers: vec![TrustedPublisher {
+                name: "acme".into(),
+                keys: vec![PublisherKey {
+                    id: "k9".into(),
+                    public_key: pem.into(),
+                }],
+            }],
+            ..Default::default()
+        };
+        let d = decide(&capsule(Some(sig), &[]), &[bundle("b", Some(trust))], &now());
+        let v = find(&d, "Verified");
+        assert_eq!((v.status, v.reason), (Status::False, "SignatureInvalid"));
+    }
+
+    #[test]
+    fn approval_binds_to_the_digest_and_a_change_invalidates_it() {
+        let trust = Trust {
+            require_approval: true,
+            ..Default::default()
+        };
+        let bundles = [bundle("review", Some(trust))];
+        let waiting = decide(&capsule(None, &[]), &bundles, &now());
+        assert_eq!(find(&waiting, "Approved").reason, "AwaitingReview");
+
+        let mut approved = capsule(
+            None,
+            &[
+                (DECISION_ANNOTATION, "approve"),
+                (REVIEWER_ANNOTATION, "alice"),
+                (REASON_ANNOTATION, "looks good"),
+            ],
+        );
+        let d = decide(&approved, &bundles, &now());
+        assert_eq!(find(&d, "Approved").reason, "Approved");
+        assert_eq!(find(&d, "Approved").message, "approved by alice: looks good");
+        assert_eq!(find(&d, "Ready").status, Status::True);
+        let record = d.review.clone().unwrap();
+        assert_eq!(record.payload_digest.as_deref(), Some(d.payload_digest.as_str()));
+
+        // The operator recorded the review; then the spec changes.
+        approved.status = Some(somastack_crds::CapsuleStatus {
+            review: Some(record),
+            ..Default::default()
+        });
+        approved.spec.version = "1.0.1".into();
+        let d = decide(&approved, &bundles, &now());
+        let a = find(&d, "Approved");
+        assert_eq!((a.status, a.reason), (Status::False, "ApprovalOutdated"));
+        assert!(a.message.contains(&d.payload_digest));
+        assert!(!is_approved(&approved));
+    }
+
+    #[test]
+    fn explicit_digest_annotation_must_match() {
+        let digest = signing::payload_digest(&capsule(None, &[]).spec);
+        let ok = capsule(
+            None,
+            &[(DECISION_ANNOTATION, "approve"), (DIGEST_ANNOTATION, &digest)],
+        );
+        assert!(is_approved(&ok));
+        let stale = capsule(
+            None,
+            &[(DECISION_ANNOTATION, "approve"), (DIGEST_ANNOTATION, "sha256:00")],
+        );
+        assert!(!is_approved(&stale));
+    }
+
+    #[test]
+    fn rejection_and_unknown_decisions() {
+        let d = decide(
+            &capsule(
+                None,
+                &[(DECISION_ANNOTATION, "reject"), (REVIEWER_ANNOTATION, "bob")],
+            ),
+            &[],
+            &now(),
+        );
+        let a = find(&d, "Approved");
+        assert_eq!(
+            (a.status, a.reason, a.message.as_str()),
+            (Status::False, "Rejected", "rejected by bob")
+        );
+        assert_eq!(find(&d, "Ready").reason, "Rejected");
+        let d = decide(&capsule(None, &[(DECISION_ANNOTATION, "lgtm")]), &[], &now());
+        assert_eq!(find(&d, "Approved").reason, "UnknownDecision");
+    }
+
+    #[test]
+    fn review_time_is_kept_while_the_review_is_unchanged() {
+        let annotations = BTreeMap::from([(DECISION_ANNOTATION.to_string(), "approve".to_string())]);
+        let first = review_record(&annotations, None, "sha256:a", &now()).unwrap();
+        let later = Time(jiff::Timestamp::from_second(1_900_000_000).unwrap());
+        let again = review_record(&annotations, Some(&first), "sha256:b", &later).unwrap();
+        assert_eq!(again.time, first.time);
+        assert_eq!(
+            again.payload_digest.as_deref(),
+            Some("sha256:a"),
+            "still bound to what was reviewed"
+        );
+    }
 }

@@ -1,14 +1,12 @@
 //! One module per kind.
 //!
-//! For now every kind is *observed*: its controller records which generation
-//! it saw and says, in a condition, that the operator does not act on the
-//! kind yet. The issues after the foundation replace each module's
-//! reconcile with the real one.
+//! Capsule, PolicyBundle and Installation are reconciled for real. DrDrill
+//! and KamachiqProject are *observed* for now: [`observe`] records which
+//! generation was seen and says, in a condition, that the operator does not
+//! act on the kind yet.
 
 pub mod capsule;
-pub mod drill;
 pub mod installation;
-pub mod kamachiq;
 pub mod policy;
 
 use std::sync::Arc;

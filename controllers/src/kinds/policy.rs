@@ -1,20 +1,202 @@
-//! `PolicyBundle` controller.
+//! `PolicyBundle` controller: what the bundle governs, and an audit of the
+//! Installations already running against it (as Gatekeeper's audit does).
+//!
+//! Enforcement itself happens where Installations are reconciled (and at
+//! admission); this controller reports.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use kube::Api;
-use somastack_crds::PolicyBundle;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use somastack_crds::policy::{Enforcement, MAX_LISTED_VIOLATIONS, Violation};
+use somastack_crds::{Capsule, Installation, PolicyBundle};
 
-use crate::runtime::{self, Context};
+use crate::Result;
+use crate::conditions::{self, Desired, Status};
+use crate::kinds::capsule::is_approved;
+use crate::kinds::installation::{find_capsule, requested_replicas};
+use crate::policy::{self, Bundle, Request};
+use crate::runtime::Context;
+use crate::status::{self, HasConditions};
 
-/// Runs the PolicyBundle controller until `shutdown` resolves.
-pub async fn run(
-    ctx: Arc<Context>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api: Api<PolicyBundle> = Api::all(ctx.client.clone());
-    runtime::run(api, ctx, shutdown, |obj, ctx| {
-        super::observe(obj, ctx, "Ready", false)
-    })
-    .await;
+/// Re-audits every bundle when Installations or Capsules change.
+pub fn wire(ctl: Controller<PolicyBundle>, ctx: &Arc<Context>) -> Controller<PolicyBundle> {
+    let client = ctx.client.clone();
+    let (a, b) = (ctx.bundles.clone(), ctx.bundles.clone());
+    let all = move |store: &kube::runtime::reflector::Store<PolicyBundle>| {
+        store
+            .state()
+            .iter()
+            .map(|b| ObjectRef::from_obj(b.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    ctl.watches(
+        Api::<Installation>::all(client.clone()),
+        watcher::Config::default(),
+        move |_| all(&a),
+    )
+    .watches(
+        Api::<Capsule>::all(client),
+        watcher::Config::default(),
+        move |_| all(&b),
+    )
+}
+
+/// What one bundle governs and which running Installations break it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub governed_namespaces: usize,
+    /// Every violation, sorted (status lists the first [`MAX_LISTED_VIOLATIONS`]).
+    pub violations: Vec<Violation>,
+}
+
+/// Audits `bundle` against the given cluster state. Pure.
+pub fn audit(
+    bundle: &PolicyBundle,
+    namespaces: &[Arc<Namespace>],
+    installations: &[Arc<Installation>],
+    capsules: &[Arc<Capsule>],
+) -> Audit {
+    let governed: Vec<String> = namespaces
+        .iter()
+        .filter(|ns| policy::governs(&bundle.spec, ns.labels()))
+        .map(|ns| ns.name_any())
+        .collect();
+    let name = bundle.name_any();
+    // Judge as if enforced: the audit shows what Enforce would block.
+    let mut as_enforced = bundle.spec.clone();
+    as_enforced.enforcement = Enforcement::Enforce;
+    let bundles = [Bundle {
+        name: &name,
+        spec: &as_enforced,
+    }];
+    let mut violations = Vec::new();
+    for inst in installations {
+        let namespace = inst.namespace().unwrap_or_default();
+        if !governed.contains(&namespace) {
+            continue;
+        }
+        let Some(capsule) = find_capsule(capsules, &inst.spec.capsule) else {
+            continue;
+        };
+        let region = inst
+            .status
+            .as_ref()
+            .and_then(|s| s.active_region.clone())
+            .unwrap_or_else(|| inst.spec.region.clone());
+        let req = Request {
+            capsule: &capsule.spec,
+            approved: is_approved(capsule),
+            region: &region,
+            replicas: requested_replicas(&inst.spec),
+        };
+        for v in policy::evaluate(&bundles, &req).blocking {
+            violations.push(Violation {
+                kind: "Installation".into(),
+                namespace: namespace.clone(),
+                name: inst.name_any(),
+                rule: v.rule.as_str().into(),
+                message: v.message,
+            });
+        }
+    }
+    violations.sort();
+    Audit {
+        governed_namespaces: governed.len(),
+        violations,
+    }
+}
+
+pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.caches_ready().await?;
+    let result = audit(
+        &bundle,
+        &ctx.namespaces.state(),
+        &ctx.installations.state(),
+        &ctx.capsules.state(),
+    );
+    let now = status::now();
+
+    let ready = if let Some(err) = policy::selector_error(&bundle.spec) {
+        Desired::new(
+            "Ready",
+            Status::False,
+            "InvalidSelector",
+            format!("namespaceSelector cannot be used: {err}"),
+        )
+    } else if let Some(ks) = bundle.spec.kill_switch.as_ref().filter(|k| k.engaged) {
+        Desired::new(
+            "Ready",
+            Status::True,
+            "KillSwitchEngaged",
+            format!(
+                "kill switch engaged ({}): every governed Installation is stopped",
+                ks.reason.as_deref().unwrap_or("no reason given")
+            ),
+        )
+    } else {
+        let mode = match bundle.spec.enforcement {
+            Enforcement::Enforce => ("Enforcing", "enforcing"),
+            Enforcement::Audit => ("Auditing", "auditing (violations are reported, not blocked)"),
+        };
+        Desired::new(
+            "Ready",
+            Status::True,
+            mode.0,
+            format!(
+                "{} {} namespace(s); {} violation(s) among running Installations",
+                mode.1,
+                result.governed_namespaces,
+                result.violations.len()
+            ),
+        )
+    };
+    let merged = conditions::merge(bundle.conditions(), &[ready], bundle.metadata.generation, &now);
+
+    let previous_count = bundle
+        .status
+        .as_ref()
+        .and_then(|s| s.violation_count)
+        .unwrap_or(0);
+    let count = i32::try_from(result.violations.len()).unwrap_or(i32::MAX);
+    if count != previous_count && count > 0 {
+        let first = result
+            .violations
+            .first()
+            .map(|v| format!("{}/{}: {}", v.namespace, v.name, v.message));
+        ctx.event(
+            bundle.as_ref(),
+            EventType::Warning,
+            "ViolationsFound",
+            "Audit",
+            format!(
+                "{count} running Installation violation(s); first: {}",
+                first.unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+
+    let listed: Vec<&Violation> = result.violations.iter().take(MAX_LISTED_VIOLATIONS).collect();
+    let body = json!({
+        "observedGeneration": bundle.metadata.generation,
+        "conditions": merged,
+        "governedNamespaces": result.governed_namespaces,
+        "violationCount": count,
+        "violations": listed,
+    });
+    status::apply_if_changed(
+        &Api::<PolicyBundle>::all(ctx.client.clone()),
+        bundle.as_ref(),
+        bundle.status.as_ref(),
+        body,
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
 }

@@ -1,0 +1,204 @@
+//! Unit tests of the pure parts: decide and assess.
+
+use super::render::tests::{capsule, installation};
+use super::*;
+use somastack_crds::policy::{KillSwitch, Limits, PolicyBundleSpec, Residency, ResidencyRule};
+
+fn capsule_object() -> Capsule {
+    let mut spec = capsule();
+    spec.data_classification = somastack_crds::common::DataClassification::Confidential;
+    Capsule::new("summarizer-1.4.2", spec)
+}
+
+fn bundle(name: &str, f: impl FnOnce(&mut PolicyBundleSpec)) -> Arc<PolicyBundle> {
+    let mut spec = PolicyBundleSpec {
+        namespace_selector: None,
+        residency: None,
+        trust: None,
+        limits: None,
+        capabilities: None,
+        kill_switch: None,
+        enforcement: Default::default(),
+    };
+    f(&mut spec);
+    Arc::new(PolicyBundle::new(name, spec))
+}
+
+fn eu_only() -> Arc<PolicyBundle> {
+    bundle("eu-only", |s| {
+        s.residency = Some(Residency {
+            rules: vec![ResidencyRule {
+                data_classification: somastack_crds::common::DataClassification::Confidential,
+                allowed_regions: vec!["eu-west-1".into(), "eu-central-1".into()],
+            }],
+        })
+    })
+}
+
+#[test]
+fn missing_capsule_is_pending() {
+    let inst = installation(Some(1), None);
+    assert_eq!(decide(&inst, None, &[], "eu-west-1"), Decision::CapsuleNotFound);
+    let a = assess(&Decision::CapsuleNotFound, &Workload::default(), false, false);
+    assert_eq!(a.phase, InstallationPhase::Pending);
+    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status, ready.reason), (Status::False, "CapsuleNotFound"));
+}
+
+#[test]
+fn residency_decides_where_it_may_run() {
+    let inst = installation(Some(1), None);
+    let cap = capsule_object();
+    assert!(matches!(
+        decide(&inst, Some(&cap), &[eu_only()], "eu-west-1"),
+        Decision::Run(_)
+    ));
+    let Decision::Blocked(eval) = decide(&inst, Some(&cap), &[eu_only()], "us-east-1") else {
+        panic!("blocked")
+    };
+    assert!(eval.blocking[0].message.contains("region us-east-1"));
+    assert!(eval.blocking[0].message.contains("PolicyBundle eu-only"));
+}
+
+#[test]
+fn blocked_keeps_the_running_workload_and_says_so() {
+    let inst = installation(Some(4), None);
+    let cap = capsule_object();
+    let tight = bundle("tight", |s| {
+        s.limits = Some(Limits {
+            max_replicas: Some(2),
+            ..Default::default()
+        })
+    });
+    let decision = decide(&inst, Some(&cap), &[tight], "eu-west-1");
+    let running = Workload {
+        exists: true,
+        observed: true,
+        desired: 4,
+        total: 4,
+        updated: 4,
+        ready: 4,
+        available: true,
+        deadline_exceeded: false,
+    };
+    let a = assess(&decision, &running, false, true);
+    assert_eq!(a.phase, InstallationPhase::Blocked);
+    let compliant = a
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "PolicyCompliant")
+        .unwrap();
+    assert_eq!(
+        (compliant.status, compliant.reason),
+        (Status::False, "PolicyViolation")
+    );
+    assert!(
+        compliant
+            .message
+            .contains("4 replicas exceed the ceiling of 2 (rule maxReplicas, PolicyBundle tight)")
+    );
+    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert!(ready.message.ends_with("the running workload is left as it was"));
+}
+
+#[test]
+fn kill_switch_suspends() {
+    let inst = installation(Some(2), None);
+    let cap = capsule_object();
+    let stop = bundle("stop", |s| {
+        s.kill_switch = Some(KillSwitch {
+            engaged: true,
+            reason: Some("incident".into()),
+        })
+    });
+    let decision = decide(&inst, Some(&cap), &[stop], "eu-west-1");
+    let a = assess(
+        &decision,
+        &Workload {
+            exists: true,
+            observed: true,
+            ..Default::default()
+        },
+        false,
+        true,
+    );
+    assert_eq!(a.phase, InstallationPhase::Suspended);
+    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status, ready.reason), (Status::False, "KillSwitchEngaged"));
+    assert!(ready.message.contains("PolicyBundle stop: incident"));
+}
+
+#[test]
+fn ready_only_when_rolled_out_and_available() {
+    let decision = Decision::Run(Evaluation::default());
+    let rolling = Workload {
+        exists: true,
+        observed: true,
+        desired: 3,
+        total: 4,
+        updated: 1,
+        ready: 3,
+        available: true,
+        deadline_exceeded: false,
+    };
+    let a = assess(&decision, &rolling, false, true);
+    assert_eq!(a.phase, InstallationPhase::Progressing);
+    let progressing = a.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!(
+        (progressing.status, progressing.reason),
+        (Status::True, "RollingOut")
+    );
+
+    let done = Workload {
+        total: 3,
+        updated: 3,
+        ..rolling.clone()
+    };
+    let a = assess(&decision, &done, false, true);
+    assert_eq!(a.phase, InstallationPhase::Ready);
+    assert!(
+        a.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == Status::True)
+    );
+
+    let stalled = Workload {
+        deadline_exceeded: true,
+        ..rolling
+    };
+    let a = assess(&decision, &stalled, false, true);
+    assert_eq!(a.phase, InstallationPhase::Degraded);
+    assert!(
+        a.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "ProgressDeadlineExceeded")
+    );
+}
+
+#[test]
+fn active_region_accepts_only_failover_regions() {
+    let mut inst = installation(Some(1), None);
+    assert_eq!(active_region(&inst), "eu-west-1");
+    inst.annotations_mut()
+        .insert(ACTIVE_REGION_ANNOTATION.into(), "eu-central-1".into());
+    assert_eq!(active_region(&inst), "eu-central-1");
+    inst.annotations_mut()
+        .insert(ACTIVE_REGION_ANNOTATION.into(), "ap-south-1".into());
+    assert_eq!(
+        active_region(&inst),
+        "eu-west-1",
+        "not a failover region: stay home"
+    );
+}
+
+#[test]
+fn rejected_capsule_is_unusable() {
+    let inst = installation(Some(1), None);
+    let mut cap = capsule_object();
+    cap.annotations_mut()
+        .insert(DECISION_ANNOTATION.into(), "reject".into());
+    assert!(matches!(
+        decide(&inst, Some(&cap), &[], "eu-west-1"),
+        Decision::CapsuleUnusable(_)
+    ));
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Signs a Capsule manifest with openssl, the way a publisher would, and
+# prints the manifest with spec.signature filled in.
+#
+#   hack/sign-capsule.sh CAPSULE.yaml PRIVATE_KEY.pem KEY_ID > signed.yaml
+#
+# The key decides the algorithm: an EC P-256 key signs ecdsa-p256-sha256
+# (openssl dgst -sha256 -sign), an Ed25519 key signs ed25519
+# (openssl pkeyutl -sign -rawin). The signed bytes are the canonical payload
+# (docs/signing.md), printed by `somastack-operator payload`.
+source "$(dirname "$0")/lib.sh"
+[[ $# -eq 3 ]] || die "usage: $0 CAPSULE.yaml PRIVATE_KEY.pem KEY_ID"
+manifest="$1" key="$2" key_id="$3"
+cd "$ROOT"
+cargo build --quiet -p somastack-operator
+payload=$(mktemp); trap 'rm -f "$payload"' EXIT
+target/debug/somastack-operator payload -f "$manifest" > "$payload"
+if openssl pkey -in "$key" -noout -text 2>/dev/null | grep -q 'ED25519'; then
+  algorithm=ed25519
+  value=$(openssl pkeyutl -sign -inkey "$key" -rawin -in "$payload" | base64 -w0)
+else
+  algorithm=ecdsa-p256-sha256
+  value=$(openssl dgst -sha256 -sign "$key" "$payload" | base64 -w0)
+fi
+# Drop any previous signature block, then append the new one under spec.
+awk '/^  signature:/{skip=1; next} skip && /^    /{next} {skip=0; print}' "$manifest"
+printf '  signature:\n    keyId: %s\n    algorithm: %s\n    value: %s\n' "$key_id" "$algorithm" "$value"

@@ -1,0 +1,65 @@
+//! `somastack-operator history` and `rollback`.
+
+use kube::Api;
+use somastack_controllers::kinds::installation::{self, revisions};
+use somastack_crds::Installation;
+
+use crate::cli::{HistoryArgs, RollbackArgs};
+use crate::error::{Error, Result};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+pub fn history(args: HistoryArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = crate::cluster::client(&args.cluster).await?;
+        let inst = Api::<Installation>::namespaced(client.clone(), &args.namespace)
+            .get(&args.installation)
+            .await?;
+        let current = inst.status.as_ref().and_then(|s| s.current_revision);
+        let mut history = revisions::list(&client, &inst).await.map_err(Error::Controller)?;
+        history.sort_by_key(|r| r.number);
+        println!(
+            "{:<9} {:<10} {:<20} {:<8} IMAGE",
+            "REVISION", "CURRENT", "CAPSULE", "REPLICAS"
+        );
+        for r in history {
+            let (capsule, replicas, image) = match &r.data {
+                Some(d) => (
+                    format!("{} {}", d.spec.capsule.package, d.spec.capsule.version),
+                    d.spec
+                        .replicas
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "auto".into()),
+                    d.image.clone(),
+                ),
+                None => ("?".into(), "?".into(), "?".into()),
+            };
+            let mark = if Some(r.number) == current { "*" } else { "" };
+            println!(
+                "{:<9} {:<10} {:<20} {:<8} {image}",
+                r.number, mark, capsule, replicas
+            );
+        }
+        Ok(())
+    })
+}
+
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let client = crate::cluster::client(&args.cluster).await?;
+        let inst = Api::<Installation>::namespaced(client.clone(), &args.namespace).get(&args.installation).await?;
+        let reason = format!("manual rollback to revision {}", args.to_revision);
+        let record = installation::rollback(&client, &inst, args.to_revision, "Manual", &reason)
+            .await
+            .map_err(Error::Controller)?;
+        println!(
+            "installation.somastack.io/{} rolled back from revision {} to revision {}; the operator records it as a new revision",
+            args.installation, record.from_revision, record.to_revision
+        );
+        Ok(())
+    })
+}
