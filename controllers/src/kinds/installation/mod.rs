@@ -535,20 +535,37 @@ async fn provision(ctx: &Context, inst: &Installation, namespace: &str, c: &rend
     apply::apply::<ServiceAccount>(client, namespace, &c.service_account).await?;
     apply::apply::<ConfigMap>(client, namespace, &c.config_map).await?;
     apply::apply::<NetworkPolicy>(client, namespace, &c.network_policy).await?;
-    match &c.service {
-        Some(s) => drop(apply::apply::<Service>(client, namespace, s).await?),
-        None => drop(apply::delete_if_owned::<Service>(client, namespace, &name, &uid).await?),
-    }
+    apply_or_prune::<Service>(ctx, namespace, &name, &uid, c.service.as_ref()).await?;
     apply::apply::<Deployment>(client, namespace, &c.deployment).await?;
-    match &c.autoscaler {
-        Some(h) => drop(apply::apply::<HorizontalPodAutoscaler>(client, namespace, h).await?),
-        None => {
-            drop(apply::delete_if_owned::<HorizontalPodAutoscaler>(client, namespace, &name, &uid).await?)
+    apply_or_prune::<HorizontalPodAutoscaler>(ctx, namespace, &name, &uid, c.autoscaler.as_ref()).await?;
+    apply_or_prune::<PodDisruptionBudget>(ctx, namespace, &name, &uid, c.disruption_budget.as_ref()).await?;
+    Ok(())
+}
+
+/// Applies an optional child when wanted, deletes it (if ours) when not.
+async fn apply_or_prune<K>(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    owner_uid: &str,
+    manifest: Option<&serde_json::Value>,
+) -> Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    match manifest {
+        Some(m) => {
+            apply::apply::<K>(&ctx.client, namespace, m).await?;
         }
-    }
-    match &c.disruption_budget {
-        Some(p) => drop(apply::apply::<PodDisruptionBudget>(client, namespace, p).await?),
-        None => drop(apply::delete_if_owned::<PodDisruptionBudget>(client, namespace, &name, &uid).await?),
+        None => {
+            if apply::delete_if_owned::<K>(&ctx.client, namespace, name, owner_uid).await? {
+                tracing::info!(kind = %K::kind(&()), %name, "pruned a child that is no longer wanted");
+            }
+        }
     }
     Ok(())
 }
