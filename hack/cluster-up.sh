@@ -56,6 +56,9 @@ kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
 log "installing the somastack CRDs"
 kubectl_local apply --server-side --force-conflicts --field-manager=somastack-hack -f "$ROOT/charts/somastack-operator/crds/" >/dev/null
 kubectl_local wait --for=condition=Established -f "$ROOT/charts/somastack-operator/crds/" --timeout=60s >/dev/null
+# kubectl caches discovery (for hours) from its first call, made before the
+# CRDs existed; refresh it so `kubectl get somastack` knows the category.
+kubectl_local api-resources --cached=false >/dev/null
 
 log "cluster ready: export KUBECONFIG=$LOCAL_KUBECONFIG"
 kubectl_local get nodes -L topology.kubernetes.io/region -L topology.kubernetes.io/zone >&2

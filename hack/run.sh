@@ -22,6 +22,8 @@ if [[ -z "${KUBECONFIG:-}" ]]; then
 else
   log "using the cluster of KUBECONFIG=$KUBECONFIG"
   kubectl apply --server-side --force-conflicts --field-manager=somastack-hack -f charts/somastack-operator/crds/ >/dev/null
+  kubectl wait --for=condition=Established -f charts/somastack-operator/crds/ --timeout=60s >/dev/null
+  kubectl api-resources --cached=false >/dev/null
 fi
 
 mkdir -p "$LOCAL_DIR"

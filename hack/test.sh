@@ -28,10 +28,21 @@ kubectl_local delete namespace -l somastack.io/test=true --wait=false >/dev/null
 step "build (the integration tests run the operator binary)"
 cargo build --workspace --bins --locked --quiet
 
+step "the operator, for the integration tests (logs: .local/operator-test.log)"
+target/debug/somastack-operator run >"$LOCAL_DIR/operator-test.log" 2>&1 &
+operator=$!
+trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
+
 step "unit, drift and integration tests (cargo test)"
 results="$LOCAL_DIR/cargo-test.log"
 cargo test --workspace --locked "${filter[@]}" 2>&1 | tee "$results"
-[[ ${PIPESTATUS[0]} -eq 0 ]] || die "cargo test failed"
+status=${PIPESTATUS[0]}
+kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null || true
+trap - EXIT
+if [[ $status -ne 0 ]]; then
+  log "operator log tail:"; tail -30 "$LOCAL_DIR/operator-test.log" >&2
+  die "cargo test failed"
+fi
 passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$results" | awk '{s+=$1} END {print s+0}')
 
 if [[ ${#filter[@]} -eq 0 ]]; then

@@ -2,6 +2,8 @@
 //! control plane started by `hack/cluster-up.sh` (or to the cluster named by
 //! `$KUBECONFIG`); nothing here imitates the API server.
 
+pub mod fixtures;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

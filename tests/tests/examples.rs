@@ -42,6 +42,22 @@ async fn examples_apply_and_read_back() {
         }
     }
 
+    // The story ends with the example Installation Ready, as `kubectl wait` sees it.
+    let out = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "installation/summarizer",
+        "-n",
+        "tenant-acme",
+        "--timeout=120s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait on the example Installation: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // What a user sees: the `somastack` category lists every applied object.
     let out = kubectl(&["get", "somastack", "-A", "-o", "name"]);
     assert!(

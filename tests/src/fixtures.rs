@@ -1,0 +1,243 @@
+//! Test data made the way users make it: keys and signatures by the
+//! `openssl` command line, objects as the JSON a user would apply.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use kube::api::{DynamicObject, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+use crate::apply;
+
+/// A digest-pinned image reference that is unique per `seed`.
+pub fn image(seed: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "registry.test.example/agents/{seed}@sha256:{}",
+        hex::encode(sha2::Sha256::digest(seed.as_bytes()))
+    )
+}
+
+/// A scratch folder removed when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("somastack-test-{tag}-{}", crate::unique_suffix()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A publisher key made by openssl: private key file and public PEM.
+pub struct Key {
+    pub private: PathBuf,
+    pub public_pem: String,
+    pub algorithm: &'static str,
+}
+
+impl Key {
+    pub fn ecdsa(dir: &Scratch, name: &str) -> Key {
+        let private = dir.path(&format!("{name}.key"));
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            p(&private),
+        ]);
+        let public_pem = String::from_utf8(openssl(&["pkey", "-in", p(&private), "-pubout"])).expect("pem");
+        Key {
+            private,
+            public_pem,
+            algorithm: "ecdsa-p256-sha256",
+        }
+    }
+
+    pub fn ed25519(dir: &Scratch, name: &str) -> Key {
+        let private = dir.path(&format!("{name}.key"));
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", p(&private)]);
+        let public_pem = String::from_utf8(openssl(&["pkey", "-in", p(&private), "-pubout"])).expect("pem");
+        Key {
+            private,
+            public_pem,
+            algorithm: "ed25519",
+        }
+    }
+
+    /// Signs `payload` with openssl, as a publisher would; base64 of the signature.
+    pub fn sign(&self, dir: &Scratch, payload: &[u8]) -> String {
+        let input = dir.path(&format!("payload-{}", crate::unique_suffix()));
+        std::fs::write(&input, payload).expect("payload written");
+        let raw = match self.algorithm {
+            "ed25519" => openssl(&[
+                "pkeyutl",
+                "-sign",
+                "-inkey",
+                p(&self.private),
+                "-rawin",
+                "-in",
+                p(&input),
+            ]),
+            _ => openssl(&["dgst", "-sha256", "-sign", p(&self.private), p(&input)]),
+        };
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+}
+
+/// The bytes to sign for a Capsule manifest, printed by the operator binary
+/// (`somastack-operator payload`), as a publisher gets them.
+pub fn payload_of(dir: &Scratch, capsule: &Value) -> Vec<u8> {
+    let file = dir.path(&format!("capsule-{}.json", crate::unique_suffix()));
+    std::fs::write(&file, serde_json::to_vec(capsule).expect("json")).expect("manifest written");
+    let out = Command::new(crate::workspace_binary("somastack-operator"))
+        .args(["payload", "-f"])
+        .arg(&file)
+        .output()
+        .expect("payload subcommand runs");
+    assert!(
+        out.status.success(),
+        "payload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A Capsule manifest.
+pub fn capsule(name: &str, package: &str, version: &str, class: &str) -> Value {
+    json!({
+        "apiVersion": "somastack.io/v1alpha1",
+        "kind": "Capsule",
+        "metadata": { "name": name },
+        "spec": {
+            "package": package,
+            "version": version,
+            "publisher": "test-pub",
+            "image": image(&format!("{package}-{version}")),
+            "dataClassification": class,
+            "ports": [{ "name": "http", "port": 8080 }],
+            "healthPath": "/healthz",
+            "readyPath": "/readyz",
+            "resources": { "requests": { "cpu": "100m", "memory": "64Mi" }, "limits": { "cpu": "250m", "memory": "128Mi" } },
+        },
+    })
+}
+
+/// Adds `spec.signature` made with `key` over the manifest's payload.
+pub fn signed(dir: &Scratch, mut capsule: Value, key: &Key, key_id: &str) -> Value {
+    let value = key.sign(dir, &payload_of(dir, &capsule));
+    capsule["spec"]["signature"] = json!({ "keyId": key_id, "algorithm": key.algorithm, "value": value });
+    capsule
+}
+
+/// A PolicyBundle that governs only `namespace`.
+pub fn bundle(name: &str, namespace: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["namespaceSelector"] = json!({ "matchLabels": { "kubernetes.io/metadata.name": namespace } });
+    json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "PolicyBundle", "metadata": { "name": name }, "spec": spec })
+}
+
+/// An Installation manifest.
+pub fn installation(
+    namespace: &str,
+    name: &str,
+    package: &str,
+    version: &str,
+    region: &str,
+    replicas: i32,
+) -> Value {
+    json!({
+        "apiVersion": "somastack.io/v1alpha1",
+        "kind": "Installation",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "capsule": { "package": package, "version": version }, "region": region, "replicas": replicas },
+    })
+}
+
+/// Applies and returns the stored object.
+pub async fn put(client: &Client, doc: &Value) -> DynamicObject {
+    apply(client, doc)
+        .await
+        .unwrap_or_else(|e| panic!("apply {}: {e}", doc["metadata"]["name"]))
+}
+
+/// The condition of `type_` in an object's status, if any.
+pub fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
+    obj.data["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Waits until the object's condition `type_` has `status` (and `reason`,
+/// when given) for its current generation; returns the object.
+pub async fn wait_condition(
+    api: &Api<DynamicObject>,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> DynamicObject {
+    let what = format!(
+        "{name}: {type_}={status}{}",
+        reason.map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        if let Ok(obj) = api.get(name).await {
+            last = format!("{}", obj.data["status"]);
+            if let Some(c) = condition(&obj, type_) {
+                let generation = obj.metadata.generation;
+                let fresh = generation.is_none() || c["observedGeneration"] == json!(generation);
+                if fresh && c["status"] == status && reason.is_none_or(|r| c["reason"] == r) {
+                    return obj;
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}; last status: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Creates a namespaced object plainly (no apply), for objects tests own.
+pub async fn create(client: &Client, doc: &Value) -> DynamicObject {
+    let api = crate::api_for(client, doc).await;
+    let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
+    api.create(&PostParams::default(), &obj).await.expect("created")
+}

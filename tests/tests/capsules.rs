@@ -1,0 +1,303 @@
+//! Capsule verification and review against the real cluster, with keys and
+//! signatures made by the openssl command line. Needs the operator running
+//! (hack/test.sh starts it).
+
+use std::time::Duration;
+
+use kube::api::DeleteParams;
+use serde_json::json;
+use somastack_tests::fixtures::{Key, Scratch, bundle, capsule, installation, put, signed, wait_condition};
+use somastack_tests::{TestNamespace, api_for, client, unique_suffix};
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn signatures_valid_invalid_unknown_and_unsigned() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "sig").await;
+    let dir = Scratch::new("sig");
+    let s = unique_suffix();
+    let ec = Key::ecdsa(&dir, "ec");
+    let ed = Key::ed25519(&dir, "ed");
+    let untrusted = Key::ecdsa(&dir, "other");
+
+    let policy = bundle(
+        &format!("sig-{s}"),
+        &ns.name,
+        json!({
+            "trust": {
+                "requireSignature": true,
+                "publishers": [{ "name": "test-pub", "keys": [
+                    { "id": format!("ec-{s}"), "publicKey": ec.public_pem },
+                    { "id": format!("ed-{s}"), "publicKey": ed.public_pem },
+                ] }],
+            },
+        }),
+    );
+    put(&client, &policy).await;
+
+    let valid_ec = signed(
+        &dir,
+        capsule(
+            &format!("sig-ec-{s}"),
+            &format!("sig-ec-{s}"),
+            "1.0.0",
+            "internal",
+        ),
+        &ec,
+        &format!("ec-{s}"),
+    );
+    let valid_ed = signed(
+        &dir,
+        capsule(
+            &format!("sig-ed-{s}"),
+            &format!("sig-ed-{s}"),
+            "1.0.0",
+            "internal",
+        ),
+        &ed,
+        &format!("ed-{s}"),
+    );
+    // Signed, then a signed field changed: the signature no longer matches.
+    let mut tampered = signed(
+        &dir,
+        capsule(
+            &format!("sig-bad-{s}"),
+            &format!("sig-bad-{s}"),
+            "1.0.0",
+            "internal",
+        ),
+        &ec,
+        &format!("ec-{s}"),
+    );
+    tampered["spec"]["capabilities"] = json!(["network-egress"]);
+    let unknown = signed(
+        &dir,
+        capsule(
+            &format!("sig-unk-{s}"),
+            &format!("sig-unk-{s}"),
+            "1.0.0",
+            "internal",
+        ),
+        &untrusted,
+        "nobody-knows-me",
+    );
+    let unsigned = capsule(
+        &format!("sig-none-{s}"),
+        &format!("sig-none-{s}"),
+        "1.0.0",
+        "internal",
+    );
+
+    let cases = [
+        (&valid_ec, "True", "SignatureValid"),
+        (&valid_ed, "True", "SignatureValid"),
+        (&tampered, "False", "SignatureInvalid"),
+        (&unknown, "False", "UnknownKey"),
+        (&unsigned, "False", "Unsigned"),
+    ];
+    for (doc, _, _) in &cases {
+        put(&client, doc).await;
+    }
+    let api = api_for(&client, &valid_ec).await;
+    for (doc, status, reason) in &cases {
+        let name = doc["metadata"]["name"].as_str().unwrap();
+        let obj = wait_condition(&api, name, "Verified", status, Some(reason), T).await;
+        if *status == "False" {
+            // Readiness also depends on reviews other bundles in the cluster may
+            // require, so only the failing cases pin it down.
+            let ready = somastack_tests::fixtures::condition(&obj, "Ready").unwrap();
+            assert_eq!(
+                (ready["status"].as_str(), ready["reason"].as_str()),
+                (Some("False"), Some(*reason)),
+                "{name}"
+            );
+        }
+    }
+
+    // An Installation of the tampered capsule is refused, naming the rule.
+    let inst = installation(
+        &ns.name,
+        "tampered",
+        &format!("sig-bad-{s}"),
+        "1.0.0",
+        "eu-west-1",
+        1,
+    );
+    put(&client, &inst).await;
+    let inst_api = api_for(&client, &inst).await;
+    let obj = wait_condition(
+        &inst_api,
+        "tampered",
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        T,
+    )
+    .await;
+    let message =
+        somastack_tests::fixtures::condition(&obj, "PolicyCompliant").unwrap()["message"].to_string();
+    assert!(
+        message.contains("signature check failed") && message.contains(&format!("PolicyBundle sig-{s}")),
+        "{message}"
+    );
+    assert_eq!(obj.data["status"]["phase"], "Blocked");
+
+    let _ = inst_api.delete("tampered", &DeleteParams::default()).await;
+    for (doc, _, _) in &cases {
+        let _ = api
+            .delete(
+                doc["metadata"]["name"].as_str().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+    let _ = api_for(&client, &policy)
+        .await
+        .delete(&format!("sig-{s}"), &DeleteParams::default())
+        .await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "review").await;
+    let s = unique_suffix();
+    let package = format!("rev-{s}");
+    let policy = bundle(
+        &format!("rev-{s}"),
+        &ns.name,
+        json!({ "trust": { "requireApproval": true } }),
+    );
+    put(&client, &policy).await;
+    let doc = capsule(&package, &package, "1.0.0", "internal");
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    wait_condition(&api, &package, "Approved", "False", Some("AwaitingReview"), T).await;
+
+    // Nothing runs until it is approved.
+    let inst = installation(&ns.name, "reviewed", &package, "1.0.0", "eu-west-1", 1);
+    put(&client, &inst).await;
+    let inst_api = api_for(&client, &inst).await;
+    let blocked = wait_condition(
+        &inst_api,
+        "reviewed",
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        T,
+    )
+    .await;
+    let msg =
+        somastack_tests::fixtures::condition(&blocked, "PolicyCompliant").unwrap()["message"].to_string();
+    assert!(
+        msg.contains("is not approved by a reviewer") && msg.contains("rule approval"),
+        "{msg}"
+    );
+
+    let mut approve = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule", "metadata": { "name": package,
+        "annotations": { "review.somastack.io/decision": "approve", "review.somastack.io/reviewer": "alice",
+                         "review.somastack.io/reason": "scanned" } } });
+    somastack_tests::apply_as(&client, &approve, "reviewer")
+        .await
+        .expect("approved");
+    let obj = wait_condition(&api, &package, "Approved", "True", Some("Approved"), T).await;
+    assert_eq!(obj.data["status"]["review"]["reviewer"], "alice");
+    let digest = obj.data["status"]["payloadDigest"].as_str().unwrap().to_string();
+    assert_eq!(obj.data["status"]["review"]["payloadDigest"], digest.as_str());
+    wait_condition(&inst_api, "reviewed", "Ready", "True", None, T).await;
+
+    // The publisher changes a signed field: the approval no longer applies.
+    let mut changed = doc.clone();
+    changed["spec"]["image"] = json!(somastack_tests::fixtures::image(&format!("{package}-rebuilt")));
+    put(&client, &changed).await;
+    let obj = wait_condition(&api, &package, "Approved", "False", Some("ApprovalOutdated"), T).await;
+    assert_ne!(obj.data["status"]["payloadDigest"], digest.as_str());
+    // The running workload is kept, but flagged.
+    let obj = wait_condition(
+        &inst_api,
+        "reviewed",
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        T,
+    )
+    .await;
+    assert_eq!(obj.data["status"]["phase"], "Blocked");
+
+    // Approving the new payload by digest restores it; then a rejection.
+    let new_digest = api.get(&package).await.unwrap().data["status"]["payloadDigest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve["metadata"]["annotations"]["review.somastack.io/digest"] = json!(new_digest);
+    somastack_tests::apply_as(&client, &approve, "reviewer")
+        .await
+        .expect("re-approved");
+    wait_condition(&api, &package, "Approved", "True", Some("Approved"), T).await;
+    approve["metadata"]["annotations"] =
+        json!({ "review.somastack.io/decision": "reject", "review.somastack.io/reviewer": "bob" });
+    somastack_tests::apply_as(&client, &approve, "reviewer")
+        .await
+        .expect("rejected");
+    let obj = wait_condition(&api, &package, "Approved", "False", Some("Rejected"), T).await;
+    assert_eq!(
+        somastack_tests::fixtures::condition(&obj, "Ready").unwrap()["status"],
+        "False"
+    );
+    assert_eq!(
+        somastack_tests::fixtures::condition(&obj, "Approved").unwrap()["message"],
+        "rejected by bob"
+    );
+
+    let _ = inst_api.delete("reviewed", &DeleteParams::default()).await;
+    ns.delete().await;
+    let _ = api.delete(&package, &DeleteParams::default()).await;
+    let _ = api_for(&client, &policy)
+        .await
+        .delete(&format!("rev-{s}"), &DeleteParams::default())
+        .await;
+}
+
+#[tokio::test]
+async fn an_installed_capsule_cannot_disappear_until_its_installations_go() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "protect").await;
+    let package = format!("keep-{}", unique_suffix());
+    let doc = capsule(&package, &package, "1.0.0", "public");
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let inst = installation(&ns.name, "user", &package, "1.0.0", "us-east-1", 1);
+    put(&client, &inst).await;
+    let inst_api = api_for(&client, &inst).await;
+    wait_condition(&inst_api, "user", "Ready", "True", None, T).await;
+    somastack_tests::wait_for("the capsule to count its installation", T, || async {
+        let c = api.get(&package).await.ok()?;
+        (c.data["status"]["installations"] == 1).then_some(())
+    })
+    .await;
+
+    api.delete(&package, &DeleteParams::default())
+        .await
+        .expect("delete accepted");
+    let obj = wait_condition(&api, &package, "Ready", "False", Some("DeletionBlocked"), T).await;
+    let msg = somastack_tests::fixtures::condition(&obj, "Ready").unwrap()["message"].to_string();
+    assert!(msg.contains(&format!("{}/user", ns.name)), "{msg}");
+    // The Installation keeps running and says why it cannot be changed.
+    let still = inst_api.get("user").await.unwrap();
+    assert_eq!(
+        somastack_tests::fixtures::condition(&still, "Available").unwrap()["status"],
+        "True"
+    );
+
+    inst_api
+        .delete("user", &DeleteParams::default())
+        .await
+        .expect("installation deleted");
+    somastack_tests::wait_for("the capsule to be deleted once unused", T, || async {
+        api.get_opt(&package).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    ns.delete().await;
+}

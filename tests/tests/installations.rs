@@ -1,0 +1,516 @@
+//! Installations against the real cluster: residency, ceilings, kill switch,
+//! upgrades, revisions, rollbacks and cleanup. Needs the operator running
+//! (hack/test.sh starts it).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, DynamicObject, ListParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use somastack_tests::fixtures::{bundle, capsule, condition, installation, put, wait_condition};
+use somastack_tests::{TestNamespace, api_for, client, unique_suffix, wait_for, workspace_binary};
+
+const T: Duration = Duration::from_secs(90);
+
+async fn delete_cluster_scoped(client: &kube::Client, docs: &[&Value]) {
+    for doc in docs {
+        let _ = api_for(client, doc)
+            .await
+            .delete(
+                doc["metadata"]["name"].as_str().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}
+
+fn message(obj: &DynamicObject, type_: &str) -> String {
+    condition(obj, type_)
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "residency").await;
+    let s = unique_suffix();
+    let package = format!("res-{s}");
+    let cap = capsule(&package, &package, "1.0.0", "confidential");
+    let policy = bundle(
+        &format!("res-{s}"),
+        &ns.name,
+        json!({
+            "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-central-1"] }] },
+        }),
+    );
+    put(&client, &policy).await;
+    put(&client, &cap).await;
+
+    // Refused: nothing is created, the rule and the bundle are named, an Event says so.
+    let refused = installation(&ns.name, "in-us", &package, "1.0.0", "us-east-1", 2);
+    put(&client, &refused).await;
+    let api = api_for(&client, &refused).await;
+    let obj = wait_condition(
+        &api,
+        "in-us",
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        T,
+    )
+    .await;
+    let msg = message(&obj, "PolicyCompliant");
+    assert!(
+        msg.contains("confidential data may not be processed in region us-east-1"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("rule residency, PolicyBundle res-{s}")),
+        "{msg}"
+    );
+    assert_eq!(obj.data["status"]["phase"], "Blocked");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("in-us").await.unwrap().is_none(),
+        "nothing is created for a refused Installation"
+    );
+    let events = somastack_tests::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=PolicyViolation",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&events.stdout).trim().is_empty(),
+        "a PolicyViolation Event is recorded"
+    );
+
+    // Allowed: every pod runs on a node of eu-central-1.
+    let allowed = installation(&ns.name, "in-eu", &package, "1.0.0", "eu-central-1", 4);
+    put(&client, &allowed).await;
+    let obj = wait_condition(&api, "in-eu", "Ready", "True", None, T).await;
+    assert_eq!(obj.data["status"]["activeRegion"], "eu-central-1");
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("somastack.io/installation=in-eu"))
+        .await
+        .unwrap();
+    assert_eq!(pods.items.len(), 4);
+    let nodes: Api<Node> = Api::all(client.clone());
+    for pod in &pods {
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .expect("scheduled");
+        let region = nodes
+            .get(&node)
+            .await
+            .unwrap()
+            .labels()
+            .get("topology.kubernetes.io/region")
+            .cloned();
+        assert_eq!(
+            region.as_deref(),
+            Some("eu-central-1"),
+            "{} ran on {node}",
+            pod.name_any()
+        );
+    }
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&cap, &policy]).await;
+}
+
+#[tokio::test]
+async fn ceilings_and_capabilities_are_refused() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "ceil").await;
+    let s = unique_suffix();
+    let policy = bundle(
+        &format!("ceil-{s}"),
+        &ns.name,
+        json!({
+            "limits": { "maxReplicas": 2, "maxCpu": "200m" },
+            "capabilities": { "allowed": ["llm-inference"] },
+        }),
+    );
+    put(&client, &policy).await;
+    let mut small = capsule(&format!("small-{s}"), &format!("small-{s}"), "1.0.0", "public");
+    let mut big = capsule(&format!("big-{s}"), &format!("big-{s}"), "1.0.0", "public");
+    big["spec"]["resources"]["limits"]["cpu"] = json!("1");
+    let mut egress = capsule(&format!("egress-{s}"), &format!("egress-{s}"), "1.0.0", "public");
+    egress["spec"]["resources"]["limits"]["cpu"] = json!("100m");
+    egress["spec"]["capabilities"] = json!(["network-egress", "llm-inference"]);
+    small["spec"]["resources"]["limits"]["cpu"] = json!("100m");
+    for c in [&small, &big, &egress] {
+        put(&client, c).await;
+    }
+    let cases = [
+        (
+            "too-many",
+            format!("small-{s}"),
+            3,
+            "3 replicas exceed the ceiling of 2 (rule maxReplicas",
+        ),
+        (
+            "too-big",
+            format!("big-{s}"),
+            1,
+            "CPU per replica 1 exceeds the ceiling of 200m (rule maxCpu",
+        ),
+        (
+            "egress",
+            format!("egress-{s}"),
+            1,
+            "capabilities not allowed: network-egress (rule capabilities",
+        ),
+    ];
+    for (name, package, replicas, _) in &cases {
+        put(
+            &client,
+            &installation(&ns.name, name, package, "1.0.0", "us-east-1", *replicas),
+        )
+        .await;
+    }
+    let api = api_for(
+        &client,
+        &installation(&ns.name, "x", "x", "1.0.0", "us-east-1", 1),
+    )
+    .await;
+    for (name, _, _, expected) in &cases {
+        let obj = wait_condition(&api, name, "PolicyCompliant", "False", Some("PolicyViolation"), T).await;
+        let msg = message(&obj, "PolicyCompliant");
+        assert!(
+            msg.contains(expected) && msg.contains(&format!("PolicyBundle ceil-{s}")),
+            "{name}: {msg}"
+        );
+    }
+    // Within the ceilings it runs, with the ceiling as its limits where unset.
+    put(
+        &client,
+        &installation(&ns.name, "fits", &format!("small-{s}"), "1.0.0", "us-east-1", 2),
+    )
+    .await;
+    wait_condition(&api, "fits", "Ready", "True", None, T).await;
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&small, &big, &egress, &policy]).await;
+}
+
+#[tokio::test]
+async fn kill_switch_stops_and_release_restores() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "kill").await;
+    let s = unique_suffix();
+    let package = format!("kill-{s}");
+    let cap = capsule(&package, &package, "1.0.0", "public");
+    let mut policy = bundle(
+        &format!("kill-{s}"),
+        &ns.name,
+        json!({ "killSwitch": { "engaged": false } }),
+    );
+    put(&client, &cap).await;
+    put(&client, &policy).await;
+    let inst = installation(&ns.name, "svc", &package, "1.0.0", "eu-west-1", 2);
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    wait_condition(&api, "svc", "Ready", "True", None, T).await;
+
+    policy["spec"]["killSwitch"] =
+        json!({ "engaged": true, "reason": "incident 7: suspected prompt injection" });
+    put(&client, &policy).await;
+    let engaged = std::time::Instant::now();
+    let obj = wait_condition(
+        &api,
+        "svc",
+        "Ready",
+        "False",
+        Some("KillSwitchEngaged"),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(message(&obj, "Ready").contains("incident 7"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        "the workload to scale to zero",
+        Duration::from_secs(20),
+        || async {
+            let d = deployments.get("svc").await.ok()?;
+            let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            (d.spec.replicas == Some(0) && ready == 0).then_some(())
+        },
+    )
+    .await;
+    eprintln!("kill switch: stopped {:?} after engaging", engaged.elapsed());
+    assert_eq!(obj.data["status"]["phase"], "Suspended");
+
+    policy["spec"]["killSwitch"] = json!({ "engaged": false });
+    put(&client, &policy).await;
+    let obj = wait_condition(&api, "svc", "Ready", "True", None, T).await;
+    assert_eq!(obj.data["status"]["readyReplicas"], 2);
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&cap, &policy]).await;
+}
+
+async fn deployment_image(client: &kube::Client, ns: &str, name: &str) -> String {
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap();
+    d.spec.template.spec.unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "upgrade").await;
+    let package = format!("up-{}", unique_suffix());
+    let v1 = capsule(&format!("{package}-1"), &package, "1.0.0", "internal");
+    let v2 = capsule(&format!("{package}-2"), &package, "2.0.0", "internal");
+    put(&client, &v1).await;
+    put(&client, &v2).await;
+    let mut inst = installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2);
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
+    assert_eq!(obj.data["status"]["currentRevision"], 1);
+
+    // Upgrade: the Deployment never drops below the desired ready replicas.
+    inst["spec"]["capsule"]["version"] = json!("2.0.0");
+    put(&client, &inst).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let mut lowest_available = i32::MAX;
+    let obj = loop {
+        let d = deployments.get("app").await.unwrap();
+        lowest_available =
+            lowest_available.min(d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0));
+        let o = api.get("app").await.unwrap();
+        if o.data["status"]["currentRevision"] == 2
+            && condition(&o, "Ready").is_some_and(|c| c["status"] == "True")
+            && o.data["status"]["observedGeneration"] == json!(o.metadata.generation)
+        {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        lowest_available, 2,
+        "the old revision kept serving during the upgrade"
+    );
+    assert_eq!(
+        deployment_image(&client, &ns.name, "app").await,
+        v2["spec"]["image"].as_str().unwrap()
+    );
+    assert_eq!(obj.data["status"]["availableRevision"], 2);
+
+    // Autoscaling on, then off: the autoscaler comes and goes.
+    inst["spec"].as_object_mut().unwrap().remove("replicas");
+    inst["spec"]["autoscaling"] = json!({ "minReplicas": 2, "maxReplicas": 4 });
+    put(&client, &inst).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    wait_for("the autoscaler to be created", T, || async {
+        hpas.get_opt("app").await.ok()?.map(|_| ())
+    })
+    .await;
+    inst["spec"].as_object_mut().unwrap().remove("autoscaling");
+    inst["spec"]["replicas"] = json!(2);
+    put(&client, &inst).await;
+    wait_for("the autoscaler to be pruned", T, || async {
+        hpas.get_opt("app").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Manual rollback to revision 1, with the binary, as an operator would.
+    let out = std::process::Command::new(workspace_binary("somastack-operator"))
+        .args([
+            "rollback",
+            "app",
+            "-n",
+            &ns.name,
+            "--to-revision",
+            "1",
+            "--kubeconfig",
+        ])
+        .arg(somastack_tests::kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rollback: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled back from revision 2 to revision 1"));
+    let obj = wait_for("the rollback to become revision 3", T, || async {
+        let o = api.get("app").await.ok()?;
+        (o.data["status"]["currentRevision"] == 3 && condition(&o, "Ready")?["status"] == "True").then_some(o)
+    })
+    .await;
+    assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
+    assert_eq!(obj.data["status"]["lastRollback"]["trigger"], "Manual");
+    assert_eq!(
+        deployment_image(&client, &ns.name, "app").await,
+        v1["spec"]["image"].as_str().unwrap()
+    );
+
+    let out = std::process::Command::new(workspace_binary("somastack-operator"))
+        .args(["history", "app", "-n", &ns.name, "--kubeconfig"])
+        .arg(somastack_tests::kubeconfig_path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[2].starts_with("3") && rows[2].contains('*') && rows[2].contains("1.0.0"),
+        "{table}"
+    );
+
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&v1, &v2]).await;
+}
+
+#[tokio::test]
+async fn a_release_that_never_gets_ready_is_rolled_back_automatically() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "autorb").await;
+    let package = format!("arb-{}", unique_suffix());
+    let good = capsule(&format!("{package}-1"), &package, "1.0.0", "internal");
+    // A broken release: its readiness check never passes (kwok's
+    // pod-running-never-ready stage plays the failing probe).
+    let mut broken = capsule(&format!("{package}-2"), &package, "2.0.0", "internal");
+    broken["spec"]["readyPath"] = json!("/never-ready");
+    put(&client, &good).await;
+    put(&client, &broken).await;
+    let mut inst = installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2);
+    inst["spec"]["upgrade"] = json!({ "autoRollback": true, "progressDeadlineSeconds": 10 });
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    wait_condition(&api, "app", "Ready", "True", None, T).await;
+
+    inst["spec"]["capsule"]["version"] = json!("2.0.0");
+    put(&client, &inst).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let good_image = good["spec"]["image"].as_str().unwrap().to_string();
+    // While the broken revision fails, the old pods keep serving.
+    let obj = loop {
+        let ready_old = pods
+            .list(&ListParams::default().labels("somastack.io/installation=app"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers[0].image.as_deref() == Some(good_image.as_str()))
+            })
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        let o = api.get("app").await.unwrap();
+        if !o.data["status"]["lastRollback"].is_null() {
+            break o;
+        }
+        assert!(
+            ready_old >= 2,
+            "the old revision stopped serving during the failed upgrade ({ready_old} ready)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let record = &obj.data["status"]["lastRollback"];
+    assert_eq!(record["trigger"], "Automatic");
+    assert_eq!(record["fromRevision"], 2);
+    assert_eq!(record["toRevision"], 1);
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("was not Available within 10s"),
+        "{record}"
+    );
+    let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
+    assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
+    assert_eq!(obj.data["status"]["currentRevision"], 3);
+    let events = somastack_tests::kubectl(&[
+        "get",
+        "events",
+        "-n",
+        &ns.name,
+        "--field-selector",
+        "reason=RolledBack",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !String::from_utf8_lossy(&events.stdout).trim().is_empty(),
+        "a RolledBack Event is recorded"
+    );
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&good, &broken]).await;
+}
+
+#[tokio::test]
+async fn deleting_an_installation_removes_every_child() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "delete").await;
+    let package = format!("del-{}", unique_suffix());
+    let cap = capsule(&package, &package, "1.0.0", "public");
+    put(&client, &cap).await;
+    let inst = installation(&ns.name, "gone", &package, "1.0.0", "us-east-1", 2);
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    wait_condition(&api, "gone", "Ready", "True", None, T).await;
+    let n = ns.name.clone();
+    let c = client.clone();
+    let present = move || {
+        let (c, n) = (c.clone(), n.clone());
+        async move {
+            let mut kinds = Vec::new();
+            macro_rules! check {
+                ($k:ty, $name:expr) => {
+                    if Api::<$k>::namespaced(c.clone(), &n)
+                        .get_opt($name)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        kinds.push(stringify!($k));
+                    }
+                };
+            }
+            check!(Deployment, "gone");
+            check!(Service, "gone");
+            check!(ServiceAccount, "gone");
+            check!(ConfigMap, "gone-config");
+            check!(NetworkPolicy, "gone");
+            check!(PodDisruptionBudget, "gone");
+            check!(ControllerRevision, "gone-1");
+            kinds
+        }
+    };
+    assert_eq!(present().await.len(), 7, "every child exists while installed");
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    wait_for("garbage collection of every child", T, || {
+        let p = present.clone();
+        async move { p().await.is_empty().then_some(()) }
+    })
+    .await;
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&cap]).await;
+}
