@@ -13,8 +13,8 @@ pub enum Error {
     /// An object lacks something the API server always sets (name, uid, ...).
     #[error("object is missing {0}")]
     MissingField(&'static str),
-    /// A watch cache stopped (the operator is shutting down).
-    #[error("a watch cache stopped")]
+    /// A watch cache is not (or no longer) filled: still listing, or shutting down.
+    #[error("a watch cache is not ready")]
     CacheStopped,
     /// Deleting an object must wait (e.g. a Capsule still installed).
     #[error("{0}")]

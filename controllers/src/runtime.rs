@@ -27,6 +27,8 @@ pub struct Context {
     pub bundles: Store<PolicyBundle>,
     pub installations: Store<Installation>,
     pub namespaces: Store<Namespace>,
+    /// Raised once every cache above has had its first full list.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -36,6 +38,7 @@ impl Context {
         bundles: Store<PolicyBundle>,
         installations: Store<Installation>,
         namespaces: Store<Namespace>,
+        ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
@@ -49,19 +52,19 @@ impl Context {
             bundles,
             installations,
             namespaces,
+            ready,
         }
     }
 
     /// Waits until every cache has had its first full list, so a reconcile
-    /// never mistakes a cold cache for a missing object.
+    /// never mistakes a cold cache for a missing object. Bounded: a reconcile
+    /// that waited forever would hold one of the controller's slots.
     pub async fn caches_ready(&self) -> Result<(), Error> {
-        let ready = futures::try_join!(
-            self.capsules.wait_until_ready(),
-            self.bundles.wait_until_ready(),
-            self.installations.wait_until_ready(),
-            self.namespaces.wait_until_ready(),
-        );
-        ready.map(|_| ()).map_err(|_| Error::CacheStopped)
+        let mut ready = self.ready.clone();
+        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CacheStopped),
+        }
     }
 
     /// Records a Kubernetes Event on `obj` (best effort: a failed Event is
@@ -82,6 +85,9 @@ impl Context {
         }
     }
 }
+
+/// Longest a reconcile waits for the caches before giving up (and retrying).
+pub const CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// How long after an error a reconcile is retried.
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);

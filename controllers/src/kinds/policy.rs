@@ -25,10 +25,11 @@ use crate::policy::{self, Bundle, Request};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 
-/// Re-audits every bundle when Installations or Capsules change.
+/// Re-audits every bundle when Installations, Capsules or Namespaces change
+/// (a relabelled namespace changes what a bundle governs).
 pub fn wire(ctl: Controller<PolicyBundle>, ctx: &Arc<Context>) -> Controller<PolicyBundle> {
     let client = ctx.client.clone();
-    let (a, b) = (ctx.bundles.clone(), ctx.bundles.clone());
+    let (a, b, c) = (ctx.bundles.clone(), ctx.bundles.clone(), ctx.bundles.clone());
     let all = move |store: &kube::runtime::reflector::Store<PolicyBundle>| {
         store
             .state()
@@ -42,9 +43,14 @@ pub fn wire(ctl: Controller<PolicyBundle>, ctx: &Arc<Context>) -> Controller<Pol
         move |_| all(&a),
     )
     .watches(
-        Api::<Capsule>::all(client),
+        Api::<Capsule>::all(client.clone()),
         watcher::Config::default(),
         move |_| all(&b),
+    )
+    .watches(
+        Api::<Namespace>::all(client),
+        watcher::Config::default(),
+        move |_| all(&c),
     )
 }
 
