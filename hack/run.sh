@@ -40,18 +40,18 @@ for f in examples/*.yaml; do
 done
 
 log "waiting for the operator to report on every example"
-for obj in $(kubectl get somastack -A -o jsonpath='{range .items[*]}{.kind}/{.metadata.namespace}/{.metadata.name}{"\n"}{end}'); do
-  IFS=/ read -r kind ns name <<<"$obj"
-  args=("$kind/$name"); [[ -n "$ns" ]] && args+=(-n "$ns")
+for f in examples/*.yaml; do
+  grep -q '^apiVersion: somastack.io/' "$f" || continue
+  seen="" gen="x"
   for _ in $(seq 1 60); do
-    gen=$(kubectl get "${args[@]}" -o jsonpath='{.metadata.generation}')
-    seen=$(kubectl get "${args[@]}" -o jsonpath='{.status.observedGeneration}')
+    read -r gen seen < <(kubectl get -f "$f" -o jsonpath='{.metadata.generation} {.status.observedGeneration}{"\n"}')
     [[ -n "$seen" && "$seen" == "$gen" ]] && break
     kill -0 $operator 2>/dev/null || { tail -20 "$LOCAL_DIR/operator.log" >&2; die "the operator exited"; }
     sleep 1
   done
-  [[ "$seen" == "$gen" ]] || die "$kind $ns/$name: the operator did not report on generation $gen"
+  [[ "$seen" == "$gen" ]] || die "$f: the operator did not report on generation $gen"
 done
+kubectl wait --for=condition=Ready -f examples/30-installation.yaml --timeout=120s >&2
 kubectl get somastack -A >&2
 
 if $check; then
