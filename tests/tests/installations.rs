@@ -514,3 +514,92 @@ async fn deleting_an_installation_removes_every_child() {
     ns.delete().await;
     delete_cluster_scoped(&client, &[&cap]).await;
 }
+
+#[tokio::test]
+async fn audit_bundles_report_without_blocking() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "audit").await;
+    let s = unique_suffix();
+    let package = format!("aud-{s}");
+    let cap = capsule(&package, &package, "1.0.0", "public");
+    let policy = bundle(
+        &format!("aud-{s}"),
+        &ns.name,
+        json!({
+            "enforcement": "Audit",
+            "limits": { "maxReplicas": 1 },
+        }),
+    );
+    put(&client, &cap).await;
+    put(&client, &policy).await;
+    let inst = installation(&ns.name, "over", &package, "1.0.0", "us-east-1", 2);
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    let obj = wait_condition(&api, "over", "Ready", "True", None, T).await;
+    let compliant = condition(&obj, "PolicyCompliant").unwrap();
+    assert_eq!(compliant["reason"], "CompliantWithAuditFindings");
+    assert!(
+        compliant["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 replicas exceed the ceiling of 1"),
+        "{compliant}"
+    );
+
+    let bundles = api_for(&client, &policy).await;
+    let status = wait_for("the bundle to list the violation", T, || async {
+        let b = bundles.get(&format!("aud-{s}")).await.ok()?;
+        (b.data["status"]["violationCount"] == 1).then(|| b.data["status"].clone())
+    })
+    .await;
+    assert_eq!(status["governedNamespaces"], 1);
+    let v = &status["violations"][0];
+    assert_eq!(
+        (v["namespace"].as_str(), v["name"].as_str(), v["rule"].as_str()),
+        (Some(ns.name.as_str()), Some("over"), Some("maxReplicas"))
+    );
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&cap, &policy]).await;
+}
+
+#[tokio::test]
+async fn paused_leaves_children_alone() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "paused").await;
+    let package = format!("pause-{}", unique_suffix());
+    let cap = capsule(&package, &package, "1.0.0", "public");
+    put(&client, &cap).await;
+    let mut inst = installation(&ns.name, "app", &package, "1.0.0", "us-east-1", 2);
+    put(&client, &inst).await;
+    let api = api_for(&client, &inst).await;
+    wait_condition(&api, "app", "Ready", "True", None, T).await;
+
+    inst["spec"]["paused"] = json!(true);
+    inst["spec"]["replicas"] = json!(3);
+    put(&client, &inst).await;
+    let obj = wait_for("the paused Installation to be observed", T, || async {
+        let o = api.get("app").await.ok()?;
+        (o.data["status"]["observedGeneration"] == json!(o.metadata.generation)).then_some(o)
+    })
+    .await;
+    assert_eq!(obj.data["status"]["phase"], "Suspended");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("app")
+        .await
+        .unwrap();
+    assert_eq!(
+        deployment.spec.replicas,
+        Some(2),
+        "a paused Installation does not touch its workload"
+    );
+
+    inst["spec"]["paused"] = json!(false);
+    put(&client, &inst).await;
+    wait_for("the resumed Installation to scale to 3", T, || async {
+        let o = api.get("app").await.ok()?;
+        (o.data["status"]["readyReplicas"] == 3 && condition(&o, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
+    ns.delete().await;
+    delete_cluster_scoped(&client, &[&cap]).await;
+}

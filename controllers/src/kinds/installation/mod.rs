@@ -39,6 +39,9 @@ use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
 
+/// Annotation holding the last rollback (JSON), written with the restored spec.
+pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
+
 /// Re-reconciles Installations when their Capsule or any PolicyBundle changes
 /// (a kill switch must act within seconds).
 pub fn wire(ctl: Controller<Installation>, ctx: &Arc<Context>) -> Controller<Installation> {
@@ -467,7 +470,11 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     };
 
     // Automatic rollback of a revision that never became Available.
-    let mut last_rollback = inst.status.as_ref().and_then(|s| s.last_rollback.clone());
+    let mut last_rollback = inst
+        .annotations()
+        .get(LAST_ROLLBACK_ANNOTATION)
+        .and_then(|a| serde_json::from_str::<RollbackRecord>(a).ok())
+        .or_else(|| inst.status.as_ref().and_then(|s| s.last_rollback.clone()));
     let auto = inst.spec.upgrade.as_ref().is_some_and(|u| u.auto_rollback);
     let stalled = workload.deadline_exceeded && !workload.rolled_out();
     if let (true, true, Some(current), Some(target)) = (auto, stalled, current_revision, previous_available)
@@ -595,19 +602,6 @@ pub async fn rollback(
         .as_ref()
         .and_then(|s| s.current_revision)
         .unwrap_or(0);
-    latest.spec = data.spec;
-    latest
-        .annotations_mut()
-        .insert("somastack.io/rolled-back-to".into(), target.to_string());
-    api.replace(
-        &inst.name_any(),
-        &PostParams {
-            field_manager: Some(crate::FIELD_MANAGER.into()),
-            ..Default::default()
-        },
-        &latest,
-    )
-    .await?;
     let record = RollbackRecord {
         from_revision: from,
         to_revision: target,
@@ -615,7 +609,17 @@ pub async fn rollback(
         reason: reason.into(),
         time: status::now(),
     };
-    status::apply(&api, &latest, json!({ "lastRollback": record })).await?;
+    // The record travels with the spec change in one write, so no status
+    // write can race it away; the controller copies it into status.
+    latest.spec = data.spec;
+    latest
+        .annotations_mut()
+        .insert(LAST_ROLLBACK_ANNOTATION.into(), serde_json::to_string(&record)?);
+    let params = PostParams {
+        field_manager: Some(crate::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.replace(&inst.name_any(), &params, &latest).await?;
     Ok(record)
 }
 
