@@ -529,15 +529,7 @@ mod tests {
     }
 
     fn bundle_spec() -> PolicyBundleSpec {
-        PolicyBundleSpec {
-            namespace_selector: None,
-            residency: None,
-            trust: None,
-            limits: None,
-            capabilities: None,
-            kill_switch: None,
-            enforcement: Enforcement::Enforce,
-        }
+        PolicyBundleSpec::default()
     }
 
     fn residency(class: DataClassification, regions: &[&str]) -> Option<Residency> {

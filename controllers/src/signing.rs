@@ -98,8 +98,7 @@ mod tests {
     //! the code under test.
     use super::*;
     use somastack_crds::common::DataClassification;
-    use std::path::{Path, PathBuf};
-    use std::process::Command;
+    use somastack_tests::fixtures::{Key, Scratch};
 
     fn spec() -> CapsuleSpec {
         CapsuleSpec {
@@ -119,75 +118,11 @@ mod tests {
         }
     }
 
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let dir =
-                std::env::temp_dir().join(format!("somastack-sign-{tag}-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-        fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn openssl(args: &[&str]) -> Vec<u8> {
-        let out = Command::new("openssl")
-            .args(args)
-            .output()
-            .expect("openssl is installed");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    fn p(path: &Path) -> &str {
-        path.to_str().unwrap()
-    }
-
-    /// Makes a key pair with openssl; returns (private key path, public PEM).
-    fn keypair(dir: &TempDir, algorithm: SignatureAlgorithm) -> (PathBuf, String) {
-        let key = dir.path("key.pem");
+    fn keypair(dir: &Scratch, algorithm: SignatureAlgorithm) -> Key {
         match algorithm {
-            SignatureAlgorithm::EcdsaP256Sha256 => openssl(&[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                p(&key),
-            ]),
-            SignatureAlgorithm::Ed25519 => openssl(&["genpkey", "-algorithm", "ed25519", "-out", p(&key)]),
-        };
-        let public = String::from_utf8(openssl(&["pkey", "-in", p(&key), "-pubout"])).unwrap();
-        (key, public)
-    }
-
-    /// Signs `payload` with openssl; returns base64 of the signature.
-    fn sign(dir: &TempDir, algorithm: SignatureAlgorithm, key: &Path, payload: &[u8]) -> String {
-        let input = dir.path("payload");
-        std::fs::write(&input, payload).unwrap();
-        let raw = match algorithm {
-            SignatureAlgorithm::EcdsaP256Sha256 => openssl(&["dgst", "-sha256", "-sign", p(key), p(&input)]),
-            SignatureAlgorithm::Ed25519 => {
-                openssl(&["pkeyutl", "-sign", "-inkey", p(key), "-rawin", "-in", p(&input)])
-            }
-        };
-        base64::engine::general_purpose::STANDARD.encode(raw)
+            SignatureAlgorithm::EcdsaP256Sha256 => Key::ecdsa(dir, &somastack_tests::unique_suffix()),
+            SignatureAlgorithm::Ed25519 => Key::ed25519(dir, &somastack_tests::unique_suffix()),
+        }
     }
 
     #[test]
@@ -229,13 +164,13 @@ mod tests {
     }
 
     fn roundtrip(algorithm: SignatureAlgorithm) {
-        let dir = TempDir::new("ok");
-        let (key, public) = keypair(&dir, algorithm);
+        let dir = Scratch::new("ok");
+        let key = keypair(&dir, algorithm);
         let payload = canonical_payload(&spec());
         // Several signatures: ECDSA ones differ each time (and some are high-S).
         for _ in 0..4 {
-            let sig = sign(&dir, algorithm, &key, &payload);
-            assert_eq!(verify(algorithm, &public, "k", &payload, &sig), Ok(()));
+            let sig = key.sign(&dir, &payload);
+            assert_eq!(verify(algorithm, &key.public_pem, "k", &payload, &sig), Ok(()));
         }
     }
 
@@ -252,13 +187,19 @@ mod tests {
     #[test]
     fn tampered_payload_is_a_mismatch() {
         for algorithm in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::Ed25519] {
-            let dir = TempDir::new("tamper");
-            let (key, public) = keypair(&dir, algorithm);
-            let sig = sign(&dir, algorithm, &key, &canonical_payload(&spec()));
+            let dir = Scratch::new("tamper");
+            let key = keypair(&dir, algorithm);
+            let sig = key.sign(&dir, &canonical_payload(&spec()));
             let mut changed = spec();
             changed.capabilities.push("shell".into());
             assert_eq!(
-                verify(algorithm, &public, "k", &canonical_payload(&changed), &sig),
+                verify(
+                    algorithm,
+                    &key.public_pem,
+                    "k",
+                    &canonical_payload(&changed),
+                    &sig
+                ),
                 Err(VerifyError::Mismatch)
             );
         }
@@ -266,16 +207,10 @@ mod tests {
 
     #[test]
     fn another_key_is_a_mismatch() {
-        let dir = TempDir::new("otherkey");
-        let (key, _) = keypair(&dir, SignatureAlgorithm::EcdsaP256Sha256);
-        let sig = sign(
-            &dir,
-            SignatureAlgorithm::EcdsaP256Sha256,
-            &key,
-            &canonical_payload(&spec()),
-        );
-        let dir2 = TempDir::new("otherkey2");
-        let (_, other_public) = keypair(&dir2, SignatureAlgorithm::EcdsaP256Sha256);
+        let dir = Scratch::new("otherkey");
+        let key = keypair(&dir, SignatureAlgorithm::EcdsaP256Sha256);
+        let sig = key.sign(&dir, &canonical_payload(&spec()));
+        let other_public = keypair(&dir, SignatureAlgorithm::EcdsaP256Sha256).public_pem;
         assert_eq!(
             verify(
                 SignatureAlgorithm::EcdsaP256Sha256,
@@ -290,8 +225,8 @@ mod tests {
 
     #[test]
     fn wrong_algorithm_key_and_garbage_are_reported() {
-        let dir = TempDir::new("garbage");
-        let (_, ed_public) = keypair(&dir, SignatureAlgorithm::Ed25519);
+        let dir = Scratch::new("garbage");
+        let ed_public = keypair(&dir, SignatureAlgorithm::Ed25519).public_pem;
         let payload = canonical_payload(&spec());
         assert_eq!(
             verify(

@@ -11,7 +11,7 @@ use crate::common::{self, DataClassification};
 /// Residency, trust, ceilings, capabilities and a kill switch for the
 /// namespaces it selects. Several bundles may govern one namespace; the most
 /// restrictive combination applies.
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "somastack.io",
     version = "v1alpha1",

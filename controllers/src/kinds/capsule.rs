@@ -441,13 +441,8 @@ mod tests {
         Arc::new(PolicyBundle::new(
             name,
             PolicyBundleSpec {
-                namespace_selector: None,
-                residency: None,
                 trust,
-                limits: None,
-                capabilities: None,
-                kill_switch: None,
-                enforcement: Default::default(),
+                ..Default::default()
             },
         ))
     }

@@ -11,15 +11,7 @@ fn capsule_object() -> Capsule {
 }
 
 fn bundle(name: &str, f: impl FnOnce(&mut PolicyBundleSpec)) -> Arc<PolicyBundle> {
-    let mut spec = PolicyBundleSpec {
-        namespace_selector: None,
-        residency: None,
-        trust: None,
-        limits: None,
-        capabilities: None,
-        kill_switch: None,
-        enforcement: Default::default(),
-    };
+    let mut spec = PolicyBundleSpec::default();
     f(&mut spec);
     Arc::new(PolicyBundle::new(name, spec))
 }
