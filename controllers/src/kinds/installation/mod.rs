@@ -476,10 +476,12 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
         .and_then(|a| serde_json::from_str::<RollbackRecord>(a).ok())
         .or_else(|| inst.status.as_ref().and_then(|s| s.last_rollback.clone()));
     let auto = inst.spec.upgrade.as_ref().is_some_and(|u| u.auto_rollback);
-    let stalled = workload.deadline_exceeded && !workload.rolled_out();
+    // Only a verdict on the current Deployment spec counts.
+    let stalled = workload.observed && workload.deadline_exceeded && !workload.rolled_out();
     if let (true, true, Some(current), Some(target)) = (auto, stalled, current_revision, previous_available)
         && target != current
         && !inst.spec.paused
+        && !already_rolled_back(last_rollback.as_ref(), current, target)
     {
         {
             let deadline = inst
@@ -547,6 +549,13 @@ async fn provision(ctx: &Context, inst: &Installation, namespace: &str, c: &rend
     apply_or_prune::<HorizontalPodAutoscaler>(ctx, namespace, &name, &uid, c.autoscaler.as_ref()).await?;
     apply_or_prune::<PodDisruptionBudget>(ctx, namespace, &name, &uid, c.disruption_budget.as_ref()).await?;
     Ok(())
+}
+
+/// True when the last rollback already went to `target` and `current` came
+/// after it: rolling back again would loop (the target itself does not get
+/// Available), so the Installation stays Degraded for a person to look at.
+pub fn already_rolled_back(last: Option<&RollbackRecord>, current: i64, target: i64) -> bool {
+    last.is_some_and(|r| r.to_revision == target && current > r.from_revision)
 }
 
 /// Applies an optional child when wanted, deletes it (if ours) when not.

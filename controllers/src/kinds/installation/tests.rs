@@ -194,3 +194,23 @@ fn rejected_capsule_is_unusable() {
         Decision::CapsuleUnusable(_)
     ));
 }
+
+#[test]
+fn an_automatic_rollback_is_not_repeated_for_the_revision_it_made() {
+    let record = RollbackRecord {
+        from_revision: 2,
+        to_revision: 1,
+        trigger: "Automatic".into(),
+        reason: String::new(),
+        time: crate::status::now(),
+    };
+    assert!(!already_rolled_back(None, 2, 1));
+    assert!(
+        already_rolled_back(Some(&record), 3, 1),
+        "revision 3 is the rollback itself"
+    );
+    assert!(
+        !already_rolled_back(Some(&record), 4, 2),
+        "a later failed upgrade may roll back again"
+    );
+}
