@@ -80,6 +80,18 @@ pub struct RunArgs {
     /// How long to wait for the CRDs to be established before giving up.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub crd_wait: Duration,
+    /// Run the controllers only while holding a Lease (for several replicas).
+    #[arg(long, env = "SOMASTACK_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "somastack-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (in a cluster: the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (in a cluster: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
     /// Log format: readable text, or JSON (one object per line, for clusters).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SOMASTACK_LOG_FORMAT")]
     pub log_format: LogFormat,

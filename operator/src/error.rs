@@ -19,6 +19,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Controller(somastack_controllers::Error),
+    #[error("lost the leader Lease; stopping so that only one replica reconciles")]
+    LeadershipLost,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

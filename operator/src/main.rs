@@ -12,6 +12,7 @@ mod cli;
 mod cluster;
 mod crds;
 mod error;
+mod leader;
 mod payload;
 mod revisions;
 mod run;

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::error::{Error, Result};
+use crate::leader;
 
 pub fn main(args: RunArgs) -> Result<()> {
     init_logging(args.log_format);
@@ -34,10 +35,72 @@ async fn run(args: RunArgs) -> Result<()> {
     wait_for_crds(&client, args.crd_wait).await?;
 
     let shutdown = shutdown_signal().shared();
+    if !args.leader_elect {
+        tracing::info!("controllers starting");
+        controllers(client, shutdown.clone()).await;
+        tracing::info!("all controllers stopped; exiting");
+        return Ok(());
+    }
+
+    let cfg = leader::Config {
+        namespace: args.lease_namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: args.identity.clone().unwrap_or_else(default_identity),
+        lease_duration: LEASE_DURATION,
+        renew_every: RENEW_EVERY,
+    };
+    let leases = leader::api(client.clone(), &cfg);
+    tokio::select! {
+        () = leader::acquire(&leases, &cfg) => {}
+        () = shutdown.clone() => {
+            tracing::info!("stopped while following");
+            return Ok(());
+        }
+    }
     tracing::info!("controllers starting");
-    somastack_controllers::run(client, shutdown.clone()).await;
-    tracing::info!("all controllers stopped; exiting");
-    Ok(())
+    tokio::select! {
+        () = controllers(client, shutdown.clone()) => {
+            tracing::info!("all controllers stopped; releasing the Lease");
+            leader::release(&leases, &cfg).await;
+            Ok(())
+        }
+        // Dropping the controllers aborts their reconciles at once.
+        () = leader::keep(&leases, &cfg) => Err(Error::LeadershipLost),
+    }
+}
+
+/// Runs the controllers until `shutdown`, then gives in-flight reconciles up
+/// to [`SHUTDOWN_GRACE`] to finish. The bound matters: kube's controller
+/// waits for its store before running, and its store stops filling once
+/// shutdown begins, so a signal during the first list would wait forever.
+async fn controllers<S>(client: Client, shutdown: S)
+where
+    S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+{
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
+    tokio::select! {
+        () = somastack_controllers::run(client, shutdown) => {}
+        () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+}
+
+/// Longest a shutdown waits for in-flight reconciles.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A lease not renewed for this long may be taken over.
+const LEASE_DURATION: Duration = Duration::from_secs(10);
+/// The leader renews, and followers retry, this often.
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 /// Waits until every CRD of the API is `Established`, polling once a second.

@@ -1,0 +1,166 @@
+//! Leader election with real operator processes: one leads, the other waits;
+//! SIGKILL the leader and the other takes over; a leader whose Lease is taken
+//! stops; SIGTERM releases the Lease.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Api;
+use kube::api::PostParams;
+use somastack_tests::{TestNamespace, client, kubeconfig_path, unique_suffix, wait_for, workspace_binary};
+use tokio::process::{Child, Command};
+
+struct Replica {
+    identity: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Replica {
+    fn start(identity: &str, namespace: &str, lease: &str) -> Replica {
+        let log = std::env::temp_dir().join(format!("somastack-leader-{identity}-{}.log", unique_suffix()));
+        let child = Command::new(workspace_binary("somastack-operator"))
+            .args([
+                "run",
+                "--leader-elect",
+                "--lease-namespace",
+                namespace,
+                "--lease-name",
+                lease,
+            ])
+            .args(["--identity", identity, "--kubeconfig"])
+            .arg(kubeconfig_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("operator starts");
+        Replica {
+            identity: identity.into(),
+            log,
+            child,
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn leads(&self) -> bool {
+        self.logs().contains("controllers starting")
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    }
+}
+
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    leases.get_opt(name).await.ok()??.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "leader").await;
+    let lease = format!("somastack-{}", unique_suffix());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let mut a = Replica::start("op-a", &ns.name, &lease);
+    let mut b = Replica::start("op-b", &ns.name, &lease);
+
+    let first = wait_for("a replica to take the Lease", Duration::from_secs(60), || async {
+        holder(&leases, &lease)
+            .await
+            .filter(|h| h == "op-a" || h == "op-b")
+    })
+    .await;
+    let (leader, follower) = if first == "op-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    wait_for(
+        "the leader to start its controllers",
+        Duration::from_secs(30),
+        || async { leader.leads().then_some(()) },
+    )
+    .await;
+    // Give the follower several retry rounds: it must keep waiting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !follower.leads(),
+        "only one replica reconciles; follower logs:\n{}",
+        follower.logs()
+    );
+    assert!(follower.logs().contains("another replica leads; waiting"));
+
+    // SIGKILL: no release; the follower takes over once the lease expires.
+    leader.signal("-KILL");
+    let killed = Instant::now();
+    let _ = leader.child.wait().await;
+    wait_for("the follower to take over", Duration::from_secs(30), || async {
+        (holder(&leases, &lease).await.as_deref() == Some(follower.identity.as_str()) && follower.leads())
+            .then_some(())
+    })
+    .await;
+    let failover = killed.elapsed();
+    eprintln!("leader failover after SIGKILL: {failover:?}");
+    assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
+
+    // SIGTERM: the new leader stops cleanly and gives the Lease up.
+    follower.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(30), follower.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("status");
+    assert!(status.success(), "exit {status:?}; logs:\n{}", follower.logs());
+    assert_eq!(holder(&leases, &lease).await, None, "the Lease is released");
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_stops() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "lost").await;
+    let lease = format!("somastack-{}", unique_suffix());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let mut only = Replica::start("op-solo", &ns.name, &lease);
+    wait_for("the replica to lead", Duration::from_secs(60), || async {
+        only.leads().then_some(())
+    })
+    .await;
+
+    // Another party takes the Lease (as a partitioned replica's peer would).
+    let mut taken = leases.get(&lease).await.expect("lease");
+    if let Some(spec) = taken.spec.as_mut() {
+        spec.holder_identity = Some("intruder".into());
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        spec.lease_duration_seconds = Some(60);
+    }
+    leases
+        .replace(&lease, &PostParams::default(), &taken)
+        .await
+        .expect("lease taken");
+    let status = tokio::time::timeout(Duration::from_secs(20), only.child.wait())
+        .await
+        .expect("the replica stops once it sees the Lease is gone")
+        .expect("status");
+    assert!(!status.success(), "losing the Lease is an error exit");
+    assert!(
+        only.logs().contains("another replica took the Lease"),
+        "{}",
+        only.logs()
+    );
+    ns.delete().await;
+}
