@@ -151,13 +151,13 @@ where
             Controller::new(Api::<DrDrill>::all(client.clone()), wc.clone()),
             ctx.clone(),
             shutdown.clone(),
-            |obj, ctx| kinds::observe(obj, ctx, "Succeeded", true),
+            |obj, ctx| kinds::observe(obj, ctx, "Succeeded"),
         ),
         runtime::run(
             Controller::new(Api::<KamachiqProject>::all(client), wc),
             ctx,
             shutdown,
-            |obj, ctx| kinds::observe(obj, ctx, "Succeeded", true),
+            |obj, ctx| kinds::observe(obj, ctx, "Succeeded"),
         ),
     );
 }

@@ -25,17 +25,15 @@ use crate::status::{self, HasConditions};
 /// Reason of the condition an observed-only kind carries.
 pub const REASON_NOT_ACTED_ON: &str = "AwaitingSupport";
 
-/// Records `observedGeneration`, `phase` (when the kind has one) and an
+/// Records `observedGeneration`, `phase: Pending` and an
 /// `Unknown` condition of `condition_type` that says honestly what happens.
-pub(crate) async fn observe<K>(
-    obj: Arc<K>,
-    ctx: Arc<Context>,
-    condition_type: &'static str,
-    with_phase: bool,
-) -> Result<Action>
+pub(crate) async fn observe<K>(obj: Arc<K>, ctx: Arc<Context>, condition_type: &'static str) -> Result<Action>
 where
-    K: Resource<DynamicType = ()> + HasConditions + Clone + DeserializeOwned + std::fmt::Debug,
-    K::Scope: ObjectApi,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + HasConditions
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
 {
     let generation = obj.meta().generation;
     let desired = [Desired::new(
@@ -51,41 +49,9 @@ where
     let merged = conditions::merge(obj.conditions(), &desired, generation, &status::now());
     let already = obj.conditions() == merged.as_slice();
     if !already {
-        let mut body = json!({ "observedGeneration": generation, "conditions": merged });
-        if with_phase {
-            body["phase"] = json!("Pending");
-        }
-        let api: Api<K> = K::Scope::api(ctx.client.clone(), obj.namespace().as_deref());
+        let body = json!({ "observedGeneration": generation, "conditions": merged, "phase": "Pending" });
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
         status::apply(&api, obj.as_ref(), body).await?;
     }
     Ok(Action::requeue(Duration::from_secs(3600)))
-}
-
-/// Builds the right [`Api`] for cluster-scoped and namespaced kinds.
-pub trait ObjectApi {
-    fn api<K>(client: kube::Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: Resource<DynamicType = ()>,
-        K: Resource<Scope = Self>;
-}
-
-impl ObjectApi for k8s_openapi::ClusterResourceScope {
-    fn api<K>(client: kube::Client, _namespace: Option<&str>) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = Self>,
-    {
-        Api::all(client)
-    }
-}
-
-impl ObjectApi for k8s_openapi::NamespaceResourceScope {
-    fn api<K>(client: kube::Client, namespace: Option<&str>) -> Api<K>
-    where
-        K: Resource<DynamicType = (), Scope = Self>,
-    {
-        match namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        }
-    }
 }
