@@ -18,6 +18,14 @@ else
   # A cluster whose processes are gone (machine restarted) is recreated.
   KWOK_WORKDIR="$KWOK_WORKDIR" kwokctl delete cluster --name "$CLUSTER_NAME" --kubeconfig "$LOCAL_KUBECONFIG" >/dev/null 2>&1 || true
   rm -f "$LOCAL_KUBECONFIG"
+  # A port held by something else (another cluster of this kind, left running
+  # from another checkout) would make the API server fail while kubectl talks
+  # to the other one; say so instead.
+  for port in "$APISERVER_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$KWOK_PORT" "$KCM_PORT" "$SCHEDULER_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "127.0.0.1:$port is already in use (another local cluster?); stop it, or set SOMASTACK_PORT_BASE"
+    fi
+  done
   log "starting cluster '$CLUSTER_NAME' on 127.0.0.1:$APISERVER_PORT (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
   loopback=127.0.0.1
   KWOK_WORKDIR="$KWOK_WORKDIR" with_heartbeat "starting the control plane" \
