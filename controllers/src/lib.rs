@@ -16,6 +16,8 @@ pub mod policy;
 pub mod runtime;
 pub mod signing;
 pub mod status;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 

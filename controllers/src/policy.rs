@@ -506,13 +506,6 @@ mod tests {
 
     fn capsule(class: DataClassification, caps: &[&str], cpu: Option<&str>) -> CapsuleSpec {
         CapsuleSpec {
-            package: "agent".into(),
-            version: "1.0.0".into(),
-            publisher: "acme".into(),
-            image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
-                .into(),
-            ports: vec![],
-            env: vec![],
             resources: cpu.map(|c| ResourceRequirements {
                 requests: None,
                 limits: Some(ResourceAmounts {
@@ -521,10 +514,7 @@ mod tests {
                 }),
             }),
             capabilities: caps.iter().map(|c| c.to_string()).collect(),
-            data_classification: class,
-            health_path: None,
-            ready_path: None,
-            signature: None,
+            ..crate::testing::capsule_spec(class)
         }
     }
 

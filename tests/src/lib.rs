@@ -207,3 +207,20 @@ pub fn kubectl(args: &[&str]) -> std::process::Output {
         .output()
         .expect("kubectl is on PATH (hack/test.sh puts the built one there)")
 }
+
+/// Whether an Event with `reason` was recorded in `namespace`, as
+/// `kubectl get events` shows it.
+pub fn event_recorded(namespace: &str, reason: &str) -> bool {
+    let selector = format!("reason={reason}");
+    let out = kubectl(&[
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        &selector,
+        "-o",
+        "name",
+    ]);
+    out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}

@@ -80,18 +80,8 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
         deployments.get_opt("in-us").await.unwrap().is_none(),
         "nothing is created for a refused Installation"
     );
-    let events = somastack_tests::kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=PolicyViolation",
-        "-o",
-        "name",
-    ]);
     assert!(
-        !String::from_utf8_lossy(&events.stdout).trim().is_empty(),
+        somastack_tests::event_recorded(&ns.name, "PolicyViolation"),
         "a PolicyViolation Event is recorded"
     );
 
@@ -446,18 +436,8 @@ async fn a_release_that_never_gets_ready_is_rolled_back_automatically() {
     let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
     assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
     assert_eq!(obj.data["status"]["currentRevision"], 3);
-    let events = somastack_tests::kubectl(&[
-        "get",
-        "events",
-        "-n",
-        &ns.name,
-        "--field-selector",
-        "reason=RolledBack",
-        "-o",
-        "name",
-    ]);
     assert!(
-        !String::from_utf8_lossy(&events.stdout).trim().is_empty(),
+        somastack_tests::event_recorded(&ns.name, "RolledBack"),
         "a RolledBack Event is recorded"
     );
     ns.delete().await;

@@ -410,24 +410,11 @@ mod tests {
     }
 
     fn capsule(signature: Option<Signature>, annotations: &[(&str, &str)]) -> Capsule {
-        let mut c = Capsule::new(
-            "agent-1.0.0",
-            CapsuleSpec {
-                package: "agent".into(),
-                version: "1.0.0".into(),
-                publisher: "acme".into(),
-                image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
-                    .into(),
-                ports: vec![],
-                env: vec![],
-                resources: None,
-                capabilities: vec![],
-                data_classification: DataClassification::Internal,
-                health_path: None,
-                ready_path: None,
-                signature,
-            },
-        );
+        let spec = CapsuleSpec {
+            signature,
+            ..crate::testing::capsule_spec(DataClassification::Internal)
+        };
+        let mut c = Capsule::new("agent-1.0.0", spec);
         c.metadata.annotations = Some(
             annotations
                 .iter()
