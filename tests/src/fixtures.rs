@@ -192,6 +192,26 @@ pub async fn put(client: &Client, doc: &Value) -> DynamicObject {
         .unwrap_or_else(|e| panic!("apply {}: {e}", doc["metadata"]["name"]))
 }
 
+/// Applies a PolicyBundle and waits until the operator has reconciled it, so
+/// the Installations a test creates next are judged with it in place (the
+/// operator's caches are eventually consistent; admission closes that gap
+/// for real users).
+pub async fn put_policy(client: &Client, doc: &Value) -> DynamicObject {
+    let stored = put(client, doc).await;
+    let api = crate::api_for(client, doc).await;
+    let name = doc["metadata"]["name"].as_str().expect("name").to_string();
+    let generation = stored.metadata.generation;
+    crate::wait_for(
+        &format!("PolicyBundle {name} to be reconciled"),
+        Duration::from_secs(60),
+        || async {
+            let obj = api.get(&name).await.ok()?;
+            (obj.data["status"]["observedGeneration"] == json!(generation)).then_some(obj)
+        },
+    )
+    .await
+}
+
 /// The condition of `type_` in an object's status, if any.
 pub fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
     obj.data["status"]["conditions"]
@@ -199,6 +219,33 @@ pub fn condition(obj: &DynamicObject, type_: &str) -> Option<Value> {
         .iter()
         .find(|c| c["type"] == type_)
         .cloned()
+}
+
+/// The message of condition `type_`, or "" when absent.
+pub fn message(obj: &DynamicObject, type_: &str) -> String {
+    condition(obj, type_)
+        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// Waits until the Installation `name` is refused by policy
+/// (`PolicyCompliant=False`, reason `PolicyViolation`); returns it and the message.
+pub async fn wait_refused(
+    api: &Api<DynamicObject>,
+    name: &str,
+    timeout: Duration,
+) -> (DynamicObject, String) {
+    let obj = wait_condition(
+        api,
+        name,
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        timeout,
+    )
+    .await;
+    let msg = message(&obj, "PolicyCompliant");
+    (obj, msg)
 }
 
 /// Waits until the object's condition `type_` has `status` (and `reason`,

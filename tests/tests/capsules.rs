@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use kube::api::DeleteParams;
 use serde_json::json;
-use somastack_tests::fixtures::{Key, Scratch, bundle, capsule, installation, put, signed, wait_condition};
+use somastack_tests::fixtures::{
+    Key, Scratch, bundle, capsule, installation, put, put_policy, signed, wait_condition, wait_refused,
+};
 use somastack_tests::{TestNamespace, api_for, client, unique_suffix};
 
 const T: Duration = Duration::from_secs(60);
@@ -34,7 +36,7 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
             },
         }),
     );
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
 
     let valid_ec = signed(
         &dir,
@@ -126,17 +128,7 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
     );
     put(&client, &inst).await;
     let inst_api = api_for(&client, &inst).await;
-    let obj = wait_condition(
-        &inst_api,
-        "tampered",
-        "PolicyCompliant",
-        "False",
-        Some("PolicyViolation"),
-        T,
-    )
-    .await;
-    let message =
-        somastack_tests::fixtures::condition(&obj, "PolicyCompliant").unwrap()["message"].to_string();
+    let (obj, message) = wait_refused(&inst_api, "tampered", T).await;
     assert!(
         message.contains("signature check failed") && message.contains(&format!("PolicyBundle sig-{s}")),
         "{message}"
@@ -170,7 +162,7 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
         &ns.name,
         json!({ "trust": { "requireApproval": true } }),
     );
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
     let doc = capsule(&package, &package, "1.0.0", "internal");
     put(&client, &doc).await;
     let api = api_for(&client, &doc).await;
@@ -180,17 +172,7 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     let inst = installation(&ns.name, "reviewed", &package, "1.0.0", "eu-west-1", 1);
     put(&client, &inst).await;
     let inst_api = api_for(&client, &inst).await;
-    let blocked = wait_condition(
-        &inst_api,
-        "reviewed",
-        "PolicyCompliant",
-        "False",
-        Some("PolicyViolation"),
-        T,
-    )
-    .await;
-    let msg =
-        somastack_tests::fixtures::condition(&blocked, "PolicyCompliant").unwrap()["message"].to_string();
+    let (_, msg) = wait_refused(&inst_api, "reviewed", T).await;
     assert!(
         msg.contains("is not approved by a reviewer") && msg.contains("rule approval"),
         "{msg}"
@@ -215,15 +197,7 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     let obj = wait_condition(&api, &package, "Approved", "False", Some("ApprovalOutdated"), T).await;
     assert_ne!(obj.data["status"]["payloadDigest"], digest.as_str());
     // The running workload is kept, but flagged.
-    let obj = wait_condition(
-        &inst_api,
-        "reviewed",
-        "PolicyCompliant",
-        "False",
-        Some("PolicyViolation"),
-        T,
-    )
-    .await;
+    let (obj, _) = wait_refused(&inst_api, "reviewed", T).await;
     assert_eq!(obj.data["status"]["phase"], "Blocked");
 
     // Approving the new payload by digest restores it; then a rejection.

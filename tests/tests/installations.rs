@@ -9,10 +9,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, DynamicObject, ListParams};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use somastack_tests::fixtures::{bundle, capsule, condition, installation, put, wait_condition};
+use somastack_tests::fixtures::{
+    bundle, capsule, condition, installation, message, put, put_policy, wait_condition, wait_refused,
+};
 use somastack_tests::{TestNamespace, api_for, client, unique_suffix, wait_for, workspace_binary};
 
 const T: Duration = Duration::from_secs(90);
@@ -29,12 +31,6 @@ async fn delete_cluster_scoped(client: &kube::Client, docs: &[&Value]) {
     }
 }
 
-fn message(obj: &DynamicObject, type_: &str) -> String {
-    condition(obj, type_)
-        .map(|c| c["message"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
     let client = client().await;
@@ -49,23 +45,14 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
             "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-central-1"] }] },
         }),
     );
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
     put(&client, &cap).await;
 
     // Refused: nothing is created, the rule and the bundle are named, an Event says so.
     let refused = installation(&ns.name, "in-us", &package, "1.0.0", "us-east-1", 2);
     put(&client, &refused).await;
     let api = api_for(&client, &refused).await;
-    let obj = wait_condition(
-        &api,
-        "in-us",
-        "PolicyCompliant",
-        "False",
-        Some("PolicyViolation"),
-        T,
-    )
-    .await;
-    let msg = message(&obj, "PolicyCompliant");
+    let (obj, msg) = wait_refused(&api, "in-us", T).await;
     assert!(
         msg.contains("confidential data may not be processed in region us-east-1"),
         "{msg}"
@@ -133,7 +120,7 @@ async fn ceilings_and_capabilities_are_refused() {
             "capabilities": { "allowed": ["llm-inference"] },
         }),
     );
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
     let mut small = capsule(&format!("small-{s}"), &format!("small-{s}"), "1.0.0", "public");
     let mut big = capsule(&format!("big-{s}"), &format!("big-{s}"), "1.0.0", "public");
     big["spec"]["resources"]["limits"]["cpu"] = json!("1");
@@ -177,8 +164,7 @@ async fn ceilings_and_capabilities_are_refused() {
     )
     .await;
     for (name, _, _, expected) in &cases {
-        let obj = wait_condition(&api, name, "PolicyCompliant", "False", Some("PolicyViolation"), T).await;
-        let msg = message(&obj, "PolicyCompliant");
+        let (_, msg) = wait_refused(&api, name, T).await;
         assert!(
             msg.contains(expected) && msg.contains(&format!("PolicyBundle ceil-{s}")),
             "{name}: {msg}"
@@ -208,7 +194,7 @@ async fn kill_switch_stops_and_release_restores() {
         json!({ "killSwitch": { "engaged": false } }),
     );
     put(&client, &cap).await;
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
     let inst = installation(&ns.name, "svc", &package, "1.0.0", "eu-west-1", 2);
     put(&client, &inst).await;
     let api = api_for(&client, &inst).await;
@@ -511,7 +497,7 @@ async fn audit_bundles_report_without_blocking() {
         }),
     );
     put(&client, &cap).await;
-    put(&client, &policy).await;
+    put_policy(&client, &policy).await;
     let inst = installation(&ns.name, "over", &package, "1.0.0", "us-east-1", 2);
     put(&client, &inst).await;
     let api = api_for(&client, &inst).await;

@@ -386,6 +386,16 @@ pub(crate) mod tests {
         inst
     }
 
+    /// An Installation autoscaled between 2 and 5 replicas.
+    fn autoscaled() -> Installation {
+        let scaling = Autoscaling {
+            min_replicas: 2,
+            max_replicas: 5,
+            target_cpu_utilization_percentage: 70,
+        };
+        installation(None, Some(scaling))
+    }
+
     fn input<'a>(
         inst: &'a Installation,
         capsule: &'a CapsuleSpec,
@@ -469,14 +479,7 @@ pub(crate) mod tests {
 
     #[test]
     fn autoscaling_owns_replicas_and_adds_an_autoscaler() {
-        let inst = installation(
-            None,
-            Some(Autoscaling {
-                min_replicas: 2,
-                max_replicas: 5,
-                target_cpu_utilization_percentage: 70,
-            }),
-        );
+        let inst = autoscaled();
         let cap = capsule();
         let c = render(&input(&inst, &cap, "eu-west-1", false));
         assert!(c.deployment["spec"].get("replicas").is_none());
@@ -501,14 +504,7 @@ pub(crate) mod tests {
 
     #[test]
     fn kill_switch_scales_to_zero_without_autoscaler_or_budget() {
-        let inst = installation(
-            None,
-            Some(Autoscaling {
-                min_replicas: 2,
-                max_replicas: 5,
-                target_cpu_utilization_percentage: 70,
-            }),
-        );
+        let inst = autoscaled();
         let cap = capsule();
         let c = render(&input(&inst, &cap, "eu-west-1", true));
         assert_eq!(c.deployment["spec"]["replicas"], 0);
