@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -16,30 +17,25 @@ use somastack_crds::{Capsule, Installation, PolicyBundle};
 use tracing::Instrument;
 
 use crate::Error;
+use crate::caches::Caches;
+use crate::metrics::Metrics;
 
-/// What every reconcile gets: a client, an Event recorder, and read-only
-/// caches of the objects reconciles look up (kept by the controllers' own
-/// watches, so a lookup costs no API call).
+/// What every reconcile gets: a client, an Event recorder, metrics, and
+/// read-only caches of the objects reconciles look up (kept by watches, so a
+/// lookup costs no API call).
 pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     pub capsules: Store<Capsule>,
     pub bundles: Store<PolicyBundle>,
     pub installations: Store<Installation>,
     pub namespaces: Store<Namespace>,
-    /// Raised once every cache above has had its first full list.
-    ready: tokio::sync::watch::Receiver<bool>,
+    pub caches: Caches,
 }
 
 impl Context {
-    pub fn new(
-        client: kube::Client,
-        capsules: Store<Capsule>,
-        bundles: Store<PolicyBundle>,
-        installations: Store<Installation>,
-        namespaces: Store<Namespace>,
-        ready: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(client: kube::Client, caches: Caches, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -48,11 +44,12 @@ impl Context {
         Self {
             client,
             recorder,
-            capsules,
-            bundles,
-            installations,
-            namespaces,
-            ready,
+            metrics,
+            capsules: caches.capsules.clone(),
+            bundles: caches.bundles.clone(),
+            installations: caches.installations.clone(),
+            namespaces: caches.namespaces.clone(),
+            caches,
         }
     }
 
@@ -60,11 +57,7 @@ impl Context {
     /// never mistakes a cold cache for a missing object. Bounded: a reconcile
     /// that waited forever would hold one of the controller's slots.
     pub async fn caches_ready(&self) -> Result<(), Error> {
-        let mut ready = self.ready.clone();
-        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CacheStopped),
-        }
+        self.caches.wait_ready(CACHE_WAIT).await
     }
 
     /// Records a Kubernetes Event on `obj` (best effort: a failed Event is
@@ -125,19 +118,31 @@ where
 /// line of one reconcile carries kind, namespace and name.
 fn traced<K, R, Fut>(
     mut reconcile: R,
-) -> impl FnMut(Arc<K>, Arc<Context>) -> tracing::instrument::Instrumented<Fut>
+) -> impl FnMut(Arc<K>, Arc<Context>) -> tracing::instrument::Instrumented<BoxFuture<'static, Result<Action, Error>>>
 where
     K: Resource<DynamicType = ()>,
     R: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
+        let kind = K::kind(&());
         let span = tracing::info_span!(
             "reconcile",
-            kind = %K::kind(&()),
+            %kind,
             namespace = obj.namespace().unwrap_or_default(),
             name = %obj.name_any(),
         );
-        reconcile(obj, ctx).instrument(span)
+        let metrics = ctx.metrics.clone();
+        let started = std::time::Instant::now();
+        let run = reconcile(obj, ctx);
+        async move {
+            let result = run.await;
+            let error = result.as_ref().err().map(Error::category);
+            metrics.reconciled(&kind, started.elapsed(), error);
+            result
+        }
+        .boxed()
+        .instrument(span)
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controllers against a cluster.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (YAML), or write one file per CRD.
     Crd(CrdArgs),
     /// Take an Installation back to an earlier revision (recorded as a new revision).
@@ -86,15 +86,68 @@ pub struct RunArgs {
     /// Name of the Lease.
     #[arg(long, default_value = "somastack-operator")]
     pub lease_name: String,
-    /// Namespace of the Lease (in a cluster: the operator's own).
+    /// The operator's own namespace: Lease and webhook certificate Secret live here.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
-    pub lease_namespace: String,
+    pub namespace: String,
+    /// Namespace of the Lease, when not the operator's namespace.
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
     /// This replica's identity in the Lease (in a cluster: the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
     /// Log format: readable text, or JSON (one object per line, for clusters).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "SOMASTACK_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Export traces (a span per reconcile and per admission request) to this
+    /// OpenTelemetry collector, OTLP over HTTP (e.g. http://otel-collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SOMASTACK_METRICS_ADDR")]
+    pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+}
+
+/// The admission webhook server (served by every replica).
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    /// Do not serve admission webhooks (policy is then enforced by the controllers only).
+    #[arg(long)]
+    pub no_webhook: bool,
+    /// Address of the webhook's HTTPS server.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "SOMASTACK_WEBHOOK_ADDR")]
+    pub webhook_addr: std::net::SocketAddr,
+    /// Who issues the serving certificate: the operator itself (stored in the
+    /// Secret, CA bundle patched into the webhook configurations, rotated), or
+    /// someone else such as cert-manager (the operator only reads the Secret).
+    #[arg(long, value_enum, default_value_t = CertMode::SelfManaged)]
+    pub webhook_cert_mode: CertMode,
+    /// Secret (in the operator's namespace) holding ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "somastack-operator-webhook-tls")]
+    pub webhook_secret: String,
+    /// Service through which the API server calls the webhook; its DNS names go in the certificate.
+    #[arg(long, default_value = "somastack-operator-webhook")]
+    pub webhook_service: String,
+    /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle the operator keeps.
+    #[arg(long, default_value = "somastack-operator")]
+    pub webhook_configuration: String,
+    /// Extra names or IP addresses for the certificate (e.g. 127.0.0.1 when the
+    /// API server calls an operator running outside the cluster).
+    #[arg(long = "webhook-san")]
+    pub webhook_sans: Vec<String>,
+    /// Lifetime of a serving certificate the operator issues.
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pub webhook_cert_validity: Duration,
+    /// Issue a new serving certificate when the current one has less than this left.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub webhook_cert_renew_before: Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CertMode {
+    SelfManaged,
+    External,
 }
 
 #[derive(Args, Debug)]

@@ -19,6 +19,8 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Controller(somastack_controllers::Error),
+    #[error("webhook certificate: {0}")]
+    Certificate(String),
     #[error("lost the leader Lease; stopping so that only one replica reconciles")]
     LeadershipLost,
 }

@@ -12,10 +12,12 @@ mod cli;
 mod cluster;
 mod crds;
 mod error;
+mod http;
 mod leader;
 mod payload;
 mod revisions;
 mod run;
+mod webhook;
 
 use clap::Parser;
 
@@ -25,7 +27,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd(args) => crds::print(&args),
-        Command::Run(args) => run::main(args),
+        Command::Run(args) => run::main(*args),
         Command::Rollback(args) => revisions::rollback(args),
         Command::History(args) => revisions::history(args),
         Command::Payload(args) => payload::print(&args),

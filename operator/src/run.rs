@@ -1,15 +1,18 @@
 //! `somastack-operator run`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, Client};
+use prometheus_client::registry::Registry;
+use somastack_controllers::{Caches, Metrics};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::error::{Error, Result};
-use crate::leader;
+use crate::{http, leader};
 
 pub fn main(args: RunArgs) -> Result<()> {
     init_logging(args.log_format);
@@ -29,21 +32,72 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
+    // One TLS provider for the whole process (kube's client and the webhook server).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = crate::cluster::client(&args.cluster).await?;
     let version = client.apiserver_version().await?;
     tracing::info!(server = %version.git_version, "connected to the API server");
     wait_for_crds(&client, args.crd_wait).await?;
 
     let shutdown = shutdown_signal().shared();
+
+    // Every replica keeps the caches, serves metrics and health, and serves
+    // the webhooks; only the leader runs the controllers.
+    let (caches, fill) = Caches::start(&client);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, Some(&caches));
+    let caches_task = tokio::spawn(fill);
+    let webhook_loaded = if args.webhook.no_webhook {
+        tracing::info!("admission webhooks disabled (--no-webhook)");
+        None
+    } else {
+        let (loaded, loaded_rx) = tokio::sync::watch::channel(false);
+        let setup = crate::webhook::tls::Setup {
+            client: client.clone(),
+            caches: caches.clone(),
+            metrics: metrics.clone(),
+            namespace: args.namespace.clone(),
+            args: args.webhook.clone(),
+            loaded,
+        };
+        tokio::spawn(crate::webhook::serve(setup, shutdown.clone()));
+        Some(loaded_rx)
+    };
+    let readiness = http::Readiness {
+        caches: caches.clone(),
+        webhook: webhook_loaded,
+    };
+    let (_, server) = http::serve(args.metrics_addr, Arc::new(registry), readiness, shutdown.clone()).await?;
+    tokio::spawn(server);
+
+    let result = lead_and_reconcile(&args, client, caches, metrics, shutdown).await;
+    caches_task.abort();
+    result
+}
+
+async fn lead_and_reconcile<S>(
+    args: &RunArgs,
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    shutdown: S,
+) -> Result<()>
+where
+    S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+{
     if !args.leader_elect {
         tracing::info!("controllers starting");
-        controllers(client, shutdown.clone()).await;
+        metrics.leader.set(1);
+        controllers(client, caches, metrics, shutdown).await;
         tracing::info!("all controllers stopped; exiting");
         return Ok(());
     }
 
     let cfg = leader::Config {
-        namespace: args.lease_namespace.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone()),
         name: args.lease_name.clone(),
         identity: args.identity.clone().unwrap_or_else(default_identity),
         lease_duration: LEASE_DURATION,
@@ -58,14 +112,19 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     }
     tracing::info!("controllers starting");
+    metrics.leader.set(1);
     tokio::select! {
-        () = controllers(client, shutdown.clone()) => {
+        () = controllers(client, caches, metrics.clone(), shutdown.clone()) => {
             tracing::info!("all controllers stopped; releasing the Lease");
             leader::release(&leases, &cfg).await;
+            metrics.leader.set(0);
             Ok(())
         }
         // Dropping the controllers aborts their reconciles at once.
-        () = leader::keep(&leases, &cfg) => Err(Error::LeadershipLost),
+        () = leader::keep(&leases, &cfg) => {
+            metrics.leader.set(0);
+            Err(Error::LeadershipLost)
+        }
     }
 }
 
@@ -73,7 +132,7 @@ async fn run(args: RunArgs) -> Result<()> {
 /// to [`SHUTDOWN_GRACE`] to finish. The bound matters: kube's controller
 /// waits for its store before running, and its store stops filling once
 /// shutdown begins, so a signal during the first list would wait forever.
-async fn controllers<S>(client: Client, shutdown: S)
+async fn controllers<S>(client: Client, caches: Caches, metrics: Arc<Metrics>, shutdown: S)
 where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
@@ -85,7 +144,7 @@ where
         }
     };
     tokio::select! {
-        () = somastack_controllers::run(client, shutdown) => {}
+        () = somastack_controllers::run(client, caches, metrics, shutdown) => {}
         () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
 }

@@ -214,3 +214,85 @@ fn an_automatic_rollback_is_not_repeated_for_the_revision_it_made() {
         "a later failed upgrade may roll back again"
     );
 }
+
+mod admission {
+    //! The validating webhook's decisions (crate::admission::installation).
+    use super::*;
+    use crate::admission::installation as admit;
+    use somastack_crds::policy::Enforcement;
+
+    fn in_us() -> Installation {
+        let mut inst = installation(Some(1), None);
+        inst.spec.region = "us-east-1".into();
+        inst.spec.failover_regions = vec![];
+        inst
+    }
+
+    #[test]
+    fn an_enforced_violation_is_denied_naming_rule_and_bundle() {
+        let v = admit(&in_us(), None, &[Arc::new(capsule_object())], &[eu_only()]);
+        assert_eq!(
+            v.denied.as_deref(),
+            Some(
+                "Installation summarizer violates enforced policy: confidential data may not be processed in \
+                 region us-east-1; allowed regions: eu-central-1, eu-west-1 (rule residency, PolicyBundle eu-only)"
+            )
+        );
+    }
+
+    #[test]
+    fn an_audit_violation_is_admitted_with_a_warning() {
+        let mut audit = (*eu_only()).clone();
+        audit.spec.enforcement = Enforcement::Audit;
+        let v = admit(&in_us(), None, &[Arc::new(capsule_object())], &[Arc::new(audit)]);
+        assert_eq!(v.denied, None);
+        assert_eq!(v.warnings.len(), 1, "{:?}", v.warnings);
+        assert!(
+            v.warnings[0].starts_with("audit: confidential data may not be processed in region us-east-1")
+        );
+    }
+
+    #[test]
+    fn metadata_only_updates_are_not_judged_again() {
+        let old = in_us();
+        let mut new = old.clone();
+        new.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
+        let v = admit(&new, Some(&old), &[Arc::new(capsule_object())], &[eu_only()]);
+        assert_eq!(v, crate::admission::Verdict::default());
+        // A spec change is.
+        new.spec.replicas = Some(2);
+        assert!(
+            admit(&new, Some(&old), &[Arc::new(capsule_object())], &[eu_only()])
+                .denied
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_unpublished_capsule_is_admitted_with_a_warning() {
+        let v = admit(&in_us(), None, &[], &[eu_only()]);
+        assert_eq!(v.denied, None);
+        assert_eq!(
+            v.warnings,
+            vec!["Capsule summarizer version 1.4.2 is not published yet; the Installation waits for it"]
+        );
+    }
+
+    #[test]
+    fn a_kill_switch_is_a_warning_not_a_denial() {
+        let kill = bundle("freeze", |s| {
+            s.kill_switch = Some(KillSwitch {
+                engaged: true,
+                reason: Some("incident 42".into()),
+            })
+        });
+        let v = admit(
+            &installation(Some(1), None),
+            None,
+            &[Arc::new(capsule_object())],
+            &[kill],
+        );
+        assert_eq!(v.denied, None);
+        assert!(v.warnings[0].contains("kill switch engaged by PolicyBundle freeze (incident 42)"));
+    }
+}

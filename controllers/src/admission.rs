@@ -1,0 +1,308 @@
+//! Admission decisions (pure). The operator's webhook server feeds them the
+//! request, its caches and, for Capsule reviews, the answer of a
+//! SubjectAccessReview; they make no API call themselves.
+//!
+//! The CRD schemas and CEL rules are the first line of validation; these
+//! cover only what needs other objects (PolicyBundles, Capsules) or the
+//! requesting user's identity.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use kube::ResourceExt;
+use somastack_crds::{Capsule, Installation, PolicyBundle};
+
+use crate::kinds::capsule::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
+use crate::kinds::installation::{Decision, active_region, decide, find_capsule};
+
+/// Annotation naming the user who created a Capsule, stamped at admission.
+pub const SUBMITTER_ANNOTATION: &str = "review.somastack.io/submitted-by";
+
+/// The RBAC verb a reviewer needs on `capsules.somastack.io`.
+pub const APPROVE_VERB: &str = "approve";
+
+/// What a webhook answers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdict {
+    /// `Some(message)` denies the request with that message.
+    pub denied: Option<String>,
+    /// Shown by kubectl as `Warning: ...` on an admitted request.
+    pub warnings: Vec<String>,
+    /// JSON patch to apply to the admitted object (mutating webhooks only).
+    pub patch: Option<Patch>,
+}
+
+impl Verdict {
+    fn deny(message: String) -> Self {
+        Verdict {
+            denied: Some(message),
+            ..Verdict::default()
+        }
+    }
+}
+
+/// Whether an Installation update changes anything policy judges: its spec
+/// or the region it is told to run in. Metadata-only and status writes (the
+/// operator's own among them) are never refused for a policy that tightened
+/// after the Installation was admitted; the controller reports those.
+pub fn installation_needs_check(new: &Installation, old: Option<&Installation>) -> bool {
+    match old {
+        None => true,
+        Some(old) => old.spec != new.spec || active_region(old) != active_region(new),
+    }
+}
+
+/// Judges an Installation create or update against the Capsule it names and
+/// the PolicyBundles governing its namespace (`bundles`, already selected).
+///
+/// Enforced violations deny, naming rule and bundle; Audit findings, an
+/// engaged kill switch and a Capsule not yet published admit with warnings.
+pub fn installation(
+    new: &Installation,
+    old: Option<&Installation>,
+    capsules: &[Arc<Capsule>],
+    bundles: &[Arc<PolicyBundle>],
+) -> Verdict {
+    if !installation_needs_check(new, old) {
+        return Verdict::default();
+    }
+    let capsule = find_capsule(capsules, &new.spec.capsule).map(Arc::as_ref);
+    let region = active_region(new);
+    match decide(new, capsule, bundles, &region) {
+        Decision::CapsuleNotFound => Verdict {
+            warnings: vec![format!(
+                "Capsule {} version {} is not published yet; the Installation waits for it",
+                new.spec.capsule.package, new.spec.capsule.version
+            )],
+            ..Verdict::default()
+        },
+        Decision::CapsuleUnusable(why) => Verdict {
+            warnings: vec![format!("{why}; the Installation will not run until that changes")],
+            ..Verdict::default()
+        },
+        Decision::Blocked(eval) => {
+            let problems: Vec<&str> = eval.blocking.iter().map(|v| v.message.as_str()).collect();
+            Verdict::deny(format!(
+                "Installation {} violates enforced policy: {}",
+                new.name_any(),
+                problems.join("; ")
+            ))
+        }
+        Decision::Run(eval) => {
+            let mut warnings: Vec<String> = eval
+                .warnings
+                .iter()
+                .map(|v| format!("audit: {}", v.message))
+                .collect();
+            warnings.extend(eval.kill_switch.iter().map(|(bundle, reason)| {
+                format!("kill switch engaged by PolicyBundle {bundle} ({reason}): the Installation is kept at zero replicas")
+            }));
+            Verdict {
+                warnings,
+                ..Verdict::default()
+            }
+        }
+    }
+}
+
+/// The review as the annotations state it: decision, reason, digest.
+fn review_of(c: &Capsule) -> [Option<&String>; 3] {
+    let a = c.annotations();
+    [
+        a.get(DECISION_ANNOTATION),
+        a.get(REASON_ANNOTATION),
+        a.get(DIGEST_ANNOTATION),
+    ]
+}
+
+/// Whether a Capsule create or update sets or changes its review decision
+/// (decision, reason or reviewed digest): only then is the user's right to
+/// review checked.
+pub fn review_changed(new: &Capsule, old: Option<&Capsule>) -> bool {
+    match old {
+        None => review_of(new).iter().any(Option::is_some),
+        Some(old) => review_of(new) != review_of(old),
+    }
+}
+
+/// Judges a Capsule create or update made by `user`.
+///
+/// `may_review` is the SubjectAccessReview's answer for the verb `approve`
+/// on this Capsule; it is only consulted when [`review_changed`]. The
+/// submitter is stamped at create and kept on every update; the reviewer is
+/// stamped from the authenticated user when the review changes and kept
+/// otherwise, so neither can be set by the client. A submitter may not
+/// review their own Capsule.
+pub fn capsule(new: &Capsule, old: Option<&Capsule>, user: &str, may_review: Option<bool>) -> Verdict {
+    let old_annotations = old.map(|o| o.annotations());
+    let submitter = match old_annotations {
+        None => Some(user.to_string()),
+        Some(a) => a.get(SUBMITTER_ANNOTATION).cloned(),
+    };
+    let reviewer = if review_changed(new, old) {
+        if may_review != Some(true) {
+            return Verdict::deny(format!(
+                "user {user} may not review Capsules: setting {DECISION_ANNOTATION} needs the RBAC verb \
+                 '{APPROVE_VERB}' on capsules.somastack.io"
+            ));
+        }
+        if submitter.as_deref() == Some(user) {
+            return Verdict::deny(format!(
+                "user {user} submitted Capsule {} and may not review it; another reviewer must",
+                new.name_any()
+            ));
+        }
+        new.annotations()
+            .get(DECISION_ANNOTATION)
+            .map(|_| user.to_string())
+    } else {
+        old_annotations.and_then(|a| a.get(REVIEWER_ANNOTATION).cloned())
+    };
+
+    let mut desired: BTreeMap<String, String> = new.annotations().clone();
+    for (key, value) in [(SUBMITTER_ANNOTATION, submitter), (REVIEWER_ANNOTATION, reviewer)] {
+        match value {
+            Some(v) => desired.insert(key.to_string(), v),
+            None => desired.remove(key),
+        };
+    }
+    if &desired == new.annotations() {
+        return Verdict::default();
+    }
+    // One operation replacing the whole map: `add` on an existing member
+    // replaces it, and it needs no escaping of the `/` in annotation keys.
+    let op = PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["metadata", "annotations"]),
+        value: serde_json::to_value(&desired).unwrap_or_default(),
+    });
+    Verdict {
+        patch: Some(Patch(vec![op])),
+        ..Verdict::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::capsule_spec;
+    use somastack_crds::common::DataClassification;
+
+    fn capsule_with(annotations: &[(&str, &str)]) -> Capsule {
+        let mut c = Capsule::new("summarizer-1-4-2", capsule_spec(DataClassification::Internal));
+        c.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        c
+    }
+
+    fn patched(c: &Capsule, v: &Verdict) -> BTreeMap<String, String> {
+        let mut doc = serde_json::to_value(c).unwrap();
+        if let Some(p) = &v.patch {
+            json_patch::patch(&mut doc, p).unwrap();
+        }
+        serde_json::from_value(doc["metadata"]["annotations"].clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn create_stamps_the_submitter_over_what_the_client_sent() {
+        let new = capsule_with(&[
+            (SUBMITTER_ANNOTATION, "someone-else"),
+            (REVIEWER_ANNOTATION, "me"),
+        ]);
+        let v = capsule(&new, None, "alice", None);
+        assert_eq!(v.denied, None);
+        let a = patched(&new, &v);
+        assert_eq!(a.get(SUBMITTER_ANNOTATION).map(String::as_str), Some("alice"));
+        assert_eq!(a.get(REVIEWER_ANNOTATION), None, "a reviewer cannot be claimed");
+    }
+
+    #[test]
+    fn creating_an_approved_capsule_is_self_approval() {
+        let new = capsule_with(&[(DECISION_ANNOTATION, "approve")]);
+        let v = capsule(&new, None, "alice", Some(true));
+        assert!(
+            v.denied
+                .unwrap()
+                .contains("alice submitted Capsule summarizer-1-4-2")
+        );
+    }
+
+    #[test]
+    fn review_needs_the_approve_verb() {
+        let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
+        let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, "approve")]);
+        assert!(review_changed(&new, Some(&old)));
+        let v = capsule(&new, Some(&old), "bob", Some(false));
+        let msg = v.denied.unwrap();
+        assert!(msg.contains("user bob may not review Capsules"), "{msg}");
+        assert!(msg.contains("'approve' on capsules.somastack.io"), "{msg}");
+    }
+
+    #[test]
+    fn an_authorized_reviewer_is_stamped() {
+        let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
+        let new = capsule_with(&[
+            (SUBMITTER_ANNOTATION, "alice"),
+            (DECISION_ANNOTATION, "approve"),
+            (REVIEWER_ANNOTATION, "the-ceo"),
+        ]);
+        let v = capsule(&new, Some(&old), "bob", Some(true));
+        assert_eq!(v.denied, None);
+        let a = patched(&new, &v);
+        assert_eq!(a.get(REVIEWER_ANNOTATION).map(String::as_str), Some("bob"));
+        assert_eq!(a.get(SUBMITTER_ANNOTATION).map(String::as_str), Some("alice"));
+    }
+
+    #[test]
+    fn the_submitter_cannot_review_even_with_the_verb() {
+        let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
+        let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, "approve")]);
+        let v = capsule(&new, Some(&old), "alice", Some(true));
+        assert!(v.denied.unwrap().contains("may not review it"));
+    }
+
+    #[test]
+    fn unrelated_updates_keep_stamps_and_need_no_permission() {
+        let old = capsule_with(&[
+            (SUBMITTER_ANNOTATION, "alice"),
+            (DECISION_ANNOTATION, "approve"),
+            (REVIEWER_ANNOTATION, "bob"),
+        ]);
+        // The publisher tries to take over the submitter and reviewer stamps.
+        let new = capsule_with(&[
+            (SUBMITTER_ANNOTATION, "mallory"),
+            (DECISION_ANNOTATION, "approve"),
+            (REVIEWER_ANNOTATION, "mallory"),
+            ("team", "agents"),
+        ]);
+        assert!(!review_changed(&new, Some(&old)));
+        let v = capsule(&new, Some(&old), "mallory", None);
+        assert_eq!(v.denied, None);
+        let a = patched(&new, &v);
+        assert_eq!(a.get(SUBMITTER_ANNOTATION).map(String::as_str), Some("alice"));
+        assert_eq!(a.get(REVIEWER_ANNOTATION).map(String::as_str), Some("bob"));
+        assert_eq!(a.get("team").map(String::as_str), Some("agents"));
+        // Nothing to correct: no patch.
+        let same = capsule(&old, Some(&old), "operator", None);
+        assert_eq!(same, Verdict::default());
+    }
+
+    #[test]
+    fn withdrawing_a_review_is_a_review_and_clears_the_reviewer() {
+        let old = capsule_with(&[
+            (SUBMITTER_ANNOTATION, "alice"),
+            (DECISION_ANNOTATION, "approve"),
+            (REVIEWER_ANNOTATION, "bob"),
+        ]);
+        let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (REVIEWER_ANNOTATION, "bob")]);
+        assert!(review_changed(&new, Some(&old)));
+        assert!(capsule(&new, Some(&old), "alice", Some(false)).denied.is_some());
+        let v = capsule(&new, Some(&old), "carol", Some(true));
+        assert_eq!(patched(&new, &v).get(REVIEWER_ANNOTATION), None);
+    }
+}

@@ -1,0 +1,292 @@
+//! Prometheus metrics (`prometheus-client`), served by the operator on `/metrics`.
+//!
+//! Names and label sets are part of the operator's interface (dashboards and
+//! the chart's PrometheusRule use them); `docs/operations.md` lists them and
+//! the integration test `metrics` checks them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
+
+use crate::caches::Caches;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    pub category: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: String,
+    pub decision: String,
+}
+
+/// What an admission webhook answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookDecision {
+    Allowed,
+    /// Allowed, with warnings shown to the client.
+    Warned,
+    Denied,
+    /// The request could not be judged (bad body, cache not ready, API error).
+    Error,
+}
+
+impl WebhookDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookDecision::Allowed => "allowed",
+            WebhookDecision::Warned => "warned",
+            WebhookDecision::Denied => "denied",
+            WebhookDecision::Error => "error",
+        }
+    }
+}
+
+/// Every metric the operator records.
+#[derive(Debug)]
+pub struct Metrics {
+    reconciles: Family<KindLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    duration: Family<KindLabels, Histogram>,
+    webhook: Family<WebhookLabels, Counter>,
+    /// 1 while this replica holds the Lease (or runs without leader election).
+    pub leader: Gauge,
+    /// Unix time the webhook's serving certificate expires.
+    pub certificate_expiry: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms .. ~20 s: a reconcile is a handful of API calls.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 13,
+    ))
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (and the object counts read
+    /// from `caches` at scrape time) in `registry` under the `somastack` prefix.
+    pub fn register(registry: &mut Registry, caches: Option<&Caches>) -> Arc<Self> {
+        let m = Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            webhook: Family::default(),
+            leader: Gauge::default(),
+            certificate_expiry: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("somastack");
+        r.register("reconcile", "Reconciles run, by kind", m.reconciles.clone());
+        r.register(
+            "reconcile_errors",
+            "Reconciles that failed, by kind and stable error category",
+            m.errors.clone(),
+        );
+        r.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile took, by kind",
+            prometheus_client::registry::Unit::Seconds,
+            m.duration.clone(),
+        );
+        r.register(
+            "webhook_requests",
+            "Admission requests answered, by webhook and decision (allowed, warned, denied, error)",
+            m.webhook.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            m.leader.clone(),
+        );
+        r.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "Unix time at which the webhook's serving certificate expires",
+            m.certificate_expiry.clone(),
+        );
+        if let Some(caches) = caches {
+            registry.register_collector(Box::new(ObjectCounts(caches.clone())));
+        }
+        Arc::new(m)
+    }
+
+    pub fn reconciled(&self, kind: &str, took: Duration, error: Option<&'static str>) {
+        let kind = kind.to_string();
+        self.reconciles
+            .get_or_create(&KindLabels { kind: kind.clone() })
+            .inc();
+        self.duration
+            .get_or_create(&KindLabels { kind: kind.clone() })
+            .observe(took.as_secs_f64());
+        if let Some(category) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    kind,
+                    category: category.into(),
+                })
+                .inc();
+        }
+    }
+
+    pub fn webhook(&self, webhook: &str, decision: WebhookDecision) {
+        self.webhook
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.into(),
+                decision: decision.as_str().into(),
+            })
+            .inc();
+    }
+}
+
+/// `somastack_objects{kind, phase}`: counted from the caches at scrape time,
+/// so it is always exactly what the operator sees.
+#[derive(Debug)]
+struct ObjectCounts(Caches);
+
+/// Phase of an object for the object count: its `status.phase`, or for kinds
+/// without phases its `Ready` condition (`Ready`, `NotReady`, `Unknown`).
+fn ready_phase(
+    conditions: Option<&Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> String {
+    match conditions.and_then(|c| crate::conditions::find(c, "Ready")) {
+        Some(c) if c.status == "True" => "Ready".into(),
+        Some(c) if c.status == "False" => "NotReady".into(),
+        _ => "Unknown".into(),
+    }
+}
+
+fn phase_of<T: serde::Serialize>(phase: Option<&T>) -> String {
+    phase
+        .and_then(|p| serde_json::to_value(p).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "Pending".into())
+}
+
+fn count<K, F>(store: &Store<K>, phase: F) -> std::collections::BTreeMap<String, i64>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    F: Fn(&K) -> String,
+{
+    let mut out = std::collections::BTreeMap::new();
+    for obj in store.state() {
+        *out.entry(phase(&obj)).or_insert(0) += 1;
+    }
+    out
+}
+
+impl Collector for ObjectCounts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let kinds: [(&str, std::collections::BTreeMap<String, i64>); 5] = [
+            (
+                "Capsule",
+                count::<Capsule, _>(&c.capsules, |o| {
+                    ready_phase(o.status.as_ref().map(|s| &s.conditions))
+                }),
+            ),
+            (
+                "PolicyBundle",
+                count::<PolicyBundle, _>(&c.bundles, |o| {
+                    ready_phase(o.status.as_ref().map(|s| &s.conditions))
+                }),
+            ),
+            (
+                "Installation",
+                count::<Installation, _>(&c.installations, |o| {
+                    phase_of(o.status.as_ref().and_then(|s| s.phase.as_ref()))
+                }),
+            ),
+            (
+                "DrDrill",
+                count::<DrDrill, _>(&c.drills, |o| {
+                    phase_of(o.status.as_ref().and_then(|s| s.phase.as_ref()))
+                }),
+            ),
+            (
+                "KamachiqProject",
+                count::<KamachiqProject, _>(&c.projects, |o| {
+                    phase_of(o.status.as_ref().and_then(|s| s.phase.as_ref()))
+                }),
+            ),
+        ];
+        let gauge = ConstGauge::new(0i64);
+        let mut metric = encoder.encode_descriptor(
+            "somastack_objects",
+            "Objects of each kind the operator sees, by phase (or Ready state for kinds without phases)",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (kind, phases) in kinds {
+            for (phase, n) in phases {
+                let labels = [("kind", kind.to_string()), ("phase", phase)];
+                ConstGauge::new(n).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry in the Prometheus text format.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_in_text_format() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, None);
+        m.reconciled("Installation", Duration::from_millis(12), None);
+        m.reconciled("Installation", Duration::from_millis(40), Some("api_rejected"));
+        m.webhook("installations.somastack.io", WebhookDecision::Denied);
+        m.leader.set(1);
+        let text = encode(&registry).unwrap();
+        assert!(
+            text.contains("somastack_reconcile_total{kind=\"Installation\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "somastack_reconcile_errors_total{kind=\"Installation\",category=\"api_rejected\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("somastack_reconcile_duration_seconds_count{kind=\"Installation\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "somastack_webhook_requests_total{webhook=\"installations.somastack.io\",decision=\"denied\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("somastack_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn phases_fall_back_to_ready_state() {
+        assert_eq!(ready_phase(None), "Unknown");
+        assert_eq!(phase_of::<String>(None), "Pending");
+        assert_eq!(phase_of(Some(&"Running".to_string())), "Running");
+    }
+}

@@ -1,0 +1,262 @@
+//! Admission webhooks, served over TLS by every replica:
+//!
+//! - `POST /validate/installations`: Installation create/update against the
+//!   PolicyBundles governing its namespace ([`admission::installation`]).
+//! - `POST /mutate/capsules`: Capsule review decisions only by users allowed
+//!   the verb `approve` (a SubjectAccessReview), never by the submitter;
+//!   submitter and reviewer stamped from the authenticated user
+//!   ([`admission::capsule`]).
+//!
+//! The decisions are pure functions of the controllers crate; this module
+//! parses the AdmissionReview, looks things up and answers.
+
+pub mod certs;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::post;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PostParams;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
+use somastack_controllers::metrics::{Metrics, WebhookDecision};
+use somastack_controllers::{Caches, policy};
+use somastack_crds::{Capsule, Installation, PolicyBundle};
+use tracing::Instrument;
+
+pub use tls::serve;
+
+/// Webhook names, as in the webhook configurations and the metrics.
+pub const INSTALLATIONS_WEBHOOK: &str = "installations.somastack.io";
+pub const CAPSULES_WEBHOOK: &str = "capsules.somastack.io";
+
+/// How long a request waits for the caches of a replica that just started.
+const CACHE_WAIT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+struct AppState {
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/validate/installations", post(installations))
+        .route("/mutate/capsules", post(capsules))
+        .with_state(state)
+}
+
+/// Parses an AdmissionReview of `K`; on failure, the response to send.
+fn parse<K>(body: &Bytes) -> Result<AdmissionRequest<K>, Box<AdmissionResponse>>
+where
+    K: Resource + DeserializeOwned,
+{
+    let review: AdmissionReview<K> = serde_json::from_slice(body)
+        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))))?;
+    review.try_into().map_err(|e| {
+        Box::new(AdmissionResponse::invalid(format!(
+            "AdmissionReview without a request: {e}"
+        )))
+    })
+}
+
+/// Turns a verdict into the response, counting it.
+fn answer<K: Resource>(
+    req: &AdmissionRequest<K>,
+    verdict: Verdict,
+    metrics: &Metrics,
+    webhook: &str,
+) -> AdmissionResponse {
+    let mut res = AdmissionResponse::from(req);
+    let decision = if let Some(msg) = verdict.denied {
+        tracing::info!(user = %req.user_info.username.clone().unwrap_or_default(), reason = %msg, "denied");
+        res = res.deny(msg);
+        WebhookDecision::Denied
+    } else if verdict.warnings.is_empty() {
+        WebhookDecision::Allowed
+    } else {
+        res.warnings = Some(verdict.warnings);
+        WebhookDecision::Warned
+    };
+    if let Some(patch) = verdict.patch {
+        res = match res.clone().with_patch(patch) {
+            Ok(r) => r,
+            Err(e) => return error(req, metrics, webhook, format!("could not encode the patch: {e}")),
+        };
+    }
+    metrics.webhook(webhook, decision);
+    res
+}
+
+/// A request that could not be judged. Denied: under the `Fail` policy this
+/// is what the API server would do anyway, and the message says why.
+fn error<K: Resource>(
+    req: &AdmissionRequest<K>,
+    metrics: &Metrics,
+    webhook: &str,
+    why: String,
+) -> AdmissionResponse {
+    tracing::warn!(reason = %why, "could not judge an admission request");
+    metrics.webhook(webhook, WebhookDecision::Error);
+    AdmissionResponse::from(req).deny(format!(
+        "the somastack operator could not check this request: {why}"
+    ))
+}
+
+fn reply(res: AdmissionResponse) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
+    axum::Json(res.into_review())
+}
+
+fn span<K: Resource>(webhook: &str, req: &AdmissionRequest<K>) -> tracing::Span {
+    tracing::info_span!(
+        "admission",
+        webhook,
+        operation = ?req.operation,
+        namespace = req.namespace.as_deref().unwrap_or_default(),
+        name = %req.name,
+    )
+}
+
+async fn installations(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
+    let req = match parse::<Installation>(&body) {
+        Ok(r) => r,
+        Err(res) => {
+            state
+                .metrics
+                .webhook(INSTALLATIONS_WEBHOOK, WebhookDecision::Error);
+            return reply(*res);
+        }
+    };
+    let span = span(INSTALLATIONS_WEBHOOK, &req);
+    reply(judge_installation(&state, &req).instrument(span).await)
+}
+
+async fn judge_installation(state: &AppState, req: &AdmissionRequest<Installation>) -> AdmissionResponse {
+    let m = &state.metrics;
+    let (Operation::Create | Operation::Update, Some(new)) = (&req.operation, req.object.as_ref()) else {
+        return answer(req, Verdict::default(), m, INSTALLATIONS_WEBHOOK);
+    };
+    if !admission::installation_needs_check(new, req.old_object.as_ref()) {
+        return answer(req, Verdict::default(), m, INSTALLATIONS_WEBHOOK);
+    }
+    if let Err(e) = state.caches.wait_ready(CACHE_WAIT).await {
+        return error(req, m, INSTALLATIONS_WEBHOOK, format!("{e}; retry shortly"));
+    }
+    let namespace = req.namespace.clone().unwrap_or_default();
+    let labels = match namespace_labels(state, &namespace).await {
+        Ok(l) => l,
+        Err(e) => {
+            return error(
+                req,
+                m,
+                INSTALLATIONS_WEBHOOK,
+                format!("namespace {namespace}: {e}"),
+            );
+        }
+    };
+    let bundles: Vec<Arc<PolicyBundle>> = state
+        .caches
+        .bundles
+        .state()
+        .into_iter()
+        .filter(|b| policy::governs(&b.spec, &labels))
+        .collect();
+    let capsules = state.caches.capsules.state();
+    let verdict = admission::installation(new, req.old_object.as_ref(), &capsules, &bundles);
+    answer(req, verdict, m, INSTALLATIONS_WEBHOOK)
+}
+
+/// Labels of a namespace: from the cache, or (created a moment ago, e.g. in
+/// the same `kubectl apply`) from the API server.
+async fn namespace_labels(state: &AppState, name: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+    if let Some(ns) = state.caches.namespaces.get(&ObjectRef::new(name)) {
+        return Ok(ns.labels().clone());
+    }
+    let api: Api<Namespace> = Api::all(state.client.clone());
+    Ok(api.get(name).await?.labels().clone())
+}
+
+async fn capsules(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
+    let req = match parse::<Capsule>(&body) {
+        Ok(r) => r,
+        Err(res) => {
+            state.metrics.webhook(CAPSULES_WEBHOOK, WebhookDecision::Error);
+            return reply(*res);
+        }
+    };
+    let span = span(CAPSULES_WEBHOOK, &req);
+    reply(judge_capsule(&state, &req).instrument(span).await)
+}
+
+async fn judge_capsule(state: &AppState, req: &AdmissionRequest<Capsule>) -> AdmissionResponse {
+    let m = &state.metrics;
+    let (Operation::Create | Operation::Update, Some(new)) = (&req.operation, req.object.as_ref()) else {
+        return answer(req, Verdict::default(), m, CAPSULES_WEBHOOK);
+    };
+    let old = req.old_object.as_ref();
+    let user = req.user_info.username.clone().unwrap_or_default();
+    let may_review = if admission::review_changed(new, old) {
+        match may_approve(&state.client, req).await {
+            Ok(allowed) => Some(allowed),
+            Err(e) => {
+                return error(
+                    req,
+                    m,
+                    CAPSULES_WEBHOOK,
+                    format!("SubjectAccessReview failed: {e}"),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    answer(
+        req,
+        admission::capsule(new, old, &user, may_review),
+        m,
+        CAPSULES_WEBHOOK,
+    )
+}
+
+/// Asks the API server whether the requesting user may `approve` this
+/// Capsule, as Kubernetes does for CertificateSigningRequest approval.
+async fn may_approve(client: &Client, req: &AdmissionRequest<Capsule>) -> Result<bool, kube::Error> {
+    let u = &req.user_info;
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: u.username.clone(),
+            groups: u.groups.clone(),
+            uid: u.uid.clone(),
+            extra: u.extra.clone(),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(somastack_crds::GROUP.into()),
+                resource: Some("capsules".into()),
+                verb: Some(APPROVE_VERB.into()),
+                name: Some(req.name.clone()),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = api.create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
