@@ -62,9 +62,61 @@ KWOK_PORT=$((PORT_BASE + 47))
 KCM_PORT=$((PORT_BASE + 57))
 SCHEDULER_PORT=$((PORT_BASE + 59))
 
+# The operator on this machine: the chart's release (for its RBAC, webhook
+# configurations and namespace) and the operator's own listeners.
+OPERATOR_NAMESPACE="somastack-system"
+OPERATOR_RELEASE="somastack-operator"
+# Below the kernel's ephemeral range (32768 and up), so that no outgoing
+# connection of the cluster can already hold them when the operator starts.
+METRICS_PORT=$((PORT_BASE - 20000 + 90))
+WEBHOOK_PORT=$((PORT_BASE - 20000 + 91))
+OPERATOR_KUBECONFIG="$LOCAL_DIR/operator.kubeconfig"
+
 kubectl_local() { kubectl --kubeconfig "$LOCAL_KUBECONFIG" "$@"; }
 
 # True when the local cluster's API server answers /readyz.
 cluster_running() {
   [[ -f "$LOCAL_KUBECONFIG" ]] && kubectl_local get --raw /readyz --request-timeout=3s >/dev/null 2>&1
+}
+
+# Installs the chart for an operator that runs on this machine rather than in
+# a pod: no replicas, webhook configurations that call 127.0.0.1, and a
+# kubeconfig holding a token of the chart's ServiceAccount, so the local
+# operator has exactly the chart's RBAC, no more.
+install_local_release() {
+  helm upgrade --install "$OPERATOR_RELEASE" "$ROOT/charts/somastack-operator" \
+    --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait=false \
+    --set replicaCount=0 --set "webhook.url=https://127.0.0.1:$WEBHOOK_PORT" >/dev/null
+  local token server ca
+  token=$(kubectl -n "$OPERATOR_NAMESPACE" create token "$OPERATOR_RELEASE" --duration=24h)
+  server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+  ca=$(kubectl config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+  (
+    umask 077
+    cat >"$OPERATOR_KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: somastack-operator, user: {token: "$token"}}]
+contexts: [{name: somastack-operator, context: {cluster: local, user: somastack-operator}}]
+current-context: somastack-operator
+EOF
+  )
+}
+
+# Arguments of `somastack-operator run` for the operator on this machine.
+LOCAL_OPERATOR_ARGS=(run --kubeconfig "$OPERATOR_KUBECONFIG" --namespace "$OPERATOR_NAMESPACE"
+  --metrics-addr "127.0.0.1:$METRICS_PORT" --webhook-addr "127.0.0.1:$WEBHOOK_PORT" --webhook-san 127.0.0.1)
+
+# Waits until the operator (pid $1, log $2) answers /readyz: caches synced
+# and, with webhooks, its certificate loaded and the CA bundle in place.
+wait_operator_ready() {
+  local pid=$1 logfile=$2
+  for _ in $(seq 1 120); do
+    curl -fsS "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || { tail -20 "$logfile" >&2; die "the operator exited"; }
+    sleep 0.5
+  done
+  tail -20 "$logfile" >&2
+  die "the operator did not become ready within 60s"
 }

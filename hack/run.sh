@@ -27,16 +27,31 @@ else
 fi
 
 mkdir -p "$LOCAL_DIR"
+if [[ "$KUBECONFIG" == "$LOCAL_KUBECONFIG" ]]; then
+  # The chart (RBAC, webhook configurations) with the operator on this
+  # machine, running as the chart's ServiceAccount.
+  log "installing the chart for a local operator (release $OPERATOR_RELEASE in $OPERATOR_NAMESPACE)"
+  install_local_release
+  operator_args=("${LOCAL_OPERATOR_ARGS[@]}")
+else
+  # Another cluster's API server cannot call a webhook on this machine.
+  operator_args=(run --no-webhook --metrics-addr "127.0.0.1:$METRICS_PORT")
+fi
 log "starting the operator (logs: .local/operator.log)"
-target/debug/somastack-operator run >"$LOCAL_DIR/operator.log" 2>&1 &
+target/debug/somastack-operator "${operator_args[@]}" >"$LOCAL_DIR/operator.log" 2>&1 &
 operator=$!
 trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
+wait_operator_ready $operator "$LOCAL_DIR/operator.log"
 
 log "applying the examples"
 # One field manager per file: each file is one actor's intent (the reviewer's
-# approval in 25-capsule-review.yaml must not take the publisher's spec away).
+# approval in 25-capsule-review.yaml must not take the publisher's spec away),
+# applied as the user its "# kubectl-as: USER GROUP" line names (the webhook
+# refuses a review by the capsule's submitter).
 for f in examples/*.yaml; do
-  kubectl apply --server-side --field-manager="example-$(basename "$f" .yaml)" -f "$f" >&2
+  read -r as_user as_group < <(sed -n 's/^# kubectl-as: //p' "$f"; echo)
+  kubectl apply --server-side --field-manager="example-$(basename "$f" .yaml)" \
+    ${as_user:+--as="$as_user"} ${as_group:+--as-group="$as_group"} -f "$f" >&2
 done
 
 log "waiting for the operator to report on every example"

@@ -28,10 +28,15 @@ kubectl_local delete namespace -l somastack.io/test=true --wait=false >/dev/null
 step "build (the integration tests run the operator binary)"
 cargo build --workspace --bins --locked --quiet
 
+step "the chart, for an operator on this machine (release $OPERATOR_RELEASE)"
+install_local_release
+
 step "the operator, for the integration tests (logs: .local/operator-test.log)"
-target/debug/somastack-operator run >"$LOCAL_DIR/operator-test.log" 2>&1 &
+target/debug/somastack-operator "${LOCAL_OPERATOR_ARGS[@]}" >"$LOCAL_DIR/operator-test.log" 2>&1 &
 operator=$!
 trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
+wait_operator_ready $operator "$LOCAL_DIR/operator-test.log"
+export SOMASTACK_METRICS_URL="http://127.0.0.1:$METRICS_PORT/metrics"
 
 step "unit, drift and integration tests (cargo test)"
 results="$LOCAL_DIR/cargo-test.log"

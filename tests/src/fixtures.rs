@@ -192,6 +192,27 @@ pub async fn put(client: &Client, doc: &Value) -> DynamicObject {
         .unwrap_or_else(|e| panic!("apply {}: {e}", doc["metadata"]["name"]))
 }
 
+/// Applies a manifest that must be refused by the operator's admission
+/// webhook `webhook` (e.g. `installations.somastack.io`); returns the message
+/// after the API server's prefix, exactly as `kubectl` shows it.
+pub async fn denied(client: &Client, doc: &Value, webhook: &str) -> String {
+    let name = doc["metadata"]["name"].clone();
+    // A field manager of its own: with the tests' usual one, applying a
+    // partial manifest would also drop every field that manager set before.
+    match crate::apply_as(client, doc, "somastack-tests-refused").await {
+        Ok(_) => panic!("{name} was admitted; the webhook {webhook} should have denied it"),
+        Err(kube::Error::Api(status)) => {
+            let prefix = format!("admission webhook \"{webhook}\" denied the request: ");
+            assert_eq!(status.code, 403, "{name}: {status:?}");
+            match status.message.strip_prefix(&prefix) {
+                Some(rest) => rest.to_string(),
+                None => panic!("{name}: not denied by {webhook}: {}", status.message),
+            }
+        }
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
 /// Applies a PolicyBundle and waits until the operator has reconciled it, so
 /// the Installations a test creates next are judged with it in place (the
 /// operator's caches are eventually consistent; admission closes that gap

@@ -3,6 +3,7 @@
 //! `$KUBECONFIG`); nothing here imitates the API server.
 
 pub mod fixtures;
+pub mod users;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,33 @@ pub async fn client() -> Client {
         .await
         .expect("kubeconfig is usable");
     Client::try_from(config).expect("client builds")
+}
+
+/// A client acting as `user` in `groups`: the test cluster's admin
+/// impersonating them (`kubectl --as USER --as-group GROUP`), so the API
+/// server authorizes, and webhooks see, that user.
+pub async fn client_as(user: &str, groups: &[&str]) -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).expect("kubeconfig");
+    let mut doc = serde_json::to_value(&kubeconfig).expect("kubeconfig serializes");
+    if let Some(users) = doc["users"].as_array_mut() {
+        for u in users {
+            u["user"]["as"] = user.into();
+            u["user"]["as-groups"] = groups.into();
+        }
+    }
+    let kubeconfig: Kubeconfig = serde_json::from_value(doc).expect("kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client builds")
+}
+
+/// The identity an example file is applied as: its `# kubectl-as: USER GROUP...` line.
+pub fn example_identity(text: &str) -> Option<(String, Vec<String>)> {
+    let line = text.lines().find_map(|l| l.strip_prefix("# kubectl-as: "))?;
+    let mut words = line.split_whitespace().map(str::to_string);
+    Some((words.next()?, words.collect()))
 }
 
 /// Splits a multi-document YAML stream into JSON objects (empty documents dropped).
@@ -223,4 +251,26 @@ pub fn event_recorded(namespace: &str, reason: &str) -> bool {
         "name",
     ]);
     out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// A loopback port free at the time of the call, for a process a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET http://127.0.0.1:{port}{path}` with HTTP/1.0; the status code and
+/// body, or `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }

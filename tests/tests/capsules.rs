@@ -7,8 +7,10 @@ use std::time::Duration;
 use kube::api::DeleteParams;
 use serde_json::json;
 use somastack_tests::fixtures::{
-    Key, Scratch, bundle, capsule, installation, put, put_policy, signed, wait_condition, wait_refused,
+    Key, Scratch, bundle, capsule, denied, installation, put, put_policy, signed, wait_condition,
+    wait_refused,
 };
+use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{TestNamespace, api_for, client, unique_suffix};
 
 const T: Duration = Duration::from_secs(60);
@@ -126,14 +128,12 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
         "eu-west-1",
         1,
     );
-    put(&client, &inst).await;
-    let inst_api = api_for(&client, &inst).await;
-    let (obj, message) = wait_refused(&inst_api, "tampered", T).await;
+    let message = denied(&client, &inst, "installations.somastack.io").await;
     assert!(
         message.contains("signature check failed") && message.contains(&format!("PolicyBundle sig-{s}")),
         "{message}"
     );
-    assert_eq!(obj.data["status"]["phase"], "Blocked");
+    let inst_api = api_for(&client, &inst).await;
 
     let _ = inst_api.delete("tampered", &DeleteParams::default()).await;
     for (doc, _, _) in &cases {
@@ -154,6 +154,8 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
 #[tokio::test]
 async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     let client = client().await;
+    let publisher = user(&client, "publisher", &[PUBLISHER_ROLE]).await;
+    let reviewer = user(&client, "reviewer", &[REVIEWER_ROLE]).await;
     let ns = TestNamespace::create(&client, "review").await;
     let s = unique_suffix();
     let package = format!("rev-{s}");
@@ -164,36 +166,41 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     );
     put_policy(&client, &policy).await;
     let doc = capsule(&package, &package, "1.0.0", "internal");
-    put(&client, &doc).await;
+    put(&publisher.client, &doc).await;
     let api = api_for(&client, &doc).await;
-    wait_condition(&api, &package, "Approved", "False", Some("AwaitingReview"), T).await;
+    let obj = wait_condition(&api, &package, "Approved", "False", Some("AwaitingReview"), T).await;
+    assert_eq!(
+        obj.metadata.annotations.unwrap_or_default()["review.somastack.io/submitted-by"],
+        publisher.name
+    );
 
-    // Nothing runs until it is approved.
+    // Nothing may be installed until it is approved.
     let inst = installation(&ns.name, "reviewed", &package, "1.0.0", "eu-west-1", 1);
-    put(&client, &inst).await;
-    let inst_api = api_for(&client, &inst).await;
-    let (_, msg) = wait_refused(&inst_api, "reviewed", T).await;
+    let msg = denied(&client, &inst, "installations.somastack.io").await;
     assert!(
         msg.contains("is not approved by a reviewer") && msg.contains("rule approval"),
         "{msg}"
     );
 
+    // The reviewer approves; the reviewer named by the client is ignored.
     let mut approve = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule", "metadata": { "name": package,
         "annotations": { "review.somastack.io/decision": "approve", "review.somastack.io/reviewer": "alice",
                          "review.somastack.io/reason": "scanned" } } });
-    somastack_tests::apply_as(&client, &approve, "reviewer")
+    somastack_tests::apply_as(&reviewer.client, &approve, "reviewer")
         .await
         .expect("approved");
     let obj = wait_condition(&api, &package, "Approved", "True", Some("Approved"), T).await;
-    assert_eq!(obj.data["status"]["review"]["reviewer"], "alice");
+    assert_eq!(obj.data["status"]["review"]["reviewer"], reviewer.name.as_str());
     let digest = obj.data["status"]["payloadDigest"].as_str().unwrap().to_string();
     assert_eq!(obj.data["status"]["review"]["payloadDigest"], digest.as_str());
+    put(&client, &inst).await;
+    let inst_api = api_for(&client, &inst).await;
     wait_condition(&inst_api, "reviewed", "Ready", "True", None, T).await;
 
     // The publisher changes a signed field: the approval no longer applies.
     let mut changed = doc.clone();
     changed["spec"]["image"] = json!(somastack_tests::fixtures::image(&format!("{package}-rebuilt")));
-    put(&client, &changed).await;
+    put(&publisher.client, &changed).await;
     let obj = wait_condition(&api, &package, "Approved", "False", Some("ApprovalOutdated"), T).await;
     assert_ne!(obj.data["status"]["payloadDigest"], digest.as_str());
     // The running workload is kept, but flagged.
@@ -206,13 +213,12 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
         .unwrap()
         .to_string();
     approve["metadata"]["annotations"]["review.somastack.io/digest"] = json!(new_digest);
-    somastack_tests::apply_as(&client, &approve, "reviewer")
+    somastack_tests::apply_as(&reviewer.client, &approve, "reviewer")
         .await
         .expect("re-approved");
     wait_condition(&api, &package, "Approved", "True", Some("Approved"), T).await;
-    approve["metadata"]["annotations"] =
-        json!({ "review.somastack.io/decision": "reject", "review.somastack.io/reviewer": "bob" });
-    somastack_tests::apply_as(&client, &approve, "reviewer")
+    approve["metadata"]["annotations"] = json!({ "review.somastack.io/decision": "reject" });
+    somastack_tests::apply_as(&reviewer.client, &approve, "reviewer")
         .await
         .expect("rejected");
     let obj = wait_condition(&api, &package, "Approved", "False", Some("Rejected"), T).await;
@@ -222,7 +228,7 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     );
     assert_eq!(
         somastack_tests::fixtures::condition(&obj, "Approved").unwrap()["message"],
-        "rejected by bob"
+        format!("rejected by {}", reviewer.name)
     );
 
     let _ = inst_api.delete("reviewed", &DeleteParams::default()).await;
@@ -232,6 +238,83 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
         .await
         .delete(&format!("rev-{s}"), &DeleteParams::default())
         .await;
+}
+
+/// Reviews only by users RBAC allows the verb `approve`, never by the
+/// submitter, and the submitter and reviewer stamps cannot be forged.
+#[tokio::test]
+async fn only_an_authorized_reviewer_other_than_the_submitter_may_approve() {
+    let client = client().await;
+    // The publisher may create and patch capsules but not approve; the
+    // reviewer may approve; "self-reviewer" may do both.
+    let publisher = user(&client, "publisher", &[PUBLISHER_ROLE]).await;
+    let reviewer = user(&client, "reviewer", &[REVIEWER_ROLE]).await;
+    let both = user(&client, "self-reviewer", &[PUBLISHER_ROLE, REVIEWER_ROLE]).await;
+    let s = unique_suffix();
+    let approve = |name: &str| {
+        json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule", "metadata": { "name": name,
+            "annotations": { "review.somastack.io/decision": "approve" } } })
+    };
+
+    // The publisher submits, trying to forge both stamps.
+    let name = format!("authz-{s}");
+    let mut doc = capsule(&name, &name, "1.0.0", "internal");
+    doc["metadata"]["annotations"] = json!({ "review.somastack.io/submitted-by": "someone-else" });
+    let stored = put(&publisher.client, &doc).await;
+    let stamps = stored.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(stamps["review.somastack.io/submitted-by"], publisher.name);
+
+    // Not authorized: refused, naming the verb.
+    let msg = denied(&publisher.client, &approve(&name), "capsules.somastack.io").await;
+    assert_eq!(
+        msg,
+        format!(
+            "user {} may not review Capsules: setting review.somastack.io/decision needs the RBAC verb \
+             'approve' on capsules.somastack.io",
+            publisher.name
+        )
+    );
+
+    // Authorized: admitted and stamped with the authenticated user.
+    let stored = somastack_tests::apply_as(&reviewer.client, &approve(&name), "reviewer")
+        .await
+        .expect("an authorized reviewer approves");
+    let stamps = stored.metadata.annotations.unwrap_or_default();
+    assert_eq!(stamps["review.somastack.io/reviewer"], reviewer.name);
+    assert_eq!(stamps["review.somastack.io/submitted-by"], publisher.name);
+
+    // The publisher cannot move the stamps afterwards.
+    let forged = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule", "metadata": { "name": name,
+        "annotations": { "review.somastack.io/reviewer": "the-ceo", "review.somastack.io/submitted-by": "x" } } });
+    let stored = somastack_tests::apply_as(&publisher.client, &forged, "forger")
+        .await
+        .expect("other fields may change");
+    let stamps = stored.metadata.annotations.unwrap_or_default();
+    assert_eq!(stamps["review.somastack.io/reviewer"], reviewer.name);
+    assert_eq!(stamps["review.somastack.io/submitted-by"], publisher.name);
+
+    // Self-approval: allowed the verb, but the submitter.
+    let own = format!("self-{s}");
+    put(&both.client, &capsule(&own, &own, "1.0.0", "internal")).await;
+    let msg = denied(&both.client, &approve(&own), "capsules.somastack.io").await;
+    assert_eq!(
+        msg,
+        format!(
+            "user {} submitted Capsule {own} and may not review it; another reviewer must",
+            both.name
+        )
+    );
+    // Submitting already approved is self-approval too.
+    let pre = format!("pre-{s}");
+    let mut doc = capsule(&pre, &pre, "1.0.0", "internal");
+    doc["metadata"]["annotations"] = json!({ "review.somastack.io/decision": "approve" });
+    let msg = denied(&both.client, &doc, "capsules.somastack.io").await;
+    assert!(msg.contains("may not review it"), "{msg}");
+
+    let api = api_for(&client, &doc).await;
+    for n in [&name, &own] {
+        let _ = api.delete(n, &DeleteParams::default()).await;
+    }
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    bundle, capsule, condition, installation, message, put, put_policy, wait_condition, wait_refused,
+    bundle, capsule, condition, denied, installation, message, put, put_policy, wait_condition, wait_refused,
 };
 use somastack_tests::{TestNamespace, api_for, client, unique_suffix, wait_for, workspace_binary};
 
@@ -48,28 +48,20 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
     put_policy(&client, &policy).await;
     put(&client, &cap).await;
 
-    // Refused: nothing is created, the rule and the bundle are named, an Event says so.
+    // Refused at admission: nothing is stored, the rule and the bundle are named.
     let refused = installation(&ns.name, "in-us", &package, "1.0.0", "us-east-1", 2);
-    put(&client, &refused).await;
+    let msg = denied(&client, &refused, "installations.somastack.io").await;
+    assert_eq!(
+        msg,
+        format!(
+            "Installation in-us violates enforced policy: confidential data may not be processed in region \
+             us-east-1; allowed regions: eu-central-1 (rule residency, PolicyBundle res-{s})"
+        )
+    );
     let api = api_for(&client, &refused).await;
-    let (obj, msg) = wait_refused(&api, "in-us", T).await;
     assert!(
-        msg.contains("confidential data may not be processed in region us-east-1"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains(&format!("rule residency, PolicyBundle res-{s}")),
-        "{msg}"
-    );
-    assert_eq!(obj.data["status"]["phase"], "Blocked");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    assert!(
-        deployments.get_opt("in-us").await.unwrap().is_none(),
-        "nothing is created for a refused Installation"
-    );
-    assert!(
-        somastack_tests::event_recorded(&ns.name, "PolicyViolation"),
-        "a PolicyViolation Event is recorded"
+        api.get_opt("in-us").await.unwrap().is_none(),
+        "a denied Installation is not stored"
     );
 
     // Allowed: every pod runs on a node of eu-central-1.
@@ -103,6 +95,29 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
             pod.name_any()
         );
     }
+
+    // The bundle tightens under a running Installation: the controller
+    // flags it Blocked with the rule and bundle, keeps the workload, and
+    // records an Event (admission judged it under the old policy).
+    let mut tightened = policy.clone();
+    tightened["spec"]["residency"]["rules"][0]["allowedRegions"] = json!(["eu-west-1"]);
+    put_policy(&client, &tightened).await;
+    let (obj, msg) = wait_refused(&api, "in-eu", T).await;
+    assert!(
+        msg.contains("confidential data may not be processed in region eu-central-1")
+            && msg.contains(&format!("rule residency, PolicyBundle res-{s}")),
+        "{msg}"
+    );
+    assert_eq!(obj.data["status"]["phase"], "Blocked");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("in-eu").await.unwrap().is_some(),
+        "the running workload is kept"
+    );
+    assert!(
+        somastack_tests::event_recorded(&ns.name, "PolicyViolation"),
+        "a PolicyViolation Event is recorded"
+    );
     ns.delete().await;
     delete_cluster_scoped(&client, &[&cap, &policy]).await;
 }
@@ -151,25 +166,19 @@ async fn ceilings_and_capabilities_are_refused() {
             "capabilities not allowed: network-egress (rule capabilities",
         ),
     ];
-    for (name, package, replicas, _) in &cases {
-        put(
-            &client,
-            &installation(&ns.name, name, package, "1.0.0", "us-east-1", *replicas),
-        )
-        .await;
+    for (name, package, replicas, expected) in &cases {
+        let doc = installation(&ns.name, name, package, "1.0.0", "us-east-1", *replicas);
+        let msg = denied(&client, &doc, "installations.somastack.io").await;
+        assert!(
+            msg.contains(expected) && msg.contains(&format!("PolicyBundle ceil-{s}")),
+            "{name}: {msg}"
+        );
     }
     let api = api_for(
         &client,
         &installation(&ns.name, "x", "x", "1.0.0", "us-east-1", 1),
     )
     .await;
-    for (name, _, _, expected) in &cases {
-        let (_, msg) = wait_refused(&api, name, T).await;
-        assert!(
-            msg.contains(expected) && msg.contains(&format!("PolicyBundle ceil-{s}")),
-            "{name}: {msg}"
-        );
-    }
     // Within the ceilings it runs, with the ceiling as its limits where unset.
     put(
         &client,
@@ -498,8 +507,20 @@ async fn audit_bundles_report_without_blocking() {
     );
     put(&client, &cap).await;
     put_policy(&client, &policy).await;
+    // Admitted, and kubectl shows the admission webhook's warning.
     let inst = installation(&ns.name, "over", &package, "1.0.0", "us-east-1", 2);
-    put(&client, &inst).await;
+    let file = std::env::temp_dir().join(format!("somastack-audit-{s}.json"));
+    std::fs::write(&file, inst.to_string()).unwrap();
+    let out = somastack_tests::kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl apply: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "Warning: audit: 2 replicas exceed the ceiling of 1 (rule maxReplicas, PolicyBundle aud-{s})"
+        )),
+        "kubectl shows the audit finding: {stderr}"
+    );
     let api = api_for(&client, &inst).await;
     let obj = wait_condition(&api, "over", "Ready", "True", None, T).await;
     let compliant = condition(&obj, "PolicyCompliant").unwrap();

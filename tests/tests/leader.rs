@@ -10,27 +10,37 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::Api;
 use kube::api::PostParams;
-use somastack_tests::{TestNamespace, client, kubeconfig_path, unique_suffix, wait_for, workspace_binary};
+use somastack_tests::{
+    TestNamespace, client, free_port, http_get, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
+};
 use tokio::process::{Child, Command};
 
 struct Replica {
     identity: String,
+    /// Port of its /metrics, /healthz and /readyz.
+    port: u16,
     log: PathBuf,
     child: Child,
 }
 
 impl Replica {
+    /// A replica with webhooks on (its certificate Secret in `namespace`;
+    /// no webhook configuration points at it, so nothing calls it).
     fn start(identity: &str, namespace: &str, lease: &str) -> Replica {
         let log = std::env::temp_dir().join(format!("somastack-leader-{identity}-{}.log", unique_suffix()));
+        let port = free_port();
         let child = Command::new(workspace_binary("somastack-operator"))
             .args([
                 "run",
                 "--leader-elect",
-                "--lease-namespace",
+                "--namespace",
                 namespace,
                 "--lease-name",
                 lease,
             ])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--webhook-configuration", &format!("{lease}-not-installed")])
             .args(["--identity", identity, "--kubeconfig"])
             .arg(kubeconfig_path())
             .stdin(Stdio::null())
@@ -41,6 +51,7 @@ impl Replica {
             .expect("operator starts");
         Replica {
             identity: identity.into(),
+            port,
             log,
             child,
         }
@@ -52,6 +63,14 @@ impl Replica {
 
     fn leads(&self) -> bool {
         self.logs().contains("controllers starting")
+    }
+
+    /// `somastack_leader` as its /metrics says, once it answers.
+    async fn leader_gauge(&self) -> Option<String> {
+        let (_, body) = http_get(self.port, "/metrics").await?;
+        body.lines()
+            .find_map(|l| l.strip_prefix("somastack_leader "))
+            .map(str::to_string)
     }
 
     fn signal(&self, sig: &str) {
@@ -104,6 +123,18 @@ async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
         follower.logs()
     );
     assert!(follower.logs().contains("another replica leads; waiting"));
+    // Both are ready, the follower too: every replica serves the webhooks
+    // (its certificate loaded) and keeps its caches; the gauge tells them apart.
+    for r in [&*leader, &*follower] {
+        wait_for(
+            &format!("{} to be ready", r.identity),
+            Duration::from_secs(30),
+            || async { (http_get(r.port, "/readyz").await.map(|(code, _)| code) == Some(200)).then_some(()) },
+        )
+        .await;
+    }
+    assert_eq!(leader.leader_gauge().await.as_deref(), Some("1"));
+    assert_eq!(follower.leader_gauge().await.as_deref(), Some("0"));
 
     // SIGKILL: no release; the follower takes over once the lease expires.
     leader.signal("-KILL");

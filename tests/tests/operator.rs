@@ -61,7 +61,15 @@ async fn operator_observes_every_kind_and_stops_on_sigterm() {
     let log_path = std::env::temp_dir().join(format!("somastack-operator-test-{suffix}.log"));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut operator = tokio::process::Command::new(workspace_binary("somastack-operator"))
-        .args(["run", "--crd-wait", "30s", "--kubeconfig"])
+        .args([
+            "run",
+            "--crd-wait",
+            "30s",
+            "--no-webhook",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--kubeconfig")
         .arg(kubeconfig_path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -57,18 +57,28 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Parses an AdmissionReview of `K`; on failure, the response to send.
+/// Parses an AdmissionReview of `K`; on failure, the response to send (with
+/// the request's uid when there is one, as the API server requires).
 fn parse<K>(body: &Bytes) -> Result<AdmissionRequest<K>, Box<AdmissionResponse>>
 where
-    K: Resource + DeserializeOwned,
+    K: Resource<DynamicType = ()> + DeserializeOwned,
 {
-    let review: AdmissionReview<K> = serde_json::from_slice(body)
-        .map_err(|e| Box::new(AdmissionResponse::invalid(format!("not an AdmissionReview: {e}"))))?;
-    review.try_into().map_err(|e| {
-        Box::new(AdmissionResponse::invalid(format!(
-            "AdmissionReview without a request: {e}"
-        )))
-    })
+    serde_json::from_slice::<AdmissionReview<K>>(body)
+        .map_err(|e| e.to_string())
+        .and_then(|review| {
+            review
+                .try_into()
+                .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
+        })
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not read an AdmissionReview");
+            let mut res = AdmissionResponse::invalid(format!("not a valid {}: {e}", K::kind(&())));
+            res.uid = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["request"]["uid"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            Box::new(res)
+        })
 }
 
 /// Turns a verdict into the response, counting it.
@@ -81,7 +91,7 @@ fn answer<K: Resource>(
     let mut res = AdmissionResponse::from(req);
     let decision = if let Some(msg) = verdict.denied {
         tracing::info!(user = %req.user_info.username.clone().unwrap_or_default(), reason = %msg, "denied");
-        res = res.deny(msg);
+        res = forbidden(res, msg);
         WebhookDecision::Denied
     } else if verdict.warnings.is_empty() {
         WebhookDecision::Allowed
@@ -109,9 +119,19 @@ fn error<K: Resource>(
 ) -> AdmissionResponse {
     tracing::warn!(reason = %why, "could not judge an admission request");
     metrics.webhook(webhook, WebhookDecision::Error);
-    AdmissionResponse::from(req).deny(format!(
-        "the somastack operator could not check this request: {why}"
-    ))
+    forbidden(
+        AdmissionResponse::from(req),
+        format!("the somastack operator could not check this request: {why}"),
+    )
+}
+
+/// Denies with HTTP 403 Forbidden (the API server's default would be 400,
+/// which reads as a malformed request rather than a refusal).
+fn forbidden(res: AdmissionResponse, message: String) -> AdmissionResponse {
+    let mut res = res.deny(message);
+    res.result.code = 403;
+    res.result.reason = "Forbidden".into();
+    res
 }
 
 fn reply(res: AdmissionResponse) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {

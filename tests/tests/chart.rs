@@ -1,0 +1,724 @@
+//! The Helm chart (`charts/somastack-operator`) with the real `helm` binary:
+//! it lints, renders what the operator needs (no RBAC wildcards, a restricted
+//! pod, the right webhook certificate mode), refuses bad values through its
+//! schema, and installs into (and uninstalls from) the real local cluster.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use somastack_tests::{client, kubeconfig_path, kubectl, parse_docs, repo_root, workspace_binary};
+
+/// The Helm release hack/lib.sh pins and hack/build-tools.sh builds.
+const HELM_VERSION: &str = "v4.3.1";
+const RELEASE: &str = "chart-test";
+const NAMESPACE: &str = "somastack-chart-test";
+/// A label no object of the other tests carries: the installed webhook
+/// configurations (whose Service has no real server behind it) never match.
+const NEVER_MATCH: &str = r#"webhook.objectSelector={"matchLabels":{"somastack.io/chart-test":"never"}}"#;
+/// Values that turn every optional part of the chart on.
+const EVERYTHING_ON: &str = "webhook.certManager.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true";
+const CRD_NAMES: [&str; 5] = [
+    "capsules.somastack.io",
+    "installations.somastack.io",
+    "policybundles.somastack.io",
+    "drdrills.somastack.io",
+    "kamachiqprojects.somastack.io",
+];
+
+/// The helm binary, found as hack/lib.sh finds it.
+fn helm_bin() -> PathBuf {
+    let cache = match std::env::var_os("SOMASTACK_CACHE") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => match std::env::var_os("XDG_CACHE_HOME") {
+            Some(p) if !p.is_empty() => PathBuf::from(p).join("somastack"),
+            _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/somastack"),
+        },
+    };
+    let path = cache.join(format!("bin/helm-{HELM_VERSION}/helm"));
+    assert!(
+        path.is_file(),
+        "helm {HELM_VERSION} is not at {}; build it with hack/build-tools.sh \
+         (or point SOMASTACK_CACHE at the cache that holds it)",
+        path.display()
+    );
+    path
+}
+
+fn chart_dir() -> String {
+    repo_root()
+        .join("charts/somastack-operator")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn fullname() -> String {
+    format!("{RELEASE}-somastack-operator")
+}
+
+struct HelmRun {
+    success: bool,
+    stdout: String,
+    stderr: String,
+    command: String,
+}
+
+impl HelmRun {
+    fn report(&self) -> String {
+        format!(
+            "`{}`\nstdout:\n{}\nstderr:\n{}",
+            self.command, self.stdout, self.stderr
+        )
+    }
+}
+
+async fn helm(args: &[&str]) -> HelmRun {
+    let out = tokio::process::Command::new(helm_bin())
+        .args(args)
+        .output()
+        .await
+        .expect("helm runs");
+    HelmRun {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        command: format!("helm {}", args.join(" ")),
+    }
+}
+
+/// `helm template` of the chart as release `chart-test` in its namespace,
+/// with `--set`s; the rendered objects.
+async fn render(sets: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", RELEASE, &chart, "--namespace", NAMESPACE];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let run = helm(&args).await;
+    assert!(run.success, "the chart renders: {}", run.report());
+    parse_docs(&run.stdout)
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            let have: Vec<String> = docs
+                .iter()
+                .map(|d| format!("{}/{}", d["kind"], d["metadata"]["name"]))
+                .collect();
+            panic!("no {kind} {name} rendered; rendered: {have:?}")
+        })
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Every Role/ClusterRole rule with a `*` in any of its lists.
+fn wildcard_rules(docs: &[Value]) -> Vec<String> {
+    let mut offending = Vec::new();
+    for doc in docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
+        let rules = doc["rules"].as_array().cloned().unwrap_or_default();
+        for (i, rule) in rules.iter().enumerate() {
+            let wild = [
+                "apiGroups",
+                "resources",
+                "verbs",
+                "resourceNames",
+                "nonResourceURLs",
+            ]
+            .iter()
+            .any(|field| strings(&rule[*field]).iter().any(|s| s.contains('*')));
+            if wild {
+                let kind = doc["kind"].as_str().unwrap_or_default();
+                let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                offending.push(format!("{kind} {name} rule {i}: {rule}"));
+            }
+        }
+    }
+    offending
+}
+
+/// The value following `flag` in the operator container's args.
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| args.get(i + 1).copied())
+}
+
+fn operator_container(docs: &[Value]) -> &Value {
+    let deployment = find(docs, "Deployment", &fullname());
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "operator"))
+        .expect("a container named operator")
+}
+
+#[tokio::test]
+async fn lint_passes_strictly() {
+    let chart = chart_dir();
+    for extra in [None, Some(EVERYTHING_ON)] {
+        let mut args = vec!["lint", "--strict", &chart];
+        if let Some(set) = extra {
+            args.extend(["--set", set]);
+        }
+        let run = helm(&args).await;
+        assert!(run.success, "helm lint --strict fails: {}", run.report());
+        assert!(run.stdout.contains("0 chart(s) failed"), "{}", run.report());
+    }
+}
+
+#[tokio::test]
+async fn rbac_has_no_wildcards_and_only_the_named_objects() {
+    for sets in [&[][..], &[EVERYTHING_ON][..]] {
+        let docs = render(sets).await;
+        let offending = wildcard_rules(&docs);
+        assert!(
+            offending.is_empty(),
+            "RBAC rules with a wildcard (with --set {sets:?}):\n{}",
+            offending.join("\n")
+        );
+        let name = fullname();
+        let cluster_role = find(&docs, "ClusterRole", &name);
+        let rules = cluster_role["rules"].as_array().expect("rules");
+        assert!(
+            rules.len() > 5,
+            "the operator's ClusterRole has its rules: {cluster_role}"
+        );
+        let rule_for = |resource: &str| {
+            rules
+                .iter()
+                .find(|r| strings(&r["resources"]).contains(&resource))
+                .unwrap_or_else(|| panic!("a ClusterRole rule for {resource}: {cluster_role}"))
+        };
+        // The operator may touch only its own webhook configurations and CRDs.
+        for resource in ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"] {
+            let rule = rule_for(resource);
+            assert_eq!(strings(&rule["resourceNames"]), [name.as_str()], "{rule}");
+            assert_eq!(strings(&rule["verbs"]), ["get", "patch"], "{rule}");
+        }
+        let crds = rule_for("customresourcedefinitions");
+        assert_eq!(strings(&crds["resourceNames"]), CRD_NAMES, "{crds}");
+        assert_eq!(strings(&crds["verbs"]), ["get"], "{crds}");
+        // Secrets and Leases only in the release namespace.
+        assert!(
+            rules.iter().all(|r| {
+                let res = strings(&r["resources"]);
+                !res.contains(&"secrets") && !res.contains(&"leases")
+            }),
+            "no cluster-wide secrets or leases: {cluster_role}"
+        );
+        let role = find(&docs, "Role", &name);
+        assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+        let role_resources: Vec<&str> = role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .flat_map(|r| strings(&r["resources"]))
+            .collect();
+        assert_eq!(role_resources, ["leases", "secrets"], "{role}");
+        let view = find(&docs, "ClusterRole", &format!("{name}-view"));
+        assert_eq!(
+            view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+            "true"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deployment_is_restricted_highly_available_and_probed() {
+    let docs = render(&[]).await;
+    let deployment = find(&docs, "Deployment", &fullname());
+    assert_eq!(deployment["spec"]["replicas"], 2, "{deployment}");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{pod}");
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532, "{pod}");
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(pod["terminationGracePeriodSeconds"], 30);
+    assert_eq!(
+        pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+            ["topologyKey"],
+        "kubernetes.io/hostname",
+        "{pod}"
+    );
+
+    let container = operator_container(&docs);
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{container}");
+    assert_eq!(security["allowPrivilegeEscalation"], false, "{container}");
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{container}");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{container}");
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{container}");
+    }
+    let ports: Vec<&str> = container["ports"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ports, ["metrics", "webhook"]);
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "RUST_LOG"]);
+    assert_eq!(container["resources"]["requests"]["cpu"], "100m");
+
+    let pdb = find(&docs, "PodDisruptionBudget", &fullname());
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+}
+
+#[tokio::test]
+async fn operator_args_follow_the_values() {
+    let name = fullname();
+    let docs = render(&[]).await;
+    let args = strings(&operator_container(&docs)["args"]);
+    let expected_self_managed = [
+        "run".to_string(),
+        "--leader-elect".into(),
+        "--lease-name".into(),
+        name.clone(),
+        "--log-format".into(),
+        "json".into(),
+        "--metrics-addr".into(),
+        "0.0.0.0:8080".into(),
+        "--webhook-addr".into(),
+        "0.0.0.0:8443".into(),
+        "--webhook-service".into(),
+        format!("{name}-webhook"),
+        "--webhook-secret".into(),
+        format!("{name}-webhook-tls"),
+        "--webhook-configuration".into(),
+        name.clone(),
+        "--webhook-cert-mode".into(),
+        "self-managed".into(),
+    ];
+    assert_eq!(args, expected_self_managed);
+
+    let docs = render(&[EVERYTHING_ON]).await;
+    let args = strings(&operator_container(&docs)["args"]);
+    assert_eq!(
+        flag_value(&args, "--webhook-cert-mode"),
+        Some("external"),
+        "{args:?}"
+    );
+
+    let docs = render(&[
+        "webhook.enabled=false,leaderElection.enabled=false,otlp.endpoint=http://otel:4317",
+        "extraArgs={--crd-wait,30s}",
+    ])
+    .await;
+    let args = strings(&operator_container(&docs)["args"]);
+    assert!(args.contains(&"--no-webhook"), "{args:?}");
+    assert!(!args.iter().any(|a| a.starts_with("--webhook-")), "{args:?}");
+    assert!(!args.contains(&"--leader-elect"), "{args:?}");
+    assert_eq!(flag_value(&args, "--otlp-endpoint"), Some("http://otel:4317"));
+    assert_eq!(
+        args[args.len() - 2..],
+        ["--crd-wait", "30s"],
+        "extraArgs come last"
+    );
+    let webhook_objects: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"]
+                .as_str()
+                .is_some_and(|k| k.ends_with("WebhookConfiguration"))
+        })
+        .collect();
+    assert!(
+        webhook_objects.is_empty(),
+        "webhook disabled: {webhook_objects:?}"
+    );
+}
+
+/// The args are the operator's real command line: the built binary parses
+/// every one of them (clap validates all arguments before acting on `--help`,
+/// so exit 0 means each flag and value was accepted).
+#[tokio::test]
+async fn the_operator_binary_accepts_the_rendered_args() {
+    let binary = workspace_binary("somastack-operator");
+    let variants: [&[&str]; 3] = [
+        &[],
+        &[
+            EVERYTHING_ON,
+            "otlp.endpoint=http://otel:4318,leaderElection.enabled=false",
+        ],
+        &["webhook.enabled=false"],
+    ];
+    for sets in variants {
+        let docs = render(sets).await;
+        let args = strings(&operator_container(&docs)["args"]);
+        let out = tokio::process::Command::new(&binary)
+            .args(&args)
+            .arg("--help")
+            .output()
+            .await
+            .expect("the operator binary runs");
+        assert!(
+            out.status.success(),
+            "somastack-operator refuses the chart's args {args:?} (--set {sets:?}):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn webhook_certificates_self_managed_or_from_cert_manager() {
+    let name = fullname();
+    let annotation = "cert-manager.io/inject-ca-from";
+    let kinds = ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"];
+
+    let docs = render(&[]).await;
+    for kind in kinds {
+        let config = find(&docs, kind, &name);
+        for webhook in config["webhooks"].as_array().expect("webhooks") {
+            let client_config = &webhook["clientConfig"];
+            assert!(client_config.get("caBundle").is_none(), "{kind}: {client_config}");
+            assert_eq!(client_config["service"]["name"], format!("{name}-webhook"));
+            assert_eq!(client_config["service"]["namespace"], NAMESPACE);
+            assert_eq!(client_config["service"]["port"], 443);
+        }
+        assert!(
+            config["metadata"]["annotations"].get(annotation).is_none(),
+            "{config}"
+        );
+    }
+    let validating = find(&docs, "ValidatingWebhookConfiguration", &name);
+    let webhook = &validating["webhooks"][0];
+    assert_eq!(webhook["name"], "installations.somastack.io");
+    assert_eq!(
+        webhook["clientConfig"]["service"]["path"],
+        "/validate/installations"
+    );
+    assert_eq!(webhook["failurePolicy"], "Fail");
+    assert_eq!(
+        webhook["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["kube-system", NAMESPACE])
+    );
+    let mutating = find(&docs, "MutatingWebhookConfiguration", &name);
+    assert_eq!(
+        mutating["webhooks"][0]["clientConfig"]["service"]["path"],
+        "/mutate/capsules"
+    );
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "Certificate"),
+        "no cert-manager objects in self-managed mode"
+    );
+
+    let docs = render(&[EVERYTHING_ON]).await;
+    for kind in kinds {
+        let config = find(&docs, kind, &name);
+        assert_eq!(
+            config["metadata"]["annotations"][annotation],
+            format!("{NAMESPACE}/{name}-webhook"),
+            "{config}"
+        );
+        for webhook in config["webhooks"].as_array().expect("webhooks") {
+            assert!(
+                webhook["clientConfig"].get("caBundle").is_none(),
+                "{kind}: {webhook}"
+            );
+        }
+    }
+    let certificate = find(&docs, "Certificate", &format!("{name}-webhook"));
+    assert_eq!(certificate["spec"]["secretName"], format!("{name}-webhook-tls"));
+    assert_eq!(
+        certificate["spec"]["dnsNames"],
+        json!([
+            format!("{name}-webhook.{NAMESPACE}.svc"),
+            format!("{name}-webhook.{NAMESPACE}.svc.cluster.local")
+        ])
+    );
+    assert_eq!(
+        certificate["spec"]["issuerRef"]["name"],
+        format!("{name}-selfsigned")
+    );
+    find(&docs, "Issuer", &format!("{name}-selfsigned"));
+    find(&docs, "ServiceMonitor", &name);
+    let rule = find(&docs, "PrometheusRule", &name);
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().expect("alerts");
+    assert!(alerts.len() >= 4, "{rule}");
+    for alert in alerts {
+        for field in ["summary", "description"] {
+            assert!(
+                alert["annotations"][field]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty()),
+                "alert without {field}: {alert}"
+            );
+        }
+    }
+
+    // Development: the API server calls an operator outside the cluster.
+    let docs = render(&["webhook.url=https://192.0.2.10:9443/"]).await;
+    let validating = find(&docs, "ValidatingWebhookConfiguration", &name);
+    assert_eq!(
+        validating["webhooks"][0]["clientConfig"],
+        json!({ "url": "https://192.0.2.10:9443/validate/installations" })
+    );
+}
+
+#[tokio::test]
+async fn the_schema_refuses_bad_values() {
+    let chart = chart_dir();
+    for (set, names) in [("logFormat=xml", "logFormat"), ("logFromat=json", "logFromat")] {
+        for command in ["template", "lint"] {
+            let mut args = vec![command];
+            if command == "template" {
+                args.push(RELEASE);
+            }
+            args.extend([chart.as_str(), "--set", set]);
+            let run = helm(&args).await;
+            let output = format!("{}{}", run.stdout, run.stderr);
+            assert!(
+                !run.success,
+                "the schema lets --set {set} through: {}",
+                run.report()
+            );
+            assert!(
+                output.contains("schema") && output.contains(names),
+                "the refusal of --set {set} names the schema and {names}: {}",
+                run.report()
+            );
+        }
+    }
+}
+
+/// `Some(problem)` unless the object is in the API server.
+async fn missing<K>(api: Api<K>, name: &str) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(format!("{} {name} is not in the cluster", K::kind(&()))),
+        Err(e) => Some(format!("{} {name}: {e}", K::kind(&()))),
+    }
+}
+
+/// `Some(problem)` if the object is still in the API server.
+async fn leftover<K>(api: Api<K>, name: &str) -> Option<String>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(None) => None,
+        Ok(Some(_)) => Some(format!("{} {name} is left after uninstall", K::kind(&()))),
+        Err(e) => Some(format!("{} {name}: {e}", K::kind(&()))),
+    }
+}
+
+/// The namespace of the previous run, while still terminating, would refuse
+/// the install; wait until it is gone. (One left by an interrupted run is
+/// reused: `helm upgrade --install` takes over its release.)
+async fn wait_until_not_terminating(namespaces: &Api<Namespace>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while let Ok(Some(ns)) = namespaces.get_opt(NAMESPACE).await {
+        if ns.metadata.deletion_timestamp.is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "namespace {NAMESPACE} of an earlier run is still terminating after 90 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What the installed release put in the cluster; problems found, never a
+/// panic, so the uninstall always runs.
+async fn check_installed(client: &Client) -> Vec<String> {
+    let name = fullname();
+    let ns = NAMESPACE;
+    let mut problems: Vec<String> = [
+        missing(Api::<Deployment>::namespaced(client.clone(), ns), &name).await,
+        missing(Api::<ServiceAccount>::namespaced(client.clone(), ns), &name).await,
+        missing(Api::<ClusterRole>::all(client.clone()), &name).await,
+        missing(Api::<ClusterRoleBinding>::all(client.clone()), &name).await,
+        missing(Api::<Role>::namespaced(client.clone(), ns), &name).await,
+        missing(Api::<RoleBinding>::namespaced(client.clone(), ns), &name).await,
+        missing(
+            Api::<Service>::namespaced(client.clone(), ns),
+            &format!("{name}-metrics"),
+        )
+        .await,
+        missing(
+            Api::<Service>::namespaced(client.clone(), ns),
+            &format!("{name}-webhook"),
+        )
+        .await,
+        missing(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &name).await,
+        missing(Api::<ValidatingWebhookConfiguration>::all(client.clone()), &name).await,
+        missing(Api::<MutatingWebhookConfiguration>::all(client.clone()), &name).await,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for suffix in ["capsule-reviewer", "capsule-publisher", "view", "edit"] {
+        problems.extend(
+            missing(
+                Api::<ClusterRole>::all(client.clone()),
+                &format!("{name}-{suffix}"),
+            )
+            .await,
+        );
+    }
+
+    // The guard that keeps these webhooks away from the other tests' objects.
+    let never = json!({ "matchLabels": { "somastack.io/chart-test": "never" } });
+    if let Ok(config) = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get(&name)
+        .await
+    {
+        let selectors: Vec<Value> = config
+            .webhooks
+            .unwrap_or_default()
+            .iter()
+            .map(|w| serde_json::to_value(&w.object_selector).unwrap_or_default())
+            .collect();
+        if selectors.iter().any(|s| *s != never) {
+            problems.push(format!("stored objectSelectors {selectors:?}, want {never}"));
+        }
+    }
+
+    // The pods pass the restricted Pod Security Standard, as the API server
+    // judges it: a server-side dry run of the enforce label warns about every
+    // existing pod that would violate it.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut count = 0;
+    while Instant::now() < deadline {
+        count = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0);
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if count < 2 {
+        problems.push(format!("the Deployment made {count} pods within 60 s, want 2"));
+    } else {
+        let out = kubectl(&[
+            "label",
+            "--dry-run=server",
+            "--overwrite",
+            "namespace",
+            ns,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() || stderr.contains("violate") {
+            problems.push(format!(
+                "the pods do not pass the restricted Pod Security Standard: {}{stderr}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+    problems
+}
+
+#[tokio::test]
+async fn installs_into_the_cluster_and_uninstalls_cleanly() {
+    let client = client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_until_not_terminating(&namespaces).await;
+    let kubeconfig = kubeconfig_path().to_string_lossy().into_owned();
+    let chart = chart_dir();
+
+    let install = helm(&[
+        "upgrade",
+        "--install",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+        // Helm 4's spelling of --wait=false: wait for hooks only (there are none).
+        "--wait=hookOnly",
+        "--kubeconfig",
+        &kubeconfig,
+        "--set-json",
+        NEVER_MATCH,
+    ])
+    .await;
+    let problems = if install.success {
+        check_installed(&client).await
+    } else {
+        Vec::new()
+    };
+
+    // Clean up before judging, so a failed check still uninstalls.
+    let uninstall = helm(&[
+        "uninstall",
+        RELEASE,
+        "--namespace",
+        NAMESPACE,
+        "--wait",
+        "--timeout",
+        "120s",
+        "--kubeconfig",
+        &kubeconfig,
+    ])
+    .await;
+    let name = fullname();
+    let mut leftovers: Vec<String> = [
+        leftover(Api::<ClusterRole>::all(client.clone()), &name).await,
+        leftover(Api::<ClusterRoleBinding>::all(client.clone()), &name).await,
+        leftover(Api::<ValidatingWebhookConfiguration>::all(client.clone()), &name).await,
+        leftover(Api::<MutatingWebhookConfiguration>::all(client.clone()), &name).await,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for suffix in ["capsule-reviewer", "capsule-publisher", "view", "edit"] {
+        leftovers.extend(
+            leftover(
+                Api::<ClusterRole>::all(client.clone()),
+                &format!("{name}-{suffix}"),
+            )
+            .await,
+        );
+    }
+    let _ = namespaces.delete(NAMESPACE, &DeleteParams::background()).await;
+
+    assert!(install.success, "helm install fails: {}", install.report());
+    assert!(
+        problems.is_empty(),
+        "after helm install:\n{}\n{}",
+        problems.join("\n"),
+        install.report()
+    );
+    assert!(uninstall.success, "helm uninstall fails: {}", uninstall.report());
+    assert!(
+        leftovers.is_empty(),
+        "after helm uninstall:\n{}",
+        leftovers.join("\n")
+    );
+    // The CRDs are the cluster's, not the release's: uninstalling keeps them.
+    let out = kubectl(&["get", "crd", "-o", "name"]);
+    let crds = String::from_utf8_lossy(&out.stdout);
+    for crd in CRD_NAMES {
+        assert!(crds.contains(crd), "CRD {crd} survives the uninstall: {crds}");
+    }
+}
