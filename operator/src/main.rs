@@ -17,6 +17,7 @@ mod leader;
 mod payload;
 mod revisions;
 mod run;
+mod telemetry;
 mod webhook;
 
 use clap::Parser;

@@ -8,27 +8,18 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use somastack_controllers::{Caches, Metrics};
-use tracing_subscriber::EnvFilter;
 
-use crate::cli::{LogFormat, RunArgs};
+use crate::cli::RunArgs;
 use crate::error::{Error, Result};
 use crate::{http, leader};
 
 pub fn main(args: RunArgs) -> Result<()> {
-    init_logging(args.log_format);
+    let telemetry = crate::telemetry::init(args.log_format, args.otlp_endpoint.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(args))
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-    }
+    let result = runtime.block_on(run(args));
+    drop(runtime);
+    telemetry.shutdown();
+    result
 }
 
 async fn run(args: RunArgs) -> Result<()> {

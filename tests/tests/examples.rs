@@ -47,10 +47,15 @@ async fn examples_apply_and_read_back() {
                     stored["spec"]
                 );
             }
-            applied.push((
-                doc["kind"].as_str().unwrap_or_default().to_lowercase(),
-                doc["metadata"]["name"].clone(),
-            ));
+            if doc["apiVersion"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("somastack.io/"))
+            {
+                applied.push((
+                    doc["kind"].as_str().unwrap_or_default().to_lowercase(),
+                    doc["metadata"]["name"].clone(),
+                ));
+            }
         }
     }
 
@@ -70,7 +75,7 @@ async fn examples_apply_and_read_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // What a user sees: the `somastack` category lists every applied object.
+    // What a user sees: the `somastack` category lists every applied object of our kinds.
     let out = kubectl(&["get", "somastack", "-A", "-o", "name"]);
     assert!(
         out.status.success(),
@@ -78,7 +83,7 @@ async fn examples_apply_and_read_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     let listed = String::from_utf8_lossy(&out.stdout);
-    for (kind, name) in applied.iter().filter(|(k, _)| k != "namespace") {
+    for (kind, name) in &applied {
         let name = name.as_str().unwrap_or_default();
         let needle = format!("{kind}.somastack.io/{name}");
         assert!(

@@ -57,9 +57,20 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What to answer when the object in a request cannot be read as `K`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    /// Refuse it (validating webhooks run after the schema: a real error).
+    Deny,
+    /// Let it through untouched: mutating webhooks run before the CRD schema
+    /// is checked, and the schema then refuses it with its own, clearer
+    /// message (e.g. an unknown enum value).
+    Allow,
+}
+
 /// Parses an AdmissionReview of `K`; on failure, the response to send (with
 /// the request's uid when there is one, as the API server requires).
-fn parse<K>(body: &Bytes) -> Result<AdmissionRequest<K>, Box<AdmissionResponse>>
+fn parse<K>(body: &Bytes, unreadable: Unreadable) -> Result<AdmissionRequest<K>, Box<AdmissionResponse>>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
@@ -73,6 +84,10 @@ where
         .map_err(|e| {
             tracing::warn!(error = %e, "could not read an AdmissionReview");
             let mut res = AdmissionResponse::invalid(format!("not a valid {}: {e}", K::kind(&())));
+            if unreadable == Unreadable::Allow {
+                res.allowed = true;
+                res.result = Default::default();
+            }
             res.uid = serde_json::from_slice::<serde_json::Value>(body)
                 .ok()
                 .and_then(|v| v["request"]["uid"].as_str().map(str::to_string))
@@ -152,7 +167,7 @@ async fn installations(
     State(state): State<AppState>,
     body: Bytes,
 ) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
-    let req = match parse::<Installation>(&body) {
+    let req = match parse::<Installation>(&body, Unreadable::Deny) {
         Ok(r) => r,
         Err(res) => {
             state
@@ -214,7 +229,7 @@ async fn capsules(
     State(state): State<AppState>,
     body: Bytes,
 ) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
-    let req = match parse::<Capsule>(&body) {
+    let req = match parse::<Capsule>(&body, Unreadable::Allow) {
         Ok(r) => r,
         Err(res) => {
             state.metrics.webhook(CAPSULES_WEBHOOK, WebhookDecision::Error);
