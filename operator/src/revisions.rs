@@ -51,11 +51,22 @@ pub fn history(args: HistoryArgs) -> Result<()> {
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     runtime()?.block_on(async {
         let client = crate::cluster::client(&args.cluster).await?;
-        let inst = Api::<Installation>::namespaced(client.clone(), &args.namespace).get(&args.installation).await?;
+        let api = Api::<Installation>::namespaced(client.clone(), &args.namespace);
         let reason = format!("manual rollback to revision {}", args.to_revision);
-        let record = installation::rollback(&client, &inst, args.to_revision, "Manual", &reason)
-            .await
-            .map_err(Error::Controller)?;
+        // The rollback writes at the resourceVersion it read; the operator may
+        // write the Installation in between (a finalizer, an annotation), so a
+        // conflict means: read again and retry.
+        let mut attempt = 0;
+        let record = loop {
+            let inst = api.get(&args.installation).await?;
+            match installation::rollback(&client, &inst, args.to_revision, "Manual", &reason).await {
+                Err(somastack_controllers::Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                other => break other.map_err(Error::Controller)?,
+            }
+        };
         println!(
             "installation.somastack.io/{} rolled back from revision {} to revision {}; the operator records it as a new revision",
             args.installation, record.from_revision, record.to_revision
