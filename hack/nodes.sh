@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Prints the kwok Node objects of the local cluster: two zones in each of
-# three regions. kwok marks them Ready and runs the pods scheduled to them.
+# four regions. kwok marks them Ready and runs the pods scheduled to them.
 set -euo pipefail
-REGIONS="${SOMASTACK_REGIONS:-eu-west-1 eu-central-1 us-east-1}"
+# ap-south-1 is reserved for the drill test that takes a whole region down
+# (scope: Region), so no other test loses its pods meanwhile.
+REGIONS="${SOMASTACK_REGIONS:-eu-west-1 eu-central-1 us-east-1 ap-south-1}"
 for region in $REGIONS; do
   for zone in a b; do
     name="kwok-$region-$zone"

@@ -41,12 +41,26 @@ pub const INSTALLATION_LABEL: &str = "somastack.io/installation";
 /// `app.kubernetes.io/managed-by` value on everything the operator creates.
 pub const MANAGED_BY: &str = "somastack-operator";
 
+/// The watch of DrDrills: all of them, or those `selector` selects (drills
+/// sharded between operators by label, e.g. to run one on its own).
+fn drill_watch(wc: &watcher::Config, selector: Option<&str>) -> watcher::Config {
+    match selector {
+        Some(s) if !s.is_empty() => wc.clone().labels(s),
+        _ => wc.clone(),
+    }
+}
+
 /// Starts a controller for every kind, reading `caches` (kept filled by the
 /// caller: every replica keeps them for the admission webhooks, only the
 /// leader runs controllers); resolves once `shutdown` fired and every
 /// controller drained its in-flight reconciles.
-pub async fn run<S>(client: Client, caches: Caches, metrics: Arc<Metrics>, shutdown: S)
-where
+pub async fn run<S>(
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    drill_selector: Option<&str>,
+    shutdown: S,
+) where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let wc = watcher::Config::default().any_semantic();
@@ -61,6 +75,13 @@ where
     let capsule_ctl = kinds::capsule::wire(capsule_ctl, &ctx);
     let bundle_ctl = kinds::policy::wire(bundle_ctl, &ctx);
     let installation_ctl = kinds::installation::wire(installation_ctl, &ctx);
+    let drill_ctl = kinds::drill::wire(
+        Controller::new(
+            Api::<DrDrill>::all(client.clone()),
+            drill_watch(&wc, drill_selector),
+        ),
+        &ctx,
+    );
 
     futures::join!(
         runtime::run(
@@ -81,12 +102,7 @@ where
             shutdown.clone(),
             kinds::installation::reconcile
         ),
-        runtime::run(
-            Controller::new(Api::<DrDrill>::all(client.clone()), wc.clone()),
-            ctx.clone(),
-            shutdown.clone(),
-            |obj, ctx| kinds::observe(obj, ctx, "Succeeded"),
-        ),
+        runtime::run(drill_ctl, ctx.clone(), shutdown.clone(), kinds::drill::reconcile),
         runtime::run(
             Controller::new(Api::<KamachiqProject>::all(client), wc),
             ctx,

@@ -58,6 +58,19 @@ impl WebhookDecision {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillLabels {
+    pub namespace: String,
+    pub drill: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillRunLabels {
+    pub namespace: String,
+    pub drill: String,
+    pub verdict: String,
+}
+
 /// Every metric the operator records.
 #[derive(Debug)]
 pub struct Metrics {
@@ -69,6 +82,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Unix time the webhook's serving certificate expires.
     pub certificate_expiry: Gauge,
+    drill_runs: Family<DrillRunLabels, Counter>,
+    drill_rto: Family<DrillLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -89,6 +104,8 @@ impl Metrics {
             webhook: Family::default(),
             leader: Gauge::default(),
             certificate_expiry: Gauge::default(),
+            drill_runs: Family::default(),
+            drill_rto: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("somastack");
         r.register("reconcile", "Reconciles run, by kind", m.reconciles.clone());
@@ -118,6 +135,17 @@ impl Metrics {
             "Unix time at which the webhook's serving certificate expires",
             m.certificate_expiry.clone(),
         );
+        r.register(
+            "drill_runs",
+            "Finished DrDrill runs, by drill and verdict (Pass, Fail)",
+            m.drill_runs.clone(),
+        );
+        r.register_with_unit(
+            "drill_last_rto",
+            "RTO measured by the drill's last run that recovered",
+            prometheus_client::registry::Unit::Seconds,
+            m.drill_rto.clone(),
+        );
         if let Some(caches) = caches {
             registry.register_collector(Box::new(ObjectCounts(caches.clone())));
         }
@@ -139,6 +167,24 @@ impl Metrics {
                     category: category.into(),
                 })
                 .inc();
+        }
+    }
+
+    pub fn drill_finished(&self, namespace: &str, drill: &str, passed: bool, rto: Option<f64>) {
+        self.drill_runs
+            .get_or_create(&DrillRunLabels {
+                namespace: namespace.into(),
+                drill: drill.into(),
+                verdict: if passed { "Pass" } else { "Fail" }.into(),
+            })
+            .inc();
+        if let Some(rto) = rto {
+            self.drill_rto
+                .get_or_create(&DrillLabels {
+                    namespace: namespace.into(),
+                    drill: drill.into(),
+                })
+                .set(rto);
         }
     }
 

@@ -1,6 +1,6 @@
 //! `DrDrill`: a disaster-recovery drill against an Installation.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -174,6 +174,49 @@ pub struct DrillRun {
     pub message: String,
 }
 
+/// The state of a run in progress (the drill's resumable state machine).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveRun {
+    pub start: Time,
+    /// The schedule time this run stands for (scheduled drills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<Time>,
+    /// The step in progress: `Validate` .. `Report`.
+    pub step: String,
+    /// Region taken down.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target_region: String,
+    /// Region the workload fails over to (RegionOutage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_region: Option<String>,
+    /// Snapshot: the Installation's home region and its active-region
+    /// annotation before the drill (absent: it ran at home).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub home_region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_active_region: Option<String>,
+    /// Replicas that must be ready for the workload to count as recovered.
+    #[serde(default)]
+    pub replicas: i32,
+    /// When the outage was injected (RTO starts here; microseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_at: Option<MicroTime>,
+    /// When the workload was Available again (RTO ends here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<MicroTime>,
+    /// PodLoss: the pods deleted at injection (recovery counts only others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub lost_pods: Vec<String>,
+    /// Why the run is ending early (timeout, suspend, delete, a finding); restore follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<String>,
+    /// A failed check that makes the verdict Fail (e.g. a refused failover region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<String>,
+}
+
 /// What the operator observed about a DrDrill.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +243,10 @@ pub struct DrDrillStatus {
     pub last_run_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_time: Option<Time>,
+    /// The run in progress: what it acts on and what a restore must put back.
+    /// Written before each step acts, so a restarted operator resumes or restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<ActiveRun>,
     /// Past runs, newest first, at most `historyLimit`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]

@@ -172,3 +172,8 @@ pub struct RollbackRecord {
 /// Annotation a disaster-recovery failover sets to move the workload to one
 /// of `spec.failoverRegions`; absent, the workload runs in `spec.region`.
 pub const ACTIVE_REGION_ANNOTATION: &str = "somastack.io/active-region";
+/// Regions the workload may not run in for now (comma-separated), set by a
+/// DrDrill during a simulated outage: its pods there stop and cannot return.
+pub const UNAVAILABLE_REGIONS_ANNOTATION: &str = "somastack.io/unavailable-regions";
+/// The DrDrill acting on an Installation (one at a time).
+pub const DRILL_LOCK_ANNOTATION: &str = "somastack.io/drill";

@@ -28,6 +28,26 @@ pub enum Command {
     History(HistoryArgs),
     /// Print the canonical bytes a publisher signs for a Capsule manifest (docs/signing.md).
     Payload(PayloadArgs),
+    /// The disaster-drill summary: per Installation, pass rate, last run, median and worst RTO.
+    Drills(DrillsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DrillsArgs {
+    /// Namespace to summarize (default: every namespace).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Output: a table, or JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 /// Which cluster to talk to.
@@ -105,6 +125,11 @@ pub struct RunArgs {
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SOMASTACK_METRICS_ADDR")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Act only on DrDrills this label selector selects (shards drills
+    /// between operators; e.g. `!somastack.io/shard` here and
+    /// `somastack.io/shard=b` on a second operator).
+    #[arg(long)]
+    pub drill_selector: Option<String>,
     #[command(flatten)]
     pub webhook: WebhookArgs,
 }

@@ -6,11 +6,13 @@
 //! somastack-operator history NAME -n NS        list an Installation's revisions
 //! somastack-operator rollback NAME -n NS --to-revision N
 //! somastack-operator payload -f capsule.yaml   bytes a publisher signs
+//! somastack-operator drills [-n NS] [-o json]   the disaster-drill summary
 //! ```
 
 mod cli;
 mod cluster;
 mod crds;
+mod drills;
 mod error;
 mod http;
 mod leader;
@@ -32,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Command::Rollback(args) => revisions::rollback(args),
         Command::History(args) => revisions::history(args),
         Command::Payload(args) => payload::print(&args),
+        Command::Drills(args) => drills::summary_command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

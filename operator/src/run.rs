@@ -79,7 +79,7 @@ where
     if !args.leader_elect {
         tracing::info!("controllers starting");
         metrics.leader.set(1);
-        controllers(client, caches, metrics, shutdown).await;
+        controllers(client, caches, metrics, args.drill_selector.clone(), shutdown).await;
         tracing::info!("all controllers stopped; exiting");
         return Ok(());
     }
@@ -105,7 +105,7 @@ where
     tracing::info!("controllers starting");
     metrics.leader.set(1);
     tokio::select! {
-        () = controllers(client, caches, metrics.clone(), shutdown.clone()) => {
+        () = controllers(client, caches, metrics.clone(), args.drill_selector.clone(), shutdown.clone()) => {
             tracing::info!("all controllers stopped; releasing the Lease");
             leader::release(&leases, &cfg).await;
             metrics.leader.set(0);
@@ -123,8 +123,13 @@ where
 /// to [`SHUTDOWN_GRACE`] to finish. The bound matters: kube's controller
 /// waits for its store before running, and its store stops filling once
 /// shutdown begins, so a signal during the first list would wait forever.
-async fn controllers<S>(client: Client, caches: Caches, metrics: Arc<Metrics>, shutdown: S)
-where
+async fn controllers<S>(
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    drill_selector: Option<String>,
+    shutdown: S,
+) where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let deadline = {
@@ -135,7 +140,7 @@ where
         }
     };
     tokio::select! {
-        () = somastack_controllers::run(client, caches, metrics, shutdown) => {}
+        () = somastack_controllers::run(client, caches, metrics, drill_selector.as_deref(), shutdown) => {}
         () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
 }

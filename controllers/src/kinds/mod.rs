@@ -6,6 +6,7 @@
 //! act on the kind yet.
 
 pub mod capsule;
+pub mod drill;
 pub mod installation;
 pub mod policy;
 

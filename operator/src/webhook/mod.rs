@@ -23,12 +23,13 @@ use axum::extract::State;
 use axum::routing::post;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
+use somastack_controllers::kinds::installation::find_capsule;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
 use somastack_controllers::{Caches, policy};
 use somastack_crds::{Capsule, Installation, PolicyBundle};
@@ -203,14 +204,40 @@ async fn judge_installation(state: &AppState, req: &AdmissionRequest<Installatio
             );
         }
     };
-    let bundles: Vec<Arc<PolicyBundle>> = state
-        .caches
-        .bundles
-        .state()
-        .into_iter()
-        .filter(|b| policy::governs(&b.spec, &labels))
-        .collect();
-    let capsules = state.caches.capsules.state();
+    // PolicyBundles are read from the API server, not the cache: a bundle
+    // and an Installation applied together (one `kubectl apply`, one GitOps
+    // sync) must be judged together, and bundles are few.
+    let bundles: Vec<Arc<PolicyBundle>> = match Api::<PolicyBundle>::all(state.client.clone())
+        .list(&ListParams::default())
+        .await
+    {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|b| policy::governs(&b.spec, &labels))
+            .map(Arc::new)
+            .collect(),
+        Err(e) => {
+            return error(
+                req,
+                m,
+                INSTALLATIONS_WEBHOOK,
+                format!("listing PolicyBundles: {e}"),
+            );
+        }
+    };
+    // Capsules come from the cache, or from the API server when the one
+    // named was published a moment ago.
+    let mut capsules = state.caches.capsules.state();
+    if find_capsule(&capsules, &new.spec.capsule).is_none() {
+        match Api::<Capsule>::all(state.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => capsules = list.items.into_iter().map(Arc::new).collect(),
+            Err(e) => return error(req, m, INSTALLATIONS_WEBHOOK, format!("listing Capsules: {e}")),
+        }
+    }
     let verdict = admission::installation(new, req.old_object.as_ref(), &capsules, &bundles);
     answer(req, verdict, m, INSTALLATIONS_WEBHOOK)
 }

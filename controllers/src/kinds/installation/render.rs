@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use somastack_crds::Installation;
 use somastack_crds::capsule::CapsuleSpec;
+use somastack_crds::installation::UNAVAILABLE_REGIONS_ANNOTATION;
 
 use crate::{INSTALLATION_LABEL, MANAGED_BY};
 
@@ -142,8 +143,29 @@ fn probe(path: &Option<String>, port: Option<i32>, period: i32) -> Option<Value>
     }))
 }
 
-/// The pod template for `region`.
-fn pod_template(input: &Input<'_>, region: &str, config_hash: &str) -> Value {
+/// Regions the Installation's annotation marks unavailable (a drill's
+/// simulated outage), sorted.
+pub fn unavailable_regions(inst: &Installation) -> Vec<String> {
+    let mut regions: Vec<String> = inst
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(UNAVAILABLE_REGIONS_ANNOTATION))
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    regions.sort();
+    regions.dedup();
+    regions
+}
+
+/// The pod template for `region`, never on a node of `unavailable` regions.
+fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_hash: &str) -> Value {
     let inst = input.installation;
     let capsule = input.capsule;
     let first_port = capsule.ports.first().map(|p| p.port);
@@ -175,6 +197,10 @@ fn pod_template(input: &Input<'_>, region: &str, config_hash: &str) -> Value {
     if let Some(p) = probe(&capsule.ready_path, first_port, 5) {
         container["readinessProbe"] = p;
     }
+    let mut region_terms = vec![json!({ "key": REGION_LABEL, "operator": "In", "values": [region] })];
+    if !unavailable.is_empty() {
+        region_terms.push(json!({ "key": REGION_LABEL, "operator": "NotIn", "values": unavailable }));
+    }
     json!({
         "metadata": {
             "labels": labels(inst, capsule),
@@ -196,11 +222,10 @@ fn pod_template(input: &Input<'_>, region: &str, config_hash: &str) -> Value {
                 { "name": "config", "configMap": { "name": config_map_name(inst) } },
                 { "name": "tmp", "emptyDir": { "sizeLimit": "64Mi" } },
             ],
-            // Residency, enforced by the scheduler: only nodes of the region.
+            // Residency, enforced by the scheduler: only nodes of the region
+            // (and, during a drill's outage, none of the unavailable ones).
             "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{ "matchExpressions": [
-                    { "key": REGION_LABEL, "operator": "In", "values": [region] }
-                ] }]
+                "nodeSelectorTerms": [{ "matchExpressions": region_terms }]
             } } },
             "topologySpreadConstraints": [{
                 "maxSkew": 1,
@@ -220,10 +245,20 @@ pub fn render(input: &Input<'_>) -> Children {
     let n = name(inst);
 
     let config_hash = sha256_hex(serde_json::to_string(&spec.config).unwrap_or_default().as_bytes());
-    let home = pod_template(input, &spec.region, &config_hash);
+    let home = pod_template(input, &spec.region, &[], &config_hash);
     let revision_hash =
         sha256_hex(serde_json::to_string(&home).unwrap_or_default().as_bytes())[..16].to_string();
-    let mut template = pod_template(input, input.region, &config_hash);
+    let unavailable = unavailable_regions(inst);
+    let mut template = pod_template(input, input.region, &unavailable, &config_hash);
+    // The region the workload runs in is down (a drill's outage): its pods
+    // stop at once, as in a real outage, instead of being kept until
+    // replacements are ready (they could not be).
+    let strategy = if unavailable.iter().any(|r| r == input.region) {
+        json!({ "type": "Recreate" })
+    } else {
+        // The old revision keeps serving until the new one is ready.
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
+    };
     template["metadata"]["annotations"][REVISION_HASH_ANNOTATION] = json!(revision_hash);
 
     let mut deployment = json!({
@@ -234,8 +269,7 @@ pub fn render(input: &Input<'_>) -> Children {
             "selector": { "matchLabels": selector(inst) },
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": spec.upgrade.as_ref().map(|u| u.progress_deadline_seconds).unwrap_or(600),
-            // The old revision keeps serving until the new one is ready.
-            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
+            "strategy": strategy,
             "template": template,
         },
     });
@@ -569,5 +603,36 @@ pub(crate) mod tests {
             render(&input(&reconfigured, &cap, "eu-west-1", false)).revision_hash,
             home
         );
+    }
+
+    #[test]
+    fn an_unavailable_region_is_excluded_and_its_pods_stop_at_once() {
+        let mut inst = installation(Some(2), None);
+        inst.metadata.annotations = Some(
+            [(
+                UNAVAILABLE_REGIONS_ANNOTATION.to_string(),
+                "eu-west-1".to_string(),
+            )]
+            .into(),
+        );
+        let cap = capsule();
+        let normal = render(&input(&installation(Some(2), None), &cap, "eu-west-1", false));
+        let down = render(&input(&inst, &cap, "eu-west-1", false));
+        let terms = &down.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"];
+        assert_eq!(
+            terms[1],
+            json!({ "key": REGION_LABEL, "operator": "NotIn", "values": ["eu-west-1"] })
+        );
+        assert_eq!(down.deployment["spec"]["strategy"], json!({ "type": "Recreate" }));
+        // Not a new revision: history and rollback ignore the outage.
+        assert_eq!(down.revision_hash, normal.revision_hash);
+        // Failed over: runs in eu-central-1, rolling again, still never in eu-west-1.
+        let moved = render(&input(&inst, &cap, "eu-central-1", false));
+        assert_eq!(moved.deployment["spec"]["strategy"]["type"], "RollingUpdate");
+        let terms = &moved.deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchExpressions"];
+        assert_eq!(terms[0]["values"], json!(["eu-central-1"]));
+        assert_eq!(terms[1]["values"], json!(["eu-west-1"]));
     }
 }

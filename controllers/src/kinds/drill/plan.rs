@@ -1,0 +1,399 @@
+//! The pure part of a drill: when to run, what to check before acting, when
+//! the workload counts as recovered, the verdict, the timeline, and the
+//! summary across drills. No API calls; time is an argument.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use somastack_crds::drill::{ActiveRun, DrDrillSpec, DrillRun, Scenario, TimelineEntry, Verdict};
+use somastack_crds::{DrDrill, Installation};
+
+use crate::kinds::installation::{Decision, active_region};
+
+/// Steps of a run, in order.
+pub const VALIDATE: &str = "Validate";
+pub const SNAPSHOT: &str = "Snapshot";
+pub const INJECT: &str = "Inject";
+pub const FAILOVER: &str = "Failover";
+pub const VERIFY: &str = "Verify";
+pub const RESTORE: &str = "Restore";
+pub const REPORT: &str = "Report";
+
+/// Most entries a timeline holds (the CRD's bound).
+pub const MAX_TIMELINE: usize = 32;
+
+pub fn time(ts: Timestamp) -> Time {
+    Time(ts)
+}
+
+pub fn micro(ts: Timestamp) -> MicroTime {
+    MicroTime(ts)
+}
+
+/// The next time `schedule` fires strictly after `after` (UTC).
+pub fn next_after(schedule: &str, after: Timestamp) -> Result<Timestamp, String> {
+    let cron = croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+    let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
+    cron.find_next_occurrence(&zoned, false)
+        .map(|z| z.timestamp())
+        .map_err(|e| format!("schedule {schedule:?}: {e}"))
+}
+
+/// Whether a drill without a run in progress should start one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Start now; for a scheduled drill, the schedule time it stands for.
+    Now { scheduled_for: Option<Timestamp> },
+    /// Nothing to do until this time (the next scheduled run).
+    At(Timestamp),
+    /// Nothing to do: suspended, or a one-off drill that has run.
+    Never,
+}
+
+/// Decides whether to start a run at `now`. One-off drills run once; a
+/// schedule runs at each cron time after the last one it ran for (missed
+/// times collapse into one run, like a CronJob), never two at once.
+pub fn should_start(
+    spec: &DrDrillSpec,
+    created: Timestamp,
+    last_scheduled: Option<Timestamp>,
+    ran_before: bool,
+    now: Timestamp,
+) -> Result<Start, String> {
+    if spec.suspend {
+        return Ok(Start::Never);
+    }
+    let Some(schedule) = &spec.schedule else {
+        return Ok(if ran_before {
+            Start::Never
+        } else {
+            Start::Now { scheduled_for: None }
+        });
+    };
+    let mut next = next_after(schedule, last_scheduled.unwrap_or(created))?;
+    if next > now {
+        return Ok(Start::At(next));
+    }
+    // The latest missed time is the one to run for.
+    for _ in 0..10_000 {
+        let after = next_after(schedule, next)?;
+        if after > now {
+            break;
+        }
+        next = after;
+    }
+    Ok(Start::Now {
+        scheduled_for: Some(next),
+    })
+}
+
+/// Where a run acts, as validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Targets {
+    pub target_region: String,
+    pub failover_region: Option<String>,
+    pub home_region: String,
+    pub previous_active_region: Option<String>,
+    pub replicas: i32,
+}
+
+/// Replicas the workload must have ready to count as recovered.
+pub fn expected_replicas(inst: &Installation) -> i32 {
+    match &inst.spec.autoscaling {
+        Some(a) => a.min_replicas.max(1),
+        None => inst.spec.replicas.unwrap_or(1),
+    }
+}
+
+/// Checks what a run needs before anything is injected. `judge` answers
+/// the Installation's policy decision for a region (residency for its
+/// capsule). An `Err` is a drill finding: the verdict is Fail and nothing
+/// is injected.
+pub fn validate(
+    spec: &DrDrillSpec,
+    inst: Option<&Installation>,
+    judge: impl Fn(&str) -> Decision,
+) -> Result<Targets, String> {
+    let Some(inst) = inst else {
+        return Err(format!(
+            "Installation {} does not exist",
+            spec.installation_ref.name
+        ));
+    };
+    let ready = inst
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if !ready {
+        return Err(format!(
+            "Installation {} is not Ready; a drill needs a healthy target",
+            spec.installation_ref.name
+        ));
+    }
+    let active = active_region(inst);
+    let target = spec.target_region.clone().unwrap_or_else(|| active.clone());
+    let failover = match spec.scenario {
+        Scenario::PodLoss => None,
+        Scenario::RegionOutage => {
+            if target != active {
+                return Err(format!(
+                    "targetRegion {target} is not where Installation {} runs ({active})",
+                    spec.installation_ref.name
+                ));
+            }
+            let candidates: Vec<&String> = match &spec.failover_region {
+                Some(r) => vec![r],
+                None => inst
+                    .spec
+                    .failover_regions
+                    .iter()
+                    .filter(|r| **r != target)
+                    .collect(),
+            };
+            if candidates.is_empty() {
+                return Err(format!(
+                    "Installation {} has no failoverRegions to fail over to",
+                    spec.installation_ref.name
+                ));
+            }
+            let mut refusals = Vec::new();
+            let mut chosen = None;
+            for region in candidates {
+                if !inst.spec.failover_regions.contains(region) && *region != inst.spec.region {
+                    refusals.push(format!(
+                        "failover region {region} is not one of the Installation's failoverRegions"
+                    ));
+                    continue;
+                }
+                match judge(region) {
+                    Decision::Run(_) => {
+                        chosen = Some(region.clone());
+                        break;
+                    }
+                    Decision::Blocked(eval) => refusals.push(format!(
+                        "failover to {region} refused by policy: {}",
+                        eval.blocking
+                            .iter()
+                            .map(|v| v.message.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )),
+                    Decision::CapsuleNotFound => refusals.push("the Capsule is not published".into()),
+                    Decision::CapsuleUnusable(why) => refusals.push(why),
+                }
+            }
+            match chosen {
+                Some(r) => Some(r),
+                None => return Err(refusals.join("; ")),
+            }
+        }
+    };
+    Ok(Targets {
+        target_region: target,
+        failover_region: failover,
+        home_region: inst.spec.region.clone(),
+        previous_active_region: inst
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(somastack_crds::installation::ACTIVE_REGION_ANNOTATION))
+            .cloned(),
+        replicas: expected_replicas(inst),
+    })
+}
+
+/// A pod of the Installation, as recovery sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub region: Option<String>,
+    pub created: Timestamp,
+    /// When it became Ready (its Ready condition's transition), if it is.
+    pub ready_since: Option<Timestamp>,
+}
+
+/// When the workload was Available again: `replicas` pods Ready in
+/// `region` (any region when `None`), none of them `lost` at the
+/// injection nor created before it; the time the last of those became
+/// Ready. `None` while not recovered. Kubernetes records pod times in whole
+/// seconds, so "before the injection" means before its second.
+pub fn recovered_at(
+    pods: &[PodView],
+    region: Option<&str>,
+    replicas: i32,
+    injected: Timestamp,
+    lost: &[String],
+) -> Option<Timestamp> {
+    let injected_second = Timestamp::from_second(injected.as_second()).unwrap_or(injected);
+    let mut ready: Vec<Timestamp> = pods
+        .iter()
+        .filter(|p| region.is_none_or(|r| p.region.as_deref() == Some(r)))
+        .filter(|p| !lost.contains(&p.name))
+        .filter(|p| p.created >= injected_second)
+        .filter_map(|p| p.ready_since)
+        .collect();
+    ready.sort();
+    let n = usize::try_from(replicas.max(1)).unwrap_or(1);
+    ready.get(n - 1).map(|t| (*t).max(injected))
+}
+
+/// Seconds between two times, to the millisecond.
+pub fn seconds(from: Timestamp, to: Timestamp) -> f64 {
+    let ms = to.as_millisecond() - from.as_millisecond();
+    (ms as f64) / 1000.0
+}
+
+/// Measured RTO of a run, when it recovered.
+pub fn rto(run: &ActiveRun) -> Option<f64> {
+    Some(seconds(run.injected_at.as_ref()?.0, run.recovered_at.as_ref()?.0))
+}
+
+/// The verdict of a finished run, and why.
+pub fn verdict(run: &ActiveRun, rto_objective: i32, restore_failed: Option<&str>) -> (Verdict, String) {
+    if let Some(f) = &run.finding {
+        return (Verdict::Fail, format!("finding: {f}"));
+    }
+    if let Some(a) = &run.abort {
+        return (Verdict::Fail, format!("aborted: {a}"));
+    }
+    if let Some(r) = restore_failed {
+        return (Verdict::Fail, format!("restore failed: {r}"));
+    }
+    match rto(run) {
+        None => (Verdict::Fail, "the workload did not recover".into()),
+        Some(s) if s <= f64::from(rto_objective) => (
+            Verdict::Pass,
+            format!("recovered in {s:.1}s, within the {rto_objective}s objective"),
+        ),
+        Some(s) => (
+            Verdict::Fail,
+            format!("recovered in {s:.1}s, over the {rto_objective}s objective"),
+        ),
+    }
+}
+
+/// Opens `step` in the timeline (closing any step still running as Succeeded).
+pub fn begin(timeline: &mut Vec<TimelineEntry>, step: &str, now: Timestamp, message: String) {
+    if timeline.last().is_some_and(|e| e.step == step && e.end.is_none()) {
+        return;
+    }
+    finish(timeline, "Succeeded", now, None);
+    if timeline.len() >= MAX_TIMELINE {
+        timeline.remove(0);
+    }
+    timeline.push(TimelineEntry {
+        step: step.into(),
+        start: time(now),
+        end: None,
+        outcome: "Running".into(),
+        message,
+    });
+}
+
+/// Closes the running step with `outcome` (and a new message, if given).
+pub fn finish(timeline: &mut [TimelineEntry], outcome: &str, now: Timestamp, message: Option<String>) {
+    if let Some(last) = timeline.last_mut()
+        && last.end.is_none()
+    {
+        last.end = Some(time(now));
+        last.outcome = outcome.into();
+        if let Some(m) = message {
+            last.message = m;
+        }
+    }
+}
+
+/// Records a step that did not apply.
+pub fn skipped(timeline: &mut Vec<TimelineEntry>, step: &str, now: Timestamp, message: &str) {
+    begin(timeline, step, now, message.into());
+    finish(timeline, "Skipped", now, None);
+}
+
+/// Adds a finished run in front of `history`, keeping at most `limit`.
+pub fn push_history(history: &mut Vec<DrillRun>, run: DrillRun, limit: i32) {
+    history.insert(0, run);
+    history.truncate(usize::try_from(limit.max(1)).unwrap_or(1));
+}
+
+/// One Installation's drill record, across its drills.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRow {
+    pub namespace: String,
+    pub installation: String,
+    pub drills: usize,
+    pub runs: usize,
+    pub passed: usize,
+    /// Passed runs / runs, 0..1 (absent without runs).
+    pub pass_rate: Option<f64>,
+    pub last_run: Option<Timestamp>,
+    pub median_rto_seconds: Option<f64>,
+    pub worst_rto_seconds: Option<f64>,
+    /// Drills whose latest run failed.
+    pub failing: Vec<String>,
+}
+
+/// The disaster-drill summary: per Installation, from the runs kept in the
+/// drills' status.
+pub fn summary(drills: &[DrDrill]) -> Vec<SummaryRow> {
+    let mut rows: BTreeMap<(String, String), SummaryRow> = BTreeMap::new();
+    for d in drills {
+        let ns = d.metadata.namespace.clone().unwrap_or_default();
+        let inst = d.spec.installation_ref.name.clone();
+        let row = rows
+            .entry((ns.clone(), inst.clone()))
+            .or_insert_with(|| SummaryRow {
+                namespace: ns,
+                installation: inst,
+                drills: 0,
+                runs: 0,
+                passed: 0,
+                pass_rate: None,
+                last_run: None,
+                median_rto_seconds: None,
+                worst_rto_seconds: None,
+                failing: vec![],
+            });
+        row.drills += 1;
+        let history = d
+            .status
+            .as_ref()
+            .map(|s| s.history.as_slice())
+            .unwrap_or_default();
+        for run in history {
+            row.runs += 1;
+            if run.verdict == Some(Verdict::Pass) {
+                row.passed += 1;
+            }
+            row.last_run = row.last_run.max(Some(run.start.0));
+        }
+        if history.first().is_some_and(|r| r.verdict == Some(Verdict::Fail)) {
+            row.failing.push(d.metadata.name.clone().unwrap_or_default());
+        }
+    }
+    for ((ns, inst), row) in rows.iter_mut() {
+        let mut rtos: Vec<f64> = drills
+            .iter()
+            .filter(|d| d.metadata.namespace.as_deref() == Some(ns) && &d.spec.installation_ref.name == inst)
+            .flat_map(|d| d.status.iter().flat_map(|s| s.history.iter()))
+            .filter_map(|r| r.measured_rto_seconds)
+            .collect();
+        rtos.sort_by(f64::total_cmp);
+        row.median_rto_seconds = median(&rtos);
+        row.worst_rto_seconds = rtos.last().copied();
+        row.pass_rate = (row.runs > 0).then(|| row.passed as f64 / row.runs as f64);
+    }
+    rows.into_values().collect()
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}

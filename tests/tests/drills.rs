@@ -1,0 +1,532 @@
+//! DrDrills against the real control plane: kwok nodes in four regions, the
+//! real scheduler, Deployment controller and taint manager. Needs the
+//! operator that hack/test.sh starts (it skips drills labelled
+//! `somastack.io/drill-shard`, which the crash test's own operator takes).
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use somastack_tests::fixtures::{bundle, capsule, installation, put, put_policy, wait_condition};
+use somastack_tests::{
+    TestNamespace, api_for, client, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
+};
+
+const T: Duration = Duration::from_secs(90);
+const STEPS: [&str; 7] = [
+    "Validate", "Snapshot", "Inject", "Failover", "Verify", "Restore", "Report",
+];
+const TAINT_KEY: &str = "somastack.io/drill-outage";
+
+/// A namespace with a Ready Installation `app` of a fresh confidential
+/// capsule in `region`, failing over to `failover`.
+struct Target {
+    ns: TestNamespace,
+    capsule: Value,
+    installation: Value,
+    region: String,
+}
+
+impl Target {
+    async fn new(client: &Client, prefix: &str, region: &str, failover: &str, ready_path: &str) -> Target {
+        let ns = TestNamespace::create(client, prefix).await;
+        let package = format!("{prefix}-{}", unique_suffix());
+        let mut cap = capsule(&package, &package, "1.0.0", "confidential");
+        cap["spec"]["readyPath"] = json!(ready_path);
+        put(client, &cap).await;
+        let mut inst = installation(&ns.name, "app", &package, "1.0.0", region, 2);
+        inst["spec"]["failoverRegions"] = json!([failover]);
+        put(client, &inst).await;
+        let api = api_for(client, &inst).await;
+        wait_condition(&api, "app", "Ready", "True", None, T).await;
+        Target {
+            ns,
+            capsule: cap,
+            installation: inst,
+            region: region.into(),
+        }
+    }
+
+    fn drill(&self, name: &str, spec: Value) -> Value {
+        let mut spec = spec;
+        spec["installationRef"] = json!({ "name": "app" });
+        json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+                "metadata": { "name": name, "namespace": self.ns.name }, "spec": spec })
+    }
+
+    /// The Installation is home: no drill annotation left, every pod in its
+    /// home region, as many Ready as it asks for.
+    async fn assert_home(&self, client: &Client) {
+        let api = api_for(client, &self.installation).await;
+        let inst = api.get("app").await.unwrap();
+        let annotations = inst.annotations();
+        for key in [
+            "somastack.io/active-region",
+            "somastack.io/unavailable-regions",
+            "somastack.io/drill",
+        ] {
+            assert!(
+                !annotations.contains_key(key),
+                "{key} left on the Installation: {annotations:?}"
+            );
+        }
+        assert_eq!(inst.data["status"]["activeRegion"], self.region.as_str());
+        let regions = pod_regions(client, &self.ns.name).await;
+        assert!(
+            regions.iter().all(|(_, r)| r == &self.region) && regions.len() >= 2,
+            "pods: {regions:?}"
+        );
+    }
+
+    async fn delete(self, client: &Client) {
+        self.ns.delete().await;
+        let _ = api_for(client, &self.capsule)
+            .await
+            .delete(
+                self.capsule["metadata"]["name"].as_str().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await;
+    }
+}
+
+/// (pod, region of its node) for the Installation's live pods.
+async fn pod_regions(client: &Client, ns: &str) -> Vec<(String, String)> {
+    let nodes: BTreeMap<String, String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| {
+            let region = n
+                .labels()
+                .get("topology.kubernetes.io/region")
+                .cloned()
+                .unwrap_or_default();
+            (n.name_any(), region)
+        })
+        .collect();
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("somastack.io/installation=app"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let node = p.spec.and_then(|s| s.node_name).unwrap_or_default();
+            (
+                p.metadata.name.unwrap_or_default(),
+                nodes.get(&node).cloned().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Nodes carrying a drill taint with `value` (a drill's uid), or any drill taint.
+async fn tainted(client: &Client, value: Option<&str>) -> Vec<String> {
+    Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| {
+            n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
+                ts.iter()
+                    .any(|t| t.key == TAINT_KEY && value.is_none_or(|v| t.value.as_deref() == Some(v)))
+            })
+        })
+        .map(|n| n.name_any())
+        .collect()
+}
+
+/// Waits for the drill's status to satisfy `check`.
+async fn wait_drill(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(&format!("drill {name}: {what}"), T, || async {
+        let obj = api.get(name).await.ok()?;
+        let status = obj.data["status"].clone();
+        check(&status).then_some(status)
+    })
+    .await
+}
+
+fn finished(s: &Value) -> bool {
+    s["run"].is_null()
+        && matches!(s["phase"].as_str(), Some("Succeeded" | "Failed"))
+        && s["history"].is_array()
+}
+
+fn steps(status: &Value) -> Vec<(String, String)> {
+    status["timeline"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|e| {
+                    (
+                        e["step"].as_str().unwrap_or_default().to_string(),
+                        e["outcome"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
+    let client = client().await;
+    let t = Target::new(&client, "outage", "eu-west-1", "eu-central-1", "/readyz").await;
+    let doc = t.drill(
+        "outage",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+
+    let status = wait_drill(&api, "outage", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+    let rto = status["measuredRtoSeconds"].as_f64().expect("an RTO");
+    eprintln!("region outage drill: measured RTO {rto}s");
+    assert!((0.0..=120.0).contains(&rto), "{rto}");
+    let got = steps(&status);
+    assert_eq!(
+        got,
+        STEPS
+            .iter()
+            .map(|s| (s.to_string(), "Succeeded".to_string()))
+            .collect::<Vec<_>>(),
+        "{status:#}"
+    );
+    for e in status["timeline"].as_array().unwrap() {
+        assert!(e["start"].is_string() && e["end"].is_string(), "{e}");
+    }
+    // Verify saw the workload recovered in the failover region.
+    let verify = &status["timeline"][4];
+    assert_eq!(
+        verify["message"],
+        format!("2 replica(s) ready in eu-central-1; RTO {rto:.1}s"),
+        "{verify}"
+    );
+    assert_eq!(status["history"][0]["verdict"], "Pass");
+    assert_eq!(status["history"][0]["measuredRtoSeconds"].as_f64(), Some(rto));
+    let cond = &status["conditions"][0];
+    assert_eq!(
+        (cond["type"].as_str(), cond["status"].as_str()),
+        (Some("Succeeded"), Some("True"))
+    );
+    // Restored: home again, no finalizer left.
+    wait_for("the workload back home", T, || async {
+        let r = pod_regions(&client, &t.ns.name).await;
+        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
+    })
+    .await;
+    t.assert_home(&client).await;
+    assert!(api.get("outage").await.unwrap().finalizers().is_empty());
+    assert!(somastack_tests::event_recorded(&t.ns.name, "DrillPassed"));
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_too_tight_rto_objective_fails_the_verdict() {
+    let client = client().await;
+    // Replacement pods take 6 s to get ready (hack/kwok-stages.yaml).
+    let t = Target::new(&client, "tight", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let doc = t.drill(
+        "tight",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 2 } }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let status = wait_drill(&api, "tight", "finished", finished).await;
+    assert_eq!(status["verdict"], "Fail", "{status:#}");
+    let rto = status["measuredRtoSeconds"].as_f64().expect("an RTO");
+    assert!(rto > 2.0, "{rto}");
+    let message = status["history"][0]["message"].as_str().unwrap();
+    assert_eq!(message, format!("recovered in {rto:.1}s, over the 2s objective"));
+    assert_eq!(status["conditions"][0]["reason"], "DrillFailed");
+    t.assert_home(&client).await;
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
+    let client = client().await;
+    let t = Target::new(&client, "refused", "eu-west-1", "us-east-1", "/readyz").await;
+    let s = unique_suffix();
+    let policy = bundle(
+        &format!("drill-res-{s}"),
+        &t.ns.name,
+        json!({ "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-west-1", "eu-central-1"] }] } }),
+    );
+    put_policy(&client, &policy).await;
+    let doc = t.drill(
+        "refused",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let status = wait_drill(&api, "refused", "finished", finished).await;
+    assert_eq!(status["verdict"], "Fail");
+    let got = steps(&status);
+    assert_eq!(
+        got[0],
+        ("Validate".to_string(), "Failed".to_string()),
+        "{status:#}"
+    );
+    assert!(
+        !got.iter().any(|(s, _)| s == "Inject" || s == "Failover"),
+        "nothing injected: {got:?}"
+    );
+    let message = status["history"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("failover to us-east-1 refused by policy")
+            && message.contains(&format!("rule residency, PolicyBundle drill-res-{s}")),
+        "{message}"
+    );
+    assert!(status["measuredRtoSeconds"].is_null());
+    t.assert_home(&client).await;
+    let _ = api_for(&client, &policy)
+        .await
+        .delete(&format!("drill-res-{s}"), &DeleteParams::default())
+        .await;
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn scope_region_taints_the_region_and_untaints_it() {
+    let client = client().await;
+    // ap-south-1 is reserved for this test (hack/nodes.sh).
+    let t = Target::new(&client, "region", "ap-south-1", "eu-central-1", "/readyz").await;
+    let doc = t.drill(
+        "region",
+        json!({ "scenario": "RegionOutage", "scope": "Region", "objectives": { "rtoSeconds": 120 } }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let uid = api.get("region").await.unwrap().uid().unwrap();
+    let during = wait_for("the region's nodes to be tainted", T, || async {
+        let nodes = tainted(&client, Some(&uid)).await;
+        (!nodes.is_empty()).then_some(nodes)
+    })
+    .await;
+    assert_eq!(during, ["kwok-ap-south-1-a", "kwok-ap-south-1-b"]);
+    let status = wait_drill(&api, "region", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+    assert!(
+        status["timeline"][2]["message"]
+            .as_str()
+            .unwrap()
+            .contains("every node of ap-south-1 tainted"),
+        "{status:#}"
+    );
+    assert_eq!(
+        tainted(&client, Some(&uid)).await,
+        Vec::<String>::new(),
+        "untainted"
+    );
+    wait_for("the workload back in ap-south-1", T, || async {
+        let r = pod_regions(&client, &t.ns.name).await;
+        (r.len() >= 2 && r.iter().all(|(_, r)| r == "ap-south-1")).then_some(())
+    })
+    .await;
+    t.assert_home(&client).await;
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn pod_loss_recovers_in_place() {
+    let client = client().await;
+    let t = Target::new(&client, "podloss", "us-east-1", "eu-central-1", "/readyz").await;
+    let before: Vec<String> = pod_regions(&client, &t.ns.name)
+        .await
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let doc = t.drill(
+        "podloss",
+        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let status = wait_drill(&api, "podloss", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+    assert!(status["measuredRtoSeconds"].as_f64().is_some());
+    let got = steps(&status);
+    assert!(
+        got.contains(&("Failover".to_string(), "Skipped".to_string())),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&("Verify".to_string(), "Succeeded".to_string())),
+        "{got:?}"
+    );
+    let after = pod_regions(&client, &t.ns.name).await;
+    assert!(
+        after.iter().all(|(p, r)| !before.contains(p) && r == "us-east-1"),
+        "{before:?} -> {after:?}"
+    );
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
+    let client = client().await;
+    let t = Target::new(&client, "abort", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let first = t.drill(
+        "first",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+    );
+    put(&client, &first).await;
+    let api = api_for(&client, &first).await;
+    wait_drill(&api, "first", "verifying", |s| s["run"]["step"] == "Verify").await;
+
+    // A second drill on the same Installation waits, saying why.
+    let second = t.drill(
+        "second",
+        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
+    );
+    put(&client, &second).await;
+    let waiting = wait_drill(&api, "second", "waiting", |s| s["phase"] == "Waiting").await;
+    assert_eq!(waiting["conditions"][0]["reason"], "WaitingForInstallation");
+    assert_eq!(
+        waiting["conditions"][0]["message"],
+        "DrDrill first is acting on Installation app; this run starts when it ends"
+    );
+
+    // Suspend: the run ends, restored, and no new one starts.
+    api.patch(
+        "first",
+        // A field manager of its own: it states only `suspend`.
+        &PatchParams::apply("drill-suspender").force(),
+        &Patch::Apply(json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+            "metadata": { "name": "first" }, "spec": { "suspend": true } })),
+    )
+    .await
+    .unwrap();
+    let status = wait_drill(&api, "first", "suspended", |s| s["phase"] == "Suspended").await;
+    assert_eq!(status["history"][0]["verdict"], "Fail");
+    assert_eq!(
+        status["history"][0]["message"],
+        "aborted: the drill was suspended"
+    );
+
+    // The second one now runs, and passes.
+    let status = wait_drill(&api, "second", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+
+    // Delete in the middle of a run: restored before the drill goes away.
+    let third = t.drill(
+        "third",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+    );
+    put(&client, &third).await;
+    wait_drill(&api, "third", "verifying", |s| s["run"]["step"] == "Verify").await;
+    api.delete("third", &DeleteParams::default()).await.unwrap();
+    wait_for("the deleted drill to go", T, || async {
+        api.get_opt("third").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    wait_for("the workload back home", T, || async {
+        let r = pod_regions(&client, &t.ns.name).await;
+        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
+    })
+    .await;
+    t.assert_home(&client).await;
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_drill_resumes_and_restores() {
+    let client = client().await;
+    let t = Target::new(&client, "crash", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let shard = format!("crash-{}", unique_suffix());
+    let start = || {
+        tokio::process::Command::new(workspace_binary("somastack-operator"))
+            .args(["run", "--no-webhook", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--drill-selector", &format!("somastack.io/drill-shard={shard}")])
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("operator starts")
+    };
+    let mut operator = start();
+    let mut doc = t.drill(
+        "crash",
+        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+    );
+    doc["metadata"]["labels"] = json!({ "somastack.io/drill-shard": shard });
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    // Killed after the outage was injected and the failover made.
+    wait_drill(&api, "crash", "verifying", |s| s["run"]["step"] == "Verify").await;
+    operator.start_kill().unwrap();
+    let _ = operator.wait().await;
+    let inst = api_for(&client, &t.installation).await.get("app").await.unwrap();
+    assert_eq!(
+        inst.annotations()
+            .get("somastack.io/active-region")
+            .map(String::as_str),
+        Some("eu-central-1"),
+        "displaced while the operator is down"
+    );
+
+    // Restarted: it picks the run up where it was, then restores.
+    let mut operator = start();
+    let status = wait_drill(&api, "crash", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+    let uid = api.get("crash").await.unwrap().uid().unwrap();
+    assert_eq!(tainted(&client, Some(&uid)).await, Vec::<String>::new());
+    wait_for("the workload back home", T, || async {
+        let r = pod_regions(&client, &t.ns.name).await;
+        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
+    })
+    .await;
+    t.assert_home(&client).await;
+    let _ = operator.start_kill();
+    let _ = operator.wait().await;
+    t.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_schedule_makes_runs_that_never_overlap() {
+    let client = client().await;
+    let t = Target::new(&client, "cron", "us-east-1", "eu-central-1", "/readyz").await;
+    let doc = t.drill(
+        "cron",
+        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 }, "schedule": "* * * * *", "historyLimit": 3 }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let scheduled = wait_drill(&api, "cron", "scheduled", |s| s["nextRunTime"].is_string()).await;
+    assert_eq!(scheduled["phase"], "Scheduled");
+    let status = wait_for("two runs", Duration::from_secs(200), || async {
+        let obj = api.get("cron").await.ok()?;
+        let s = obj.data["status"].clone();
+        (s["history"].as_array().map(Vec::len) >= Some(2)).then_some(s)
+    })
+    .await;
+    let (newer, older) = (&status["history"][0], &status["history"][1]);
+    let time = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    assert!(
+        time(&newer["start"]) >= time(&older["end"]),
+        "no overlap: {status:#}"
+    );
+    let apart = time(&newer["start"]).as_second() - time(&older["start"]).as_second();
+    assert!(apart >= 50, "runs a schedule period apart: {apart}s");
+    for run in [newer, older] {
+        assert_eq!(run["verdict"], "Pass", "{status:#}");
+    }
+    t.delete(&client).await;
+}
