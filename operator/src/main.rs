@@ -38,6 +38,10 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `somastack-operator crd | head`: the reader left; nothing to report.
+        Err(error::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("somastack-operator: {err}");
             std::process::ExitCode::FAILURE
