@@ -85,7 +85,7 @@ cluster_running() {
 # operator has exactly the chart's RBAC, no more.
 install_local_release() {
   helm upgrade --install "$OPERATOR_RELEASE" "$ROOT/charts/somastack-operator" \
-    --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait=false \
+    --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait=hookOnly \
     --set replicaCount=0 --set "webhook.url=https://127.0.0.1:$WEBHOOK_PORT" >/dev/null
   local token server ca
   token=$(kubectl -n "$OPERATOR_NAMESPACE" create token "$OPERATOR_RELEASE" --duration=24h)

@@ -41,6 +41,8 @@ impl Replica {
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--webhook-configuration", &format!("{lease}-not-installed")])
+            // Drills belong to the suite's operator: never two on one drill.
+            .args(["--drill-selector", "somastack.io/drill-shard=none"])
             .args(["--identity", identity, "--kubeconfig"])
             .arg(kubeconfig_path())
             .stdin(Stdio::null())

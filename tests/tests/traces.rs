@@ -91,6 +91,7 @@ async fn spans_are_exported_over_otlp_http() {
     let mut operator = tokio::process::Command::new(workspace_binary("somastack-operator"))
         .args(["run", "--no-webhook", "--metrics-addr", "127.0.0.1:0"])
         .args(["--otlp-endpoint", &format!("http://127.0.0.1:{port}")])
+        .args(["--drill-selector", "somastack.io/drill-shard=none"])
         .arg("--kubeconfig")
         .arg(kubeconfig_path())
         .stdin(Stdio::null())
