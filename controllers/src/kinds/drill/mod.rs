@@ -453,7 +453,10 @@ impl Run<'_> {
         // the operator saw it at `now`. The recovery happened in between:
         // take when it was seen, bounded by the end of the recorded second
         // (which matters when the operator was down and resumes late).
-        let seen = self.now.min(at + jiff::SignedDuration::from_secs(1)).max(injected);
+        let seen = self
+            .now
+            .min(at + jiff::SignedDuration::from_secs(1))
+            .max(injected);
         active.recovered_at = Some(plan::micro(seen));
         let rto = plan::rto(&active).unwrap_or_default();
         self.status.measured_rto_seconds = Some(rto);
