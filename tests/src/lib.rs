@@ -274,3 +274,19 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_string()))
 }
+
+/// Starts the operator binary (`run` and `args`) against the test cluster
+/// with the test kubeconfig, output discarded, killed when dropped.
+pub fn spawn_operator(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(workspace_binary("somastack-operator"))
+        .arg("run")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the operator starts (cargo build --bins first)")
+}

@@ -3,14 +3,11 @@
 //! of its own, with certificates that live two minutes and are renewed when
 //! less than 100 s are left, so a rotation is due 20 s after issue.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use somastack_tests::{
-    TestNamespace, client, free_port, http_get, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
-};
+use somastack_tests::{TestNamespace, client, free_port, http_get, spawn_operator, unique_suffix, wait_for};
 
 async fn expiry_metric(port: u16) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics").await?;
@@ -25,37 +22,27 @@ async fn the_serving_certificate_is_rotated_before_expiry_and_reloaded() {
     let ns = TestNamespace::create(&client, "certs").await;
     let port = free_port();
     let secret_name = format!("webhook-tls-{}", unique_suffix());
-    let mut operator = tokio::process::Command::new(workspace_binary("somastack-operator"))
-        .args([
-            "run",
-            "--namespace",
-            &ns.name,
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
-        .args([
-            "--webhook-secret",
-            &secret_name,
-            "--webhook-configuration",
-            "not-installed",
-        ])
-        .args([
-            "--webhook-cert-validity",
-            "120s",
-            "--webhook-cert-renew-before",
-            "100s",
-        ])
+    let metrics = format!("127.0.0.1:{port}");
+    let webhook = format!("127.0.0.1:{}", free_port());
+    let mut operator = spawn_operator(&[
+        "--namespace",
+        &ns.name,
+        "--metrics-addr",
+        &metrics,
+        "--webhook-addr",
+        &webhook,
+        "--webhook-secret",
+        &secret_name,
+        "--webhook-configuration",
+        "not-installed",
+        "--webhook-cert-validity",
+        "120s",
+        "--webhook-cert-renew-before",
+        "100s",
         // Drills belong to the suite's operator.
-        .args(["--drill-selector", "somastack.io/drill-shard=none"])
-        .arg("--kubeconfig")
-        .arg(kubeconfig_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+        "--drill-selector",
+        "somastack.io/drill-shard=none",
+    ]);
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let cert_of = |s: &Secret| {

@@ -4,7 +4,6 @@
 //! `somastack.io/drill-shard`, which the crash test's own operator takes).
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -12,9 +11,7 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{bundle, capsule, installation, put, put_policy, wait_condition};
-use somastack_tests::{
-    TestNamespace, api_for, client, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
-};
+use somastack_tests::{TestNamespace, api_for, client, spawn_operator, unique_suffix, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 const STEPS: [&str; 7] = [
@@ -448,18 +445,15 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
     let client = client().await;
     let t = Target::new(&client, "crash", "eu-west-1", "eu-central-1", "/slow-ready").await;
     let shard = format!("crash-{}", unique_suffix());
+    let selector = format!("somastack.io/drill-shard={shard}");
     let start = || {
-        tokio::process::Command::new(workspace_binary("somastack-operator"))
-            .args(["run", "--no-webhook", "--metrics-addr", "127.0.0.1:0"])
-            .args(["--drill-selector", &format!("somastack.io/drill-shard={shard}")])
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("operator starts")
+        spawn_operator(&[
+            "--no-webhook",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--drill-selector",
+            &selector,
+        ])
     };
     let mut operator = start();
     let mut doc = t.drill(

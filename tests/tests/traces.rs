@@ -3,15 +3,12 @@
 //! collector's OTLP/HTTP receiver gets); the test checks the request is an
 //! OTLP protobuf export of `reconcile` spans naming the object.
 
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use somastack_tests::fixtures::bundle;
-use somastack_tests::{
-    TestNamespace, api_for, apply, client, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
-};
+use somastack_tests::{TestNamespace, api_for, apply, client, spawn_operator, unique_suffix, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -88,18 +85,16 @@ async fn spans_are_exported_over_otlp_http() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     tokio::spawn(receive(listener, seen.clone()));
 
-    let mut operator = tokio::process::Command::new(workspace_binary("somastack-operator"))
-        .args(["run", "--no-webhook", "--metrics-addr", "127.0.0.1:0"])
-        .args(["--otlp-endpoint", &format!("http://127.0.0.1:{port}")])
-        .args(["--drill-selector", "somastack.io/drill-shard=none"])
-        .arg("--kubeconfig")
-        .arg(kubeconfig_path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator starts");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut operator = spawn_operator(&[
+        "--no-webhook",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--otlp-endpoint",
+        &endpoint,
+        "--drill-selector",
+        "somastack.io/drill-shard=none",
+    ]);
 
     // Something for it to reconcile, with a name to look for in the spans.
     let ns = TestNamespace::create(&client, "otlp").await;

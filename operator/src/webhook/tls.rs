@@ -104,6 +104,20 @@ struct Keeper {
     life: Lifetimes,
 }
 
+/// Webhook names and their current CA bundles.
+fn hooks(
+    webhooks: impl Iterator<
+        Item = (
+            String,
+            k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
+        ),
+    >,
+) -> Vec<(String, Vec<u8>)> {
+    webhooks
+        .map(|(name, cc)| (name, cc.ca_bundle.map(|b| b.0).unwrap_or_default()))
+        .collect()
+}
+
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -207,53 +221,65 @@ impl Keeper {
     /// Sets `caBundle` on every webhook of both configurations, when it
     /// differs (server-side apply of just that field).
     async fn patch_ca_bundle(&self, bundle: &str) -> Result<()> {
-        use base64::Engine;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(bundle);
-        let name = &self.args.webhook_configuration;
-        let pp = PatchParams::apply(somastack_controllers::FIELD_MANAGER).force();
-
         let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        match validating.get_opt(name).await? {
-            None => {
-                tracing::warn!(configuration = %name, "ValidatingWebhookConfiguration not found; the API server will not call this webhook")
-            }
-            Some(c) => {
-                let hooks = c.webhooks.unwrap_or_default();
-                if hooks.iter().any(|h| {
-                    h.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle.as_bytes())
-                }) {
-                    let patch = json!({
-                        "apiVersion": "admissionregistration.k8s.io/v1",
-                        "kind": "ValidatingWebhookConfiguration",
-                        "metadata": {"name": name},
-                        "webhooks": hooks.iter().map(|h| json!({"name": h.name, "clientConfig": {"caBundle": encoded}})).collect::<Vec<_>>(),
-                    });
-                    validating.patch(name, &pp, &Patch::Apply(patch)).await?;
-                    tracing::info!(configuration = %name, "CA bundle set on the ValidatingWebhookConfiguration");
-                }
-            }
-        }
+        let current = validating
+            .get_opt(&self.args.webhook_configuration)
+            .await?
+            .map(|c| {
+                hooks(
+                    c.webhooks
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.client_config)),
+                )
+            });
+        self.set_bundle(&validating, current, bundle).await?;
         let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        match mutating.get_opt(name).await? {
-            None => {
-                tracing::warn!(configuration = %name, "MutatingWebhookConfiguration not found; the API server will not call this webhook")
-            }
-            Some(c) => {
-                let hooks = c.webhooks.unwrap_or_default();
-                if hooks.iter().any(|h| {
-                    h.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(bundle.as_bytes())
-                }) {
-                    let patch = json!({
-                        "apiVersion": "admissionregistration.k8s.io/v1",
-                        "kind": "MutatingWebhookConfiguration",
-                        "metadata": {"name": name},
-                        "webhooks": hooks.iter().map(|h| json!({"name": h.name, "clientConfig": {"caBundle": encoded}})).collect::<Vec<_>>(),
-                    });
-                    mutating.patch(name, &pp, &Patch::Apply(patch)).await?;
-                    tracing::info!(configuration = %name, "CA bundle set on the MutatingWebhookConfiguration");
-                }
-            }
+        let current = mutating
+            .get_opt(&self.args.webhook_configuration)
+            .await?
+            .map(|c| {
+                hooks(
+                    c.webhooks
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|h| (h.name, h.client_config)),
+                )
+            });
+        self.set_bundle(&mutating, current, bundle).await
+    }
+
+    /// Applies `bundle` to the webhooks of one configuration (`current`:
+    /// webhook name and its bundle; `None` when the configuration is missing).
+    async fn set_bundle<K>(
+        &self,
+        api: &Api<K>,
+        current: Option<Vec<(String, Vec<u8>)>>,
+        bundle: &str,
+    ) -> Result<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        use base64::Engine;
+        let name = &self.args.webhook_configuration;
+        let kind = K::kind(&());
+        let Some(hooks) = current else {
+            tracing::warn!(configuration = %name, %kind, "webhook configuration not found; the API server will not call this webhook");
+            return Ok(());
+        };
+        if hooks.iter().all(|(_, b)| b.as_slice() == bundle.as_bytes()) {
+            return Ok(());
         }
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bundle);
+        let patch = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": kind,
+            "metadata": { "name": name },
+            "webhooks": hooks.iter().map(|(h, _)| json!({ "name": h, "clientConfig": { "caBundle": encoded } })).collect::<Vec<_>>(),
+        });
+        let pp = PatchParams::apply(somastack_controllers::FIELD_MANAGER).force();
+        api.patch(name, &pp, &Patch::Apply(patch)).await?;
+        tracing::info!(configuration = %name, %kind, "CA bundle set");
         Ok(())
     }
 
