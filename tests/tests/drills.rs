@@ -11,7 +11,10 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{bundle, capsule, installation, put, put_policy, wait_condition};
-use somastack_tests::{TestNamespace, api_for, client, spawn_operator, unique_suffix, wait_for};
+use somastack_tests::{
+    TestNamespace, api_for, client, kubeconfig_path, spawn_operator, unique_suffix, wait_for,
+    workspace_binary,
+};
 
 const T: Duration = Duration::from_secs(90);
 const STEPS: [&str; 7] = [
@@ -228,6 +231,55 @@ async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
     t.assert_home(&client).await;
     assert!(api.get("outage").await.unwrap().finalizers().is_empty());
     assert!(somastack_tests::event_recorded(&t.ns.name, "DrillPassed"));
+
+    // The summary: the CLI (table and JSON) and the metrics.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_binary("somastack-operator"))
+            .args(["drills", "-n", &t.ns.name])
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(kubeconfig_path())
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let rows: Value = serde_json::from_str(&cli(&["-o", "json"])).expect("JSON");
+    assert_eq!(rows[0]["installation"], "app");
+    assert_eq!(
+        (rows[0]["runs"].as_u64(), rows[0]["passRate"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    assert_eq!(rows[0]["worstRtoSeconds"].as_f64(), Some(rto));
+    let table = cli(&[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAMESPACE") && lines[0].contains("MEDIAN-RTO"),
+        "{table}"
+    );
+    assert!(lines[1].contains("app") && lines[1].contains("100%"), "{table}");
+    let port = std::env::var("SOMASTACK_METRICS_URL")
+        .ok()
+        .and_then(|u| {
+            u.rsplit_once(':')
+                .and_then(|(_, p)| p.split('/').next()?.parse().ok())
+        })
+        .unwrap_or(16490);
+    let (_, metrics) = somastack_tests::http_get(port, "/metrics")
+        .await
+        .expect("/metrics");
+    let runs = format!(
+        "somastack_drill_runs_total{{namespace=\"{}\",drill=\"outage\",verdict=\"Pass\"}} 1",
+        t.ns.name
+    );
+    assert!(metrics.contains(&runs), "{runs} in:\n{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "somastack_drill_last_rto_seconds{{namespace=\"{}\",drill=\"outage\"}}",
+            t.ns.name
+        )),
+        "{metrics}"
+    );
     t.delete(&client).await;
 }
 

@@ -381,6 +381,21 @@ impl Run<'_> {
                 self.delete_pods(&active.lost_pods).await?;
             }
         }
+        // The outage is in effect only once the Installation has no pod
+        // left where it struck (the lost pods gone, for PodLoss); before
+        // that, a failover could overtake it and nothing would have been
+        // proven. The injection time, and so the RTO, stays where it was.
+        let pods = self.pods().await?;
+        let remaining = match self.drill.spec.scenario {
+            Scenario::RegionOutage => pods
+                .iter()
+                .filter(|p| p.region.as_deref() == Some(active.target_region.as_str()))
+                .count(),
+            Scenario::PodLoss => pods.iter().filter(|p| active.lost_pods.contains(&p.name)).count(),
+        };
+        if remaining > 0 {
+            return Ok(Action::requeue(TICK));
+        }
         plan::finish(&mut self.status.timeline, "Succeeded", self.now, None);
         let next = match self.drill.spec.scenario {
             Scenario::RegionOutage => plan::FAILOVER,
@@ -507,14 +522,11 @@ impl Run<'_> {
 
         // Back when the pods run where they should again (nothing to wait
         // for when nothing was injected).
-        let since = active.injected_at.as_ref().map(|t| t.0);
-        if let Some(injected) = since {
+        if active.injected_at.is_some() {
             let region = active_region.unwrap_or_else(|| active.home_region.clone());
             let pods = self.pods().await?;
             let started = self.status.timeline.last().map(|e| e.start.0).unwrap_or(self.now);
-            let back = plan::recovered_at(&pods, Some(&region), active.replicas, injected, &active.lost_pods)
-                .is_some()
-                && pods.iter().all(|p| p.region.as_deref() == Some(region.as_str()));
+            let back = plan::back_in(&pods, &region, active.replicas);
             if !back {
                 if plan::seconds(started, self.now) < RESTORE_WAIT_SECS {
                     return Ok(Action::requeue(TICK));

@@ -240,6 +240,17 @@ pub fn recovered_at(
     ready.get(n - 1).map(|t| (*t).max(injected))
 }
 
+/// Whether the workload is back in `region`: every live pod there, and at
+/// least `replicas` of them Ready (whenever they were made).
+pub fn back_in(pods: &[PodView], region: &str, replicas: i32) -> bool {
+    let ready = pods
+        .iter()
+        .filter(|p| p.region.as_deref() == Some(region) && p.ready_since.is_some())
+        .count();
+    pods.iter().all(|p| p.region.as_deref() == Some(region))
+        && i64::try_from(ready).unwrap_or(i64::MAX) >= i64::from(replicas.max(1))
+}
+
 /// Seconds between two times, to the millisecond.
 pub fn seconds(from: Timestamp, to: Timestamp) -> f64 {
     let ms = to.as_millisecond() - from.as_millisecond();

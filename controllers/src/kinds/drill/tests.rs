@@ -330,3 +330,17 @@ fn the_summary_groups_by_installation() {
     assert_eq!(s.failing, ["b"]);
     assert_eq!(s.last_run, Some(ts("2026-11-23T10:00:00Z")));
 }
+
+#[test]
+fn back_home_means_every_pod_there_and_enough_ready() {
+    let home = pod("eu-west-1", "2026-11-23T09:00:00Z", Some("2026-11-23T09:00:01Z"));
+    let away = pod(
+        "eu-central-1",
+        "2026-11-23T10:00:00Z",
+        Some("2026-11-23T10:00:01Z"),
+    );
+    let unready = pod("eu-west-1", "2026-11-23T10:01:00Z", None);
+    assert!(back_in(&[home.clone(), home.clone()], "eu-west-1", 2));
+    assert!(!back_in(&[home.clone(), home.clone(), away], "eu-west-1", 2));
+    assert!(!back_in(&[home, unready], "eu-west-1", 2));
+}
