@@ -253,6 +253,18 @@ pub fn event_recorded(namespace: &str, reason: &str) -> bool {
     out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// Port of the /metrics, /healthz and /readyz of the operator hack/test.sh
+/// starts: from `SOMASTACK_METRICS_URL`, else the default of hack/lib.sh.
+pub fn metrics_port() -> u16 {
+    std::env::var("SOMASTACK_METRICS_URL")
+        .ok()
+        .and_then(|u| {
+            u.rsplit_once(':')
+                .and_then(|(_, p)| p.split('/').next()?.parse().ok())
+        })
+        .unwrap_or(16490)
+}
+
 /// A loopback port free at the time of the call, for a process a test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

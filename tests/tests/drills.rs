@@ -258,14 +258,7 @@ async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
         "{table}"
     );
     assert!(lines[1].contains("app") && lines[1].contains("100%"), "{table}");
-    let port = std::env::var("SOMASTACK_METRICS_URL")
-        .ok()
-        .and_then(|u| {
-            u.rsplit_once(':')
-                .and_then(|(_, p)| p.split('/').next()?.parse().ok())
-        })
-        .unwrap_or(16490);
-    let (_, metrics) = somastack_tests::http_get(port, "/metrics")
+    let (_, metrics) = somastack_tests::http_get(somastack_tests::metrics_port(), "/metrics")
         .await
         .expect("/metrics");
     let runs = format!(

@@ -7,8 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::json;
-use somastack_tests::fixtures::capsule;
-use somastack_tests::{client, create_dry_run, http_get, unique_suffix, wait_for};
+use somastack_tests::fixtures::{bundle, capsule, installation, put};
+use somastack_tests::{
+    TestNamespace, api_for, client, create_dry_run, http_get, metrics_port, unique_suffix, wait_for,
+};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug)]
@@ -65,23 +67,13 @@ fn parse(text: &str) -> (BTreeMap<String, String>, Vec<Sample>) {
     (types, samples)
 }
 
-fn port() -> u16 {
-    std::env::var("SOMASTACK_METRICS_URL")
-        .ok()
-        .and_then(|u| {
-            u.rsplit_once(':')
-                .and_then(|(_, p)| p.split('/').next()?.parse().ok())
-        })
-        .unwrap_or(16490)
-}
-
 fn label_keys(s: &Sample) -> Vec<&str> {
     s.labels.keys().map(String::as_str).collect()
 }
 
 #[tokio::test]
 async fn metrics_health_and_readiness_are_served() {
-    let port = port();
+    let port = metrics_port();
     assert_eq!(
         http_get(port, "/healthz").await.map(|r| r.0),
         Some(200),
@@ -92,6 +84,18 @@ async fn metrics_health_and_readiness_are_served() {
     // Make the capsule webhook deny something, without storing anything:
     // submitting an already approved Capsule is self-approval.
     let client = client().await;
+    // Objects of three kinds, so their reconciles are counted even when this
+    // test runs alone on a fresh cluster.
+    let ns = TestNamespace::create(&client, "metrics").await;
+    let own = format!("metrics-obj-{}", unique_suffix());
+    let docs = [
+        bundle(&own, &ns.name, json!({})),
+        capsule(&own, &own, "1.0.0", "internal"),
+        installation(&ns.name, "app", &own, "1.0.0", "eu-west-1", 1),
+    ];
+    for doc in &docs {
+        put(&client, doc).await;
+    }
     let name = format!("metrics-{}", unique_suffix());
     let mut doc = capsule(&name, &name, "1.0.0", "internal");
     doc["metadata"]["annotations"] = json!({ "review.somastack.io/decision": "approve" });
@@ -100,20 +104,32 @@ async fn metrics_health_and_readiness_are_served() {
         "self-approval is denied"
     );
 
-    let (types, samples) = wait_for("the denial to be counted", Duration::from_secs(10), || async {
-        let (code, body) = http_get(port, "/metrics").await?;
-        assert_eq!(code, 200);
-        let (types, samples) = parse(&body);
-        samples
-            .iter()
-            .any(|s| {
-                s.name == "somastack_webhook_requests_total"
-                    && s.labels.get("webhook").map(String::as_str) == Some("capsules.somastack.io")
-                    && s.labels.get("decision").map(String::as_str) == Some("denied")
-                    && s.value >= 1.0
-            })
+    let (types, samples) = wait_for(
+        "the denial and three kinds' reconciles to be counted",
+        Duration::from_secs(10),
+        || async {
+            let (code, body) = http_get(port, "/metrics").await?;
+            assert_eq!(code, 200);
+            let (types, samples) = parse(&body);
+            let reconciled = |kind: &str| {
+                samples.iter().any(|s| {
+                    s.name == "somastack_reconcile_total"
+                        && s.labels.get("kind").map(String::as_str) == Some(kind)
+                })
+            };
+            let kinds_seen = ["Capsule", "Installation", "PolicyBundle"]
+                .iter()
+                .all(|k| reconciled(k));
+            (kinds_seen
+                && samples.iter().any(|s| {
+                    s.name == "somastack_webhook_requests_total"
+                        && s.labels.get("webhook").map(String::as_str) == Some("capsules.somastack.io")
+                        && s.labels.get("decision").map(String::as_str) == Some("denied")
+                        && s.value >= 1.0
+                }))
             .then_some((types, samples))
-    })
+        },
+    )
     .await;
 
     let of = |name: &str| samples.iter().filter(|s| s.name == name).collect::<Vec<_>>();
@@ -189,4 +205,12 @@ async fn metrics_health_and_readiness_are_served() {
         expiry.len() == 1 && expiry[0].value > now,
         "certificate expiry in the future: {expiry:?}"
     );
+
+    for doc in docs.iter().take(2) {
+        let _ = api_for(&client, doc)
+            .await
+            .delete(&own, &Default::default())
+            .await;
+    }
+    ns.delete().await;
 }
