@@ -11,6 +11,32 @@ use crate::common::{self, CapsuleRef};
 pub const MAX_INLINE_TASKS: usize = 128;
 /// Most tasks listed in status (failed first); counts cover the rest.
 pub const MAX_LISTED_TASKS: usize = 50;
+/// Most tasks a plan may have when `budget.maxTasks` is not set.
+pub const DEFAULT_MAX_TASKS: i32 = 100;
+
+/// Label on every Job of a project: the project's uid (names may exceed a label value).
+pub const PROJECT_UID_LABEL: &str = "kamachiq.somastack.io/project-uid";
+/// Label on every Job of a project: the project's name (hashed when longer than 63).
+pub const PROJECT_LABEL: &str = "kamachiq.somastack.io/project";
+/// Label on every Job of a project: the task it runs.
+pub const TASK_LABEL: &str = "kamachiq.somastack.io/task";
+/// Label on every Job of a project: the attempt number (1, 2, ...), counted per task.
+pub const ATTEMPT_LABEL: &str = "kamachiq.somastack.io/attempt";
+/// Label on every Job of a project: `task` (the agent) or `review` (the reviewer).
+pub const ROLE_LABEL: &str = "kamachiq.somastack.io/role";
+/// Annotation the operator writes on a finished task Job: `accepted`, `rejected` or `failed`.
+pub const VERDICT_ANNOTATION: &str = "kamachiq.somastack.io/verdict";
+/// Annotation on a finished task Job: why it was rejected or failed.
+pub const REASON_ANNOTATION: &str = "kamachiq.somastack.io/reason";
+/// Annotation on an accepted task Job: the agent's output (its termination message).
+pub const OUTPUT_ANNOTATION: &str = "kamachiq.somastack.io/output";
+/// Annotation on a task Job: the retry round it belongs to (the value of
+/// [`RETRY_FAILED_ANNOTATION`] when it was created).
+pub const ROUND_ANNOTATION: &str = "kamachiq.somastack.io/round";
+/// Annotation a user sets on a project (any new value) to run its failed tasks again.
+pub const RETRY_FAILED_ANNOTATION: &str = "kamachiq.somastack.io/retry-failed";
+/// Label shards projects between operators (`--project-selector`).
+pub const SHARD_LABEL: &str = "somastack.io/project-shard";
 
 /// A goal decomposed into a DAG of tasks, each run as an agent Job, reviewed
 /// and aggregated, under budgets and approval gates.
@@ -68,6 +94,12 @@ pub struct KamachiqProjectSpec {
     /// Stop spawning and stop running Jobs; resume by setting false.
     #[serde(default)]
     pub suspend: bool,
+    /// Region whose nodes run the task Jobs (`topology.kubernetes.io/region`);
+    /// residency rules are checked against it. Required when a PolicyBundle
+    /// restricts where a task capsule's data may be processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "common::region")]
+    pub region: Option<String>,
 }
 
 fn default_parallelism() -> i32 {
@@ -85,6 +117,16 @@ pub struct Planner {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "common::http_url")]
     pub url: Option<String>,
+    /// The agent capsule the planner assigns to the tasks it plans (it may name others).
+    pub agent: CapsuleRef,
+    /// Seconds one planner call may take (default 30).
+    #[serde(default = "default_planner_timeout")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: i32,
+}
+
+fn default_planner_timeout() -> i32 {
+    30
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -165,7 +207,9 @@ pub enum ProjectPhase {
 #[serde(rename_all = "camelCase")]
 pub struct TaskCounts {
     pub total: i32,
+    /// Waiting for dependencies or a free slot (or never to run: a dependency failed).
     pub pending: i32,
+    /// An attempt or its review is running (or suspended).
     pub running: i32,
     pub succeeded: i32,
     pub failed: i32,
@@ -179,6 +223,9 @@ pub struct TaskState {
     pub phase: String,
     #[serde(default)]
     pub attempts: i32,
+    /// The task's latest Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -211,4 +258,10 @@ pub struct KamachiqProjectStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Name of the ConfigMap holding the validated plan (`plan.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_ref: Option<String>,
+    /// The `kamachiq.somastack.io/retry-failed` value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_token: Option<String>,
 }

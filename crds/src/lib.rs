@@ -15,6 +15,7 @@ pub mod crdgen;
 pub mod drill;
 pub mod installation;
 pub mod kamachiq;
+pub mod planner;
 pub mod policy;
 
 pub use capsule::{Capsule, CapsuleSpec, CapsuleStatus};

@@ -57,6 +57,9 @@ pub struct PolicyBundleSpec {
     /// Capabilities a capsule may use; absent means no restriction from this bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
+    /// Rules for KamachiqProjects in governed namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<ProjectRules>,
     /// Emergency stop for every governed Installation and project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_switch: Option<KillSwitch>,
@@ -156,6 +159,14 @@ pub struct Capabilities {
     #[serde(default)]
     #[schemars(schema_with = "common::dns_label_set")]
     pub allowed: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectRules {
+    /// Every project's plan must be approved by a reviewer before any task runs.
+    #[serde(default)]
+    pub require_approval: bool,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
