@@ -108,8 +108,7 @@ pub fn installation(
 }
 
 /// The review as the annotations state it: decision, reason, digest.
-fn review_of(c: &Capsule) -> [Option<&String>; 3] {
-    let a = c.annotations();
+fn review_of(a: &BTreeMap<String, String>) -> [Option<&String>; 3] {
     [
         a.get(DECISION_ANNOTATION),
         a.get(REASON_ANNOTATION),
@@ -117,25 +116,37 @@ fn review_of(c: &Capsule) -> [Option<&String>; 3] {
     ]
 }
 
-/// Whether a Capsule create or update sets or changes its review decision
-/// (decision, reason or reviewed digest): only then is the user's right to
-/// review checked.
-pub fn review_changed(new: &Capsule, old: Option<&Capsule>) -> bool {
+/// Whether a create or update of a reviewed object (Capsule,
+/// KamachiqProject) sets or changes its review decision (decision, reason or
+/// reviewed digest): only then is the user's right to review checked.
+pub fn review_changed<K: ResourceExt>(new: &K, old: Option<&K>) -> bool {
     match old {
-        None => review_of(new).iter().any(Option::is_some),
-        Some(old) => review_of(new) != review_of(old),
+        None => review_of(new.annotations()).iter().any(Option::is_some),
+        Some(old) => review_of(new.annotations()) != review_of(old.annotations()),
     }
 }
 
-/// Judges a Capsule create or update made by `user`.
+/// Judges a Capsule create or update made by `user`; see [`review`].
+pub fn capsule(new: &Capsule, old: Option<&Capsule>, user: &str, may_review: Option<bool>) -> Verdict {
+    review(new, old, user, may_review)
+}
+
+/// Judges a create or update of a reviewed object (a Capsule, whose review
+/// decides whether it may be installed; a KamachiqProject, whose review
+/// approves its plan) made by `user`.
 ///
 /// `may_review` is the SubjectAccessReview's answer for the verb `approve`
-/// on this Capsule; it is only consulted when [`review_changed`]. The
+/// on this object; it is only consulted when [`review_changed`]. The
 /// submitter is stamped at create and kept on every update; the reviewer is
 /// stamped from the authenticated user when the review changes and kept
 /// otherwise, so neither can be set by the client. A submitter may not
-/// review their own Capsule.
-pub fn capsule(new: &Capsule, old: Option<&Capsule>, user: &str, may_review: Option<bool>) -> Verdict {
+/// review their own object.
+pub fn review<K>(new: &K, old: Option<&K>, user: &str, may_review: Option<bool>) -> Verdict
+where
+    K: kube::Resource<DynamicType = ()> + ResourceExt,
+{
+    let kind = K::kind(&());
+    let plural = K::plural(&());
     let old_annotations = old.map(|o| o.annotations());
     let submitter = match old_annotations {
         None => Some(user.to_string()),
@@ -144,13 +155,13 @@ pub fn capsule(new: &Capsule, old: Option<&Capsule>, user: &str, may_review: Opt
     let reviewer = if review_changed(new, old) {
         if may_review != Some(true) {
             return Verdict::deny(format!(
-                "user {user} may not review Capsules: setting {DECISION_ANNOTATION} needs the RBAC verb \
-                 '{APPROVE_VERB}' on capsules.somastack.io"
+                "user {user} may not review {kind}s: setting {DECISION_ANNOTATION} needs the RBAC verb \
+                 '{APPROVE_VERB}' on {plural}.somastack.io"
             ));
         }
         if submitter.as_deref() == Some(user) {
             return Verdict::deny(format!(
-                "user {user} submitted Capsule {} and may not review it; another reviewer must",
+                "user {user} submitted {kind} {} and may not review it; another reviewer must",
                 new.name_any()
             ));
         }

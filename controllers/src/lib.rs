@@ -15,6 +15,7 @@ pub mod conditions;
 pub mod error;
 pub mod kinds;
 pub mod metrics;
+pub mod planner;
 pub mod policy;
 pub mod runtime;
 pub mod signing;
@@ -24,8 +25,10 @@ mod testing;
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::{Controller, watcher};
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
@@ -41,26 +44,29 @@ pub const INSTALLATION_LABEL: &str = "somastack.io/installation";
 /// `app.kubernetes.io/managed-by` value on everything the operator creates.
 pub const MANAGED_BY: &str = "somastack-operator";
 
-/// The watch of DrDrills: all of them, or those `selector` selects (drills
-/// sharded between operators by label, e.g. to run one on its own).
-fn drill_watch(wc: &watcher::Config, selector: Option<&str>) -> watcher::Config {
+/// The watch of a sharded kind (DrDrills, KamachiqProjects): all of them, or
+/// those `selector` selects (objects sharded between operators by label,
+/// e.g. to run one on its own).
+fn sharded_watch(wc: &watcher::Config, selector: Option<&str>) -> watcher::Config {
     match selector {
         Some(s) if !s.is_empty() => wc.clone().labels(s),
         _ => wc.clone(),
     }
 }
 
+/// Label selectors that shard kinds between operators (`None`: act on all).
+#[derive(Clone, Debug, Default)]
+pub struct Shards {
+    pub drills: Option<String>,
+    pub projects: Option<String>,
+}
+
 /// Starts a controller for every kind, reading `caches` (kept filled by the
 /// caller: every replica keeps them for the admission webhooks, only the
 /// leader runs controllers); resolves once `shutdown` fired and every
 /// controller drained its in-flight reconciles.
-pub async fn run<S>(
-    client: Client,
-    caches: Caches,
-    metrics: Arc<Metrics>,
-    drill_selector: Option<&str>,
-    shutdown: S,
-) where
+pub async fn run<S>(client: Client, caches: Caches, metrics: Arc<Metrics>, shards: &Shards, shutdown: S)
+where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let wc = watcher::Config::default().any_semantic();
@@ -71,43 +77,90 @@ pub async fn run<S>(
         wc.clone()
             .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
     );
-    let ctx = Arc::new(runtime::Context::new(client.clone(), caches, metrics));
+    // KamachiqProject Jobs: a cache only the leader needs, whose reflector
+    // also feeds the project controller's Job events (after the store has
+    // applied them, so a reconcile never reads an older Job than its trigger).
+    let (jobs, writer) = reflector::store_shared::<Job>(JOB_EVENTS_BUFFER);
+    let Some(job_events) = writer.subscribe() else {
+        tracing::error!("the Jobs reflector has no event stream; KamachiqProjects cannot be reconciled");
+        return;
+    };
+    let jobs_fill = watcher(
+        Api::<Job>::all(client.clone()),
+        wc.clone().labels(somastack_crds::kamachiq::PROJECT_UID_LABEL),
+    )
+    .default_backoff()
+    .reflect_shared(writer)
+    .for_each(|_| futures::future::ready(()));
+    let (jobs_ready_tx, jobs_ready) = tokio::sync::watch::channel(false);
+    let jobs_readiness = {
+        let jobs = jobs.clone();
+        async move {
+            if jobs.wait_until_ready().await.is_ok() {
+                let _ = jobs_ready_tx.send(true);
+            }
+            // Keep the sender: dropping it would end the waits on readiness.
+            futures::future::pending::<()>().await;
+        }
+    };
+    let ctx = Arc::new(runtime::Context::new(
+        client.clone(),
+        caches,
+        metrics,
+        jobs,
+        jobs_ready,
+    ));
     let capsule_ctl = kinds::capsule::wire(capsule_ctl, &ctx);
     let bundle_ctl = kinds::policy::wire(bundle_ctl, &ctx);
     let installation_ctl = kinds::installation::wire(installation_ctl, &ctx);
     let drill_ctl = kinds::drill::wire(
         Controller::new(
             Api::<DrDrill>::all(client.clone()),
-            drill_watch(&wc, drill_selector),
+            sharded_watch(&wc, shards.drills.as_deref()),
         ),
         &ctx,
     );
 
-    futures::join!(
-        runtime::run(
-            capsule_ctl,
-            ctx.clone(),
-            shutdown.clone(),
-            kinds::capsule::reconcile
+    let project_ctl = kinds::project::wire(
+        Controller::new(
+            Api::<KamachiqProject>::all(client),
+            sharded_watch(&wc, shards.projects.as_deref()),
         ),
-        runtime::run(
-            bundle_ctl,
-            ctx.clone(),
-            shutdown.clone(),
-            kinds::policy::reconcile
-        ),
-        runtime::run(
-            installation_ctl,
-            ctx.clone(),
-            shutdown.clone(),
-            kinds::installation::reconcile
-        ),
-        runtime::run(drill_ctl, ctx.clone(), shutdown.clone(), kinds::drill::reconcile),
-        runtime::run(
-            Controller::new(Api::<KamachiqProject>::all(client), wc),
-            ctx,
-            shutdown,
-            |obj, ctx| kinds::observe(obj, ctx, "Succeeded"),
-        ),
+        &ctx,
+        job_events,
     );
+
+    let controllers = async move {
+        futures::join!(
+            runtime::run(
+                capsule_ctl,
+                ctx.clone(),
+                shutdown.clone(),
+                kinds::capsule::reconcile
+            ),
+            runtime::run(
+                bundle_ctl,
+                ctx.clone(),
+                shutdown.clone(),
+                kinds::policy::reconcile
+            ),
+            runtime::run(
+                installation_ctl,
+                ctx.clone(),
+                shutdown.clone(),
+                kinds::installation::reconcile
+            ),
+            runtime::run(drill_ctl, ctx.clone(), shutdown.clone(), kinds::drill::reconcile),
+            runtime::run(project_ctl, ctx, shutdown, kinds::project::reconcile),
+        );
+    };
+    // The Jobs cache lives as long as the controllers (it never ends itself).
+    tokio::select! {
+        _ = controllers => {}
+        _ = async { futures::join!(jobs_fill, jobs_readiness) } => {}
+    }
 }
+
+/// Job events the project controller may lag behind before the Jobs
+/// reflector waits for it.
+const JOB_EVENTS_BUFFER: usize = 1024;

@@ -71,6 +71,13 @@ pub struct DrillRunLabels {
     pub verdict: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub namespace: String,
+    /// `accepted`, `rejected` or `failed`.
+    pub verdict: String,
+}
+
 /// Every metric the operator records.
 #[derive(Debug)]
 pub struct Metrics {
@@ -84,6 +91,15 @@ pub struct Metrics {
     pub certificate_expiry: Gauge,
     drill_runs: Family<DrillRunLabels, Counter>,
     drill_rto: Family<DrillLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    task_attempts: Family<TaskLabels, Counter>,
+    task_duration: Family<TaskLabels, Histogram>,
+}
+
+fn task_histogram() -> Histogram {
+    // 1 s .. ~9 h: agent tasks run for seconds to hours.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 16,
+    ))
 }
 
 fn duration_histogram() -> Histogram {
@@ -106,6 +122,8 @@ impl Metrics {
             certificate_expiry: Gauge::default(),
             drill_runs: Family::default(),
             drill_rto: Family::default(),
+            task_attempts: Family::default(),
+            task_duration: Family::new_with_constructor(task_histogram),
         };
         let r = registry.sub_registry_with_prefix("somastack");
         r.register("reconcile", "Reconciles run, by kind", m.reconciles.clone());
@@ -146,6 +164,17 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.drill_rto.clone(),
         );
+        r.register(
+            "kamachiq_task_attempts",
+            "Judged KamachiqProject task attempts, by namespace and verdict (accepted, rejected, failed)",
+            m.task_attempts.clone(),
+        );
+        r.register_with_unit(
+            "kamachiq_task_duration",
+            "Run time of judged task attempts (Job start to finish), by namespace and verdict",
+            prometheus_client::registry::Unit::Seconds,
+            m.task_duration.clone(),
+        );
         if let Some(caches) = caches {
             registry.register_collector(Box::new(ObjectCounts(caches.clone())));
         }
@@ -185,6 +214,18 @@ impl Metrics {
                     drill: drill.into(),
                 })
                 .set(rto);
+        }
+    }
+
+    /// A KamachiqProject task attempt was judged (once per attempt's Job).
+    pub fn task_judged(&self, namespace: &str, verdict: &str, seconds: Option<f64>) {
+        let labels = TaskLabels {
+            namespace: namespace.into(),
+            verdict: verdict.into(),
+        };
+        self.task_attempts.get_or_create(&labels).inc();
+        if let Some(s) = seconds {
+            self.task_duration.get_or_create(&labels).observe(s);
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -32,10 +33,24 @@ pub struct Context {
     pub installations: Store<Installation>,
     pub namespaces: Store<Namespace>,
     pub caches: Caches,
+    /// KamachiqProject Jobs (labelled with their project's uid), kept by the
+    /// leader only: see [`crate::run`].
+    pub jobs: Store<Job>,
+    jobs_ready: tokio::sync::watch::Receiver<bool>,
+    /// Jobs created and not yet seen in the cache, per KamachiqProject.
+    pub expectations: crate::kinds::project::Expectations,
+    /// HTTP client of KamachiqProject planners.
+    pub planner: crate::planner::PlannerClient,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, caches: Caches, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        client: kube::Client,
+        caches: Caches,
+        metrics: Arc<Metrics>,
+        jobs: Store<Job>,
+        jobs_ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -50,6 +65,10 @@ impl Context {
             installations: caches.installations.clone(),
             namespaces: caches.namespaces.clone(),
             caches,
+            jobs,
+            jobs_ready,
+            expectations: Default::default(),
+            planner: crate::planner::PlannerClient::new(),
         }
     }
 
@@ -58,6 +77,15 @@ impl Context {
     /// that waited forever would hold one of the controller's slots.
     pub async fn caches_ready(&self) -> Result<(), Error> {
         self.caches.wait_ready(CACHE_WAIT).await
+    }
+
+    /// Waits (bounded) until the Jobs cache has had its first full list.
+    pub async fn jobs_ready(&self) -> Result<(), Error> {
+        let mut ready = self.jobs_ready.clone();
+        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CacheStopped),
+        }
     }
 
     /// Records a Kubernetes Event on `obj` (best effort: a failed Event is

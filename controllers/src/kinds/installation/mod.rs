@@ -121,6 +121,17 @@ pub fn decide(
     bundles: &[Arc<PolicyBundle>],
     region: &str,
 ) -> Decision {
+    decide_capsule(capsule, bundles, region, requested_replicas(&inst.spec))
+}
+
+/// Pure: may `capsule` run `replicas` replicas in `region` under `bundles`?
+/// Shared by Installations and KamachiqProject tasks.
+pub fn decide_capsule(
+    capsule: Option<&Capsule>,
+    bundles: &[Arc<PolicyBundle>],
+    region: &str,
+    replicas: i32,
+) -> Decision {
     let Some(capsule) = capsule else {
         return Decision::CapsuleNotFound;
     };
@@ -143,7 +154,7 @@ pub fn decide(
         capsule: &capsule.spec,
         approved: is_approved(capsule),
         region,
-        replicas: requested_replicas(&inst.spec),
+        replicas,
     };
     let eval = policy::evaluate(&views, &req);
     if eval.compliant() {

@@ -56,7 +56,7 @@ pub struct Children {
     pub revision_hash: String,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -101,7 +101,13 @@ pub fn base_replicas(inst: &Installation) -> i32 {
 }
 
 fn resources(input: &Input<'_>) -> Value {
-    let res = input.capsule.resources.clone().unwrap_or_default();
+    container_resources(input.capsule, input.max_cpu, input.max_memory)
+}
+
+/// The container resources of `capsule`; within a ceiling, a capsule without
+/// a limit gets the ceiling as its limit.
+pub fn container_resources(capsule: &CapsuleSpec, max_cpu: Option<&str>, max_memory: Option<&str>) -> Value {
+    let res = capsule.resources.clone().unwrap_or_default();
     let amounts = |a: Option<&somastack_crds::capsule::ResourceAmounts>| {
         let mut m = serde_json::Map::new();
         if let Some(a) = a {
@@ -116,11 +122,10 @@ fn resources(input: &Input<'_>) -> Value {
     };
     let requests = amounts(res.requests.as_ref());
     let mut limits = amounts(res.limits.as_ref());
-    // Within a ceiling, a capsule without a limit gets the ceiling as its limit.
-    if let (false, Some(cpu)) = (limits.contains_key("cpu"), input.max_cpu) {
+    if let (false, Some(cpu)) = (limits.contains_key("cpu"), max_cpu) {
         limits.insert("cpu".into(), json!(cpu));
     }
-    if let (false, Some(mem)) = (limits.contains_key("memory"), input.max_memory) {
+    if let (false, Some(mem)) = (limits.contains_key("memory"), max_memory) {
         limits.insert("memory".into(), json!(mem));
     }
     let mut out = serde_json::Map::new();

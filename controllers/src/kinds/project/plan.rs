@@ -1,0 +1,572 @@
+//! Pure logic of a KamachiqProject: validating the task DAG, its digest, and
+//! the next step computed from the plan and the Jobs that exist.
+//!
+//! Per-task state lives in the Jobs (labels, annotations, Job status), never
+//! in the project's status, so the same inputs always give the same step and
+//! a restarted operator continues where the last one stopped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task, TaskCounts, TaskState};
+
+/// Phase names of a task, as status lists them.
+pub const PENDING: &str = "Pending";
+pub const RUNNING: &str = "Running";
+pub const SUCCEEDED: &str = "Succeeded";
+pub const FAILED: &str = "Failed";
+
+/// Most dependencies of one task (as `spec.tasks[].dependsOn` allows).
+pub const MAX_DEPENDENCIES: usize = 16;
+/// Most bytes of one task's input (as `spec.tasks[].input` allows).
+pub const MAX_INPUT_BYTES: usize = 16384;
+
+/// Checks a plan: names unique, dependencies known, no cycle, at most
+/// `max_tasks` tasks. Returns every problem found, as sentences.
+pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    if tasks.is_empty() {
+        problems.push("the plan has no task".to_string());
+    }
+    if tasks.len() > max_tasks.max(0) as usize {
+        problems.push(format!(
+            "the plan has {} tasks; budget.maxTasks allows at most {max_tasks}",
+            tasks.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        if !seen.insert(t.name.as_str()) {
+            problems.push(format!("task name {} appears more than once", t.name));
+        }
+        if !is_dns_label(&t.name) {
+            problems.push(format!(
+                "task name {:?} is not a lowercase name of at most 63 characters",
+                t.name
+            ));
+        }
+    }
+    for t in tasks {
+        // The limits spec.tasks has in its schema hold for planned tasks too.
+        if t.depends_on.len() > MAX_DEPENDENCIES {
+            problems.push(format!(
+                "task {} depends on {} tasks; at most {MAX_DEPENDENCIES} are allowed",
+                t.name,
+                t.depends_on.len()
+            ));
+        }
+        if t.input.len() > MAX_INPUT_BYTES {
+            problems.push(format!(
+                "task {} has an input over {MAX_INPUT_BYTES} bytes",
+                t.name
+            ));
+        }
+        for d in &t.depends_on {
+            if d == &t.name {
+                problems.push(format!("task {} depends on itself", t.name));
+            } else if !seen.contains(d.as_str()) {
+                problems.push(format!(
+                    "task {} depends on {d}, which is not in the plan",
+                    t.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty()
+        && let Some(cycle) = find_cycle(tasks)
+    {
+        problems.push(format!("the tasks form a cycle: {}", cycle.join(" -> ")));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A cycle of the dependency graph, as names with the first repeated at the
+/// end (`a -> b -> a`), if there is one. Iterative depth-first search, so a
+/// 5,000-task chain does not exhaust the stack.
+pub fn find_cycle(tasks: &[Task]) -> Option<Vec<String>> {
+    let index: BTreeMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let deps: Vec<Vec<usize>> = tasks
+        .iter()
+        .map(|t| {
+            t.depends_on
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut mark = vec![0u8; tasks.len()];
+    for root in 0..tasks.len() {
+        if mark[root] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = 1;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            if let Some(&dep) = deps[node].get(*next) {
+                *next += 1;
+                match mark[dep] {
+                    0 => {
+                        mark[dep] = 1;
+                        stack.push((dep, 0));
+                    }
+                    1 => {
+                        let start = stack.iter().position(|(n, _)| *n == dep).unwrap_or(0);
+                        let mut cycle: Vec<String> = stack[start..]
+                            .iter()
+                            .map(|(n, _)| tasks[*n].name.clone())
+                            .collect();
+                        cycle.push(tasks[dep].name.clone());
+                        // Shown in the direction work flows: a needs b -> printed b -> a.
+                        cycle.reverse();
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                mark[node] = 2;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+/// `sha256:<hex>` over the goal and the tasks in a canonical JSON form
+/// (sorted by name, defaults spelled out): what an approval is bound to.
+pub fn digest(goal: &str, tasks: &[Task]) -> String {
+    let mut sorted: Vec<&Task> = tasks.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let canonical = json!({
+        "goal": goal,
+        "tasks": sorted.iter().map(|t| {
+            let mut deps = t.depends_on.clone();
+            deps.sort();
+            json!({
+                "name": t.name,
+                "capsule": { "package": t.capsule.package, "version": t.capsule.version },
+                "dependsOn": deps,
+                "input": t.input,
+                "timeoutSeconds": t.timeout_seconds,
+                "retries": t.retries,
+            })
+        }).collect::<Vec<_>>(),
+    });
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+}
+
+/// What a Job is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Runs the task's agent.
+    Task,
+    /// Runs the review capsule on a finished attempt's output.
+    Review,
+}
+
+/// Where a Job is in its life, from its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Active,
+    /// `spec.suspend` set: its pods are gone until it is resumed.
+    Suspended,
+    Succeeded,
+    /// Failed, with Kubernetes' reason and message (e.g. `DeadlineExceeded`).
+    Failed(String),
+}
+
+/// The operator's judgement of a finished task Job, from its annotations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Rejected(String),
+    Failed(String),
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Rejected(_) => "rejected",
+            Verdict::Failed(_) => "failed",
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        match self {
+            Verdict::Accepted => "",
+            Verdict::Rejected(r) | Verdict::Failed(r) => r,
+        }
+    }
+
+    /// From the annotation values (`verdict`, `reason`).
+    pub fn parse(verdict: Option<&str>, reason: Option<&str>) -> Option<Verdict> {
+        let reason = reason.unwrap_or_default().to_string();
+        match verdict? {
+            "accepted" => Some(Verdict::Accepted),
+            "rejected" => Some(Verdict::Rejected(reason)),
+            "failed" => Some(Verdict::Failed(reason)),
+            _ => None,
+        }
+    }
+}
+
+/// One Job of the project, reduced to what the plan needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobView {
+    pub name: String,
+    pub task: String,
+    pub role: Role,
+    pub attempt: u32,
+    /// The retry round it was created in.
+    pub round: String,
+    pub state: JobState,
+    pub verdict: Option<Verdict>,
+    /// The attempt's output has been read (awaiting its review).
+    pub has_output: bool,
+}
+
+/// What the shell allows this step to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gates {
+    /// New Jobs may be created (approved, capsules usable, caches caught up, ...).
+    pub spawn: bool,
+    /// Running Jobs must be stopped (suspend, kill switch, budget exhausted).
+    pub stop: bool,
+    /// `budget.maxDurationSeconds` has run out.
+    pub deadline_passed: bool,
+}
+
+/// Everything [`step`] looks at.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    pub tasks: &'a [Task],
+    pub jobs: &'a [JobView],
+    /// The current retry round (the retry-failed annotation's value).
+    pub round: &'a str,
+    pub parallelism: i32,
+    pub review: bool,
+    pub gates: Gates,
+}
+
+/// A Job to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spawn {
+    pub task: String,
+    pub role: Role,
+    pub attempt: u32,
+}
+
+/// A finished Job to judge (the shell reads pods where needed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Judge {
+    /// The attempt failed: record the verdict `failed` with this reason.
+    Failed { job: String, reason: String },
+    /// The attempt succeeded: read its output, then accept it (or, with a
+    /// review capsule, record it for the review).
+    ReadOutput { job: String },
+    /// The review of `job` finished: accepted when it succeeded.
+    Reviewed {
+        job: String,
+        review: String,
+        accepted: bool,
+        reason: String,
+    },
+}
+
+/// How the whole project stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Running,
+    Succeeded,
+    /// The failed tasks with their messages (or the budget that ran out).
+    Failed(Vec<(String, String)>),
+}
+
+/// The result of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Every task's state, in plan order.
+    pub tasks: Vec<TaskState>,
+    pub spawn: Vec<Spawn>,
+    pub judge: Vec<Judge>,
+    pub suspend: Vec<String>,
+    pub resume: Vec<String>,
+    pub outcome: Outcome,
+}
+
+/// The name of the accepted Job of every succeeded task, by task.
+pub fn accepted_jobs(jobs: &[JobView]) -> BTreeMap<&str, &str> {
+    jobs.iter()
+        .filter(|j| j.role == Role::Task && j.verdict == Some(Verdict::Accepted))
+        .map(|j| (j.task.as_str(), j.name.as_str()))
+        .collect()
+}
+
+/// Computes the next step. See the module documentation.
+pub fn step(input: &Input<'_>) -> Step {
+    let mut by_task: BTreeMap<&str, Vec<&JobView>> = BTreeMap::new();
+    let mut reviews: BTreeMap<(&str, u32), &JobView> = BTreeMap::new();
+    for j in input.jobs {
+        match j.role {
+            Role::Task => by_task.entry(j.task.as_str()).or_default().push(j),
+            Role::Review => {
+                reviews.insert((j.task.as_str(), j.attempt), j);
+            }
+        }
+    }
+
+    let mut states: Vec<TaskState> = Vec::with_capacity(input.tasks.len());
+    let mut judge = Vec::new();
+    let mut spawn_reviews = Vec::new();
+    let mut retry_next: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut active_jobs = Vec::new();
+    let mut suspended_jobs = Vec::new();
+
+    for task in input.tasks {
+        let mut jobs: Vec<&JobView> = by_task.get(task.name.as_str()).cloned().unwrap_or_default();
+        jobs.sort_by_key(|j| j.attempt);
+        let attempts = jobs.len() as i32;
+        let state = |phase: &str, job: Option<&str>, message: String| TaskState {
+            name: task.name.clone(),
+            phase: phase.to_string(),
+            attempts,
+            job: job.map(str::to_string),
+            message,
+        };
+        if let Some(done) = jobs.iter().find(|j| j.verdict == Some(Verdict::Accepted)) {
+            states.push(state(SUCCEEDED, Some(&done.name), String::new()));
+            continue;
+        }
+        let Some(latest) = jobs.last() else {
+            states.push(state(PENDING, None, String::new()));
+            continue;
+        };
+        match &latest.verdict {
+            None => {
+                let mut message = String::new();
+                match &latest.state {
+                    JobState::Active => active_jobs.push(latest.name.clone()),
+                    JobState::Suspended => {
+                        suspended_jobs.push(latest.name.clone());
+                        message = "suspended".into();
+                    }
+                    JobState::Failed(reason) => judge.push(Judge::Failed {
+                        job: latest.name.clone(),
+                        reason: reason.clone(),
+                    }),
+                    JobState::Succeeded if !latest.has_output => judge.push(Judge::ReadOutput {
+                        job: latest.name.clone(),
+                    }),
+                    JobState::Succeeded => match reviews.get(&(task.name.as_str(), latest.attempt)) {
+                        None => {
+                            message = "awaiting review".into();
+                            spawn_reviews.push(Spawn {
+                                task: task.name.clone(),
+                                role: Role::Review,
+                                attempt: latest.attempt,
+                            });
+                        }
+                        Some(r) => match &r.state {
+                            JobState::Active => {
+                                message = "under review".into();
+                                active_jobs.push(r.name.clone());
+                            }
+                            JobState::Suspended => {
+                                message = "review suspended".into();
+                                suspended_jobs.push(r.name.clone());
+                            }
+                            JobState::Succeeded => judge.push(Judge::Reviewed {
+                                job: latest.name.clone(),
+                                review: r.name.clone(),
+                                accepted: true,
+                                reason: String::new(),
+                            }),
+                            JobState::Failed(reason) => judge.push(Judge::Reviewed {
+                                job: latest.name.clone(),
+                                review: r.name.clone(),
+                                accepted: false,
+                                reason: reason.clone(),
+                            }),
+                        },
+                    },
+                }
+                states.push(state(RUNNING, Some(&latest.name), message));
+            }
+            Some(verdict) => {
+                let in_round = jobs.iter().filter(|j| j.round == input.round).count() as i32;
+                let why = format!(
+                    "attempt {} {}: {}",
+                    latest.attempt,
+                    verdict.as_str(),
+                    verdict.reason()
+                );
+                if in_round < 1 + task.retries {
+                    retry_next.insert(task.name.as_str(), latest.attempt + 1);
+                    states.push(state(PENDING, Some(&latest.name), format!("{why}; will retry")));
+                } else {
+                    states.push(state(
+                        FAILED,
+                        Some(&latest.name),
+                        format!("failed after {attempts} attempts; {why}"),
+                    ));
+                }
+            }
+        }
+    }
+
+    let phase_of: BTreeMap<&str, &str> = states
+        .iter()
+        .map(|s| (s.name.as_str(), s.phase.as_str()))
+        .collect();
+    let running = states.iter().filter(|s| s.phase == RUNNING).count() as i32;
+    let any_failed = states.iter().any(|s| s.phase == FAILED);
+    let all_succeeded = states.iter().all(|s| s.phase == SUCCEEDED);
+
+    let mut spawn = Vec::new();
+    if input.gates.spawn && !input.gates.stop && !input.gates.deadline_passed {
+        // Reviews first: they finish tasks that already hold a slot.
+        spawn.extend(spawn_reviews);
+        if !any_failed {
+            let mut free = input.parallelism.max(1) - running;
+            for task in input.tasks {
+                if free <= 0 {
+                    break;
+                }
+                if phase_of.get(task.name.as_str()) != Some(&PENDING) {
+                    continue;
+                }
+                let ready = task
+                    .depends_on
+                    .iter()
+                    .all(|d| phase_of.get(d.as_str()) == Some(&SUCCEEDED));
+                if !ready {
+                    continue;
+                }
+                spawn.push(Spawn {
+                    task: task.name.clone(),
+                    role: Role::Task,
+                    attempt: retry_next.get(task.name.as_str()).copied().unwrap_or(1),
+                });
+                free -= 1;
+            }
+        }
+    }
+
+    let (suspend, resume) = if input.gates.stop || input.gates.deadline_passed {
+        (active_jobs, Vec::new())
+    } else {
+        (Vec::new(), suspended_jobs)
+    };
+
+    let outcome = if all_succeeded {
+        Outcome::Succeeded
+    } else if input.gates.deadline_passed {
+        let unfinished = states
+            .iter()
+            .filter(|s| s.phase != SUCCEEDED)
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    "not finished when budget.maxDurationSeconds ran out".to_string(),
+                )
+            })
+            .collect();
+        Outcome::Failed(unfinished)
+    } else if any_failed && running == 0 {
+        Outcome::Failed(
+            states
+                .iter()
+                .filter(|s| s.phase == FAILED)
+                .map(|s| (s.name.clone(), s.message.clone()))
+                .collect(),
+        )
+    } else {
+        Outcome::Running
+    };
+
+    Step {
+        tasks: states,
+        spawn,
+        judge,
+        suspend,
+        resume,
+        outcome,
+    }
+}
+
+/// Counts by phase.
+pub fn counts(tasks: &[TaskState]) -> TaskCounts {
+    let n = |p: &str| tasks.iter().filter(|t| t.phase == p).count() as i32;
+    TaskCounts {
+        total: tasks.len() as i32,
+        pending: n(PENDING),
+        running: n(RUNNING),
+        succeeded: n(SUCCEEDED),
+        failed: n(FAILED),
+    }
+}
+
+/// The tasks status lists: failed first, then running, pending, succeeded
+/// (plan order within each), at most [`MAX_LISTED_TASKS`].
+pub fn listed(tasks: &[TaskState]) -> Vec<TaskState> {
+    let rank = |p: &str| match p {
+        FAILED => 0,
+        RUNNING => 1,
+        PENDING => 2,
+        _ => 3,
+    };
+    let mut out: Vec<&TaskState> = tasks.iter().collect();
+    out.sort_by_key(|t| rank(&t.phase));
+    out.into_iter().take(MAX_LISTED_TASKS).cloned().collect()
+}
+
+/// One line saying how far the project is, for the condition's message.
+pub fn progress(c: &TaskCounts) -> String {
+    format!(
+        "{} of {} tasks succeeded, {} running, {} pending, {} failed",
+        c.succeeded, c.total, c.running, c.pending, c.failed
+    )
+}
+
+/// Most bytes of outputs one results ConfigMap holds (the API server refuses
+/// objects over 1 MiB; the rest is room for keys and metadata).
+pub const RESULTS_SHARD_BYTES: usize = 900 * 1024;
+
+/// Splits `(task, output)` pairs into ConfigMap data maps of at most
+/// [`RESULTS_SHARD_BYTES`] each, in task order.
+pub fn shard_results(outputs: &[(String, String)]) -> Vec<BTreeMap<String, String>> {
+    let mut shards: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
+    let mut size = 0;
+    for (task, output) in outputs {
+        let len = task.len() + output.len();
+        if size + len > RESULTS_SHARD_BYTES && shards.last().is_some_and(|s| !s.is_empty()) {
+            shards.push(BTreeMap::new());
+            size = 0;
+        }
+        if let Some(last) = shards.last_mut() {
+            last.insert(task.clone(), output.clone());
+        }
+        size += len;
+    }
+    shards
+}

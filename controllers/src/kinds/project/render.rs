@@ -1,0 +1,257 @@
+//! The objects a KamachiqProject owns, rendered as pure functions: task and
+//! review Jobs, the agents' ServiceAccount and NetworkPolicies, the plan and
+//! results ConfigMaps.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::{Value, json};
+use somastack_crds::capsule::CapsuleSpec;
+use somastack_crds::kamachiq::{
+    ATTEMPT_LABEL, PROJECT_LABEL, PROJECT_UID_LABEL, ROLE_LABEL, ROUND_ANNOTATION, TASK_LABEL, Task,
+};
+
+use super::plan::Role;
+use crate::MANAGED_BY;
+use crate::kinds::installation::render::{EGRESS_CAPABILITY, REGION_LABEL, container_resources, sha256_hex};
+
+/// Label on agent pods whose capsule may reach the network.
+pub const EGRESS_LABEL: &str = "kamachiq.somastack.io/egress";
+/// Annotation on the plan ConfigMap: what the plan was made from (planner plans).
+pub const PLAN_INPUT_ANNOTATION: &str = "kamachiq.somastack.io/plan-input";
+/// Annotation on the plan ConfigMap: the plan's digest.
+pub const PLAN_DIGEST_ANNOTATION: &str = "kamachiq.somastack.io/plan-digest";
+/// Key of the plan in its ConfigMap.
+pub const PLAN_KEY: &str = "plan.json";
+/// Most characters of a Kubernetes name used as a label value or Job name.
+const MAX_NAME: usize = 63;
+
+/// `base` + `suffix`, at most `max` characters: when too long, `base` is cut
+/// and an 8-hex hash of the whole keeps names distinct and deterministic.
+pub fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
+    let full = format!("{base}{suffix}");
+    if full.len() <= max {
+        return full;
+    }
+    let hash = &sha256_hex(full.as_bytes())[..8];
+    let keep = max.saturating_sub(suffix.len() + 9);
+    let cut: String = base.chars().take(keep).collect();
+    format!("{}-{hash}{suffix}", cut.trim_end_matches(['-', '.']))
+}
+
+/// The project's identity, as children need it.
+#[derive(Clone, Debug)]
+pub struct Project<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub uid: &'a str,
+    pub goal: &'a str,
+    pub owner: OwnerReference,
+    pub region: Option<&'a str>,
+}
+
+impl Project<'_> {
+    /// Labels every child carries.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/managed-by".into(), MANAGED_BY.into()),
+            ("app.kubernetes.io/part-of".into(), "kamachiq".into()),
+            (PROJECT_LABEL.into(), bounded_name(self.name, "", MAX_NAME)),
+            (PROJECT_UID_LABEL.into(), self.uid.into()),
+        ])
+    }
+
+    fn metadata(&self, name: &str) -> Value {
+        json!({
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(),
+            "ownerReferences": [self.owner],
+        })
+    }
+
+    /// The agents' ServiceAccount.
+    pub fn service_account_name(&self) -> String {
+        bounded_name(self.name, "-agent", 253)
+    }
+
+    pub fn plan_config_map_name(&self) -> String {
+        bounded_name(self.name, "-plan", 253)
+    }
+
+    /// The first results ConfigMap is `<name>-results`, later shards `-results-2`, ...
+    pub fn results_config_map_name(&self, shard: usize) -> String {
+        let suffix = if shard == 0 {
+            "-results".to_string()
+        } else {
+            format!("-results-{}", shard + 1)
+        };
+        bounded_name(self.name, &suffix, 253)
+    }
+
+    /// Deterministic Job name of one attempt of a task (or its review):
+    /// `<project>-<task>-<attempt>[-review]`, hashed to fit 63 characters.
+    pub fn job_name(&self, task: &str, attempt: u32, role: Role) -> String {
+        let suffix = match role {
+            Role::Task => format!("-{attempt}"),
+            Role::Review => format!("-{attempt}-review"),
+        };
+        bounded_name(&format!("{}-{task}", self.name), &suffix, MAX_NAME)
+    }
+
+    /// The ServiceAccount agents run as: no API token, no rights; tenants may
+    /// bind more to it (e.g. a workload identity).
+    pub fn service_account(&self) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": self.metadata(&self.service_account_name()),
+            "automountServiceAccountToken": false,
+        })
+    }
+
+    /// Agent pods accept no connection; only those whose capsule has the
+    /// `network-egress` capability may open any (a second policy, since
+    /// NetworkPolicies add up).
+    pub fn network_policies(&self) -> [Value; 2] {
+        let all = json!({ PROJECT_UID_LABEL: self.uid });
+        let egress = json!({ PROJECT_UID_LABEL: self.uid, EGRESS_LABEL: "true" });
+        [
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": self.metadata(&bounded_name(self.name, "-agents", 253)),
+                "spec": { "podSelector": { "matchLabels": all }, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": [] },
+            }),
+            json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": self.metadata(&bounded_name(self.name, "-agents-egress", 253)),
+                "spec": { "podSelector": { "matchLabels": egress }, "policyTypes": ["Egress"], "egress": [{}] },
+            }),
+        ]
+    }
+
+    /// The plan ConfigMap: `plan.json` (the tasks), its digest, and what
+    /// it was made from.
+    pub fn plan_config_map(&self, tasks: &[Task], digest: &str, made_from: &str) -> Value {
+        let plan = serde_json::to_string_pretty(tasks).unwrap_or_default();
+        let mut meta = self.metadata(&self.plan_config_map_name());
+        meta["annotations"] = json!({ PLAN_DIGEST_ANNOTATION: digest, PLAN_INPUT_ANNOTATION: made_from });
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": { PLAN_KEY: plan } })
+    }
+
+    /// One results ConfigMap: task name -> accepted output.
+    pub fn results_config_map(&self, shard: usize, of: usize, data: &BTreeMap<String, String>) -> Value {
+        let mut meta = self.metadata(&self.results_config_map_name(shard));
+        meta["annotations"] = json!({ "kamachiq.somastack.io/shard": format!("{} of {of}", shard + 1) });
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data })
+    }
+}
+
+/// What one Job runs.
+#[derive(Clone, Debug)]
+pub struct JobInput<'a> {
+    pub task: &'a Task,
+    pub role: Role,
+    pub attempt: u32,
+    pub round: &'a str,
+    pub capsule: &'a CapsuleSpec,
+    /// For a review: the output under review.
+    pub output: Option<&'a str>,
+    pub max_cpu: Option<&'a str>,
+    pub max_memory: Option<&'a str>,
+}
+
+/// Environment variables every agent gets (documented in docs/kamachiq.md).
+pub const ENV_GOAL: &str = "SOMASTACK_GOAL";
+pub const ENV_PROJECT: &str = "SOMASTACK_PROJECT";
+pub const ENV_TASK: &str = "SOMASTACK_TASK";
+pub const ENV_INPUT: &str = "SOMASTACK_TASK_INPUT";
+pub const ENV_ATTEMPT: &str = "SOMASTACK_TASK_ATTEMPT";
+pub const ENV_OUTPUT: &str = "SOMASTACK_TASK_OUTPUT";
+
+/// A Job for one attempt of a task, or for its review. It never restarts a
+/// failed pod (`backoffLimit: 0`): each attempt is its own Job, so every
+/// attempt stays visible and a restart cannot run one twice.
+pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
+    let task = input.task;
+    let name = project.job_name(&task.name, input.attempt, input.role);
+    let role = match input.role {
+        Role::Task => "task",
+        Role::Review => "review",
+    };
+    let mut labels = project.labels();
+    labels.insert(TASK_LABEL.into(), task.name.clone());
+    labels.insert(ATTEMPT_LABEL.into(), input.attempt.to_string());
+    labels.insert(ROLE_LABEL.into(), role.into());
+    let mut pod_labels = labels.clone();
+    if input.capsule.capabilities.iter().any(|c| c == EGRESS_CAPABILITY) {
+        pod_labels.insert(EGRESS_LABEL.into(), "true".into());
+    }
+    let mut env: Vec<Value> = input
+        .capsule
+        .env
+        .iter()
+        .map(|e| json!({ "name": e.name, "value": e.value }))
+        .collect();
+    for (k, v) in [
+        (ENV_GOAL, project.goal),
+        (ENV_PROJECT, project.name),
+        (ENV_TASK, task.name.as_str()),
+        (ENV_INPUT, task.input.as_str()),
+        (ENV_ATTEMPT, &input.attempt.to_string()),
+    ] {
+        env.push(json!({ "name": k, "value": v }));
+    }
+    if let Some(out) = input.output {
+        env.push(json!({ "name": ENV_OUTPUT, "value": out }));
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "serviceAccountName": project.service_account_name(),
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [{
+            "name": "agent",
+            "image": input.capsule.image,
+            "env": env,
+            "resources": container_resources(input.capsule, input.max_cpu, input.max_memory),
+            // The agent writes its result to /dev/termination-log; if it
+            // crashes without writing one, the end of its log is used.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "capabilities": { "drop": ["ALL"] },
+                "seccompProfile": { "type": "RuntimeDefault" },
+            },
+            "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+        }],
+        "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }],
+    });
+    if let Some(region) = project.region {
+        pod_spec["nodeSelector"] = json!({ REGION_LABEL: region });
+    }
+    let mut meta = project.metadata(&name);
+    meta["labels"] = json!(labels);
+    meta["annotations"] = json!({ ROUND_ANNOTATION: input.round });
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": task.timeout_seconds,
+            "suspend": false,
+            "template": { "metadata": { "labels": pod_labels }, "spec": pod_spec },
+        },
+    })
+}

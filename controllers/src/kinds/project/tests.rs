@@ -1,0 +1,505 @@
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use somastack_crds::common::{CapsuleRef, DataClassification};
+use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task};
+use somastack_crds::policy::{Residency, ResidencyRule};
+use somastack_crds::{Capsule, PolicyBundle, PolicyBundleSpec};
+
+use super::check_capsules;
+use super::plan::{self, Gates, Input, JobState, JobView, Judge, Outcome, Role, Spawn, Verdict};
+use super::render::{self, Project};
+use crate::testing::capsule_spec;
+
+fn task(name: &str, deps: &[&str]) -> Task {
+    Task {
+        name: name.into(),
+        capsule: CapsuleRef {
+            package: "summarizer".into(),
+            version: "1.4.2".into(),
+        },
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        input: format!("do {name}"),
+        timeout_seconds: 600,
+        retries: 1,
+    }
+}
+
+fn diamond() -> Vec<Task> {
+    vec![
+        task("a", &[]),
+        task("b", &["a"]),
+        task("c", &["a"]),
+        task("d", &["b", "c"]),
+    ]
+}
+
+fn job(task: &str, attempt: u32, state: JobState, verdict: Option<Verdict>) -> JobView {
+    JobView {
+        name: format!("p-{task}-{attempt}"),
+        task: task.into(),
+        role: Role::Task,
+        attempt,
+        round: String::new(),
+        state,
+        verdict,
+        has_output: false,
+    }
+}
+
+fn open() -> Gates {
+    Gates {
+        spawn: true,
+        ..Gates::default()
+    }
+}
+
+fn step(tasks: &[Task], jobs: &[JobView], parallelism: i32, gates: Gates) -> plan::Step {
+    plan::step(&Input {
+        tasks,
+        jobs,
+        round: "",
+        parallelism,
+        review: false,
+        gates,
+    })
+}
+
+fn spawned(s: &plan::Step) -> Vec<(&str, u32)> {
+    s.spawn.iter().map(|s| (s.task.as_str(), s.attempt)).collect()
+}
+
+#[test]
+fn a_valid_diamond_passes_and_problems_are_named() {
+    assert_eq!(plan::validate(&diamond(), 100), Ok(()));
+    let mut dup = diamond();
+    dup.push(task("a", &[]));
+    let unknown = vec![task("a", &["zz"])];
+    assert_eq!(
+        plan::validate(&dup, 100),
+        Err(vec!["task name a appears more than once".to_string()])
+    );
+    assert_eq!(
+        plan::validate(&unknown, 100),
+        Err(vec!["task a depends on zz, which is not in the plan".to_string()])
+    );
+    assert_eq!(
+        plan::validate(&diamond(), 3),
+        Err(vec![
+            "the plan has 4 tasks; budget.maxTasks allows at most 3".to_string()
+        ])
+    );
+    assert_eq!(
+        plan::validate(&[], 3),
+        Err(vec!["the plan has no task".to_string()])
+    );
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let tasks = vec![
+        task("a", &["c"]),
+        task("b", &["a"]),
+        task("c", &["b"]),
+        task("d", &[]),
+    ];
+    let err = plan::validate(&tasks, 100).err().unwrap_or_default();
+    assert_eq!(err, vec!["the tasks form a cycle: a -> b -> c -> a".to_string()]);
+    // A long chain is no cycle, and does not exhaust the stack.
+    let chain: Vec<Task> = (0..5000)
+        .map(|i| {
+            let deps: Vec<String> = if i == 0 {
+                vec![]
+            } else {
+                vec![format!("t{}", i - 1)]
+            };
+            Task {
+                depends_on: deps,
+                ..task(&format!("t{i}"), &[])
+            }
+        })
+        .collect();
+    assert_eq!(plan::find_cycle(&chain), None);
+}
+
+#[test]
+fn the_digest_ignores_order_and_sees_every_change() {
+    let d = plan::digest("g", &diamond());
+    let mut reversed = diamond();
+    reversed.reverse();
+    assert_eq!(plan::digest("g", &reversed), d);
+    assert!(d.starts_with("sha256:") && d.len() == 71);
+    let mut changed = diamond();
+    changed[3].input = "something else".into();
+    assert_ne!(plan::digest("g", &changed), d);
+    assert_ne!(plan::digest("another goal", &diamond()), d);
+}
+
+#[test]
+fn the_diamond_runs_in_dependency_order_within_parallelism() {
+    let tasks = diamond();
+    // Nothing yet: only the root is ready.
+    assert_eq!(spawned(&step(&tasks, &[], 1, open())), vec![("a", 1)]);
+    // The root runs: with parallelism 1, nothing more starts.
+    let running = [job("a", 1, JobState::Active, None)];
+    assert!(step(&tasks, &running, 1, open()).spawn.is_empty());
+    // Root accepted: both middles are ready, parallelism decides how many start.
+    let a_done = [job("a", 1, JobState::Succeeded, Some(Verdict::Accepted))];
+    assert_eq!(spawned(&step(&tasks, &a_done, 1, open())), vec![("b", 1)]);
+    assert_eq!(
+        spawned(&step(&tasks, &a_done, 2, open())),
+        vec![("b", 1), ("c", 1)]
+    );
+    // d waits for both.
+    let b_done = [
+        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("b", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("c", 1, JobState::Active, None),
+    ];
+    let s = step(&tasks, &b_done, 2, open());
+    assert!(s.spawn.is_empty());
+    assert_eq!(s.outcome, Outcome::Running);
+    let all = [
+        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("b", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("c", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("d", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+    ];
+    let s = step(&tasks, &all, 2, open());
+    assert_eq!(s.outcome, Outcome::Succeeded);
+    assert_eq!(plan::counts(&s.tasks).succeeded, 4);
+}
+
+#[test]
+fn finished_jobs_are_judged_before_anything_else() {
+    let tasks = diamond();
+    let jobs = [job("a", 1, JobState::Succeeded, None)];
+    let s = step(&tasks, &jobs, 4, open());
+    assert_eq!(s.judge, vec![Judge::ReadOutput { job: "p-a-1".into() }]);
+    assert!(s.spawn.is_empty(), "b and c wait until a's output is accepted");
+    let failed = [job("a", 1, JobState::Failed("DeadlineExceeded".into()), None)];
+    assert_eq!(
+        step(&tasks, &failed, 4, open()).judge,
+        vec![Judge::Failed {
+            job: "p-a-1".into(),
+            reason: "DeadlineExceeded".into()
+        }]
+    );
+}
+
+#[test]
+fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
+    let tasks = vec![task("a", &[]), task("b", &["a"])];
+    let once = [job(
+        "a",
+        1,
+        JobState::Failed("x".into()),
+        Some(Verdict::Failed("exit 1".into())),
+    )];
+    let s = step(&tasks, &once, 4, open());
+    assert_eq!(spawned(&s), vec![("a", 2)]);
+    assert_eq!(s.outcome, Outcome::Running);
+    let twice = [
+        once[0].clone(),
+        job(
+            "a",
+            2,
+            JobState::Failed("x".into()),
+            Some(Verdict::Failed("exit 1".into())),
+        ),
+    ];
+    let s = step(&tasks, &twice, 4, open());
+    assert!(s.spawn.is_empty());
+    match &s.outcome {
+        Outcome::Failed(failed) => {
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, "a");
+            assert!(failed[0].1.contains("failed after 2 attempts"), "{}", failed[0].1);
+        }
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    let c = plan::counts(&s.tasks);
+    assert_eq!((c.failed, c.pending), (1, 1));
+}
+
+#[test]
+fn a_new_retry_round_reruns_only_the_failed_tasks() {
+    let tasks = vec![task("a", &[]), task("b", &[]), task("c", &["b"])];
+    let jobs = [
+        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job(
+            "b",
+            1,
+            JobState::Failed("x".into()),
+            Some(Verdict::Failed("x".into())),
+        ),
+        job(
+            "b",
+            2,
+            JobState::Failed("x".into()),
+            Some(Verdict::Failed("x".into())),
+        ),
+    ];
+    let old_round = step(&tasks, &jobs, 4, open());
+    assert!(matches!(old_round.outcome, Outcome::Failed(_)));
+    let s = plan::step(&Input {
+        tasks: &tasks,
+        jobs: &jobs,
+        round: "r1",
+        parallelism: 4,
+        review: false,
+        gates: open(),
+    });
+    assert_eq!(spawned(&s), vec![("b", 3)], "a is not run again; c waits for b");
+    assert_eq!(s.outcome, Outcome::Running);
+}
+
+#[test]
+fn stopping_suspends_running_jobs_and_resuming_resumes_them() {
+    let tasks = diamond();
+    let jobs = [job("a", 1, JobState::Active, None)];
+    let stop = Gates {
+        spawn: true,
+        stop: true,
+        ..Gates::default()
+    };
+    let s = step(&tasks, &jobs, 4, stop);
+    assert_eq!(s.suspend, vec!["p-a-1".to_string()]);
+    assert!(s.spawn.is_empty());
+    let suspended = [job("a", 1, JobState::Suspended, None)];
+    let s = step(&tasks, &suspended, 4, open());
+    assert_eq!(s.resume, vec!["p-a-1".to_string()]);
+    assert!(s.suspend.is_empty());
+}
+
+#[test]
+fn an_exhausted_budget_stops_and_fails_the_project() {
+    let tasks = diamond();
+    let jobs = [job("a", 1, JobState::Active, None)];
+    let s = step(
+        &tasks,
+        &jobs,
+        4,
+        Gates {
+            spawn: true,
+            stop: false,
+            deadline_passed: true,
+        },
+    );
+    assert_eq!(s.suspend, vec!["p-a-1".to_string()]);
+    assert!(matches!(&s.outcome, Outcome::Failed(f) if f.len() == 4));
+}
+
+#[test]
+fn with_a_review_capsule_the_review_decides() {
+    let tasks = vec![task("a", &[])];
+    let mut done = job("a", 1, JobState::Succeeded, None);
+    done.has_output = true;
+    let input = |jobs: &[JobView]| {
+        plan::step(&Input {
+            tasks: &tasks,
+            jobs,
+            round: "",
+            parallelism: 1,
+            review: true,
+            gates: open(),
+        })
+    };
+    let s = input(std::slice::from_ref(&done));
+    assert_eq!(
+        s.spawn,
+        vec![Spawn {
+            task: "a".into(),
+            role: Role::Review,
+            attempt: 1
+        }]
+    );
+    let review = JobView {
+        name: "p-a-1-review".into(),
+        role: Role::Review,
+        state: JobState::Failed("BackoffLimitExceeded".into()),
+        ..done.clone()
+    };
+    let s = input(&[done.clone(), review]);
+    assert_eq!(
+        s.judge,
+        vec![Judge::Reviewed {
+            job: "p-a-1".into(),
+            review: "p-a-1-review".into(),
+            accepted: false,
+            reason: "BackoffLimitExceeded".into()
+        }]
+    );
+}
+
+#[test]
+fn status_lists_failed_tasks_first_and_stays_capped() {
+    let tasks: Vec<Task> = (0..1000).map(|i| task(&format!("t{i}"), &[])).collect();
+    let mut jobs: Vec<JobView> = (0..998)
+        .map(|i| job(&format!("t{i}"), 1, JobState::Succeeded, Some(Verdict::Accepted)))
+        .collect();
+    for i in [998, 999] {
+        jobs.push(job(
+            &format!("t{i}"),
+            1,
+            JobState::Failed("x".into()),
+            Some(Verdict::Failed("x".into())),
+        ));
+        jobs.push(job(
+            &format!("t{i}"),
+            2,
+            JobState::Failed("x".into()),
+            Some(Verdict::Failed("x".into())),
+        ));
+    }
+    let s = step(&tasks, &jobs, 100, open());
+    let listed = plan::listed(&s.tasks);
+    assert_eq!(listed.len(), MAX_LISTED_TASKS);
+    assert_eq!(listed[0].name, "t998");
+    assert_eq!(listed[1].name, "t999");
+    let bytes = serde_json::to_vec(&listed).map(|v| v.len()).unwrap_or(usize::MAX);
+    assert!(bytes < 16 * 1024, "{bytes} bytes");
+}
+
+#[test]
+fn results_are_sharded_under_the_object_size_limit() {
+    let big = "x".repeat(4096);
+    let outputs: Vec<(String, String)> = (0..1000).map(|i| (format!("t{i}"), big.clone())).collect();
+    let shards = plan::shard_results(&outputs);
+    assert_eq!(shards.len(), 5);
+    assert_eq!(shards.iter().map(|s| s.len()).sum::<usize>(), 1000);
+    for s in &shards {
+        let size: usize = s.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(size <= plan::RESULTS_SHARD_BYTES);
+    }
+    assert_eq!(plan::shard_results(&[]).len(), 1);
+}
+
+fn project() -> Project<'static> {
+    Project {
+        name: "market-brief",
+        namespace: "tenant-acme",
+        uid: "0000-1111",
+        goal: "g",
+        owner: OwnerReference {
+            api_version: "somastack.io/v1alpha1".into(),
+            kind: "KamachiqProject".into(),
+            name: "market-brief".into(),
+            uid: "0000-1111".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        },
+        region: Some("eu-central-1"),
+    }
+}
+
+#[test]
+fn job_names_are_deterministic_and_fit_63_characters() {
+    let p = project();
+    assert_eq!(p.job_name("gather", 2, Role::Task), "market-brief-gather-2");
+    assert_eq!(
+        p.job_name("gather", 2, Role::Review),
+        "market-brief-gather-2-review"
+    );
+    let long = "t".repeat(63);
+    let a = p.job_name(&long, 1, Role::Review);
+    assert!(a.len() <= 63, "{a}");
+    assert!(a.ends_with("-1-review"));
+    assert_eq!(a, p.job_name(&long, 1, Role::Review));
+    assert_ne!(a, p.job_name(&format!("{}u", &long[..62]), 1, Role::Review));
+}
+
+#[test]
+fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
+    let p = project();
+    let t = task("gather", &[]);
+    let mut capsule = capsule_spec(DataClassification::Internal);
+    capsule.capabilities = vec!["network-egress".into()];
+    let job = render::job(
+        &p,
+        &render::JobInput {
+            task: &t,
+            role: Role::Task,
+            attempt: 3,
+            round: "r1",
+            capsule: &capsule,
+            output: None,
+            max_cpu: None,
+            max_memory: None,
+        },
+    );
+    assert_eq!(job["metadata"]["name"], "market-brief-gather-3");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "0000-1111");
+    assert_eq!(
+        job["metadata"]["annotations"]["kamachiq.somastack.io/round"],
+        "r1"
+    );
+    assert_eq!(job["spec"]["backoffLimit"], 0);
+    assert_eq!(job["spec"]["activeDeadlineSeconds"], 600);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "market-brief-agent");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(
+        pod["nodeSelector"]["topology.kubernetes.io/region"],
+        "eu-central-1"
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"]["kamachiq.somastack.io/egress"],
+        "true"
+    );
+    let env = pod["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let get = |k: &str| env.iter().find(|e| e["name"] == k).map(|e| e["value"].clone());
+    assert_eq!(get("SOMASTACK_TASK_INPUT"), Some("do gather".into()));
+    assert_eq!(get("SOMASTACK_TASK_ATTEMPT"), Some("3".into()));
+    assert_eq!(pod["containers"][0]["image"], capsule.image.as_str());
+    // The manifest is a Job the API accepts in shape.
+    assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job).is_ok());
+    assert_eq!(p.service_account()["automountServiceAccountToken"], false);
+}
+
+#[test]
+fn capsules_are_checked_against_residency_and_existence() {
+    let tasks = vec![task("a", &[])];
+    let mut c = Capsule::new("summarizer-1-4-2", capsule_spec(DataClassification::Confidential));
+    c.spec.package = "summarizer".into();
+    c.spec.version = "1.4.2".into();
+    let capsules = vec![Arc::new(c)];
+    let mut bundle = PolicyBundle::new(
+        "eu-only",
+        PolicyBundleSpec {
+            residency: Some(Residency {
+                rules: vec![ResidencyRule {
+                    data_classification: DataClassification::Confidential,
+                    allowed_regions: vec!["eu-central-1".into()],
+                }],
+            }),
+            ..PolicyBundleSpec::default()
+        },
+    );
+    bundle.metadata.name = Some("eu-only".into());
+    let bundles = vec![Arc::new(bundle)];
+    assert_eq!(
+        check_capsules(&tasks, None, &capsules, &bundles, Some("eu-central-1")),
+        Ok(())
+    );
+    let (reason, message) = check_capsules(&tasks, None, &capsules, &bundles, Some("us-east-1"))
+        .err()
+        .unwrap_or_default();
+    assert_eq!(reason, "PolicyBlocked");
+    assert!(
+        message.contains("confidential data may not be processed in region us-east-1"),
+        "{message}"
+    );
+    let (_, message) = check_capsules(&tasks, None, &capsules, &bundles, None)
+        .err()
+        .unwrap_or_default();
+    assert!(message.contains("spec.region is not set"), "{message}");
+    let (reason, _) = check_capsules(&tasks, None, &[], &bundles, None)
+        .err()
+        .unwrap_or_default();
+    assert_eq!(reason, "CapsuleNotFound");
+}
