@@ -30,6 +30,32 @@ pub enum Command {
     Payload(PayloadArgs),
     /// The disaster-drill summary: per Installation, pass rate, last run, median and worst RTO.
     Drills(DrillsArgs),
+    /// The KAMACHIQ summary: projects by phase, task success rate, mean task duration.
+    Projects(ProjectsArgs),
+    /// Run a KamachiqProject's failed tasks again (its succeeded tasks are kept).
+    RetryFailed(RetryFailedArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProjectsArgs {
+    /// Namespace to summarize (default: every namespace).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Output: a table, or JSON.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RetryFailedArgs {
+    /// The KamachiqProject.
+    pub name: String,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -130,6 +156,10 @@ pub struct RunArgs {
     /// `somastack.io/shard=b` on a second operator).
     #[arg(long)]
     pub drill_selector: Option<String>,
+    /// Act only on KamachiqProjects this label selector selects (as
+    /// `--drill-selector`; the label `somastack.io/project-shard` is the convention).
+    #[arg(long)]
+    pub project_selector: Option<String>,
     #[command(flatten)]
     pub webhook: WebhookArgs,
 }

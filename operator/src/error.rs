@@ -23,6 +23,9 @@ pub enum Error {
     Certificate(String),
     #[error("lost the leader Lease; stopping so that only one replica reconciles")]
     LeadershipLost,
+    /// An object the command names does not exist (e.g. `kamachiqproject ns/name`).
+    #[error("{0} not found")]
+    NotFound(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -7,6 +7,8 @@
 //! somastack-operator rollback NAME -n NS --to-revision N
 //! somastack-operator payload -f capsule.yaml   bytes a publisher signs
 //! somastack-operator drills [-n NS] [-o json]   the disaster-drill summary
+//! somastack-operator projects [-n NS] [-o json] the KAMACHIQ summary
+//! somastack-operator retry-failed NAME -n NS    run a project's failed tasks again
 //! ```
 
 mod cli;
@@ -17,6 +19,7 @@ mod error;
 mod http;
 mod leader;
 mod payload;
+mod projects;
 mod revisions;
 mod run;
 mod telemetry;
@@ -35,6 +38,8 @@ fn main() -> std::process::ExitCode {
         Command::History(args) => revisions::history(args),
         Command::Payload(args) => payload::print(&args),
         Command::Drills(args) => drills::summary_command(args),
+        Command::Projects(args) => projects::summary_command(args),
+        Command::RetryFailed(args) => projects::retry_failed_command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

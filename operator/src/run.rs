@@ -79,7 +79,7 @@ where
     if !args.leader_elect {
         tracing::info!("controllers starting");
         metrics.leader.set(1);
-        controllers(client, caches, metrics, args.drill_selector.clone(), shutdown).await;
+        controllers(client, caches, metrics, shards(args), shutdown).await;
         tracing::info!("all controllers stopped; exiting");
         return Ok(());
     }
@@ -105,7 +105,7 @@ where
     tracing::info!("controllers starting");
     metrics.leader.set(1);
     tokio::select! {
-        () = controllers(client, caches, metrics.clone(), args.drill_selector.clone(), shutdown.clone()) => {
+        () = controllers(client, caches, metrics.clone(), shards(args), shutdown.clone()) => {
             tracing::info!("all controllers stopped; releasing the Lease");
             leader::release(&leases, &cfg).await;
             metrics.leader.set(0);
@@ -119,6 +119,13 @@ where
     }
 }
 
+fn shards(args: &RunArgs) -> somastack_controllers::Shards {
+    somastack_controllers::Shards {
+        drills: args.drill_selector.clone(),
+        projects: args.project_selector.clone(),
+    }
+}
+
 /// Runs the controllers until `shutdown`, then gives in-flight reconciles up
 /// to [`SHUTDOWN_GRACE`] to finish. The bound matters: kube's controller
 /// waits for its store before running, and its store stops filling once
@@ -127,7 +134,7 @@ async fn controllers<S>(
     client: Client,
     caches: Caches,
     metrics: Arc<Metrics>,
-    drill_selector: Option<String>,
+    shards: somastack_controllers::Shards,
     shutdown: S,
 ) where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
@@ -140,7 +147,7 @@ async fn controllers<S>(
         }
     };
     tokio::select! {
-        () = somastack_controllers::run(client, caches, metrics, drill_selector.as_deref(), shutdown) => {}
+        () = somastack_controllers::run(client, caches, metrics, &shards, shutdown) => {}
         () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
 }

@@ -49,8 +49,19 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry>
     let provider = match otlp_endpoint.filter(|e| !e.is_empty()) {
         None => None,
         Some(endpoint) => {
+            // A client of our own: reqwest's TLS is built without a crypto
+            // provider (ring is given explicitly), and the image has no CA
+            // bundle, so the exporter's default client could not be built.
+            let config_error = |e: String| Error::Config(format!("--otlp-endpoint {endpoint}: {e}"));
+            let tls = somastack_controllers::planner::client_tls_config().map_err(config_error)?;
+            let http = reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .tls_backend_preconfigured(tls)
+                .build()
+                .map_err(|e| config_error(e.to_string()))?;
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(http)
                 .with_endpoint(traces_url(endpoint))
                 .with_headers(Default::default())
                 .build()

@@ -6,6 +6,8 @@
 //!   the verb `approve` (a SubjectAccessReview), never by the submitter;
 //!   submitter and reviewer stamped from the authenticated user
 //!   ([`admission::capsule`]).
+//! - `POST /mutate/kamachiqprojects`: the same for a project's plan approval
+//!   (verb `approve` on `kamachiqprojects`, in the project's namespace).
 //!
 //! The decisions are pure functions of the controllers crate; this module
 //! parses the AdmissionReview, looks things up and answers.
@@ -32,14 +34,14 @@ use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
 use somastack_controllers::kinds::installation::find_capsule;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
 use somastack_controllers::{Caches, policy};
-use somastack_crds::{Capsule, Installation, PolicyBundle};
+use somastack_crds::{Capsule, Installation, KamachiqProject, PolicyBundle};
 use tracing::Instrument;
 
 pub use tls::serve;
 
-/// Webhook names, as in the webhook configurations and the metrics.
+/// Webhook names, as in the webhook configurations and the metrics (the
+/// review webhooks are named `<plural>.somastack.io`, see [`review_webhook`]).
 pub const INSTALLATIONS_WEBHOOK: &str = "installations.somastack.io";
-pub const CAPSULES_WEBHOOK: &str = "capsules.somastack.io";
 
 /// How long a request waits for the caches of a replica that just started.
 const CACHE_WAIT: Duration = Duration::from_secs(3);
@@ -54,7 +56,8 @@ struct AppState {
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate/installations", post(installations))
-        .route("/mutate/capsules", post(capsules))
+        .route("/mutate/capsules", post(reviews::<Capsule>))
+        .route("/mutate/kamachiqprojects", post(reviews::<KamachiqProject>))
         .with_state(state)
 }
 
@@ -252,54 +255,59 @@ async fn namespace_labels(state: &AppState, name: &str) -> Result<BTreeMap<Strin
     Ok(api.get(name).await?.labels().clone())
 }
 
-async fn capsules(
+/// The webhook name of a reviewed kind.
+fn review_webhook<K: Resource<DynamicType = ()>>() -> String {
+    format!("{}.{}", K::plural(&()), somastack_crds::GROUP)
+}
+
+/// `/mutate/capsules` and `/mutate/kamachiqprojects`: reviews (Capsule
+/// approval, project plan approval) only by users allowed `approve`.
+async fn reviews<K>(
     State(state): State<AppState>,
     body: Bytes,
-) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
-    let req = match parse::<Capsule>(&body, Unreadable::Allow) {
+) -> axum::Json<AdmissionReview<kube::core::DynamicObject>>
+where
+    K: Resource<DynamicType = ()> + ResourceExt + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let webhook = review_webhook::<K>();
+    let req = match parse::<K>(&body, Unreadable::Allow) {
         Ok(r) => r,
         Err(res) => {
-            state.metrics.webhook(CAPSULES_WEBHOOK, WebhookDecision::Error);
+            state.metrics.webhook(&webhook, WebhookDecision::Error);
             return reply(*res);
         }
     };
-    let span = span(CAPSULES_WEBHOOK, &req);
-    reply(judge_capsule(&state, &req).instrument(span).await)
+    let span = span(&webhook, &req);
+    reply(judge_review(&state, &req, &webhook).instrument(span).await)
 }
 
-async fn judge_capsule(state: &AppState, req: &AdmissionRequest<Capsule>) -> AdmissionResponse {
+async fn judge_review<K>(state: &AppState, req: &AdmissionRequest<K>, webhook: &str) -> AdmissionResponse
+where
+    K: Resource<DynamicType = ()> + ResourceExt + Clone,
+{
     let m = &state.metrics;
     let (Operation::Create | Operation::Update, Some(new)) = (&req.operation, req.object.as_ref()) else {
-        return answer(req, Verdict::default(), m, CAPSULES_WEBHOOK);
+        return answer(req, Verdict::default(), m, webhook);
     };
     let old = req.old_object.as_ref();
     let user = req.user_info.username.clone().unwrap_or_default();
     let may_review = if admission::review_changed(new, old) {
         match may_approve(&state.client, req).await {
             Ok(allowed) => Some(allowed),
-            Err(e) => {
-                return error(
-                    req,
-                    m,
-                    CAPSULES_WEBHOOK,
-                    format!("SubjectAccessReview failed: {e}"),
-                );
-            }
+            Err(e) => return error(req, m, webhook, format!("SubjectAccessReview failed: {e}")),
         }
     } else {
         None
     };
-    answer(
-        req,
-        admission::capsule(new, old, &user, may_review),
-        m,
-        CAPSULES_WEBHOOK,
-    )
+    answer(req, admission::review(new, old, &user, may_review), m, webhook)
 }
 
 /// Asks the API server whether the requesting user may `approve` this
-/// Capsule, as Kubernetes does for CertificateSigningRequest approval.
-async fn may_approve(client: &Client, req: &AdmissionRequest<Capsule>) -> Result<bool, kube::Error> {
+/// object, as Kubernetes does for CertificateSigningRequest approval.
+async fn may_approve<K>(client: &Client, req: &AdmissionRequest<K>) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()>,
+{
     let u = &req.user_info;
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
@@ -309,9 +317,10 @@ async fn may_approve(client: &Client, req: &AdmissionRequest<Capsule>) -> Result
             extra: u.extra.clone(),
             resource_attributes: Some(ResourceAttributes {
                 group: Some(somastack_crds::GROUP.into()),
-                resource: Some("capsules".into()),
+                resource: Some(K::plural(&()).into_owned()),
                 verb: Some(APPROVE_VERB.into()),
                 name: Some(req.name.clone()),
+                namespace: req.namespace.clone(),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()
