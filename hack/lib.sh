@@ -109,7 +109,9 @@ LOCAL_OPERATOR_ARGS=(run --kubeconfig "$OPERATOR_KUBECONFIG" --namespace "$OPERA
   --metrics-addr "127.0.0.1:$METRICS_PORT" --webhook-addr "127.0.0.1:$WEBHOOK_PORT" --webhook-san 127.0.0.1
   # DrDrills labelled somastack.io/drill-shard belong to an operator a test
   # starts (and kills) itself.
-  --drill-selector '!somastack.io/drill-shard')
+  --drill-selector '!somastack.io/drill-shard'
+  # Likewise KamachiqProjects labelled somastack.io/project-shard.
+  --project-selector '!somastack.io/project-shard')
 
 # Waits until the operator (pid $1, log $2) answers /readyz: caches synced
 # and, with webhooks, its certificate loaded and the CA bundle in place.

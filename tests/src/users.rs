@@ -17,9 +17,10 @@ use crate::{TEST_MANAGER, kubeconfig_path};
 /// applied idempotently).
 pub const USERS_NAMESPACE: &str = "somastack-test-users";
 
-/// May create and change Capsules, not review them.
+/// May create and change Capsules and KamachiqProjects, not review them.
 pub const PUBLISHER_ROLE: &str = "somastack-test-capsule-publisher";
-/// May review Capsules: the verb `approve`, and patch to set the decision.
+/// May review Capsules and KamachiqProject plans: the verb `approve`, and
+/// patch to set the decision.
 pub const REVIEWER_ROLE: &str = "somastack-test-capsule-reviewer";
 
 pub struct User {
@@ -48,7 +49,8 @@ pub async fn user(admin: &Client, name: &str, cluster_roles: &[&str]) -> User {
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USERS_NAMESPACE}}),
     )
     .await;
-    let capsules = |verbs: &[&str]| json!([{ "apiGroups": ["somastack.io"], "resources": ["capsules"], "verbs": verbs }]);
+    // Capsules and KamachiqProjects: both are reviewed the same way.
+    let capsules = |verbs: &[&str]| json!([{ "apiGroups": ["somastack.io"], "resources": ["capsules", "kamachiqprojects"], "verbs": verbs }]);
     ssa(
         admin,
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",

@@ -42,6 +42,8 @@ async fn the_serving_certificate_is_rotated_before_expiry_and_reloaded() {
         // Drills belong to the suite's operator.
         "--drill-selector",
         "somastack.io/drill-shard=none",
+        "--project-selector",
+        "somastack.io/project-shard=none",
     ]);
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);

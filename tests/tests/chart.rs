@@ -571,7 +571,13 @@ async fn check_installed(client: &Client) -> Vec<String> {
     .into_iter()
     .flatten()
     .collect();
-    for suffix in ["capsule-reviewer", "capsule-publisher", "view", "edit"] {
+    for suffix in [
+        "capsule-reviewer",
+        "capsule-publisher",
+        "project-reviewer",
+        "view",
+        "edit",
+    ] {
         problems.extend(
             missing(
                 Api::<ClusterRole>::all(client.clone()),
@@ -691,7 +697,13 @@ async fn installs_into_the_cluster_and_uninstalls_cleanly() {
     .into_iter()
     .flatten()
     .collect();
-    for suffix in ["capsule-reviewer", "capsule-publisher", "view", "edit"] {
+    for suffix in [
+        "capsule-reviewer",
+        "capsule-publisher",
+        "project-reviewer",
+        "view",
+        "edit",
+    ] {
         leftovers.extend(
             leftover(
                 Api::<ClusterRole>::all(client.clone()),

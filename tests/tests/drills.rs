@@ -498,6 +498,8 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
             "127.0.0.1:0",
             "--drill-selector",
             &selector,
+            "--project-selector",
+            "somastack.io/project-shard=none",
         ])
     };
     let mut operator = start();

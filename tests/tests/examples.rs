@@ -75,6 +75,35 @@ async fn examples_apply_and_read_back() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // ... and the example project run to completion, its results gathered.
+    let out = kubectl(&[
+        "wait",
+        "--for=condition=Succeeded",
+        "kamachiqproject/market-brief",
+        "-n",
+        "tenant-acme",
+        "--timeout=120s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait on the example project: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kubectl(&[
+        "get",
+        "configmap",
+        "market-brief-results",
+        "-n",
+        "tenant-acme",
+        "-o",
+        "jsonpath={.data.write-brief}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "result of write-brief: Combine both summaries into a one-page brief."
+    );
+
     // What a user sees: the `somastack` category lists every applied object of our kinds.
     let out = kubectl(&["get", "somastack", "-A", "-o", "name"]);
     assert!(

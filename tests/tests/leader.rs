@@ -43,6 +43,7 @@ impl Replica {
             .args(["--webhook-configuration", &format!("{lease}-not-installed")])
             // Drills belong to the suite's operator: never two on one drill.
             .args(["--drill-selector", "somastack.io/drill-shard=none"])
+            .args(["--project-selector", "somastack.io/project-shard=none"])
             .args(["--identity", identity, "--kubeconfig"])
             .arg(kubeconfig_path())
             .stdin(Stdio::null())

@@ -94,6 +94,8 @@ async fn spans_are_exported_over_otlp_http() {
         &endpoint,
         "--drill-selector",
         "somastack.io/drill-shard=none",
+        "--project-selector",
+        "somastack.io/project-shard=none",
     ]);
 
     // Something for it to reconcile, with a name to look for in the spans.

@@ -1,0 +1,764 @@
+//! KamachiqProjects against the real control plane: the operator creates
+//! Jobs, kube-controller-manager's Job controller makes their pods, the
+//! scheduler binds them, and kwok stands in for the kubelet and the agent
+//! process (hack/kwok-stages.yaml: an agent pod runs 1 s, or `kwok:run=<d>`,
+//! writes "result of <task>: <input>" as its termination message, and fails
+//! when its input says `kwok:fail` / `kwok:fail-first`). Needs the operator
+//! hack/test.sh starts; projects labelled `somastack.io/project-shard`
+//! belong to an operator a test starts itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use somastack_tests::fixtures::{bundle, capsule, condition, message, put, put_policy, wait_condition};
+use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
+use somastack_tests::{
+    TestNamespace, api_for, client, free_port, http_get, kubeconfig_path, kubectl, spawn_operator,
+    unique_suffix, wait_for, workspace_binary,
+};
+
+const T: Duration = Duration::from_secs(120);
+const UID_LABEL: &str = "kamachiq.somastack.io/project-uid";
+
+/// A namespace and a fresh agent capsule `agent-<suffix>` 1.0.0.
+struct Env {
+    ns: TestNamespace,
+    package: String,
+}
+
+impl Env {
+    async fn new(client: &Client, prefix: &str) -> Env {
+        let ns = TestNamespace::create(client, prefix).await;
+        let package = format!("agent-{}", unique_suffix());
+        put(client, &capsule(&package, &package, "1.0.0", "internal")).await;
+        Env { ns, package }
+    }
+
+    fn task(&self, name: &str, deps: &[&str], input: &str) -> Value {
+        json!({ "name": name, "capsule": { "package": self.package, "version": "1.0.0" },
+                "dependsOn": deps, "input": input })
+    }
+
+    fn project(&self, name: &str, spec: Value) -> Value {
+        json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "KamachiqProject",
+                "metadata": { "name": name, "namespace": self.ns.name }, "spec": spec })
+    }
+
+    async fn jobs(&self, client: &Client, project: &DynamicObject) -> Vec<Job> {
+        let uid = project.uid().unwrap_or_default();
+        Api::<Job>::namespaced(client.clone(), &self.ns.name)
+            .list(&ListParams::default().labels(&format!("{UID_LABEL}={uid}")))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+    }
+
+    async fn delete(self, client: &Client) {
+        let _ = Api::<DynamicObject>::all_with(
+            client.clone(),
+            &kube::discovery::ApiResource::erase::<somastack_crds::Capsule>(&()),
+        )
+        .delete(&self.package, &DeleteParams::default())
+        .await;
+        self.ns.delete().await;
+    }
+}
+
+fn label<'a>(job: &'a Job, key: &str) -> &'a str {
+    job.labels().get(key).map(String::as_str).unwrap_or_default()
+}
+
+fn task_jobs(jobs: &[Job]) -> Vec<&Job> {
+    jobs.iter()
+        .filter(|j| label(j, "kamachiq.somastack.io/role") == "task")
+        .collect()
+}
+
+/// (task, attempt) of every task Job, sorted.
+fn attempts(jobs: &[Job]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = task_jobs(jobs)
+        .iter()
+        .map(|j| {
+            (
+                label(j, "kamachiq.somastack.io/task").to_string(),
+                label(j, "kamachiq.somastack.io/attempt").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn finished(api: &Api<DynamicObject>, name: &str, status: &str, reason: &str) -> DynamicObject {
+    wait_condition(api, name, "Succeeded", status, Some(reason), T).await
+}
+
+/// Seconds since the epoch of a Job's creation and completion.
+fn interval(job: &Job) -> (i64, i64) {
+    let created = job
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or_default();
+    let done = job
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX);
+    (created, done)
+}
+
+#[tokio::test]
+async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-diamond").await;
+    let doc = env.project(
+        "diamond",
+        json!({
+            "goal": "a diamond",
+            "parallelism": 2,
+            "review": { "package": env.package, "version": "1.0.0" },
+            "tasks": [
+                env.task("root", &[], "start"),
+                env.task("left", &["root"], "kwok:run=2s left"),
+                env.task("middle", &["root"], "kwok:run=2s middle"),
+                env.task("right", &["root"], "kwok:run=2s right"),
+                env.task("join", &["left", "middle", "right"], "join"),
+            ],
+        }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let done = finished(&api, "diamond", "True", "AllTasksSucceeded").await;
+    assert_eq!(done.data["status"]["phase"], "Succeeded");
+    assert_eq!(done.data["status"]["taskCounts"]["succeeded"], 5);
+
+    let jobs = env.jobs(&client, &done).await;
+    let tasks: BTreeMap<String, (i64, i64)> = task_jobs(&jobs)
+        .iter()
+        .map(|j| (label(j, "kamachiq.somastack.io/task").to_string(), interval(j)))
+        .collect();
+    assert_eq!(tasks.len(), 5, "one Job per task: {:?}", attempts(&jobs));
+    // Dependency order: a task's Job is created only after its dependencies' Jobs completed.
+    for (task, deps) in [
+        ("left", vec!["root"]),
+        ("middle", vec!["root"]),
+        ("right", vec!["root"]),
+        ("join", vec!["left", "middle", "right"]),
+    ] {
+        for d in deps {
+            assert!(
+                tasks[task].0 >= tasks[d].1,
+                "{task} created at {} before {d} completed at {}",
+                tasks[task].0,
+                tasks[d].1
+            );
+        }
+    }
+    // Parallelism 2: never more than two task Jobs between creation and completion.
+    for (name, (at, _)) in &tasks {
+        let running = tasks.values().filter(|(c, d)| c <= at && at < d).count();
+        assert!(
+            running <= 2,
+            "{running} task Jobs running when {name} was created: {tasks:?}"
+        );
+    }
+    // The three middle tasks could not all run at once.
+    let middles: Vec<(i64, i64)> = ["left", "middle", "right"].iter().map(|t| tasks[*t]).collect();
+    let last_start = middles.iter().map(|m| m.0).max().unwrap_or_default();
+    let first_end = middles.iter().map(|m| m.1).min().unwrap_or_default();
+    assert!(
+        last_start >= first_end,
+        "three middle tasks overlapped: {middles:?}"
+    );
+
+    // Every task's output was reviewed by a review Job, then accepted.
+    let reviews = jobs
+        .iter()
+        .filter(|j| label(j, "kamachiq.somastack.io/role") == "review")
+        .count();
+    assert_eq!(reviews, 5);
+    for j in task_jobs(&jobs) {
+        assert_eq!(
+            j.annotations()
+                .get("kamachiq.somastack.io/verdict")
+                .map(String::as_str),
+            Some("accepted")
+        );
+    }
+
+    // Results, as a user reads them.
+    let results = done.data["status"]["resultsRef"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(results, "diamond-results");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+        .get(&results)
+        .await
+        .unwrap();
+    let data = cm.data.unwrap_or_default();
+    assert_eq!(data.get("join").map(String::as_str), Some("result of join: join"));
+    assert_eq!(data.len(), 5);
+    // The plan, with its digest, is stored.
+    let digest = done.data["status"]["planDigest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let plan = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+        .get("diamond-plan")
+        .await
+        .unwrap();
+    assert_eq!(
+        plan.annotations().get("kamachiq.somastack.io/plan-digest"),
+        Some(&digest)
+    );
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-invalid").await;
+    // An unknown dependency: the API server refuses it (CEL rule).
+    let unknown = env.project(
+        "unknown",
+        json!({ "goal": "g", "tasks": [env.task("a", &["ghost"], "")] }),
+    );
+    let err = somastack_tests::apply(&client, &unknown)
+        .await
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref()
+            .is_some_and(|e| e.contains("every dependsOn entry must name a task listed in spec.tasks")),
+        "{err:?}"
+    );
+    // A cycle: only the operator can see it; it says so and starts nothing.
+    let cycle = env.project(
+        "cycle",
+        json!({ "goal": "g", "tasks": [
+            env.task("a", &["c"], ""), env.task("b", &["a"], ""), env.task("c", &["b"], ""), env.task("d", &[], ""),
+        ] }),
+    );
+    put(&client, &cycle).await;
+    let api = api_for(&client, &cycle).await;
+    let obj = finished(&api, "cycle", "False", "InvalidPlan").await;
+    let msg = message(&obj, "Succeeded");
+    assert!(msg.contains("the tasks form a cycle: a -> b -> c -> a"), "{msg}");
+    assert_eq!(obj.data["status"]["phase"], "Failed");
+    assert!(
+        env.jobs(&client, &obj).await.is_empty(),
+        "nothing is spawned for an invalid plan"
+    );
+    assert!(somastack_tests::event_recorded(&env.ns.name, "InvalidPlan"));
+    env.delete(&client).await;
+}
+
+/// Starts the reference planner on `port`; returns once it answers.
+async fn start_planner(port: u16) -> tokio::process::Child {
+    let child = tokio::process::Command::new(workspace_binary("somastack-planner"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("somastack-planner starts (cargo build --bins first)");
+    wait_for("the planner to answer /healthz", T, || async {
+        http_get(port, "/healthz").await.filter(|(code, _)| *code == 200)
+    })
+    .await;
+    child
+}
+
+#[tokio::test]
+async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until_it_is_back() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-planner").await;
+    let port = free_port();
+    let doc = env.project(
+        "planned",
+        json!({
+            "goal": "2 x gather sources on residency; write the brief",
+            "planner": {
+                "url": format!("http://127.0.0.1:{port}/plan"),
+                "agent": { "package": env.package, "version": "1.0.0" },
+            },
+        }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    // Nothing listens yet: a clear status, nothing spawned.
+    let down = wait_condition(
+        &api,
+        "planned",
+        "Succeeded",
+        "Unknown",
+        Some("PlannerUnavailable"),
+        T,
+    )
+    .await;
+    let msg = message(&down, "Succeeded");
+    assert!(
+        msg.contains(&format!("http://127.0.0.1:{port}/plan")) && msg.contains("Connection refused")
+            || msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert_eq!(down.data["status"]["phase"], "Planning");
+    assert!(env.jobs(&client, &down).await.is_empty());
+
+    // The planner comes up: the project is planned and runs.
+    let mut planner = start_planner(port).await;
+    let done = finished(&api, "planned", "True", "AllTasksSucceeded").await;
+    let jobs = env.jobs(&client, &done).await;
+    let names: BTreeSet<String> = attempts(&jobs).into_iter().map(|(t, _)| t).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "s1-gather-sources-on-1".to_string(),
+            "s1-gather-sources-on-2".to_string(),
+            "s2-write-the-brief".to_string(),
+        ])
+    );
+    let plan = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+        .get("planned-plan")
+        .await
+        .unwrap();
+    let tasks: Vec<Value> = serde_json::from_str(&plan.data.unwrap_or_default()["plan.json"]).unwrap();
+    let brief = tasks
+        .iter()
+        .find(|t| t["name"] == "s2-write-the-brief")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        brief["dependsOn"],
+        json!(["s1-gather-sources-on-1", "s1-gather-sources-on-2"])
+    );
+    assert!(somastack_tests::event_recorded(&env.ns.name, "Planned"));
+    let _ = planner.kill().await;
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-approve").await;
+    let suffix = unique_suffix();
+    let author = user(&client, &format!("kp-author-{suffix}"), &[PUBLISHER_ROLE]).await;
+    let reviewer = user(&client, &format!("kp-reviewer-{suffix}"), &[REVIEWER_ROLE]).await;
+    let doc = env.project(
+        "gated",
+        json!({ "goal": "g", "approval": { "required": true }, "tasks": [env.task("a", &[], "a")] }),
+    );
+    put(&author.client, &doc).await;
+    let api_author = api_for(&author.client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let waiting = wait_condition(&api, "gated", "Approved", "False", Some("AwaitingApproval"), T).await;
+    assert_eq!(waiting.data["status"]["phase"], "AwaitingApproval");
+    let digest = waiting.data["status"]["planDigest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message(&waiting, "Approved").contains(&digest));
+    let approve = |digest: &str| {
+        json!({ "metadata": { "annotations": {
+            "review.somastack.io/decision": "approve", "review.somastack.io/digest": digest } } })
+    };
+
+    // The author may not approve (no 'approve' verb, and the submitter besides).
+    let err = api_author
+        .patch("gated", &PatchParams::default(), &Patch::Merge(&approve(&digest)))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("may not review KamachiqProjects")
+            && err.contains("'approve' on kamachiqprojects.somastack.io"),
+        "{err}"
+    );
+    // An approval of another plan does not open the gate.
+    let api_reviewer = api_for(&reviewer.client, &doc).await;
+    api_reviewer
+        .patch(
+            "gated",
+            &PatchParams::default(),
+            &Patch::Merge(&approve("sha256:0000")),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = api.get("gated").await.unwrap();
+    assert_eq!(still.data["status"]["phase"], "AwaitingApproval");
+    assert!(
+        env.jobs(&client, &still).await.is_empty(),
+        "nothing runs before the approval"
+    );
+
+    // The reviewer approves this plan: it runs.
+    api_reviewer
+        .patch("gated", &PatchParams::default(), &Patch::Merge(&approve(&digest)))
+        .await
+        .unwrap();
+    let done = finished(&api, "gated", "True", "AllTasksSucceeded").await;
+    let approved = condition(&done, "Approved").unwrap_or_default();
+    assert_eq!(approved["status"], "True");
+    assert!(
+        approved["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&reviewer.name),
+        "{approved}"
+    );
+
+    // A changed plan needs a new approval: the new task waits.
+    let mut changed = doc.clone();
+    changed["spec"]["tasks"] = json!([env.task("a", &[], "a"), env.task("b", &["a"], "b")]);
+    put(&author.client, &changed).await;
+    let waiting = wait_condition(&api, "gated", "Approved", "False", Some("AwaitingApproval"), T).await;
+    let new_digest = waiting.data["status"]["planDigest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_ne!(new_digest, digest);
+    assert_eq!(attempts(&env.jobs(&client, &waiting).await).len(), 1);
+    api_reviewer
+        .patch(
+            "gated",
+            &PatchParams::default(),
+            &Patch::Merge(&approve(&new_digest)),
+        )
+        .await
+        .unwrap();
+    let done = finished(&api, "gated", "True", "AllTasksSucceeded").await;
+    assert_eq!(
+        attempts(&env.jobs(&client, &done).await),
+        vec![
+            ("a".to_string(), "1".to_string()),
+            ("b".to_string(), "1".to_string())
+        ]
+    );
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-fail").await;
+    let mut bad = env.task("bad", &[], "kwok:fail");
+    bad["retries"] = json!(1);
+    let doc = env.project(
+        "failing",
+        json!({ "goal": "g", "tasks": [env.task("good", &[], "fine"), bad, env.task("after", &["bad"], "")] }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let failed = finished(&api, "failing", "False", "TasksFailed").await;
+    let msg = message(&failed, "Succeeded");
+    assert!(
+        msg.starts_with("1 of 3 tasks failed: bad (failed after 2 attempts;"),
+        "{msg}"
+    );
+    assert!(msg.contains("simulated agent failure (kwok)"), "{msg}");
+    assert_eq!(
+        failed.data["status"]["tasks"][0]["name"], "bad",
+        "failed tasks are listed first"
+    );
+    assert_eq!(failed.data["status"]["taskCounts"]["failed"], 1);
+    assert_eq!(failed.data["status"]["taskCounts"]["pending"], 1);
+    assert_eq!(
+        attempts(&env.jobs(&client, &failed).await),
+        vec![
+            ("bad".to_string(), "1".to_string()),
+            ("bad".to_string(), "2".to_string()),
+            ("good".to_string(), "1".to_string()),
+        ],
+        "bad ran twice (retries: 1); after never ran"
+    );
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn retrying_runs_only_the_failed_tasks() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-retry").await;
+    let mut flaky = env.task("flaky", &[], "kwok:fail-first");
+    flaky["retries"] = json!(0);
+    let doc = env.project(
+        "retried",
+        json!({ "goal": "g", "tasks": [env.task("good", &[], "fine"), flaky, env.task("after", &["flaky"], "")] }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let failed = finished(&api, "retried", "False", "TasksFailed").await;
+    let good_uid = |jobs: &[Job]| {
+        task_jobs(jobs)
+            .iter()
+            .find(|j| label(j, "kamachiq.somastack.io/task") == "good")
+            .and_then(|j| j.uid())
+    };
+    let before = good_uid(&env.jobs(&client, &failed).await);
+    assert!(before.is_some());
+
+    // The CLI a user runs.
+    let out = std::process::Command::new(workspace_binary("somastack-operator"))
+        .args(["retry-failed", "retried", "-n", &env.ns.name, "--kubeconfig"])
+        .arg(kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed tasks will run again"));
+
+    let done = finished(&api, "retried", "True", "AllTasksSucceeded").await;
+    let jobs = env.jobs(&client, &done).await;
+    assert_eq!(
+        attempts(&jobs),
+        vec![
+            ("after".to_string(), "1".to_string()),
+            ("flaky".to_string(), "1".to_string()),
+            ("flaky".to_string(), "2".to_string()),
+            ("good".to_string(), "1".to_string()),
+        ]
+    );
+    assert_eq!(good_uid(&jobs), before, "the succeeded task was not run again");
+    assert!(somastack_tests::event_recorded(
+        &env.ns.name,
+        "RetryingFailedTasks"
+    ));
+    env.delete(&client).await;
+}
+
+/// Pods of the project's task Jobs that are not being deleted.
+async fn live_pods(client: &Client, ns: &str) -> usize {
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("kamachiq.somastack.io/role=task"))
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .count()
+        })
+        .unwrap_or(usize::MAX)
+}
+
+#[tokio::test]
+async fn suspending_stops_running_jobs_and_resuming_continues() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-suspend").await;
+    let doc = env.project(
+        "paused",
+        json!({ "goal": "g", "tasks": [
+            env.task("long", &[], "kwok:run=6s"), env.task("next", &["long"], ""),
+        ] }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    wait_for("the first task's pod to run", T, || async {
+        (live_pods(&client, &env.ns.name).await == 1).then_some(())
+    })
+    .await;
+    api.patch(
+        "paused",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "suspend": true } })),
+    )
+    .await
+    .unwrap();
+    let suspended = wait_condition(&api, "paused", "Succeeded", "Unknown", Some("Suspended"), T).await;
+    assert_eq!(suspended.data["status"]["phase"], "Suspended");
+    wait_for("the running pod to be stopped", T, || async {
+        (live_pods(&client, &env.ns.name).await == 0).then_some(())
+    })
+    .await;
+    let jobs = env.jobs(&client, &suspended).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].spec.as_ref().and_then(|s| s.suspend), Some(true));
+    // Nothing finishes or starts while suspended.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let still = api.get("paused").await.unwrap();
+    assert_eq!(still.data["status"]["phase"], "Suspended");
+    assert_eq!(env.jobs(&client, &still).await.len(), 1);
+
+    api.patch(
+        "paused",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "suspend": false } })),
+    )
+    .await
+    .unwrap();
+    let done = finished(&api, "paused", "True", "AllTasksSucceeded").await;
+    assert_eq!(
+        attempts(&env.jobs(&client, &done).await),
+        vec![
+            ("long".to_string(), "1".to_string()),
+            ("next".to_string(), "1".to_string())
+        ],
+        "the suspended attempt was resumed, not replaced"
+    );
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-kill").await;
+    let doc = env.project(
+        "halted",
+        json!({ "goal": "g", "tasks": [env.task("long", &[], "kwok:run=120s")] }),
+    );
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    wait_for("the task's pod to run", T, || async {
+        (live_pods(&client, &env.ns.name).await == 1).then_some(())
+    })
+    .await;
+    let name = format!("kill-{}", unique_suffix());
+    let policy = bundle(
+        &name,
+        &env.ns.name,
+        json!({ "killSwitch": { "engaged": true, "reason": "incident 42" } }),
+    );
+    put_policy(&client, &policy).await;
+    let halted = wait_condition(
+        &api,
+        "halted",
+        "Succeeded",
+        "Unknown",
+        Some("KillSwitchEngaged"),
+        T,
+    )
+    .await;
+    assert_eq!(halted.data["status"]["phase"], "Halted");
+    let msg = message(&halted, "Succeeded");
+    assert!(
+        msg.contains(&format!("PolicyBundle {name} (incident 42)")),
+        "{msg}"
+    );
+    wait_for("the running pod to be stopped", T, || async {
+        (live_pods(&client, &env.ns.name).await == 0).then_some(())
+    })
+    .await;
+    let jobs = env.jobs(&client, &halted).await;
+    assert_eq!(jobs[0].spec.as_ref().and_then(|s| s.suspend), Some(true));
+    assert!(somastack_tests::event_recorded(&env.ns.name, "KillSwitchEngaged"));
+    let _ = api_for(&client, &policy)
+        .await
+        .delete(&name, &DeleteParams::default())
+        .await;
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-crash").await;
+    let shard = format!("crash-{}", unique_suffix());
+    let selector = format!("somastack.io/project-shard={shard}");
+    let start = || {
+        spawn_operator(&[
+            "--no-webhook",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--drill-selector",
+            "somastack.io/drill-shard=none",
+            "--project-selector",
+            &selector,
+        ])
+    };
+    let mut operator = start();
+    let tasks: Vec<Value> = (1..=6)
+        .map(|i| env.task(&format!("t{i}"), &[], "kwok:run=3s"))
+        .collect();
+    let mut doc = env.project("crash", json!({ "goal": "g", "parallelism": 3, "tasks": tasks }));
+    doc["metadata"]["labels"] = json!({ "somastack.io/project-shard": shard });
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let obj = wait_for("the first Jobs", T, || async {
+        let obj = api.get("crash").await.ok()?;
+        (env.jobs(&client, &obj).await.len() >= 3).then_some(obj)
+    })
+    .await;
+    operator.start_kill().unwrap();
+    let _ = operator.wait().await;
+    let at_kill = attempts(&env.jobs(&client, &obj).await);
+
+    let mut operator = start();
+    let done = finished(&api, "crash", "True", "AllTasksSucceeded").await;
+    let all = attempts(&env.jobs(&client, &done).await);
+    let expected: Vec<(String, String)> = (1..=6).map(|i| (format!("t{i}"), "1".to_string())).collect();
+    assert_eq!(
+        all, expected,
+        "one Job per task across the restart (at the kill: {at_kill:?})"
+    );
+    let _ = operator.kill().await;
+    env.delete(&client).await;
+}
+
+#[tokio::test]
+async fn a_500_task_project_completes_with_a_small_status() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-large").await;
+    let port = free_port();
+    let mut planner = start_planner(port).await;
+    let doc = env.project(
+        "large",
+        json!({
+            "goal": "500 x summarize one part of the corpus",
+            "parallelism": 100,
+            "budget": { "maxTasks": 500 },
+            "planner": {
+                "url": format!("http://127.0.0.1:{port}/plan"),
+                "agent": { "package": env.package, "version": "1.0.0" },
+            },
+        }),
+    );
+    let started = Instant::now();
+    put(&client, &doc).await;
+    let api = api_for(&client, &doc).await;
+    let done = wait_condition(
+        &api,
+        "large",
+        "Succeeded",
+        "True",
+        Some("AllTasksSucceeded"),
+        Duration::from_secs(600),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(done.data["status"]["taskCounts"]["succeeded"], 500);
+    // What `kubectl get kamachiqproject large -o json` shows.
+    let out = kubectl(&[
+        "get",
+        "kamachiqproject",
+        "large",
+        "-n",
+        &env.ns.name,
+        "-o",
+        "json",
+    ]);
+    assert!(out.status.success());
+    let object: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status_bytes = serde_json::to_vec(&object["status"])
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    let object_bytes = out.stdout.len();
+    eprintln!(
+        "500-task project: completed in {:.1} s; status {status_bytes} bytes, whole object {object_bytes} bytes (kubectl get -o json)",
+        took.as_secs_f64()
+    );
+    assert!(status_bytes < 64 * 1024, "status is {status_bytes} bytes");
+    assert_eq!(object["status"]["tasks"].as_array().map(Vec::len), Some(50));
+    let jobs = env.jobs(&client, &done).await;
+    assert_eq!(task_jobs(&jobs).len(), 500);
+    let _ = planner.kill().await;
+    env.delete(&client).await;
+}
