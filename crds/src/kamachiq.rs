@@ -113,7 +113,7 @@ pub struct Planner {
     /// An Installation in this namespace running a planner capsule; its Service is called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capsule: Option<CapsuleRef>,
-    /// An HTTP endpoint implementing the planner contract (docs/kamachiq.md).
+    /// An HTTP endpoint implementing the planner contract (docs/planner.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "common::http_url")]
     pub url: Option<String>,

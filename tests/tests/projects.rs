@@ -533,6 +533,30 @@ async fn retrying_runs_only_the_failed_tasks() {
         &env.ns.name,
         "RetryingFailedTasks"
     ));
+
+    // The summary a user asks for.
+    let out = std::process::Command::new(workspace_binary("somastack-operator"))
+        .args(["projects", "-n", &env.ns.name, "-o", "json", "--kubeconfig"])
+        .arg(kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &summary["projects"][0];
+    assert_eq!(row["name"], "retried");
+    assert_eq!(row["phase"], "Succeeded");
+    assert_eq!(
+        (
+            row["tasks"].as_i64(),
+            row["succeeded"].as_i64(),
+            row["failed"].as_i64()
+        ),
+        (Some(3), Some(3), Some(0))
+    );
+    assert_eq!(row["attempts"], 4, "four task Jobs: good, flaky twice, after");
+    assert_eq!(row["successRate"], 1.0);
+    assert!(row["meanTaskSeconds"].as_f64().is_some_and(|s| s >= 1.0), "{row}");
+    assert_eq!(summary["totals"]["phases"]["Succeeded"], 1);
     env.delete(&client).await;
 }
 
