@@ -560,6 +560,44 @@ async fn retrying_runs_only_the_failed_tasks() {
     env.delete(&client).await;
 }
 
+#[tokio::test]
+async fn a_task_timeout_fails_the_attempt_and_the_duration_budget_stops_the_project() {
+    let client = client().await;
+    let env = Env::new(&client, "kp-budget").await;
+    let mut slow = env.task("slow", &[], "kwok:run=60s");
+    slow["timeoutSeconds"] = json!(2);
+    slow["retries"] = json!(0);
+    let timed = env.project("timed", json!({ "goal": "g", "tasks": [slow] }));
+    let budgeted = env.project(
+        "budgeted",
+        json!({ "goal": "g", "budget": { "maxDurationSeconds": 4 },
+                "tasks": [env.task("slow", &[], "kwok:run=60s")] }),
+    );
+    put(&client, &timed).await;
+    put(&client, &budgeted).await;
+    let api = api_for(&client, &timed).await;
+
+    // The Job's activeDeadlineSeconds ends the attempt; Kubernetes says why.
+    let failed = finished(&api, "timed", "False", "TasksFailed").await;
+    let msg = message(&failed, "Succeeded");
+    assert!(
+        msg.contains("slow (failed after 1 attempt; attempt 1 failed: DeadlineExceeded"),
+        "{msg}"
+    );
+
+    // The project's own budget: the running Job is stopped, the project fails.
+    let over = finished(&api, "budgeted", "False", "BudgetExceeded").await;
+    let msg = message(&over, "Succeeded");
+    assert!(
+        msg.starts_with("budget.maxDurationSeconds ran out; running tasks were stopped: slow"),
+        "{msg}"
+    );
+    let jobs = env.jobs(&client, &over).await;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].spec.as_ref().and_then(|s| s.suspend), Some(true));
+    env.delete(&client).await;
+}
+
 /// Pods of the project's task Jobs that are not being deleted.
 async fn live_pods(client: &Client, ns: &str) -> usize {
     Api::<Pod>::namespaced(client.clone(), ns)

@@ -354,20 +354,6 @@ pub fn job_view(job: &Job) -> Option<JobView> {
     })
 }
 
-/// Seconds from a Job's start to its end, when both are known.
-fn job_seconds(job: &Job) -> Option<f64> {
-    let s = job.status.as_ref()?;
-    let start = s.start_time.as_ref()?.0;
-    let end = s.completion_time.as_ref().map(|t| t.0).or_else(|| {
-        s.conditions
-            .as_ref()?
-            .iter()
-            .find(|c| c.type_ == "Failed" && c.status == "True")
-            .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0))
-    })?;
-    Some(end.duration_since(start).as_secs_f64().max(0.0))
-}
-
 /// What a plan ConfigMap made by a planner was made from: the inputs whose
 /// change calls for a new plan.
 fn planner_input(p: &KamachiqProject, max_tasks: i32) -> String {
@@ -823,7 +809,7 @@ impl<'a> Run<'a> {
             }
         }
         if !step.spawn.is_empty() {
-            self.spawn(&project, &tasks, &step.spawn, &views, &round, &effective)
+            self.spawn(&project, &tasks, &step.spawn, &round, &effective)
                 .await?;
             if self.status.start_time.is_none() {
                 self.status.start_time = Some(status::now());
@@ -1007,7 +993,7 @@ impl<'a> Run<'a> {
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let seconds = jobs.get(name.as_str()).and_then(|j| job_seconds(j));
+        let seconds = jobs.get(name.as_str()).and_then(|j| summary::finished_seconds(j));
         self.ctx
             .metrics
             .task_judged(&self.namespace, verdict.as_str(), seconds);
@@ -1045,7 +1031,6 @@ impl<'a> Run<'a> {
         project: &Project<'_>,
         tasks: &[Task],
         spawns: &[plan::Spawn],
-        views: &[JobView],
         round: &str,
         effective: &Effective,
     ) -> Result<()> {
@@ -1103,7 +1088,6 @@ impl<'a> Run<'a> {
                 Err(e) => return Err(e.into()),
             }
             self.ctx.expectations.expect(&self.uid, &name);
-            let _ = views;
         }
         Ok(())
     }

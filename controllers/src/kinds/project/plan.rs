@@ -427,7 +427,10 @@ pub fn step(input: &Input<'_>) -> Step {
                     states.push(state(
                         FAILED,
                         Some(&latest.name),
-                        format!("failed after {attempts} attempts; {why}"),
+                        format!(
+                            "failed after {attempts} attempt{}; {why}",
+                            if attempts == 1 { "" } else { "s" }
+                        ),
                     ));
                 }
             }
