@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
@@ -77,6 +77,20 @@ impl Context {
     /// that waited forever would hold one of the controller's slots.
     pub async fn caches_ready(&self) -> Result<(), Error> {
         self.caches.wait_ready(CACHE_WAIT).await
+    }
+
+    /// The PolicyBundles (from the cache) that govern `namespace`, by its labels.
+    pub fn governing_bundles(&self, namespace: &str) -> Vec<Arc<PolicyBundle>> {
+        let labels = self
+            .namespaces
+            .get(&ObjectRef::new(namespace))
+            .map(|ns| ns.labels().clone())
+            .unwrap_or_default();
+        self.bundles
+            .state()
+            .into_iter()
+            .filter(|b| crate::policy::governs(&b.spec, &labels))
+            .collect()
     }
 
     /// Waits (bounded) until the Jobs cache has had its first full list.

@@ -43,13 +43,13 @@ use somastack_crds::drill::{ActiveRun, DrDrillStatus, DrillPhase, DrillRun, Scen
 use somastack_crds::installation::{
     ACTIVE_REGION_ANNOTATION, DRILL_LOCK_ANNOTATION, UNAVAILABLE_REGIONS_ANNOTATION,
 };
-use somastack_crds::{DrDrill, Installation, PolicyBundle};
+use somastack_crds::{DrDrill, Installation};
 
 use crate::conditions::{self, Desired, Status};
 use crate::kinds::installation::{decide, find_capsule, render::REGION_LABEL};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
-use crate::{Error, INSTALLATION_LABEL, Result, policy};
+use crate::{Error, INSTALLATION_LABEL, Result};
 
 /// Held while a run may have changed something that must be restored.
 pub const FINALIZER: &str = "somastack.io/drill-restore";
@@ -285,7 +285,7 @@ impl Run<'_> {
             .installations
             .get_opt(&self.drill.spec.installation_ref.name)
             .await?;
-        let bundles = self.governing_bundles();
+        let bundles = self.ctx.governing_bundles(&self.namespace);
         let capsules = self.ctx.capsules.state();
         let result = plan::validate(&self.drill.spec, inst.as_ref(), |region| {
             let Some(inst) = inst.as_ref() else {
@@ -616,21 +616,6 @@ impl Run<'_> {
         let api: Api<DrDrill> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let body = serde_json::to_value(&self.status)?;
         status::apply_if_changed(&api, self.drill, self.drill.status.as_ref(), body).await
-    }
-
-    fn governing_bundles(&self) -> Vec<Arc<PolicyBundle>> {
-        let labels: BTreeMap<String, String> = self
-            .ctx
-            .namespaces
-            .get(&ObjectRef::new(&self.namespace))
-            .map(|ns| ns.labels().clone())
-            .unwrap_or_default();
-        self.ctx
-            .bundles
-            .state()
-            .into_iter()
-            .filter(|b| policy::governs(&b.spec, &labels))
-            .collect()
     }
 
     /// The drill holding the Installation's lock, when it is another one.

@@ -9,7 +9,6 @@
 pub mod render;
 pub mod revisions;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -409,17 +408,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     // Dereference.
     let capsules = ctx.capsules.state();
     let capsule = find_capsule(&capsules, &inst.spec.capsule).map(Arc::as_ref);
-    let ns_labels: BTreeMap<String, String> = ctx
-        .namespaces
-        .get(&ObjectRef::new(&namespace))
-        .map(|ns| ns.labels().clone())
-        .unwrap_or_default();
-    let bundles: Vec<Arc<PolicyBundle>> = ctx
-        .bundles
-        .state()
-        .into_iter()
-        .filter(|b| policy::governs(&b.spec, &ns_labels))
-        .collect();
+    let bundles = ctx.governing_bundles(&namespace);
     let region = active_region(&inst);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
 

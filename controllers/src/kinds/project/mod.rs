@@ -23,7 +23,7 @@ pub mod summary;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ use crate::kinds::capsule::{
 };
 use crate::kinds::installation::{Decision, decide_capsule, find_capsule};
 use crate::planner::PlanFailure;
-use crate::policy::{self, Bundle, Effective};
+use crate::policy::{Bundle, Effective};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
@@ -197,7 +197,7 @@ pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<Context>) -> Result<A
     let namespace = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let mut run = Run {
-        bundles: governing_bundles(&ctx, &namespace),
+        bundles: ctx.governing_bundles(&namespace),
         obj: obj.as_ref(),
         ctx: ctx.as_ref(),
         namespace,
@@ -207,19 +207,6 @@ pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<Context>) -> Result<A
     let report = run.step().await?;
     run.write_status(&report).await?;
     Ok(Action::requeue(report.requeue))
-}
-
-fn governing_bundles(ctx: &Context, namespace: &str) -> Vec<Arc<PolicyBundle>> {
-    let labels: BTreeMap<String, String> = ctx
-        .namespaces
-        .get(&ObjectRef::new(namespace))
-        .map(|ns| ns.labels().clone())
-        .unwrap_or_default();
-    ctx.bundles
-        .state()
-        .into_iter()
-        .filter(|b| policy::governs(&b.spec, &labels))
-        .collect()
 }
 
 /// Whether an enforced PolicyBundle requires every project's plan to be approved.
