@@ -126,11 +126,6 @@ pub fn review_changed<K: ResourceExt>(new: &K, old: Option<&K>) -> bool {
     }
 }
 
-/// Judges a Capsule create or update made by `user`; see [`review`].
-pub fn capsule(new: &Capsule, old: Option<&Capsule>, user: &str, may_review: Option<bool>) -> Verdict {
-    review(new, old, user, may_review)
-}
-
 /// Judges a create or update of a reviewed object (a Capsule, whose review
 /// decides whether it may be installed; a KamachiqProject, whose review
 /// approves its plan) made by `user`.
@@ -225,7 +220,7 @@ mod tests {
             (SUBMITTER_ANNOTATION, "someone-else"),
             (REVIEWER_ANNOTATION, "me"),
         ]);
-        let v = capsule(&new, None, "alice", None);
+        let v = review(&new, None, "alice", None);
         assert_eq!(v.denied, None);
         let a = patched(&new, &v);
         assert_eq!(a.get(SUBMITTER_ANNOTATION).map(String::as_str), Some("alice"));
@@ -235,7 +230,7 @@ mod tests {
     #[test]
     fn creating_an_approved_capsule_is_self_approval() {
         let new = capsule_with(&[(DECISION_ANNOTATION, "approve")]);
-        let v = capsule(&new, None, "alice", Some(true));
+        let v = review(&new, None, "alice", Some(true));
         assert!(
             v.denied
                 .unwrap()
@@ -248,7 +243,7 @@ mod tests {
         let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
         let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, "approve")]);
         assert!(review_changed(&new, Some(&old)));
-        let v = capsule(&new, Some(&old), "bob", Some(false));
+        let v = review(&new, Some(&old), "bob", Some(false));
         let msg = v.denied.unwrap();
         assert!(msg.contains("user bob may not review Capsules"), "{msg}");
         assert!(msg.contains("'approve' on capsules.somastack.io"), "{msg}");
@@ -262,7 +257,7 @@ mod tests {
             (DECISION_ANNOTATION, "approve"),
             (REVIEWER_ANNOTATION, "the-ceo"),
         ]);
-        let v = capsule(&new, Some(&old), "bob", Some(true));
+        let v = review(&new, Some(&old), "bob", Some(true));
         assert_eq!(v.denied, None);
         let a = patched(&new, &v);
         assert_eq!(a.get(REVIEWER_ANNOTATION).map(String::as_str), Some("bob"));
@@ -273,7 +268,7 @@ mod tests {
     fn the_submitter_cannot_review_even_with_the_verb() {
         let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
         let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, "approve")]);
-        let v = capsule(&new, Some(&old), "alice", Some(true));
+        let v = review(&new, Some(&old), "alice", Some(true));
         assert!(v.denied.unwrap().contains("may not review it"));
     }
 
@@ -292,14 +287,14 @@ mod tests {
             ("team", "agents"),
         ]);
         assert!(!review_changed(&new, Some(&old)));
-        let v = capsule(&new, Some(&old), "mallory", None);
+        let v = review(&new, Some(&old), "mallory", None);
         assert_eq!(v.denied, None);
         let a = patched(&new, &v);
         assert_eq!(a.get(SUBMITTER_ANNOTATION).map(String::as_str), Some("alice"));
         assert_eq!(a.get(REVIEWER_ANNOTATION).map(String::as_str), Some("bob"));
         assert_eq!(a.get("team").map(String::as_str), Some("agents"));
         // Nothing to correct: no patch.
-        let same = capsule(&old, Some(&old), "operator", None);
+        let same = review(&old, Some(&old), "operator", None);
         assert_eq!(same, Verdict::default());
     }
 
@@ -312,8 +307,8 @@ mod tests {
         ]);
         let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (REVIEWER_ANNOTATION, "bob")]);
         assert!(review_changed(&new, Some(&old)));
-        assert!(capsule(&new, Some(&old), "alice", Some(false)).denied.is_some());
-        let v = capsule(&new, Some(&old), "carol", Some(true));
+        assert!(review(&new, Some(&old), "alice", Some(false)).denied.is_some());
+        let v = review(&new, Some(&old), "carol", Some(true));
         assert_eq!(patched(&new, &v).get(REVIEWER_ANNOTATION), None);
     }
 }

@@ -5,7 +5,7 @@
 //! - `POST /mutate/capsules`: Capsule review decisions only by users allowed
 //!   the verb `approve` (a SubjectAccessReview), never by the submitter;
 //!   submitter and reviewer stamped from the authenticated user
-//!   ([`admission::capsule`]).
+//!   ([`admission::review`]).
 //! - `POST /mutate/kamachiqprojects`: the same for a project's plan approval
 //!   (verb `approve` on `kamachiqprojects`, in the project's namespace).
 //!

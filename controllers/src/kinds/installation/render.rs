@@ -169,18 +169,23 @@ pub fn unavailable_regions(inst: &Installation) -> Vec<String> {
     regions
 }
 
-/// The pod template for `region`, never on a node of `unavailable` regions.
-fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_hash: &str) -> Value {
-    let inst = input.installation;
-    let capsule = input.capsule;
-    let first_port = capsule.ports.first().map(|p| p.port);
-    let restricted = json!({
+/// A container securityContext that meets the restricted Pod Security
+/// Standard (workloads of Installations and project agents alike).
+pub fn restricted_container_security() -> Value {
+    json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
         "runAsNonRoot": true,
         "capabilities": { "drop": ["ALL"] },
         "seccompProfile": { "type": "RuntimeDefault" },
-    });
+    })
+}
+
+/// The pod template for `region`, never on a node of `unavailable` regions.
+fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_hash: &str) -> Value {
+    let inst = input.installation;
+    let capsule = input.capsule;
+    let first_port = capsule.ports.first().map(|p| p.port);
     let mut container = json!({
         "name": capsule.package,
         "image": capsule.image,
@@ -190,7 +195,7 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
         "env": capsule.env.iter().map(|e| json!({ "name": e.name, "value": e.value })).collect::<Vec<_>>(),
         "envFrom": [{ "configMapRef": { "name": config_map_name(inst) } }],
         "resources": resources(input),
-        "securityContext": restricted,
+        "securityContext": restricted_container_security(),
         "volumeMounts": [
             { "name": "config", "mountPath": "/etc/somastack/config", "readOnly": true },
             { "name": "tmp", "mountPath": "/tmp" },

@@ -13,7 +13,9 @@ use somastack_crds::kamachiq::{
 
 use super::plan::Role;
 use crate::MANAGED_BY;
-use crate::kinds::installation::render::{EGRESS_CAPABILITY, REGION_LABEL, container_resources, sha256_hex};
+use crate::kinds::installation::render::{
+    EGRESS_CAPABILITY, REGION_LABEL, container_resources, restricted_container_security, sha256_hex,
+};
 
 /// Label on agent pods whose capsule may reach the network.
 pub const EGRESS_LABEL: &str = "kamachiq.somastack.io/egress";
@@ -226,13 +228,7 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
             // The agent writes its result to /dev/termination-log; if it
             // crashes without writing one, the end of its log is used.
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true,
-                "runAsNonRoot": true,
-                "capabilities": { "drop": ["ALL"] },
-                "seccompProfile": { "type": "RuntimeDefault" },
-            },
+            "securityContext": restricted_container_security(),
             "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
         }],
         "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }],
