@@ -29,23 +29,11 @@ pub enum Command {
     /// Print the canonical bytes a publisher signs for a Capsule manifest (docs/signing.md).
     Payload(PayloadArgs),
     /// The disaster-drill summary: per Installation, pass rate, last run, median and worst RTO.
-    Drills(DrillsArgs),
+    Drills(SummaryArgs),
     /// The KAMACHIQ summary: projects by phase, task success rate, mean task duration.
-    Projects(ProjectsArgs),
+    Projects(SummaryArgs),
     /// Run a KamachiqProject's failed tasks again (its succeeded tasks are kept).
     RetryFailed(RetryFailedArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct ProjectsArgs {
-    /// Namespace to summarize (default: every namespace).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// Output: a table, or JSON.
-    #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
 }
 
 #[derive(Args, Debug)]
@@ -58,8 +46,9 @@ pub struct RetryFailedArgs {
     pub cluster: ClusterArgs,
 }
 
+/// Arguments of the summary commands (`drills`, `projects`).
 #[derive(Args, Debug)]
-pub struct DrillsArgs {
+pub struct SummaryArgs {
     /// Namespace to summarize (default: every namespace).
     #[arg(short, long)]
     pub namespace: Option<String>,

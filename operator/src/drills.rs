@@ -6,10 +6,10 @@ use kube::api::ListParams;
 use somastack_controllers::kinds::drill::plan::{SummaryRow, summary};
 use somastack_crds::DrDrill;
 
-use crate::cli::{DrillsArgs, Output};
+use crate::cli::{Output, SummaryArgs};
 use crate::error::{Error, Result};
 
-pub fn summary_command(args: DrillsArgs) -> Result<()> {
+pub fn summary_command(args: SummaryArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

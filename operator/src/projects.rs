@@ -11,7 +11,7 @@ use somastack_controllers::kinds::project::summary::{Summary, summary};
 use somastack_crds::KamachiqProject;
 use somastack_crds::kamachiq::{PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION};
 
-use crate::cli::{Output, ProjectsArgs, RetryFailedArgs};
+use crate::cli::{Output, RetryFailedArgs, SummaryArgs};
 use crate::error::{Error, Result};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -20,7 +20,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-pub fn summary_command(args: ProjectsArgs) -> Result<()> {
+pub fn summary_command(args: SummaryArgs) -> Result<()> {
     let summary = runtime()?.block_on(async {
         let client = crate::cluster::client(&args.cluster).await?;
         let (projects, jobs): (Api<KamachiqProject>, Api<Job>) = match &args.namespace {

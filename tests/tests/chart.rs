@@ -19,6 +19,15 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use somastack_tests::{client, kubeconfig_path, kubectl, parse_docs, repo_root, workspace_binary};
 
+/// Suffixes of the user-facing ClusterRoles the chart ships (`<release>-<suffix>`).
+const USER_ROLES: [&str; 5] = [
+    "capsule-reviewer",
+    "capsule-publisher",
+    "project-reviewer",
+    "view",
+    "edit",
+];
+
 /// The Helm release hack/lib.sh pins and hack/build-tools.sh builds.
 const HELM_VERSION: &str = "v4.3.1";
 const RELEASE: &str = "chart-test";
@@ -571,13 +580,7 @@ async fn check_installed(client: &Client) -> Vec<String> {
     .into_iter()
     .flatten()
     .collect();
-    for suffix in [
-        "capsule-reviewer",
-        "capsule-publisher",
-        "project-reviewer",
-        "view",
-        "edit",
-    ] {
+    for suffix in USER_ROLES {
         problems.extend(
             missing(
                 Api::<ClusterRole>::all(client.clone()),
@@ -697,13 +700,7 @@ async fn installs_into_the_cluster_and_uninstalls_cleanly() {
     .into_iter()
     .flatten()
     .collect();
-    for suffix in [
-        "capsule-reviewer",
-        "capsule-publisher",
-        "project-reviewer",
-        "view",
-        "edit",
-    ] {
+    for suffix in USER_ROLES {
         leftovers.extend(
             leftover(
                 Api::<ClusterRole>::all(client.clone()),
