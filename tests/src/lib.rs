@@ -302,3 +302,18 @@ pub fn spawn_operator(args: &[&str]) -> tokio::process::Child {
         .spawn()
         .expect("the operator starts (cargo build --bins first)")
 }
+
+/// Starts an extra operator without webhooks that acts only on the DrDrills
+/// and KamachiqProjects the two label selectors select (the suite's operator
+/// skips those labelled with a shard), for tests that kill and restart one.
+pub fn spawn_shard_operator(drill_selector: &str, project_selector: &str) -> tokio::process::Child {
+    spawn_operator(&[
+        "--no-webhook",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--drill-selector",
+        drill_selector,
+        "--project-selector",
+        project_selector,
+    ])
+}

@@ -12,7 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{bundle, capsule, installation, put, put_policy, wait_condition};
 use somastack_tests::{
-    TestNamespace, api_for, client, kubeconfig_path, spawn_operator, unique_suffix, wait_for,
+    TestNamespace, api_for, client, kubeconfig_path, spawn_shard_operator, unique_suffix, wait_for,
     workspace_binary,
 };
 
@@ -491,17 +491,7 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
     let t = Target::new(&client, "crash", "eu-west-1", "eu-central-1", "/slow-ready").await;
     let shard = format!("crash-{}", unique_suffix());
     let selector = format!("somastack.io/drill-shard={shard}");
-    let start = || {
-        spawn_operator(&[
-            "--no-webhook",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--drill-selector",
-            &selector,
-            "--project-selector",
-            "somastack.io/project-shard=none",
-        ])
-    };
+    let start = || spawn_shard_operator(&selector, "somastack.io/project-shard=none");
     let mut operator = start();
     let mut doc = t.drill(
         "crash",

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use somastack_tests::fixtures::{bundle, capsule, condition, message, put, put_policy, wait_condition};
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
-    TestNamespace, api_for, client, free_port, http_get, kubeconfig_path, kubectl, spawn_operator,
+    TestNamespace, api_for, client, free_port, http_get, kubeconfig_path, kubectl, spawn_shard_operator,
     unique_suffix, wait_for, workspace_binary,
 };
 
@@ -725,17 +725,7 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
     let env = Env::new(&client, "kp-crash").await;
     let shard = format!("crash-{}", unique_suffix());
     let selector = format!("somastack.io/project-shard={shard}");
-    let start = || {
-        spawn_operator(&[
-            "--no-webhook",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--drill-selector",
-            "somastack.io/drill-shard=none",
-            "--project-selector",
-            &selector,
-        ])
-    };
+    let start = || spawn_shard_operator("somastack.io/drill-shard=none", &selector);
     let mut operator = start();
     let tasks: Vec<Value> = (1..=6)
         .map(|i| env.task(&format!("t{i}"), &[], "kwok:run=3s"))
