@@ -122,8 +122,10 @@ pub struct EnvVar {
     pub value: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.cpu) || !has(self.limits.cpu) || !isQuantity(string(self.requests.cpu)) || !isQuantity(string(self.limits.cpu)) || quantity(string(self.requests.cpu)).compareTo(quantity(string(self.limits.cpu))) <= 0").message("requests.cpu must not be greater than limits.cpu"))]
+#[x_kube(validation = Rule::new("!has(self.requests) || !has(self.limits) || !has(self.requests.memory) || !has(self.limits.memory) || !isQuantity(string(self.requests.memory)) || !isQuantity(string(self.limits.memory)) || quantity(string(self.requests.memory)).compareTo(quantity(string(self.limits.memory))) <= 0").message("requests.memory must not be greater than limits.memory"))]
 pub struct ResourceRequirements {
     /// What the scheduler reserves for one replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,11 +140,11 @@ pub struct ResourceRequirements {
 pub struct ResourceAmounts {
     /// CPU, e.g. `250m` or `2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "common::quantity")]
+    #[schemars(schema_with = "common::cpu_quantity")]
     pub cpu: Option<Quantity>,
     /// Memory, e.g. `256Mi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "common::quantity")]
+    #[schemars(schema_with = "common::memory_quantity")]
     pub memory: Option<Quantity>,
 }
 

@@ -158,16 +158,44 @@ pub fn http_path(_: &mut SchemaGenerator) -> Schema {
     )
 }
 
-/// A Kubernetes resource quantity (`500m`, `2`, `1Gi`), as an integer or a string.
-pub fn quantity(_: &mut SchemaGenerator) -> Schema {
+/// Largest CPU quantity the API accepts anywhere (cores): far above any
+/// node, low enough that no quantity overflows on its way to a Pod.
+pub const MAX_CPU: &str = "4096";
+/// Largest memory quantity the API accepts anywhere.
+pub const MAX_MEMORY: &str = "64Ti";
+
+/// A Kubernetes resource quantity (`500m`, `2`, `1Gi`), as an integer or a
+/// string, between 0 and `max`: negative amounts and absurd ones such as
+/// `1e400` are refused here rather than by the API server when a Pod is made.
+fn bounded_quantity(max: &str, example: &str) -> Schema {
     json_schema!({
         "x-kubernetes-int-or-string": true,
         "anyOf": [{ "type": "integer" }, { "type": "string", "maxLength": 32 }],
-        "x-kubernetes-validations": [rule(
-            "isQuantity(string(self))",
-            "must be a Kubernetes quantity such as 500m, 2, 256Mi or 1Gi",
-        )],
+        "x-kubernetes-validations": [
+            rule(
+                "isQuantity(string(self))",
+                &format!("must be a Kubernetes quantity such as {example}"),
+            ),
+            rule(
+                "!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('0')) >= 0",
+                "must not be negative",
+            ),
+            rule(
+                &format!("!isQuantity(string(self)) || quantity(string(self)).compareTo(quantity('{max}')) <= 0"),
+                &format!("must be at most {max}"),
+            ),
+        ],
     })
+}
+
+/// A CPU quantity (`250m`, `2`), 0 to [`MAX_CPU`].
+pub fn cpu_quantity(_: &mut SchemaGenerator) -> Schema {
+    bounded_quantity(MAX_CPU, "500m or 2")
+}
+
+/// A memory quantity (`256Mi`, `1Gi`), 0 to [`MAX_MEMORY`].
+pub fn memory_quantity(_: &mut SchemaGenerator) -> Schema {
+    bounded_quantity(MAX_MEMORY, "256Mi or 1Gi")
 }
 
 /// A five-field cron expression, or one of the `@hourly`-style macros.

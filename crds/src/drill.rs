@@ -7,6 +7,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::common;
 
+/// The RBAC verb on `drdrills.somastack.io` a user needs to create or change
+/// a drill beyond the tenant bounds below: `scope: Region` (which taints
+/// every node of a region, evicting every tenant's pods there), a timeout
+/// above [`TENANT_MAX_TIMEOUT_SECONDS`], or a schedule that runs more often
+/// than every [`TENANT_MIN_SCHEDULE_INTERVAL_SECONDS`]. The built-in `edit`
+/// and `admin` roles do not have it.
+pub const DISRUPT_VERB: &str = "disrupt";
+/// Longest drill timeout (seconds an outage may last) a tenant may set.
+pub const TENANT_MAX_TIMEOUT_SECONDS: i32 = 1800;
+/// Shortest time between two scheduled runs a tenant may set.
+pub const TENANT_MIN_SCHEDULE_INTERVAL_SECONDS: i64 = 3600;
+/// Annotation the admission webhook stamps on a drill: the user (and groups)
+/// who last created or changed its spec, as JSON `{"user":..,"groups":[..]}`.
+/// The operator acts on the drill only within that user's authority.
+pub const REQUESTER_ANNOTATION: &str = "drills.somastack.io/requested-by";
+
 /// Inject an outage into an Installation, fail over, measure the recovery
 /// time (RTO), restore, and record a timeline and a verdict; once or on a
 /// cron schedule.

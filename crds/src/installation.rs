@@ -38,6 +38,7 @@ use crate::common::{self, CapsuleRef};
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
+#[kube(validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("an Installation's name must be a lowercase DNS label of at most 63 characters (letters, digits and '-', starting with a letter, no dots): it names the Service and labels the pods of the workload"))]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.failoverRegions) || !(self.region in self.failoverRegions)").message("failoverRegions must not contain the home region (spec.region)").field_path(".failoverRegions"))]
 #[x_kube(validation = Rule::new("!has(self.autoscaling) || !has(self.replicas) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)").message("replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas, or be left out when autoscaling is set").field_path(".replicas"))]
@@ -58,10 +59,11 @@ pub struct InstallationSpec {
     /// Horizontal autoscaling on CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
-    /// Configuration, mounted as a ConfigMap and exposed as environment.
+    /// Configuration, mounted as a ConfigMap and exposed as environment: at
+    /// most 64 entries, each value at most 64 KiB, all of it at most 512 KiB
+    /// (checked at admission).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && size(k) <= 253)").message("config keys may contain only letters, digits, '-', '_' and '.' (at most 253 characters)"))]
-    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(schema_with = "config_schema")]
     pub config: BTreeMap<String, String>,
     /// Stop reconciling the workload (nothing is deleted).
     #[serde(default)]
@@ -73,6 +75,24 @@ pub struct InstallationSpec {
     /// How upgrades are watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradePolicy>,
+}
+
+/// Most bytes of one `spec.config` value.
+pub const MAX_CONFIG_VALUE_BYTES: usize = 64 * 1024;
+/// Most bytes of all `spec.config` keys and values together: the ConfigMap
+/// made from them must stay well under the API server's 1 MiB.
+pub const MAX_CONFIG_BYTES: usize = 512 * 1024;
+
+fn config_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": { "type": "string", "maxLength": MAX_CONFIG_VALUE_BYTES },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && k != '.' && !k.startsWith('..'))",
+            "message": "config keys may contain only letters, digits, '-', '_' and '.', at most 253 characters, and may not be '.' or start with '..' (ConfigMap key rules)",
+        }],
+    })
 }
 
 fn default_revision_history_limit() -> i32 {

@@ -13,6 +13,17 @@ pub const MAX_INLINE_TASKS: usize = 128;
 pub const MAX_LISTED_TASKS: usize = 50;
 /// Most tasks a plan may have when `budget.maxTasks` is not set.
 pub const DEFAULT_MAX_TASKS: i32 = 100;
+/// Most retries of one task (`tasks[].retries`), planned tasks included.
+pub const MAX_TASK_RETRIES: i32 = 10;
+/// Longest timeout of one task attempt in seconds (`tasks[].timeoutSeconds`).
+pub const MAX_TASK_TIMEOUT_SECONDS: i32 = 86400;
+/// Most dependencies of one task.
+pub const MAX_TASK_DEPENDENCIES: usize = 16;
+/// Most bytes of one task's input.
+pub const MAX_TASK_INPUT_BYTES: usize = 16384;
+/// Most bytes of a plan as stored (`plan.json` in the plan ConfigMap): a
+/// ConfigMap holds at most 1 MiB, and the plan shares it with nothing else.
+pub const MAX_PLAN_BYTES: usize = 900 * 1024;
 
 /// Label on every Job of a project: the project's uid (names may exceed a label value).
 pub const PROJECT_UID_LABEL: &str = "kamachiq.somastack.io/project-uid";
@@ -146,11 +157,11 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 16384))]
     pub input: String,
-    /// Seconds one attempt may run (default 600).
+    /// Seconds one attempt may run (default 600, at most 86400).
     #[serde(default = "default_task_timeout")]
     #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: i32,
-    /// Attempts after the first failure (default 1).
+    /// Attempts after the first failure (default 1, at most 10).
     #[serde(default = "default_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: i32,

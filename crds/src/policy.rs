@@ -144,11 +144,11 @@ pub struct Limits {
     pub max_replicas: Option<i32>,
     /// Most CPU one replica may be given (its limit, or request when no limit is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "common::quantity")]
+    #[schemars(schema_with = "common::cpu_quantity")]
     pub max_cpu: Option<Quantity>,
     /// Most memory one replica may be given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "common::quantity")]
+    #[schemars(schema_with = "common::memory_quantity")]
     pub max_memory: Option<Quantity>,
 }
 
@@ -167,6 +167,33 @@ pub struct ProjectRules {
     /// Every project's plan must be approved by a reviewer before any task runs.
     #[serde(default)]
     pub require_approval: bool,
+    /// Planner endpoints projects may call (`spec.planner.url`), as URL
+    /// prefixes: scheme, host and port must be equal and the path must start
+    /// with the entry's path. A planner URL is called only when every
+    /// governing bundle that lists planners allows it, and none when no
+    /// governing bundle does: the operator calls no address a tenant names
+    /// on its own. Installed planner capsules (`spec.planner.capsule`) need
+    /// no entry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "planner_url_set")]
+    pub allowed_planner_urls: Vec<String>,
+}
+
+fn planner_url_set(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut item = common::http_url(generator);
+    item.insert(
+        "x-kubernetes-validations".into(),
+        serde_json::json!([{
+            "rule": "isURL(self) && (url(self).getScheme() == 'http' || url(self).getScheme() == 'https') && !self.contains('@') && !self.contains('?') && !self.contains('#')",
+            "message": "must be an http:// or https:// URL prefix without credentials, query or fragment, such as https://planner.platform.svc:8080/",
+        }]),
+    );
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "items": item,
+        "x-kubernetes-list-type": "set",
+    })
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
