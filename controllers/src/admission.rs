@@ -12,10 +12,12 @@ use std::sync::Arc;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use kube::ResourceExt;
-use somastack_crds::{Capsule, Installation, PolicyBundle};
+use somastack_crds::drill::{DISRUPT_VERB, REQUESTER_ANNOTATION};
+use somastack_crds::installation::MAX_CONFIG_BYTES;
+use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
 use crate::kinds::capsule::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
-use crate::kinds::installation::{Decision, active_region, decide, find_capsule};
+use crate::kinds::installation::{Decision, active_region, decide, resolve_capsule};
 
 /// Annotation naming the user who created a Capsule, stamped at admission.
 pub const SUBMITTER_ANNOTATION: &str = "review.somastack.io/submitted-by";
@@ -68,9 +70,22 @@ pub fn installation(
     if !installation_needs_check(new, old) {
         return Verdict::default();
     }
-    let capsule = find_capsule(capsules, &new.spec.capsule).map(Arc::as_ref);
+    let config_bytes: usize = new.spec.config.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if config_bytes > MAX_CONFIG_BYTES {
+        return Verdict::deny(format!(
+            "Installation {}: spec.config holds {} KiB; at most {} KiB fit the ConfigMap it becomes",
+            new.name_any(),
+            config_bytes.div_ceil(1024),
+            MAX_CONFIG_BYTES / 1024
+        ));
+    }
     let region = active_region(new);
-    match decide(new, capsule, bundles, &region) {
+    match decide(
+        new,
+        &resolve_capsule(capsules, &new.spec.capsule),
+        bundles,
+        &region,
+    ) {
         Decision::CapsuleNotFound => Verdict {
             warnings: vec![format!(
                 "Capsule {} version {} is not published yet; the Installation waits for it",
@@ -104,6 +119,169 @@ pub fn installation(
                 ..Verdict::default()
             }
         }
+    }
+}
+
+/// A second Capsule of a package version that is already published: its
+/// refusal. A version is published once (by one publisher), so a Capsule
+/// can never shadow another's image ([`crate::kinds::installation::resolve_capsule`]).
+/// `existing` is every Capsule; only a create or a change of package or
+/// version is judged.
+pub fn capsule_duplicate(new: &Capsule, old: Option<&Capsule>, existing: &[Arc<Capsule>]) -> Option<String> {
+    if old.is_some_and(|o| o.spec.package == new.spec.package && o.spec.version == new.spec.version) {
+        return None;
+    }
+    let other = existing.iter().find(|c| {
+        c.spec.package == new.spec.package
+            && c.spec.version == new.spec.version
+            && c.name_any() != new.name_any()
+    })?;
+    Some(format!(
+        "{} {} is already published as Capsule {} by publisher {}; a package version is published once: publish a new version instead",
+        new.spec.package,
+        new.spec.version,
+        other.name_any(),
+        other.spec.publisher
+    ))
+}
+
+/// Why a DrDrill create or update needs the verb `disrupt` from the user
+/// making it (empty: it does not): its spec is new or changed and goes
+/// beyond the tenant bounds ([`crate::kinds::drill::plan::beyond_tenant_bounds`]).
+pub fn drill_needs_authority(new: &DrDrill, old: Option<&DrDrill>, now: jiff::Timestamp) -> Vec<String> {
+    if old.is_some_and(|o| o.spec == new.spec) {
+        return Vec::new();
+    }
+    crate::kinds::drill::plan::beyond_tenant_bounds(&new.spec, now)
+}
+
+/// Judges a DrDrill create or update by `requester`: beyond the tenant
+/// bounds, `may_disrupt` (the SubjectAccessReview's answer for the verb
+/// `disrupt`) must be `Some(true)`.
+pub fn drill(
+    new: &DrDrill,
+    old: Option<&DrDrill>,
+    requester: &crate::access::Requester,
+    may_disrupt: Option<bool>,
+    now: jiff::Timestamp,
+) -> Verdict {
+    let reasons = drill_needs_authority(new, old, now);
+    if reasons.is_empty() || may_disrupt == Some(true) {
+        return Verdict::default();
+    }
+    Verdict::deny(format!(
+        "user {} may not run DrDrill {} as written: {} need the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {} (a platform admin grants it; within the tenant bounds, scope Installation, timeoutSeconds up to {}, at most hourly, no extra right is needed)",
+        requester.user,
+        new.name_any(),
+        reasons.join("; "),
+        new.namespace().unwrap_or_default(),
+        somastack_crds::drill::TENANT_MAX_TIMEOUT_SECONDS,
+    ))
+}
+
+/// Stamps who asked for a drill: the requester whenever the spec is created
+/// or changed, the earlier one otherwise, so the client cannot set it. The
+/// controller acts within that user's authority.
+pub fn drill_requester(
+    new: &DrDrill,
+    old: Option<&DrDrill>,
+    requester: &crate::access::Requester,
+) -> Verdict {
+    let spec_changed = old.is_none_or(|o| o.spec != new.spec);
+    let stamp = if spec_changed {
+        Some(requester.annotation())
+    } else {
+        old.and_then(|o| o.annotations().get(REQUESTER_ANNOTATION).cloned())
+    };
+    annotations_patch(new, &[(REQUESTER_ANNOTATION, stamp)])
+}
+
+/// Judges a PolicyBundle create or update: refuses keys the operator cannot
+/// verify with, selectors that select nothing as written, and ceilings that
+/// are not sane quantities ([`crate::bundle_checks`]).
+pub fn bundle(new: &PolicyBundle, old: Option<&PolicyBundle>) -> Verdict {
+    if old.is_some_and(|o| o.spec == new.spec) {
+        return Verdict::default();
+    }
+    let problems = crate::bundle_checks::check(&new.spec);
+    if problems.is_empty() {
+        return Verdict::default();
+    }
+    Verdict::deny(format!(
+        "PolicyBundle {} cannot be used: {}",
+        new.name_any(),
+        problems.all().join("; ")
+    ))
+}
+
+/// Judges a KamachiqProject create or update against the PolicyBundles
+/// governing its namespace (`bundles`): a planner URL must be one they
+/// allow (the operator calls no address a tenant picks on its own), and an
+/// inline plan must fit the ConfigMap it is stored in.
+pub fn project(
+    new: &KamachiqProject,
+    old: Option<&KamachiqProject>,
+    bundles: &[Arc<PolicyBundle>],
+) -> Verdict {
+    if old.is_some_and(|o| o.spec == new.spec) {
+        return Verdict::default();
+    }
+    let bytes = crate::kinds::project::plan::plan_bytes(&new.spec.tasks);
+    if !new.spec.tasks.is_empty() && bytes > crate::kinds::project::plan::MAX_PLAN_BYTES {
+        return Verdict::deny(format!(
+            "KamachiqProject {}: spec.tasks is {} KiB as stored; at most {} KiB fit the plan ConfigMap: split the project or shorten the inputs",
+            new.name_any(),
+            bytes.div_ceil(1024),
+            crate::kinds::project::plan::MAX_PLAN_BYTES / 1024
+        ));
+    }
+    // A planner naming both a URL and a capsule is the schema's to refuse.
+    let Some(url) = new
+        .spec
+        .planner
+        .as_ref()
+        .filter(|p| p.capsule.is_none())
+        .and_then(|p| p.url.as_deref())
+    else {
+        return Verdict::default();
+    };
+    if !new.spec.tasks.is_empty() {
+        // Listed tasks are the plan: the planner is never called.
+        return Verdict::default();
+    }
+    let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
+    match crate::policy::planner_url_allowed(&crate::policy::views(bundles, &names), url) {
+        Ok(warnings) => Verdict {
+            warnings,
+            ..Verdict::default()
+        },
+        Err(why) => Verdict::deny(format!("KamachiqProject {}: {why}", new.name_any())),
+    }
+}
+
+/// A patch setting (or, for `None`, removing) the given annotations,
+/// leaving the others as the client sent them; no patch when nothing
+/// changes.
+fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) -> Verdict {
+    let mut desired: BTreeMap<String, String> = obj.annotations().clone();
+    for (key, value) in set {
+        match value {
+            Some(v) => desired.insert(key.to_string(), v.clone()),
+            None => desired.remove(*key),
+        };
+    }
+    if &desired == obj.annotations() {
+        return Verdict::default();
+    }
+    // One operation replacing the whole map: `add` on an existing member
+    // replaces it, and it needs no escaping of the `/` in annotation keys.
+    let op = PatchOperation::Add(AddOperation {
+        path: PointerBuf::from_tokens(["metadata", "annotations"]),
+        value: serde_json::to_value(&desired).unwrap_or_default(),
+    });
+    Verdict {
+        patch: Some(Patch(vec![op])),
+        ..Verdict::default()
     }
 }
 
@@ -167,26 +345,10 @@ where
         old_annotations.and_then(|a| a.get(REVIEWER_ANNOTATION).cloned())
     };
 
-    let mut desired: BTreeMap<String, String> = new.annotations().clone();
-    for (key, value) in [(SUBMITTER_ANNOTATION, submitter), (REVIEWER_ANNOTATION, reviewer)] {
-        match value {
-            Some(v) => desired.insert(key.to_string(), v),
-            None => desired.remove(key),
-        };
-    }
-    if &desired == new.annotations() {
-        return Verdict::default();
-    }
-    // One operation replacing the whole map: `add` on an existing member
-    // replaces it, and it needs no escaping of the `/` in annotation keys.
-    let op = PatchOperation::Add(AddOperation {
-        path: PointerBuf::from_tokens(["metadata", "annotations"]),
-        value: serde_json::to_value(&desired).unwrap_or_default(),
-    });
-    Verdict {
-        patch: Some(Patch(vec![op])),
-        ..Verdict::default()
-    }
+    annotations_patch(
+        new,
+        &[(SUBMITTER_ANNOTATION, submitter), (REVIEWER_ANNOTATION, reviewer)],
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Result<Owner
 
 /// Server-side applies `manifest` (a complete object with apiVersion, kind,
 /// metadata.name) in `namespace`, forcing ownership of the fields it sets.
+/// A refusal for good is [`Error::ChildRefused`], naming the object.
 pub async fn apply<K>(client: &kube::Client, namespace: &str, manifest: &Value) -> Result<K>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -31,13 +32,13 @@ where
         .as_str()
         .ok_or(Error::MissingField("metadata.name"))?;
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    Ok(api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(manifest),
-        )
-        .await?)
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(manifest),
+    )
+    .await
+    .map_err(|e| Error::refusing(e, &K::kind(&()), name))
 }
 
 /// Deletes `name` if it exists and is controlled by the owner with `owner_uid`;

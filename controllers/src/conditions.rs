@@ -54,6 +54,7 @@ impl Desired {
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
 /// Merges `desired` into `current` and returns the new list, sorted by type.
+/// Messages are sanitized and bounded ([`crate::text::bounded`]).
 ///
 /// A condition whose status is unchanged keeps its `lastTransitionTime`; a
 /// new or flipped one gets `now`. Conditions of other types are kept as they are.
@@ -78,7 +79,9 @@ pub fn merge(
             type_: d.type_.to_string(),
             status: d.status.as_str().to_string(),
             reason: d.reason.to_string(),
-            message: truncate(&d.message, MAX_MESSAGE_LEN),
+            // Messages quote what users, planners and agents wrote: never
+            // let a control character or an override reach kubectl.
+            message: crate::text::bounded(&d.message, MAX_MESSAGE_LEN),
             observed_generation: generation,
             last_transition_time,
         });

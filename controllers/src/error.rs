@@ -25,6 +25,31 @@ pub enum Error {
     /// A finalizer operation failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The API server refused an object the operator made for a user's
+    /// object (invalid, too large, forbidden by quota or another admission
+    /// controller): retrying the same write cannot help, so it is reported
+    /// in the owner's status and as an Event.
+    #[error("the API server refused {kind} {name}: {message}")]
+    ChildRefused {
+        kind: String,
+        name: String,
+        message: String,
+    },
+}
+
+impl Error {
+    /// `err` as [`Error::ChildRefused`] when it is the API server refusing
+    /// `kind` `name` for good (400, 403, 413, 422), else as it is.
+    pub fn refusing(err: kube::Error, kind: &str, name: &str) -> Error {
+        match err {
+            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 413 | 422) => Error::ChildRefused {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                message: s.message,
+            },
+            other => Error::Kube(other),
+        }
+    }
 }
 
 impl Error {
@@ -39,6 +64,7 @@ impl Error {
             Error::DeletionBlocked(_) => "deletion_blocked",
             Error::Finalizer(_) => "finalizer",
             Error::RevisionNotFound(_) => "revision_not_found",
+            Error::ChildRefused { .. } => "child_refused",
         }
     }
 }

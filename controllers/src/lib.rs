@@ -8,8 +8,10 @@
 //! `render`/`decide` functions carry most unit tests; [`status`] and [`apply`]
 //! write to the API.
 
+pub mod access;
 pub mod admission;
 pub mod apply;
+pub mod bundle_checks;
 pub mod caches;
 pub mod conditions;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod signing;
 pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod text;
 
 use std::sync::Arc;
 

@@ -62,6 +62,19 @@ enum Attempt {
     Invalid(String),
 }
 
+impl Attempt {
+    /// The same, with any part of `url` (credentials, query) redacted from
+    /// the message: an HTTP client's error may quote them.
+    fn redacted(self, url: &str) -> Self {
+        let r = |s: String| crate::text::redact_in(&s, url);
+        match self {
+            Attempt::Unavailable(s) => Attempt::Unavailable(r(s)),
+            Attempt::Refused(s) => Attempt::Refused(r(s)),
+            Attempt::Invalid(s) => Attempt::Invalid(r(s)),
+        }
+    }
+}
+
 /// `err` and its sources, `: `-separated (reqwest's own message hides the
 /// cause, e.g. "connection refused"), repeated messages said once.
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -92,24 +105,23 @@ async fn read_capped(response: &mut reqwest::Response, cap: usize) -> reqwest::R
     Ok(Some(body))
 }
 
-/// What a non-200 answer says: its PlanError's `error`, a short plain-text
-/// body, or the status line.
+/// Most characters of a planner's own words (its `error`, or what a bad
+/// answer held) shown in status: a short reason, never the answer itself.
+pub const MAX_REASON_CHARS: usize = 200;
+
+/// What a non-200 answer says: its PlanError's `error`, sanitized and cut to
+/// [`MAX_REASON_CHARS`], or else only the status line. Any other body is not
+/// repeated: a planner URL could lead to a service that was never meant to
+/// answer a tenant, and its answer must not reach the tenant's status.
 fn refusal_text(status: StatusCode, body: Option<&[u8]>) -> String {
     let status_line = status.to_string();
     let Some(body) = body else { return status_line };
-    if let Ok(PlanError { error }) = serde_json::from_slice::<PlanError>(body) {
-        let error = error.trim();
-        return if error.is_empty() {
-            status_line
-        } else {
-            format!("{status_line}: {error}")
-        };
-    }
-    match std::str::from_utf8(body).map(str::trim) {
-        Ok(text)
-            if !text.is_empty() && text.len() <= 300 && !text.starts_with('<') && !text.contains('\n') =>
-        {
-            format!("{status_line}: {text}")
+    match serde_json::from_slice::<PlanError>(body) {
+        Ok(PlanError { error }) if !error.trim().is_empty() => {
+            format!(
+                "{status_line}: {}",
+                crate::text::bounded(error.trim(), MAX_REASON_CHARS)
+            )
         }
         _ => status_line,
     }
@@ -196,10 +208,12 @@ impl PlannerClient {
         request: &PlanRequest,
         timeout: Duration,
     ) -> Result<Vec<Task>, PlanFailure> {
+        // Only the redacted URL is ever shown: it may carry credentials.
+        let shown = crate::text::redact_url(url);
         let http = self
             .http
             .as_ref()
-            .map_err(|e| PlanFailure::Unavailable(format!("planner {url} cannot be called: {e}")))?;
+            .map_err(|e| PlanFailure::Unavailable(format!("planner {shown} cannot be called: {e}")))?;
         let made = AtomicUsize::new(0);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(FIRST_RETRY_DELAY)
@@ -214,7 +228,7 @@ impl PlannerClient {
         .notify(|e, delay| tracing::debug!(url, error = ?e, ?delay, "planner call failed; retrying"))
         .await;
         let made = made.load(Ordering::Relaxed);
-        result.map_err(|e| match e {
+        result.map_err(|e| match e.redacted(url) {
             Attempt::Unavailable(why) => {
                 let attempts = if made == 1 { "1 attempt".to_string() } else { format!("{made} attempts") };
                 let hint = if self.roots == 0 && url.starts_with("https://") {
@@ -222,10 +236,10 @@ impl PlannerClient {
                 } else {
                     ""
                 };
-                PlanFailure::Unavailable(format!("planner {url} is unavailable after {attempts}: {why}{hint}"))
+                PlanFailure::Unavailable(format!("planner {shown} is unavailable after {attempts}: {why}{hint}"))
             }
-            Attempt::Refused(why) => PlanFailure::Refused(format!("planner {url} refused the goal: {why}")),
-            Attempt::Invalid(why) => PlanFailure::Invalid(format!("planner {url} {why}")),
+            Attempt::Refused(why) => PlanFailure::Refused(format!("planner {shown} refused the goal: {why}")),
+            Attempt::Invalid(why) => PlanFailure::Invalid(format!("planner {shown} {why}")),
         })
     }
 
@@ -262,12 +276,17 @@ impl PlannerClient {
                     MAX_ANSWER_BYTES / (1024 * 1024)
                 ))
             })?;
-            let answer: PlanResponse = serde_json::from_slice(&body)
-                .map_err(|e| Attempt::Invalid(format!("answered 200, but the answer is not a plan: {e}")))?;
+            // serde's messages may quote the answer: cut them short.
+            let answer: PlanResponse = serde_json::from_slice(&body).map_err(|e| {
+                Attempt::Invalid(format!(
+                    "answered 200, but the answer is not a plan: {}",
+                    crate::text::bounded(&e.to_string(), MAX_REASON_CHARS)
+                ))
+            })?;
             if answer.api_version != PLANNER_API_VERSION {
                 return Err(Attempt::Invalid(format!(
                     "answered 200, but the answer has apiVersion {:?}; the operator speaks {PLANNER_API_VERSION}",
-                    answer.api_version
+                    crate::text::bounded(&answer.api_version, 64)
                 )));
             }
             return Ok(answer.tasks);
@@ -676,9 +695,15 @@ mod tests {
             refusal_text(s, Some(br#"{"error":" nope "}"#)),
             "400 Bad Request: nope"
         );
-        assert_eq!(
-            refusal_text(s, Some(b"plain words")),
-            "400 Bad Request: plain words"
+        // Any other body is not repeated, however short.
+        assert_eq!(refusal_text(s, Some(b"plain words")), "400 Bad Request");
+        // The planner's own reason is sanitized and cut short.
+        let long = format!(r#"{{"error":"\u001b[31m{}"}}"#, "x".repeat(1000));
+        let text = refusal_text(s, Some(long.as_bytes()));
+        assert!(text.starts_with("400 Bad Request: \\u{1b}[31mxxx"), "{text}");
+        assert!(
+            text.len() <= "400 Bad Request: ".len() + MAX_REASON_CHARS,
+            "{text}"
         );
         assert_eq!(refusal_text(s, Some(b"<html></html>")), "400 Bad Request");
         assert_eq!(refusal_text(s, Some(br#"{"error":""}"#)), "400 Bad Request");

@@ -29,21 +29,31 @@ pub struct Bundle<'a> {
     pub spec: &'a PolicyBundleSpec,
 }
 
+/// Views of `bundles` for evaluation, named by `names` (the bundles' names,
+/// in the same order).
+pub fn views<'a>(
+    bundles: &'a [std::sync::Arc<somastack_crds::PolicyBundle>],
+    names: &'a [String],
+) -> Vec<Bundle<'a>> {
+    bundles
+        .iter()
+        .zip(names)
+        .map(|(b, name)| Bundle { name, spec: &b.spec })
+        .collect()
+}
+
 /// Whether `spec`'s namespace selector selects a namespace with `labels`.
-/// An absent or empty selector selects every namespace; a selector the API
-/// server would reject selects none (fail closed for a bad bundle is worse:
-/// it would silently govern nothing, so callers report it; see [`selector_error`]).
+/// An absent or empty selector selects every namespace; a selector that
+/// cannot select as written (see [`crate::bundle_checks::selector_problems`])
+/// selects none, and the bundle says so in its status.
 pub fn governs(spec: &PolicyBundleSpec, labels: &BTreeMap<String, String>) -> bool {
     match &spec.namespace_selector {
         None => true,
-        Some(sel) => Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels)),
+        Some(sel) => {
+            crate::bundle_checks::selector_problems(sel).is_empty()
+                && Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
+        }
     }
-}
-
-/// Why a bundle's namespace selector cannot be used, if it cannot.
-pub fn selector_error(spec: &PolicyBundleSpec) -> Option<String> {
-    let sel = spec.namespace_selector.clone()?;
-    Selector::try_from(sel).err().map(|e| e.to_string())
 }
 
 /// Stable rule names, used in messages, status and metrics.
@@ -262,8 +272,19 @@ impl Effective {
         self.allowed_regions(class).is_none_or(|r| r.contains(region))
     }
 
-    /// The PEM of a key trusted by every bundle that lists publishers, or why not.
-    pub fn trusted_key(&self, publisher: &str, key_id: &str) -> Result<Option<&str>, Vec<String>> {
+    /// The public keys the bundles that list publishers hold under
+    /// `(publisher, key_id)`: each distinct PEM with the bundles holding it
+    /// (empty when no bundle lists publishers). `Err`: the bundles that list
+    /// publishers but not this key.
+    ///
+    /// Most restrictive: a signature must verify with every one of them, so
+    /// two bundles naming one key id with different keys cannot relax each
+    /// other.
+    pub fn trusted_keys(
+        &self,
+        publisher: &str,
+        key_id: &str,
+    ) -> Result<Vec<(&str, Vec<String>)>, Vec<String>> {
         let key = (publisher.to_string(), key_id.to_string());
         let distrusting: Vec<String> = self
             .trust
@@ -274,11 +295,15 @@ impl Effective {
         if !distrusting.is_empty() {
             return Err(distrusting);
         }
-        Ok(self
-            .trust
-            .values()
-            .find_map(|keys| keys.get(&key))
-            .map(String::as_str))
+        let mut out: Vec<(&str, Vec<String>)> = Vec::new();
+        for (bundle, keys) in &self.trust {
+            let Some(pem) = keys.get(&key) else { continue };
+            match out.iter_mut().find(|(p, _)| p.trim() == pem.trim()) {
+                Some((_, holders)) => holders.push(bundle.clone()),
+                None => out.push((pem.as_str(), vec![bundle.clone()])),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -456,12 +481,7 @@ fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation
         Some(s) => s,
     };
     // A signature is checked whenever one is present: a bad one is never ignored.
-    let blame = || {
-        let mut b: BTreeSet<String> = eff.require_signature.clone();
-        b.extend(eff.trust.keys().cloned());
-        b
-    };
-    match eff.trusted_key(&capsule.publisher, &signature.key_id) {
+    match eff.trusted_keys(&capsule.publisher, &signature.key_id) {
         Err(distrusting) => Some(Violation::new(
             Rule::Signature,
             distrusting,
@@ -470,8 +490,8 @@ fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation
                 signature.key_id, capsule.publisher
             ),
         )),
-        Ok(None) if eff.require_signature.is_empty() => None,
-        Ok(None) => Some(Violation::new(
+        Ok(keys) if keys.is_empty() && eff.require_signature.is_empty() => None,
+        Ok(keys) if keys.is_empty() => Some(Violation::new(
             Rule::Signature,
             eff.require_signature.iter().cloned(),
             format!(
@@ -479,19 +499,115 @@ fn signature_problem(eff: &Effective, capsule: &CapsuleSpec) -> Option<Violation
                 signature.key_id, capsule.publisher
             ),
         )),
-        Ok(Some(pem)) => {
+        Ok(keys) => {
             let payload = signing::canonical_payload(capsule);
-            signing::verify(
-                signature.algorithm,
-                pem,
-                &signature.key_id,
-                &payload,
-                &signature.value,
-            )
-            .err()
-            .map(|e| Violation::new(Rule::Signature, blame(), format!("signature check failed: {e}")))
+            // Every bundle's key must accept the signature.
+            let failed: Vec<(Vec<String>, signing::VerifyError)> = keys
+                .into_iter()
+                .filter_map(|(pem, holders)| {
+                    signing::verify(
+                        signature.algorithm,
+                        pem,
+                        &signature.key_id,
+                        &payload,
+                        &signature.value,
+                    )
+                    .err()
+                    .map(|e| (holders, e))
+                })
+                .collect();
+            let (holders, error) = failed.into_iter().reduce(|(mut a, e), (b, _)| {
+                a.extend(b);
+                (a, e)
+            })?;
+            let mut blamed: BTreeSet<String> = eff.require_signature.clone();
+            blamed.extend(holders.iter().cloned());
+            Some(Violation::new(
+                Rule::Signature,
+                blamed,
+                format!(
+                    "signature check failed with the key PolicyBundle {} trusts as {}: {error}",
+                    holders.join(", "),
+                    signature.key_id
+                ),
+            ))
         }
     }
+}
+
+/// Whether `url` lies under the allowed prefix `entry`: same scheme, host
+/// and port, and a path that is the entry's path or continues it at a `/`
+/// (`/plan` allows `/plan` and `/plan/x`, not `/planner`). Credentials,
+/// query and fragment of `url` play no part.
+pub fn url_under(url: &str, entry: &str) -> bool {
+    let (Ok(u), Ok(e)) = (reqwest::Url::parse(url), reqwest::Url::parse(entry)) else {
+        return false;
+    };
+    if u.scheme() != e.scheme()
+        || u.host_str() != e.host_str()
+        || u.port_or_known_default() != e.port_or_known_default()
+    {
+        return false;
+    }
+    let (p, prefix) = (u.path(), e.path());
+    p == prefix || (p.starts_with(prefix) && (prefix.ends_with('/') || p[prefix.len()..].starts_with('/')))
+}
+
+/// Whether a project in a namespace governed by `bundles` may call the
+/// planner at `url`. Fail closed: some governing bundle must list it in
+/// `projects.allowedPlannerUrls`, and every enforced bundle that lists
+/// planners must allow it; an Audit bundle that does not is a warning.
+/// `Err`: why not, naming the bundles; `Ok`: the warnings.
+pub fn planner_url_allowed(bundles: &[Bundle<'_>], url: &str) -> Result<Vec<String>, String> {
+    let shown = crate::text::redact_url(url);
+    let listing: Vec<&Bundle<'_>> = bundles
+        .iter()
+        .filter(|b| {
+            b.spec
+                .projects
+                .as_ref()
+                .is_some_and(|p| !p.allowed_planner_urls.is_empty())
+        })
+        .collect();
+    let allows = |b: &Bundle<'_>| {
+        b.spec
+            .projects
+            .as_ref()
+            .is_some_and(|p| p.allowed_planner_urls.iter().any(|e| url_under(url, e)))
+    };
+    let names = |bs: &[&Bundle<'_>]| bs.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
+    if listing.is_empty() {
+        return Err(format!(
+            "planner {shown} is not allowed: no PolicyBundle governing this namespace lists planner URLs (projects.allowedPlannerUrls); ask a platform admin to allow it, or run the planner as a capsule (spec.planner.capsule)"
+        ));
+    }
+    let (allowing, refusing): (Vec<&Bundle<'_>>, Vec<&Bundle<'_>>) =
+        listing.into_iter().partition(|b| allows(b));
+    let enforced_refusing: Vec<&Bundle<'_>> = refusing
+        .iter()
+        .copied()
+        .filter(|b| b.spec.enforcement == Enforcement::Enforce)
+        .collect();
+    if allowing.is_empty() || !enforced_refusing.is_empty() {
+        let who = if enforced_refusing.is_empty() {
+            &refusing
+        } else {
+            &enforced_refusing
+        };
+        return Err(format!(
+            "planner {shown} is not allowed: it is not under any of projects.allowedPlannerUrls of PolicyBundle {}",
+            names(who)
+        ));
+    }
+    Ok(refusing
+        .iter()
+        .map(|b| {
+            format!(
+                "audit: planner {shown} is not under projects.allowedPlannerUrls of PolicyBundle {}",
+                b.name
+            )
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -731,6 +847,89 @@ mod tests {
     }
 
     #[test]
+    fn a_key_id_two_bundles_trust_with_different_keys_must_verify_with_both() {
+        use somastack_crds::capsule::{Signature, SignatureAlgorithm};
+        use somastack_crds::policy::{PublisherKey, TrustedPublisher};
+        use somastack_tests::fixtures::{Key, Scratch};
+        let dir = Scratch::new("trust-both");
+        let signer = Key::ecdsa(&dir, "signer");
+        let other = Key::ecdsa(&dir, "other");
+        let mut c = capsule(DataClassification::Public, &[], None);
+        let value = signer.sign(&dir, &signing::canonical_payload(&c));
+        c.signature = Some(Signature {
+            key_id: "k1".into(),
+            algorithm: SignatureAlgorithm::EcdsaP256Sha256,
+            value,
+        });
+        let trusting = |pem: &str| PolicyBundleSpec {
+            trust: Some(Trust {
+                publishers: vec![TrustedPublisher {
+                    name: c.publisher.clone(),
+                    keys: vec![PublisherKey {
+                        id: "k1".into(),
+                        public_key: pem.into(),
+                    }],
+                }],
+                ..Default::default()
+            }),
+            ..bundle_spec()
+        };
+        let (a, b) = (trusting(&signer.public_pem), trusting(&other.public_pem));
+        // Alone, the bundle holding the signer's key accepts the signature.
+        let alone = [Bundle {
+            name: "a-first",
+            spec: &a,
+        }];
+        assert!(evaluate(&alone, &request(&c, "us-east-1", 1)).compliant());
+        // Adding a bundle that names k1 with another key never relaxes:
+        // the signature must satisfy it too, whatever the order.
+        for bundles in [
+            [
+                Bundle {
+                    name: "a-first",
+                    spec: &a,
+                },
+                Bundle {
+                    name: "b-second",
+                    spec: &b,
+                },
+            ],
+            [
+                Bundle {
+                    name: "b-second",
+                    spec: &b,
+                },
+                Bundle {
+                    name: "a-first",
+                    spec: &a,
+                },
+            ],
+        ] {
+            let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
+            assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Signature]));
+            let v = &result.blocking[0];
+            assert_eq!(v.bundles, vec!["b-second".to_string()], "{v:?}");
+            assert!(
+                v.message.contains("the key PolicyBundle b-second trusts as k1"),
+                "{}",
+                v.message
+            );
+        }
+        // Two bundles holding the same key are one check.
+        let same = [
+            Bundle {
+                name: "a-first",
+                spec: &a,
+            },
+            Bundle {
+                name: "a-again",
+                spec: &a,
+            },
+        ];
+        assert!(evaluate(&same, &request(&c, "us-east-1", 1)).compliant());
+    }
+
+    #[test]
     fn approval_is_required_when_any_bundle_says_so() {
         let requires = PolicyBundleSpec {
             trust: Some(Trust {
@@ -754,6 +953,82 @@ mod tests {
     }
 
     #[test]
+    fn planner_urls_need_an_allowing_bundle_and_no_enforced_refusal() {
+        use somastack_crds::policy::ProjectRules;
+        assert!(url_under(
+            "http://p.platform.svc:8080/plan",
+            "http://p.platform.svc:8080/"
+        ));
+        assert!(url_under(
+            "http://u:pw@p.platform.svc:8080/plan?x=1",
+            "http://p.platform.svc:8080/plan"
+        ));
+        assert!(url_under("https://p.example/plan/v1", "https://p.example/plan"));
+        assert!(!url_under("https://p.example/planner", "https://p.example/plan"));
+        assert!(!url_under("http://p.example/plan", "https://p.example/"));
+        assert!(!url_under("http://p.example:81/plan", "http://p.example/"));
+        assert!(!url_under("http://p.example.evil.test/plan", "http://p.example/"));
+        assert!(!url_under("http://169.254.169.254/latest", "http://p.example/"));
+        assert!(url_under("https://p.example/plan", "https://p.example:443/"));
+
+        let allowing = |entries: &[&str], enforcement| PolicyBundleSpec {
+            projects: Some(ProjectRules {
+                require_approval: false,
+                allowed_planner_urls: entries.iter().map(|e| e.to_string()).collect(),
+            }),
+            enforcement,
+            ..bundle_spec()
+        };
+        let url = "http://ops:hunter2@planner.platform.svc:8080/plan";
+        // No bundle lists planners: refused, without repeating credentials.
+        let none = planner_url_allowed(&[], url).unwrap_err();
+        assert!(
+            none.contains("no PolicyBundle governing this namespace lists planner URLs"),
+            "{none}"
+        );
+        assert!(
+            !none.contains("hunter2") && none.contains("http://***@planner.platform.svc:8080/plan"),
+            "{none}"
+        );
+        let a = allowing(&["http://planner.platform.svc:8080/"], Enforcement::Enforce);
+        let b = allowing(&["https://other.example/"], Enforcement::Enforce);
+        let audit = allowing(&["https://other.example/"], Enforcement::Audit);
+        assert_eq!(
+            planner_url_allowed(&[Bundle { name: "a", spec: &a }], url),
+            Ok(vec![])
+        );
+        let both = planner_url_allowed(
+            &[Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }],
+            url,
+        );
+        assert!(both.unwrap_err().contains("of PolicyBundle b"));
+        let warned = planner_url_allowed(
+            &[
+                Bundle { name: "a", spec: &a },
+                Bundle {
+                    name: "c",
+                    spec: &audit,
+                },
+            ],
+            url,
+        )
+        .unwrap_or_default();
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].starts_with("audit: ") && warned[0].contains("PolicyBundle c"));
+        // An Audit bundle alone allows nothing it does not list.
+        assert!(
+            planner_url_allowed(
+                &[Bundle {
+                    name: "c",
+                    spec: &audit
+                }],
+                url
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn selectors() {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
         let labels = BTreeMap::from([("somastack.io/tenant".to_string(), "acme".to_string())]);
@@ -768,7 +1043,22 @@ mod tests {
         };
         assert!(governs(&acme, &labels));
         assert!(!governs(&acme, &BTreeMap::new()));
-        assert!(selector_error(&acme).is_none());
+        // A selector that cannot select as written governs nothing.
+        let broken = PolicyBundleSpec {
+            namespace_selector: Some(LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                        key: "somastack.io/tenant".into(),
+                        operator: "NotIn".into(),
+                        values: Some(vec![]),
+                    },
+                ]),
+            }),
+            ..bundle_spec()
+        };
+        assert!(!governs(&broken, &labels));
+        assert!(!governs(&broken, &BTreeMap::new()));
     }
 
     // ---- properties -------------------------------------------------------

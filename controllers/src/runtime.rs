@@ -39,8 +39,10 @@ pub struct Context {
     jobs_ready: tokio::sync::watch::Receiver<bool>,
     /// Jobs created and not yet seen in the cache, per KamachiqProject.
     pub expectations: crate::kinds::project::Expectations,
-    /// HTTP client of KamachiqProject planners.
-    pub planner: crate::planner::PlannerClient,
+    /// KamachiqProject planner calls, made beside the reconciles.
+    pub planner: crate::kinds::project::planning::Calls,
+    /// The capsules each KamachiqProject's plan uses (Capsule events wake only those).
+    pub project_uses: crate::kinds::project::CapsuleUses,
 }
 
 impl Context {
@@ -68,7 +70,8 @@ impl Context {
             jobs,
             jobs_ready,
             expectations: Default::default(),
-            planner: crate::planner::PlannerClient::new(),
+            planner: Default::default(),
+            project_uses: Default::default(),
         }
     }
 
@@ -111,7 +114,7 @@ impl Context {
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(crate::conditions::truncate(&note, 1000)),
+            note: Some(crate::text::bounded(&note, 1000)),
             action: action.into(),
             secondary: None,
         };

@@ -92,6 +92,76 @@ pub fn verify(
     }
 }
 
+/// What a trusted public key is, once parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    EcdsaP256,
+    Ed25519,
+}
+
+/// Checks that `pem` is one public key the operator can verify signatures
+/// with: a single `PUBLIC KEY` PEM block (SubjectPublicKeyInfo) holding an
+/// ECDSA P-256 or an Ed25519 key. RSA, other curves (P-384, secp256k1),
+/// garbage and extra blocks are refused, each with a sentence saying why.
+pub fn check_public_key(pem: &str) -> Result<KeyKind, String> {
+    let pem = pem.trim();
+    let blocks = pem.matches("-----BEGIN ").count();
+    if blocks != 1 {
+        return Err(format!(
+            "must hold exactly one PEM block (found {blocks}): the key alone, as `openssl pkey -pubout` writes it"
+        ));
+    }
+    if !pem.starts_with("-----BEGIN PUBLIC KEY-----") || !pem.ends_with("-----END PUBLIC KEY-----") {
+        return Err("must be a PEM public key (-----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----) and nothing else".into());
+    }
+    {
+        use p256::pkcs8::DecodePublicKey;
+        if p256::ecdsa::VerifyingKey::from_public_key_pem(pem).is_ok() {
+            return Ok(KeyKind::EcdsaP256);
+        }
+    }
+    {
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        if ed25519_dalek::VerifyingKey::from_public_key_pem(pem).is_ok() {
+            return Ok(KeyKind::Ed25519);
+        }
+    }
+    Err(describe_unusable_key(pem))
+}
+
+/// Why a well-formed PEM is not a usable key: names the algorithm when the
+/// SubjectPublicKeyInfo says which (RSA, or the curve of an EC key).
+fn describe_unusable_key(pem: &str) -> String {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return "is not a valid PEM: its body is not base64".into();
+    };
+    // DER encodings of the object identifiers a SubjectPublicKeyInfo names.
+    const KNOWN: [(&[u8], &str); 5] = [
+        (
+            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+            "an RSA key",
+        ),
+        (&[0x2b, 0x81, 0x04, 0x00, 0x22], "an ECDSA key on curve P-384"),
+        (&[0x2b, 0x81, 0x04, 0x00, 0x23], "an ECDSA key on curve P-521"),
+        (&[0x2b, 0x81, 0x04, 0x00, 0x0a], "an ECDSA key on curve secp256k1"),
+        (&[0x2b, 0x65, 0x71], "an Ed448 key"),
+    ];
+    let found = KNOWN
+        .iter()
+        .find(|(oid, _)| der.windows(oid.len()).any(|w| w == *oid))
+        .map(|(_, what)| *what);
+    match found {
+        Some(what) => format!("is {what}; only ECDSA P-256 and Ed25519 keys are supported"),
+        None => "is not an ECDSA P-256 or Ed25519 public key (SubjectPublicKeyInfo)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Signatures here are made by the real `openssl` command line, never by
@@ -161,6 +231,60 @@ mod tests {
             base,
             "capability order does not matter"
         );
+    }
+
+    #[test]
+    fn only_p256_and_ed25519_keys_are_usable() {
+        let dir = Scratch::new("keys");
+        assert_eq!(
+            check_public_key(&Key::ecdsa(&dir, "p256").public_pem),
+            Ok(KeyKind::EcdsaP256)
+        );
+        assert_eq!(
+            check_public_key(&Key::ed25519(&dir, "ed").public_pem),
+            Ok(KeyKind::Ed25519)
+        );
+        for (algorithm, expect) in [
+            (
+                Key::other(
+                    &dir,
+                    "rsa",
+                    &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+                ),
+                "an RSA key",
+            ),
+            (
+                Key::other(
+                    &dir,
+                    "p384",
+                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+                ),
+                "curve P-384",
+            ),
+            (
+                Key::other(
+                    &dir,
+                    "k1",
+                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:secp256k1"],
+                ),
+                "curve secp256k1",
+            ),
+        ] {
+            let err = check_public_key(&algorithm).unwrap_err();
+            assert!(err.contains(expect), "{err}");
+        }
+        let good = Key::ecdsa(&dir, "twice").public_pem;
+        let err = check_public_key(&format!("{good}{good}")).unwrap_err();
+        assert!(err.contains("exactly one PEM block (found 2)"), "{err}");
+        let garbage = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----";
+        assert!(
+            check_public_key(garbage)
+                .unwrap_err()
+                .contains("not an ECDSA P-256 or Ed25519")
+        );
+        let not_base64 = "-----BEGIN PUBLIC KEY-----\n!!!\n-----END PUBLIC KEY-----";
+        assert!(check_public_key(not_base64).unwrap_err().contains("not base64"));
+        assert!(check_public_key("hello").unwrap_err().contains("found 0"));
     }
 
     fn roundtrip(algorithm: SignatureAlgorithm) {

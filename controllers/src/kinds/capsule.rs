@@ -18,9 +18,11 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::capsule::{CapsuleSpec, ReviewRecord};
+use somastack_crds::common::CapsuleRef;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::conditions::{self, Desired, Status};
+use crate::kinds::installation::{Resolved, resolve_capsule};
 use crate::runtime::Context;
 use crate::status::HasConditions;
 use crate::{Error, Result, signing, status};
@@ -72,27 +74,34 @@ pub struct Decision {
     pub review: Option<ReviewRecord>,
 }
 
-/// Where a trusted key comes from.
-fn trusted_key<'a>(
+/// The keys PolicyBundles trust under `(publisher, key_id)`: each distinct
+/// PEM with the bundles that hold it.
+fn trusted_keys<'a>(
     bundles: &'a [Arc<PolicyBundle>],
     publisher: &str,
     key_id: &str,
-) -> Option<(&'a str, Vec<String>)> {
-    let mut found: Option<&str> = None;
-    let mut names = Vec::new();
+) -> Vec<(&'a str, Vec<String>)> {
+    let mut found: Vec<(&'a str, Vec<String>)> = Vec::new();
     for b in bundles {
         let Some(trust) = &b.spec.trust else { continue };
         for p in trust.publishers.iter().filter(|p| p.name == publisher) {
             if let Some(k) = p.keys.iter().find(|k| k.id == key_id) {
-                found.get_or_insert(k.public_key.as_str());
-                names.push(b.name_any());
+                match found
+                    .iter_mut()
+                    .find(|(pem, _)| pem.trim() == k.public_key.trim())
+                {
+                    Some((_, names)) => names.push(b.name_any()),
+                    None => found.push((k.public_key.as_str(), vec![b.name_any()])),
+                }
             }
         }
     }
-    found.map(|pem| (pem, names))
+    found
 }
 
-/// `Verified`: the signature against every key any PolicyBundle trusts.
+/// `Verified`: the signature against every key any PolicyBundle trusts
+/// under its key id; with two bundles naming the id with different keys,
+/// it must verify with both (most restrictive).
 pub fn verification(spec: &CapsuleSpec, bundles: &[Arc<PolicyBundle>]) -> Desired {
     let requiring: Vec<String> = bundles
         .iter()
@@ -119,7 +128,8 @@ pub fn verification(spec: &CapsuleSpec, bundles: &[Arc<PolicyBundle>]) -> Desire
             )
         };
     };
-    let Some((pem, trusted_by)) = trusted_key(bundles, &spec.publisher, &sig.key_id) else {
+    let keys = trusted_keys(bundles, &spec.publisher, &sig.key_id);
+    if keys.is_empty() {
         return Desired::new(
             "Verified",
             Status::False,
@@ -129,32 +139,36 @@ pub fn verification(spec: &CapsuleSpec, bundles: &[Arc<PolicyBundle>]) -> Desire
                 sig.key_id, spec.publisher
             ),
         );
-    };
-    match signing::verify(
-        sig.algorithm,
-        pem,
-        &sig.key_id,
-        &signing::canonical_payload(spec),
-        &sig.value,
-    ) {
-        Ok(()) => Desired::new(
-            "Verified",
-            Status::True,
-            "SignatureValid",
-            format!(
-                "signed by key {} of publisher {}, trusted by PolicyBundle {}",
-                sig.key_id,
-                spec.publisher,
-                trusted_by.join(", ")
-            ),
-        ),
-        Err(e) => Desired::new(
-            "Verified",
-            Status::False,
-            "SignatureInvalid",
-            format!("key {}: {e}", sig.key_id),
-        ),
     }
+    let payload = signing::canonical_payload(spec);
+    let mut trusted_by = Vec::new();
+    for (pem, names) in keys {
+        if let Err(e) = signing::verify(sig.algorithm, pem, &sig.key_id, &payload, &sig.value) {
+            return Desired::new(
+                "Verified",
+                Status::False,
+                "SignatureInvalid",
+                format!(
+                    "key {} as PolicyBundle {} trusts it: {e}",
+                    sig.key_id,
+                    names.join(", ")
+                ),
+            );
+        }
+        trusted_by.extend(names);
+    }
+    trusted_by.sort();
+    Desired::new(
+        "Verified",
+        Status::True,
+        "SignatureValid",
+        format!(
+            "signed by key {} of publisher {}, trusted by PolicyBundle {}",
+            sig.key_id,
+            spec.publisher,
+            trusted_by.join(", ")
+        ),
+    )
 }
 
 /// The review the annotations state, bound to a payload digest. Kept from
@@ -290,8 +304,97 @@ pub fn is_approved(capsule: &Capsule) -> bool {
         .is_some_and(|r| r.decision == "approve" && r.payload_digest.as_deref() == Some(digest.as_str()))
 }
 
-/// Installations (namespace/name) that run this Capsule's package and version.
-pub fn users(capsule: &Capsule, installations: &[Arc<Installation>]) -> Vec<String> {
+/// Why this Capsule can never be installed although its own checks pass,
+/// if so: another Capsule publishes the same package version first (or at
+/// the same moment), or its resources are not sane quantities.
+pub fn unusable(capsule: &Capsule, capsules: &[Arc<Capsule>]) -> Option<Desired> {
+    let wanted = CapsuleRef {
+        package: capsule.spec.package.clone(),
+        version: capsule.spec.version.clone(),
+    };
+    match resolve_capsule(capsules, &wanted) {
+        Resolved::Found(first) if first.name_any() != capsule.name_any() => {
+            return Some(Desired::new(
+                "Ready",
+                Status::False,
+                "DuplicateVersion",
+                format!(
+                    "{} {} is already published as Capsule {} by publisher {}; this Capsule is never installed: delete it and publish a new version",
+                    wanted.package,
+                    wanted.version,
+                    first.name_any(),
+                    first.spec.publisher
+                ),
+            ));
+        }
+        Resolved::Ambiguous(why) => {
+            return Some(Desired::new("Ready", Status::False, "DuplicateVersion", why));
+        }
+        _ => {}
+    }
+    let problems = resource_problems(&capsule.spec);
+    (!problems.is_empty()).then(|| {
+        Desired::new(
+            "Ready",
+            Status::False,
+            "InvalidResources",
+            format!("resources cannot be used: {}", problems.join("; ")),
+        )
+    })
+}
+
+/// What is wrong with a capsule's resources (the CRD schema refuses these
+/// today; a Capsule stored before it did is reported, never installed).
+pub fn resource_problems(spec: &CapsuleSpec) -> Vec<String> {
+    use crate::bundle_checks::quantity_problem;
+    use somastack_crds::common::{MAX_CPU, MAX_MEMORY};
+    let Some(res) = &spec.resources else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (side, amounts) in [("requests", &res.requests), ("limits", &res.limits)] {
+        let Some(a) = amounts else { continue };
+        for (q, max, what) in [(&a.cpu, MAX_CPU, "cpu"), (&a.memory, MAX_MEMORY, "memory")] {
+            if let Some(q) = q
+                && let Some(why) = quantity_problem(q, max)
+            {
+                out.push(format!("{side}.{what} {why}"));
+            }
+        }
+    }
+    if let (Some(req), Some(lim)) = (&res.requests, &res.limits) {
+        for (r, l, what) in [(&req.cpu, &lim.cpu, "cpu"), (&req.memory, &lim.memory, "memory")] {
+            let parse = |q: &Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
+                q.as_ref()
+                    .and_then(|q| kube_quantity::ParsedQuantity::try_from(q).ok())
+            };
+            if let (Some(r), Some(l)) = (parse(r), parse(l))
+                && r > l
+            {
+                out.push(format!("requests.{what} is greater than limits.{what}"));
+            }
+        }
+    }
+    out
+}
+
+/// Installations (namespace/name) that run this Capsule: those naming its
+/// package and version, when it is the Capsule that reference resolves to.
+pub fn users(
+    capsule: &Capsule,
+    capsules: &[Arc<Capsule>],
+    installations: &[Arc<Installation>],
+) -> Vec<String> {
+    let wanted = CapsuleRef {
+        package: capsule.spec.package.clone(),
+        version: capsule.spec.version.clone(),
+    };
+    let is_the_one = resolve_capsule(capsules, &wanted)
+        .found()
+        .is_some_and(|c| c.name_any() == capsule.name_any());
+    if !is_the_one {
+        return Vec::new();
+    }
     let mut out: Vec<String> = installations
         .iter()
         .filter(|i| {
@@ -323,8 +426,13 @@ pub async fn reconcile(capsule: Arc<Capsule>, ctx: Arc<Context>) -> Result<Actio
 async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
     let bundles = ctx.bundles.state();
     let now = status::now();
-    let decision = decide(capsule, &bundles, &now);
-    let users = users(capsule, &ctx.installations.state());
+    let mut decision = decide(capsule, &bundles, &now);
+    let capsules = ctx.capsules.state();
+    if let Some(ready) = unusable(capsule, &capsules) {
+        decision.conditions.retain(|c| c.type_ != "Ready");
+        decision.conditions.push(ready);
+    }
+    let users = users(capsule, &capsules, &ctx.installations.state());
     let merged = conditions::merge(
         capsule.conditions(),
         &decision.conditions,
@@ -360,7 +468,7 @@ async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<A
 }
 
 async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
-    let users = users(capsule, &ctx.installations.state());
+    let users = users(capsule, &ctx.capsules.state(), &ctx.installations.state());
     if users.is_empty() {
         return Ok(Action::await_change());
     }

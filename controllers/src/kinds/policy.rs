@@ -129,12 +129,36 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     );
     let now = status::now();
 
-    let ready = if let Some(err) = policy::selector_error(&bundle.spec) {
+    let problems = crate::bundle_checks::check(&bundle.spec);
+    let ready = if !problems.selector.is_empty() {
         Desired::new(
             "Ready",
             Status::False,
             "InvalidSelector",
-            format!("namespaceSelector cannot be used: {err}"),
+            format!(
+                "the bundle governs no namespace: its selector is invalid: {}",
+                problems.all().join("; ")
+            ),
+        )
+    } else if !problems.keys.is_empty() {
+        Desired::new(
+            "Ready",
+            Status::False,
+            "InvalidKey",
+            format!(
+                "{}; signatures by these keys are refused",
+                problems.all().join("; ")
+            ),
+        )
+    } else if !problems.ceilings.is_empty() {
+        Desired::new(
+            "Ready",
+            Status::False,
+            "InvalidCeiling",
+            format!(
+                "{}; every governed Installation that sets it is refused",
+                problems.all().join("; ")
+            ),
         )
     } else if let Some(ks) = bundle.spec.kill_switch.as_ref().filter(|k| k.engaged) {
         Desired::new(

@@ -39,14 +39,18 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use somastack_crds::drill::{ActiveRun, DrDrillStatus, DrillPhase, DrillRun, Scenario, Scope, Verdict};
+use somastack_crds::drill::{
+    ActiveRun, DISRUPT_VERB, DrDrillStatus, DrillPhase, DrillRun, REQUESTER_ANNOTATION, Scenario, Scope,
+    Verdict,
+};
 use somastack_crds::installation::{
     ACTIVE_REGION_ANNOTATION, DRILL_LOCK_ANNOTATION, UNAVAILABLE_REGIONS_ANNOTATION,
 };
 use somastack_crds::{DrDrill, Installation};
 
+use crate::access::{self, Requester};
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::installation::{decide, find_capsule, render::REGION_LABEL};
+use crate::kinds::installation::{decide, render::REGION_LABEL, resolve_capsule};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, INSTALLATION_LABEL, Result};
@@ -83,6 +87,18 @@ fn manager(drill: &DrDrill) -> String {
     let mut m = format!("somastack-drill.{}", drill.name_any());
     m.truncate(128);
     m
+}
+
+/// The state of an Installation's drill lock, as one drill sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lock {
+    Free,
+    Ours,
+    /// Another drill runs on the Installation.
+    Held(String),
+    /// The annotation names a drill that is not running on it; the
+    /// Installation's resourceVersion when that was seen.
+    Stale(String, String),
 }
 
 /// Everything one reconcile works with.
@@ -209,14 +225,76 @@ impl Run<'_> {
                 let wait = plan::seconds(self.now, next).clamp(1.0, 3600.0);
                 Ok(Action::requeue(Duration::from_secs_f64(wait)))
             }
-            Ok(plan::Start::Now { scheduled_for }) => self.start(scheduled_for).await,
+            Ok(plan::Start::Now { scheduled_for }) => {
+                if let Err(why) = self.authorized().await? {
+                    if self
+                        .drill
+                        .conditions()
+                        .iter()
+                        .all(|c| c.reason != "NotAuthorized")
+                    {
+                        self.ctx
+                            .event(
+                                self.drill,
+                                EventType::Warning,
+                                "NotAuthorized",
+                                "Start",
+                                why.clone(),
+                            )
+                            .await;
+                    }
+                    self.set_phase(DrillPhase::Failed, Status::False, "NotAuthorized", why);
+                    self.status.next_run_time = None;
+                    // A change of the spec records a new requester.
+                    return Ok(Action::await_change());
+                }
+                self.start(scheduled_for).await
+            }
+        }
+    }
+
+    /// Whether the user who asked for this drill (stamped at admission) may
+    /// run it as it stands: within the tenant bounds anyone who may create
+    /// the drill may; beyond them only a user with the verb `disrupt` on
+    /// drdrills in this namespace, asked again before every run (rights
+    /// revoked since stop a schedule).
+    async fn authorized(&self) -> Result<std::result::Result<(), String>> {
+        let reasons = plan::beyond_tenant_bounds(&self.drill.spec, self.now);
+        if reasons.is_empty() {
+            return Ok(Ok(()));
+        }
+        let needs = format!(
+            "{} need the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {}",
+            reasons.join("; "),
+            self.namespace
+        );
+        let Some(requester) = Requester::parse(self.drill.annotations().get(REQUESTER_ANNOTATION)) else {
+            return Ok(Err(format!(
+                "nothing runs: no requester is recorded on the drill (it was not admitted by the operator's webhook), and {needs}"
+            )));
+        };
+        let action = access::Action {
+            verb: DISRUPT_VERB,
+            plural: "drdrills",
+            namespace: Some(&self.namespace),
+            name: self.drill.metadata.name.as_deref(),
+        };
+        let groups = Some(requester.groups.clone());
+        if access::may(&self.ctx.client, &requester.user, groups, None, None, action).await? {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!(
+                "nothing runs: {} asked for this drill, and {needs}",
+                requester.user
+            )))
         }
     }
 
     /// Takes the Installation's lock and opens a run.
     async fn start(&mut self, scheduled_for: Option<Timestamp>) -> Result<Action> {
         let target = &self.drill.spec.installation_ref.name;
-        if let Some(holder) = self.lock_holder().await? {
+        let lock = self.lock_state().await?;
+        if let Lock::Held(holder) = &lock {
             self.set_phase(
                 DrillPhase::Waiting,
                 Status::Unknown,
@@ -227,8 +305,25 @@ impl Run<'_> {
         }
         // The finalizer comes before anything can be injected.
         self.finalizer(true).await?;
-        if !self.lock(true).await? {
+        let stale = match &lock {
+            Lock::Stale(holder, version) => Some((holder.clone(), version.clone())),
+            _ => None,
+        };
+        if !self.lock(stale.as_ref().map(|(_, v)| v.as_str())).await? {
             return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        if let Some((holder, _)) = stale {
+            self.ctx
+                .event(
+                    self.drill,
+                    EventType::Normal,
+                    "StaleLockTaken",
+                    "Start",
+                    format!(
+                        "Installation {target} named {holder:?} as its drill, which is not running a drill on it (missing or finished); the lock was taken over"
+                    ),
+                )
+                .await;
         }
         self.status.timeline.clear();
         self.status.measured_rto_seconds = None;
@@ -291,8 +386,12 @@ impl Run<'_> {
             let Some(inst) = inst.as_ref() else {
                 return crate::kinds::installation::Decision::CapsuleNotFound;
             };
-            let capsule = find_capsule(&capsules, &inst.spec.capsule).map(Arc::as_ref);
-            decide(inst, capsule, &bundles, region)
+            decide(
+                inst,
+                &resolve_capsule(&capsules, &inst.spec.capsule),
+                &bundles,
+                region,
+            )
         });
         match result {
             Ok(t) => {
@@ -618,41 +717,64 @@ impl Run<'_> {
         status::apply_if_changed(&api, self.drill, self.drill.status.as_ref(), body).await
     }
 
-    /// The drill holding the Installation's lock, when it is another one.
-    async fn lock_holder(&self) -> Result<Option<String>> {
-        let inst = self
-            .installations
-            .get_opt(&self.drill.spec.installation_ref.name)
-            .await?;
-        Ok(inst
-            .and_then(|i| i.annotations().get(DRILL_LOCK_ANNOTATION).cloned())
-            .filter(|h| *h != self.drill.name_any()))
+    /// Who holds the Installation's lock. A lock is held only by a drill of
+    /// this namespace that exists, targets this Installation and has a run
+    /// (its restore finalizer, set before it locks, or `status.run`); one
+    /// naming a missing or finished drill, or written by someone else, is
+    /// stale and never blocks a drill.
+    async fn lock_state(&self) -> Result<Lock> {
+        let target = &self.drill.spec.installation_ref.name;
+        let Some(inst) = self.installations.get_opt(target).await? else {
+            return Ok(Lock::Free);
+        };
+        let Some(holder) = inst.annotations().get(DRILL_LOCK_ANNOTATION).cloned() else {
+            return Ok(Lock::Free);
+        };
+        if holder == self.drill.name_any() {
+            return Ok(Lock::Ours);
+        }
+        let drills: Api<DrDrill> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let live = match drills.get_opt(&holder).await {
+            Ok(Some(d)) => {
+                &d.spec.installation_ref.name == target
+                    && (d.finalizers().iter().any(|f| f == FINALIZER)
+                        || d.status.as_ref().is_some_and(|s| s.run.is_some()))
+            }
+            Ok(None) => false,
+            // A name that is not a valid object name cannot be a drill.
+            Err(kube::Error::Api(e)) if e.code == 400 || e.code == 404 => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(if live {
+            Lock::Held(holder)
+        } else {
+            Lock::Stale(holder, inst.resource_version().unwrap_or_default())
+        })
     }
 
-    /// Takes (or releases) the lock: the annotation, applied without force,
-    /// so another drill's manager holding it makes this a conflict.
-    async fn lock(&self, take: bool) -> Result<bool> {
+    /// Takes the lock: the annotation, applied without force, so another
+    /// drill's manager holding it makes this a conflict. Over a stale lock
+    /// ([`Run::lock_state`]) it is forced, but only on the Installation as it
+    /// was seen (`stale_version`): of two drills taking over at once, one
+    /// gets a conflict.
+    async fn lock(&self, stale_version: Option<&str>) -> Result<bool> {
         let name = &self.drill.spec.installation_ref.name;
         if self.installations.get_opt(name).await?.is_none() {
             // Nothing to lock: validation reports the missing target.
             return Ok(true);
         }
-        let annotations = if take {
-            json!({ DRILL_LOCK_ANNOTATION: self.drill.name_any() })
-        } else {
-            json!({})
-        };
-        let patch = json!({
+        let mut patch = json!({
             "apiVersion": "somastack.io/v1alpha1", "kind": "Installation",
-            "metadata": { "name": name, "annotations": annotations },
+            "metadata": { "name": name, "annotations": { DRILL_LOCK_ANNOTATION: self.drill.name_any() } },
         });
+        let mut params = PatchParams::apply(&manager(self.drill));
+        if let Some(version) = stale_version {
+            patch["metadata"]["resourceVersion"] = json!(version);
+            params.force = true;
+        }
         match self
             .installations
-            .patch(
-                name,
-                &PatchParams::apply(&manager(self.drill)),
-                &Patch::Apply(&patch),
-            )
+            .patch(name, &params, &Patch::Apply(&patch))
             .await
         {
             Ok(_) => Ok(true),

@@ -11,7 +11,7 @@ use somastack_crds::{Capsule, DrDrill};
 
 use super::plan::*;
 use crate::kinds::installation::render::tests::{capsule, installation};
-use crate::kinds::installation::{Decision, decide};
+use crate::kinds::installation::{Decision, Resolved, decide};
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -107,7 +107,7 @@ fn judge(
     let cap = Capsule::new("summarizer-1.4.2", c);
     let inst = inst.clone();
     let bundles = bundles.to_vec();
-    move |region: &str| decide(&inst, Some(&cap), &bundles, region)
+    move |region: &str| decide(&inst, &Resolved::Found(&Arc::new(cap.clone())), &bundles, region)
 }
 
 #[test]

@@ -73,13 +73,70 @@ pub fn wire(ctl: Controller<Installation>, ctx: &Arc<Context>) -> Controller<Ins
     )
 }
 
-/// The Capsule an Installation names (by package and version), preferring
-/// one that is not being deleted; ties broken by name.
-pub fn find_capsule<'a>(capsules: &'a [Arc<Capsule>], wanted: &CapsuleRef) -> Option<&'a Arc<Capsule>> {
-    capsules
+/// What a capsule reference (package and version) resolves to.
+#[derive(Clone, Debug)]
+pub enum Resolved<'a> {
+    /// No Capsule has that package and version.
+    Missing,
+    /// The one Capsule it names.
+    Found(&'a Arc<Capsule>),
+    /// Several Capsules were published with that package and version at the
+    /// same moment, and none of them is the first: none may be used.
+    Ambiguous(String),
+}
+
+impl<'a> Resolved<'a> {
+    /// The Capsule, when the reference resolves to exactly one.
+    pub fn found(&self) -> Option<&'a Arc<Capsule>> {
+        match self {
+            Resolved::Found(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves a capsule reference: a package version is published once, so
+/// the first Capsule created with it is the one every Installation and task
+/// runs. Admission refuses a second one; one that got in anyway (two
+/// publishers in the same instant, or admission switched off) never shadows
+/// the first, and two created in the same second are refused both
+/// ([`Resolved::Ambiguous`]). The first stays the one while it is being
+/// deleted (its deletion waits for its Installations), so no other can take
+/// its Installations over.
+pub fn resolve_capsule<'a>(capsules: &'a [Arc<Capsule>], wanted: &CapsuleRef) -> Resolved<'a> {
+    let mut candidates: Vec<&'a Arc<Capsule>> = capsules
         .iter()
         .filter(|c| c.spec.package == wanted.package && c.spec.version == wanted.version)
-        .min_by_key(|c| (c.metadata.deletion_timestamp.is_some(), c.name_any()))
+        .collect();
+    candidates.sort_by_key(|c| (published_at(c), c.name_any()));
+    match candidates.as_slice() {
+        [] => Resolved::Missing,
+        [only] => Resolved::Found(only),
+        [first, second, ..] if published_at(first) < published_at(second) => Resolved::Found(first),
+        tied => {
+            let names: Vec<String> = tied
+                .iter()
+                .take_while(|c| published_at(c) == published_at(tied[0]))
+                .map(|c| format!("{} (publisher {})", c.name_any(), c.spec.publisher))
+                .collect();
+            Resolved::Ambiguous(format!(
+                "Capsules {} all publish {} {} and were created at the same moment; none is used until all but one are deleted",
+                names.join(", "),
+                wanted.package,
+                wanted.version
+            ))
+        }
+    }
+}
+
+/// When a Capsule was created (the API server's timestamp).
+fn published_at(c: &Capsule) -> Option<jiff::Timestamp> {
+    c.metadata.creation_timestamp.as_ref().map(|t| t.0)
+}
+
+/// The Capsule a reference resolves to, if exactly one ([`resolve_capsule`]).
+pub fn find_capsule<'a>(capsules: &'a [Arc<Capsule>], wanted: &CapsuleRef) -> Option<&'a Arc<Capsule>> {
+    resolve_capsule(capsules, wanted).found()
 }
 
 /// Most replicas the spec may run (autoscaling: its maximum).
@@ -116,7 +173,7 @@ pub enum Decision {
 /// govern its namespace.
 pub fn decide(
     inst: &Installation,
-    capsule: Option<&Capsule>,
+    capsule: &Resolved<'_>,
     bundles: &[Arc<PolicyBundle>],
     region: &str,
 ) -> Decision {
@@ -126,13 +183,15 @@ pub fn decide(
 /// Pure: may `capsule` run `replicas` replicas in `region` under `bundles`?
 /// Shared by Installations and KamachiqProject tasks.
 pub fn decide_capsule(
-    capsule: Option<&Capsule>,
+    capsule: &Resolved<'_>,
     bundles: &[Arc<PolicyBundle>],
     region: &str,
     replicas: i32,
 ) -> Decision {
-    let Some(capsule) = capsule else {
-        return Decision::CapsuleNotFound;
+    let capsule = match capsule {
+        Resolved::Missing => return Decision::CapsuleNotFound,
+        Resolved::Ambiguous(why) => return Decision::CapsuleUnusable(why.clone()),
+        Resolved::Found(c) => c.as_ref(),
     };
     if capsule.metadata.deletion_timestamp.is_some() {
         return Decision::CapsuleUnusable(format!("Capsule {} is being deleted", capsule.name_any()));
@@ -220,6 +279,22 @@ impl Workload {
 pub struct Assessment {
     pub phase: InstallationPhase,
     pub conditions: Vec<Desired>,
+}
+
+impl Assessment {
+    /// The API server refused a child (`why`): the Installation is Blocked
+    /// and `Ready=False` says which child and why, whatever the workload
+    /// that may still run from before.
+    pub fn refused(&mut self, why: &str) {
+        self.phase = InstallationPhase::Blocked;
+        self.conditions.retain(|c| c.type_ != "Ready");
+        self.conditions.push(Desired::new(
+            "Ready",
+            Status::False,
+            "ChildRejected",
+            format!("{why}; fix the Installation (or what conflicts with it) and it is applied again"),
+        ));
+    }
 }
 
 fn list_violations(eval: &Evaluation, blocking: bool) -> String {
@@ -407,16 +482,19 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
 
     // Dereference.
     let capsules = ctx.capsules.state();
-    let capsule = find_capsule(&capsules, &inst.spec.capsule).map(Arc::as_ref);
+    let resolved = resolve_capsule(&capsules, &inst.spec.capsule);
+    let capsule = resolved.found().map(Arc::as_ref);
     let bundles = ctx.governing_bundles(&namespace);
     let region = active_region(&inst);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
 
     // Validate.
-    let decision = decide(&inst, capsule, &bundles, &region);
+    let decision = decide(&inst, &resolved, &bundles, &region);
     let mut current_revision = inst.status.as_ref().and_then(|s| s.current_revision);
 
     // Build and apply, unless blocked or paused.
+    let mut refused: Option<String> = None;
+    let mut record_revision = None;
     if let (Decision::Run(eval), Some(capsule), false) = (&decision, capsule, inst.spec.paused) {
         let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
         let effective = Effective::combine(bundles.iter().zip(&names).map(|(b, n)| Bundle {
@@ -433,15 +511,17 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
             max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
             max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
         });
-        provision(&ctx, &inst, &namespace, &children).await?;
-        let (number, created) = revisions::record(
-            client,
-            &inst,
-            &owner,
-            &children.revision_hash,
-            &capsule.spec.image,
-        )
-        .await?;
+        match provision(&ctx, &inst, &namespace, &children).await {
+            Ok(()) => record_revision = Some((owner, children.revision_hash, capsule)),
+            // Reported in status (and as an Event) below; no revision is
+            // recorded for what was not applied.
+            Err(e @ Error::ChildRefused { .. }) => refused = Some(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some((owner, revision_hash, capsule)) = record_revision {
+        let (number, created) =
+            revisions::record(client, &inst, &owner, &revision_hash, &capsule.spec.image).await?;
         if created {
             ctx.event(
                 inst.as_ref(),
@@ -463,7 +543,10 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     let workload = Workload::from_deployment(deployment.as_ref());
     let previous_available = inst.status.as_ref().and_then(|s| s.available_revision);
     let was_available = conditions::find(inst.conditions(), "Available").is_some_and(|c| c.status == "True");
-    let assessment = assess(&decision, &workload, inst.spec.paused, was_available);
+    let mut assessment = assess(&decision, &workload, inst.spec.paused, was_available);
+    if let Some(why) = &refused {
+        assessment.refused(why);
+    }
     let available_revision = match (&decision, workload.rolled_out() && workload.available) {
         (Decision::Run(_), true) => current_revision,
         _ => previous_available,
@@ -528,7 +611,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     });
     status::apply_if_changed(&api, inst.as_ref(), inst.status.as_ref(), body).await?;
     // While a rollout is under way, look again soon; otherwise rely on watches.
-    let next = if assessment.phase == InstallationPhase::Ready {
+    let next = if assessment.phase == InstallationPhase::Ready || refused.is_some() {
         300
     } else {
         10
@@ -654,6 +737,7 @@ async fn announce(
             ("Ready", "False") if now.reason == "ProgressDeadlineExceeded" => {
                 (EventType::Warning, "ProgressDeadlineExceeded")
             }
+            ("Ready", "False") if now.reason == "ChildRejected" => (EventType::Warning, "ChildRejected"),
             _ => continue,
         };
         ctx.event(inst, type_, reason, "Reconcile", now.message.clone())

@@ -30,7 +30,10 @@ fn eu_only() -> Arc<PolicyBundle> {
 #[test]
 fn missing_capsule_is_pending() {
     let inst = installation(Some(1), None);
-    assert_eq!(decide(&inst, None, &[], "eu-west-1"), Decision::CapsuleNotFound);
+    assert_eq!(
+        decide(&inst, &Resolved::Missing, &[], "eu-west-1"),
+        Decision::CapsuleNotFound
+    );
     let a = assess(&Decision::CapsuleNotFound, &Workload::default(), false, false);
     assert_eq!(a.phase, InstallationPhase::Pending);
     let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
@@ -42,10 +45,20 @@ fn residency_decides_where_it_may_run() {
     let inst = installation(Some(1), None);
     let cap = capsule_object();
     assert!(matches!(
-        decide(&inst, Some(&cap), &[eu_only()], "eu-west-1"),
+        decide(
+            &inst,
+            &Resolved::Found(&Arc::new(cap.clone())),
+            &[eu_only()],
+            "eu-west-1"
+        ),
         Decision::Run(_)
     ));
-    let Decision::Blocked(eval) = decide(&inst, Some(&cap), &[eu_only()], "us-east-1") else {
+    let Decision::Blocked(eval) = decide(
+        &inst,
+        &Resolved::Found(&Arc::new(cap.clone())),
+        &[eu_only()],
+        "us-east-1",
+    ) else {
         panic!("blocked")
     };
     assert!(eval.blocking[0].message.contains("region us-east-1"));
@@ -62,7 +75,12 @@ fn blocked_keeps_the_running_workload_and_says_so() {
             ..Default::default()
         })
     });
-    let decision = decide(&inst, Some(&cap), &[tight], "eu-west-1");
+    let decision = decide(
+        &inst,
+        &Resolved::Found(&Arc::new(cap.clone())),
+        &[tight],
+        "eu-west-1",
+    );
     let running = Workload {
         exists: true,
         observed: true,
@@ -103,7 +121,12 @@ fn kill_switch_suspends() {
             reason: Some("incident".into()),
         })
     });
-    let decision = decide(&inst, Some(&cap), &[stop], "eu-west-1");
+    let decision = decide(
+        &inst,
+        &Resolved::Found(&Arc::new(cap.clone())),
+        &[stop],
+        "eu-west-1",
+    );
     let a = assess(
         &decision,
         &Workload {
@@ -190,7 +213,7 @@ fn rejected_capsule_is_unusable() {
     cap.annotations_mut()
         .insert(DECISION_ANNOTATION.into(), "reject".into());
     assert!(matches!(
-        decide(&inst, Some(&cap), &[], "eu-west-1"),
+        decide(&inst, &Resolved::Found(&Arc::new(cap.clone())), &[], "eu-west-1"),
         Decision::CapsuleUnusable(_)
     ));
 }

@@ -18,12 +18,13 @@
 //!    a capped task list; per-task state stays in the Jobs.
 
 pub mod plan;
+pub mod planning;
 pub mod render;
 pub mod summary;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,15 +47,14 @@ use somastack_crds::planner::{PLANNER_API_VERSION, PlanRequest, ProjectRef};
 use somastack_crds::{Capsule, KamachiqProject, KamachiqProjectStatus, PolicyBundle};
 
 use self::plan::{Gates, JobState, JobView, Judge, Outcome, Role, Verdict};
-use self::render::{JobInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project};
+use self::render::{JobInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project, REFUSED_KEY};
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Status};
 use crate::kinds::capsule::{
     DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION as REVIEW_REASON, REVIEWER_ANNOTATION,
 };
-use crate::kinds::installation::{Decision, decide_capsule, find_capsule};
-use crate::planner::PlanFailure;
-use crate::policy::{Bundle, Effective};
+use crate::kinds::installation::{Decision, decide_capsule, find_capsule, resolve_capsule};
+use crate::policy::{self, Bundle, Effective};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
@@ -106,8 +106,42 @@ impl Expectations {
     }
 }
 
-/// Reconciles projects when their Jobs change, and all projects when a
-/// PolicyBundle or Capsule changes (kill switch, approvals, new versions).
+/// The capsules (package, version) each project's current plan uses, by
+/// project uid: a Capsule event wakes only the projects whose plan names it,
+/// not every project that has a planner.
+#[derive(Debug, Default)]
+pub struct CapsuleUses(Mutex<HashMap<String, HashSet<(String, String)>>>);
+
+impl CapsuleUses {
+    fn record(&self, uid: &str, tasks: &[Task], review: Option<&CapsuleRef>) {
+        let used: HashSet<(String, String)> = tasks
+            .iter()
+            .map(|t| &t.capsule)
+            .chain(review)
+            .map(|r| (r.package.clone(), r.version.clone()))
+            .collect();
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(uid.to_string(), used);
+        }
+    }
+
+    fn contains(&self, uid: &str, package: &str, version: &str) -> bool {
+        self.0.lock().is_ok_and(|m| {
+            m.get(uid)
+                .is_some_and(|u| u.contains(&(package.to_string(), version.to_string())))
+        })
+    }
+
+    fn sweep(&self, live: &HashSet<String>) {
+        if let Ok(mut m) = self.0.lock() {
+            m.retain(|uid, _| live.contains(uid));
+        }
+    }
+}
+
+/// Reconciles projects when their Jobs change, when their planner call ends,
+/// all projects when a PolicyBundle changes (kill switch, approvals), and
+/// those whose plan uses a Capsule when it changes.
 pub fn wire(
     ctl: Controller<KamachiqProject>,
     ctx: &Arc<Context>,
@@ -116,6 +150,11 @@ pub fn wire(
     let client = ctx.client.clone();
     let by_bundle = ctx.caches.projects.clone();
     let by_capsule = ctx.caches.projects.clone();
+    let index = ctx.clone();
+    let ctl = match ctx.planner.triggers() {
+        Some(ended) => ctl.reconcile_on(ended),
+        None => ctl,
+    };
     // Job events come from the reflector that fills `ctx.jobs`, after the
     // store has them: a reconcile triggered by a Job change always sees it.
     ctl.owns_shared_stream(jobs)
@@ -137,19 +176,34 @@ pub fn wire(
                 by_capsule
                     .state()
                     .iter()
-                    .filter(|p| uses(p, &c.spec.package, &c.spec.version))
+                    .filter(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
                     .map(|p| ObjectRef::from_obj(p.as_ref()))
                     .collect::<Vec<_>>()
             },
         )
 }
 
-/// Whether a project names this capsule (tasks, review or planner agent).
-fn uses(p: &KamachiqProject, package: &str, version: &str) -> bool {
+/// Whether a Capsule change can matter to a project: one that has not
+/// finished and names the capsule (its tasks, review, planner agent or
+/// planner capsule, or its planned tasks as last seen).
+fn uses(p: &KamachiqProject, package: &str, version: &str, planned: &CapsuleUses) -> bool {
+    let finished = p
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|ph| matches!(ph, ProjectPhase::Succeeded | ProjectPhase::Failed));
+    if finished {
+        return false;
+    }
     let is = |r: &CapsuleRef| r.package == package && r.version == version;
-    p.spec.planner.is_some() // planned tasks may name any capsule
-        || p.spec.tasks.iter().any(|t| is(&t.capsule))
+    p.spec.tasks.iter().any(|t| is(&t.capsule))
         || p.spec.review.as_ref().is_some_and(is)
+        || p.spec
+            .planner
+            .as_ref()
+            .is_some_and(|pl| is(&pl.agent) || pl.capsule.as_ref().is_some_and(is))
+        || p.uid()
+            .is_some_and(|uid| planned.contains(&uid, package, version))
 }
 
 /// What one reconcile decided, written to status at the end.
@@ -196,6 +250,18 @@ pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<Context>) -> Result<A
     }
     let namespace = obj.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
     let uid = obj.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    // What is kept per project in memory goes with the project.
+    ctx.planner.sweep(|| {
+        let live: HashSet<String> = ctx
+            .caches
+            .projects
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
+        ctx.project_uses.sweep(&live);
+        live
+    });
     let mut run = Run {
         bundles: ctx.governing_bundles(&namespace),
         obj: obj.as_ref(),
@@ -204,7 +270,32 @@ pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<Context>) -> Result<A
         uid,
         status: obj.status.clone().unwrap_or_default(),
     };
-    let report = run.step().await?;
+    let report = match run.step().await {
+        Ok(report) => report,
+        // An object the project needs was refused by the API server: say
+        // so (status and Event) instead of retrying the same write forever.
+        Err(e @ Error::ChildRefused { .. }) => {
+            let message = e.to_string();
+            if !run.already(SUCCEEDED, "ChildRejected") {
+                ctx.event(
+                    obj.as_ref(),
+                    EventType::Warning,
+                    "ChildRejected",
+                    "Apply",
+                    message.clone(),
+                )
+                .await;
+            }
+            Report::new(
+                ProjectPhase::Failed,
+                Status::False,
+                "ChildRejected",
+                format!("{message}; change the project (or what conflicts with it) and it is tried again"),
+                Duration::from_secs(300),
+            )
+        }
+        Err(e) => return Err(e),
+    };
     run.write_status(&report).await?;
     Ok(Action::requeue(report.requeue))
 }
@@ -256,8 +347,7 @@ pub fn check_capsules(
     refs.dedup();
     let region = region.unwrap_or(NO_REGION);
     for r in refs {
-        let capsule = find_capsule(capsules, r).map(Arc::as_ref);
-        match decide_capsule(capsule, bundles, region, 1) {
+        match decide_capsule(&resolve_capsule(capsules, r), bundles, region, 1) {
             Decision::Run(_) => {}
             Decision::CapsuleNotFound => {
                 return Err((
@@ -394,7 +484,8 @@ impl<'a> Run<'a> {
             .unwrap_or(DEFAULT_MAX_TASKS)
     }
 
-    /// The plan: `spec.tasks`, or the stored plan, or a new one from the planner.
+    /// The plan: `spec.tasks`, or the stored plan, or a new one from the
+    /// planner (called beside the reconcile: see [`planning`]).
     async fn tasks(&mut self) -> Result<std::result::Result<Vec<Task>, Report>> {
         let spec = &self.obj.spec;
         if !spec.tasks.is_empty() {
@@ -414,17 +505,53 @@ impl<'a> Run<'a> {
         let cms: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         if let Some(cm) = cms.get_opt(&project.plan_config_map_name()).await?
             && cm.annotations().get(PLAN_INPUT_ANNOTATION) == Some(&made_from)
-            && let Some(Ok(tasks)) = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(PLAN_KEY))
-                .map(|json| serde_json::from_str::<Vec<Task>>(json))
         {
-            return Ok(Ok(tasks));
+            let data = cm.data.unwrap_or_default();
+            if let Some(why) = data.get(REFUSED_KEY) {
+                // Refused once for this input: not asked again until it changes.
+                return Ok(Err(Report::new(
+                    ProjectPhase::Failed,
+                    Status::False,
+                    "PlanTooLarge",
+                    why.clone(),
+                    Duration::from_secs(3600),
+                )));
+            }
+            if let Some(Ok(tasks)) = data
+                .get(PLAN_KEY)
+                .map(|json| serde_json::from_str::<Vec<Task>>(json))
+            {
+                self.ctx.planner.forget(&self.uid);
+                return Ok(Ok(tasks));
+            }
         }
 
         let url = match (&planner.url, &planner.capsule) {
-            (Some(url), _) => url.clone(),
+            (Some(url), _) => {
+                if let Err(why) =
+                    policy::planner_url_allowed(&policy::views(&self.bundles, &self.bundle_names()), url)
+                {
+                    if !self.already(SUCCEEDED, "PlannerNotAllowed") {
+                        self.ctx
+                            .event(
+                                self.obj,
+                                EventType::Warning,
+                                "PlannerNotAllowed",
+                                "Plan",
+                                why.clone(),
+                            )
+                            .await;
+                    }
+                    return Ok(Err(Report::new(
+                        ProjectPhase::Pending,
+                        Status::Unknown,
+                        "PlannerNotAllowed",
+                        format!("{why}; nothing was called"),
+                        Duration::from_secs(3600),
+                    )));
+                }
+                url.clone()
+            }
             (None, Some(capsule)) => match self.planner_service(capsule) {
                 Ok(url) => url,
                 Err(message) => {
@@ -439,6 +566,7 @@ impl<'a> Run<'a> {
             },
             (None, None) => String::new(),
         };
+        let shown = crate::text::redact_url(&url);
         let request = PlanRequest {
             api_version: PLANNER_API_VERSION.into(),
             goal: spec.goal.clone(),
@@ -451,42 +579,88 @@ impl<'a> Run<'a> {
             max_tasks: self.max_tasks(),
         };
         let timeout = Duration::from_secs(planner.timeout_seconds.max(1) as u64);
-        match self.ctx.planner.plan(&url, &request, timeout).await {
-            Ok(tasks) => {
+        // The URL is part of the call's identity (a capsule planner's
+        // Service may move); the stored plan's is not.
+        let call_input = format!("{made_from} {url}");
+        let poll = self.ctx.planner.poll(
+            ObjectRef::from_obj(self.obj),
+            &self.uid,
+            &call_input,
+            &url,
+            &request,
+            timeout,
+        );
+        match poll {
+            planning::Poll::InFlight(since) => Ok(Err(Report::new(
+                ProjectPhase::Planning,
+                Status::Unknown,
+                "Planning",
+                format!(
+                    "waiting for planner {shown} ({}s so far; each attempt may take {}s)",
+                    since.as_secs(),
+                    timeout.as_secs()
+                ),
+                // The call's end triggers a reconcile; this only bounds a lost one.
+                timeout.max(PLANNER_RETRY),
+            ))),
+            planning::Poll::Planned(tasks) => {
+                let bytes = plan::plan_bytes(&tasks);
+                if bytes > plan::MAX_PLAN_BYTES {
+                    let why = format!(
+                        "planner {shown} planned {} tasks in {} KiB; at most {} KiB can be stored (a ConfigMap holds 1 MiB), so nothing runs: ask the planner for fewer or smaller tasks (goal, budget.maxTasks), which plans again",
+                        tasks.len(),
+                        bytes.div_ceil(1024),
+                        plan::MAX_PLAN_BYTES / 1024
+                    );
+                    let cm = project.refused_plan_config_map(&why, &made_from);
+                    apply::apply::<ConfigMap>(&self.ctx.client, &self.namespace, &cm).await?;
+                    self.ctx.planner.forget(&self.uid);
+                    self.ctx
+                        .event(self.obj, EventType::Warning, "PlanTooLarge", "Plan", why.clone())
+                        .await;
+                    return Ok(Err(Report::new(
+                        ProjectPhase::Failed,
+                        Status::False,
+                        "PlanTooLarge",
+                        why,
+                        Duration::from_secs(3600),
+                    )));
+                }
                 let digest = plan::digest(&spec.goal, &tasks);
                 let cm = project.plan_config_map(&tasks, &digest, &made_from);
                 apply::apply::<ConfigMap>(&self.ctx.client, &self.namespace, &cm).await?;
+                self.ctx.planner.forget(&self.uid);
                 self.ctx
                     .event(
                         self.obj,
                         EventType::Normal,
                         "Planned",
                         "Plan",
-                        format!("planner {url} planned {} tasks ({digest})", tasks.len()),
+                        format!("planner {shown} planned {} tasks ({digest})", tasks.len()),
                     )
                     .await;
                 Ok(Ok(tasks))
             }
-            Err(failure) => {
+            planning::Poll::Failed { failure, retry_in } => {
                 let reason = failure.reason();
                 if !self.already(SUCCEEDED, reason) {
                     self.ctx
                         .event(self.obj, EventType::Warning, reason, "Plan", failure.to_string())
                         .await;
                 }
-                let requeue = match failure {
-                    PlanFailure::Unavailable(_) => PLANNER_RETRY,
-                    _ => PLANNER_RETRY * 6,
-                };
                 Ok(Err(Report::new(
                     ProjectPhase::Planning,
                     Status::Unknown,
                     reason,
-                    format!("{failure}; trying again in {} s", requeue.as_secs()),
-                    requeue,
+                    format!("{failure}; trying again in {} s", retry_in.as_secs().max(1)),
+                    retry_in.max(Duration::from_secs(1)),
                 )))
             }
         }
+    }
+
+    fn bundle_names(&self) -> Vec<String> {
+        self.bundles.iter().map(|b| b.name_any()).collect()
     }
 
     /// `http://<installation>.<namespace>.svc:<port>/plan` of the Installation
@@ -561,6 +735,9 @@ impl<'a> Run<'a> {
             Ok(t) => t,
             Err(report) => return Ok(report),
         };
+        self.ctx
+            .project_uses
+            .record(&self.uid, &tasks, spec.review.as_ref());
         if let Err(problems) = plan::validate(&tasks, self.max_tasks()) {
             self.status.plan_digest = None;
             if !self.already(SUCCEEDED, "InvalidPlan") {
@@ -608,6 +785,22 @@ impl<'a> Run<'a> {
             })
             .collect();
         let views: Vec<JobView> = jobs.iter().filter_map(|j| job_view(j)).collect();
+        if self.status.start_time.is_none() {
+            // The run started when its first Job of this round was made; an
+            // object read before the last status write reached the cache
+            // must not lose that (the duration budget counts from it).
+            self.status.start_time = jobs
+                .iter()
+                .filter(|j| {
+                    j.annotations()
+                        .get(ROUND_ANNOTATION)
+                        .map(String::as_str)
+                        .unwrap_or("")
+                        == round
+                })
+                .filter_map(|j| j.metadata.creation_timestamp.clone())
+                .min_by_key(|t| t.0);
+        }
         let caught_up = self
             .ctx
             .expectations
@@ -1072,7 +1265,7 @@ impl<'a> Run<'a> {
                 Err(kube::Error::Api(e)) if e.code == 409 => {
                     tracing::debug!(job = %name, "job already exists")
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Error::refusing(e, "Job", &name)),
             }
             self.ctx.expectations.expect(&self.uid, &name);
         }

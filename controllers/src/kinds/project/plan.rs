@@ -17,13 +17,19 @@ pub const RUNNING: &str = "Running";
 pub const SUCCEEDED: &str = "Succeeded";
 pub const FAILED: &str = "Failed";
 
-/// Most dependencies of one task (as `spec.tasks[].dependsOn` allows).
-pub const MAX_DEPENDENCIES: usize = 16;
-/// Most bytes of one task's input (as `spec.tasks[].input` allows).
-pub const MAX_INPUT_BYTES: usize = 16384;
+pub use somastack_crds::kamachiq::{
+    MAX_PLAN_BYTES, MAX_TASK_DEPENDENCIES as MAX_DEPENDENCIES, MAX_TASK_INPUT_BYTES as MAX_INPUT_BYTES,
+    MAX_TASK_RETRIES, MAX_TASK_TIMEOUT_SECONDS,
+};
+
+/// Most problems named in a message; the rest are counted.
+const MAX_NAMED_PROBLEMS: usize = 10;
 
 /// Checks a plan: names unique, dependencies known, no cycle, at most
-/// `max_tasks` tasks. Returns every problem found, as sentences.
+/// `max_tasks` tasks, every task within the bounds `spec.tasks` has in its
+/// schema (planned tasks skip the API server's checks, so they are made
+/// here), and small enough to be stored. Returns the problems found, as
+/// sentences (the first ten, then a count of the rest).
 pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     if tasks.is_empty() {
@@ -33,6 +39,14 @@ pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
         problems.push(format!(
             "the plan has {} tasks; budget.maxTasks allows at most {max_tasks}",
             tasks.len()
+        ));
+    }
+    let bytes = plan_bytes(tasks);
+    if bytes > MAX_PLAN_BYTES {
+        problems.push(format!(
+            "the plan is {} KiB; at most {} KiB can be stored (a ConfigMap holds 1 MiB): plan fewer or smaller tasks",
+            bytes.div_ceil(1024),
+            MAX_PLAN_BYTES / 1024
         ));
     }
     let mut seen = BTreeSet::new();
@@ -62,6 +76,25 @@ pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
                 t.name
             ));
         }
+        if !(0..=MAX_TASK_RETRIES).contains(&t.retries) {
+            problems.push(format!(
+                "task {} asks for {} retries; 0 to {MAX_TASK_RETRIES} are allowed",
+                t.name, t.retries
+            ));
+        }
+        if !(1..=MAX_TASK_TIMEOUT_SECONDS).contains(&t.timeout_seconds) {
+            problems.push(format!(
+                "task {} has timeoutSeconds {}; 1 to {MAX_TASK_TIMEOUT_SECONDS} are allowed",
+                t.name, t.timeout_seconds
+            ));
+        }
+        if !is_dns_label(&t.capsule.package) || t.capsule.version.is_empty() || t.capsule.version.len() > 128
+        {
+            problems.push(format!(
+                "task {} names capsule {:?} version {:?}, which is not a package name and version",
+                t.name, t.capsule.package, t.capsule.version
+            ));
+        }
         for d in &t.depends_on {
             if d == &t.name {
                 problems.push(format!("task {} depends on itself", t.name));
@@ -79,10 +112,21 @@ pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
         problems.push(format!("the tasks form a cycle: {}", cycle.join(" -> ")));
     }
     if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
+        return Ok(());
     }
+    if problems.len() > MAX_NAMED_PROBLEMS {
+        let more = problems.len() - MAX_NAMED_PROBLEMS;
+        problems.truncate(MAX_NAMED_PROBLEMS);
+        problems.push(format!("{more} more problem(s)"));
+    }
+    Err(problems)
+}
+
+/// Bytes of the plan as it is stored (`plan.json`, indented for people).
+pub fn plan_bytes(tasks: &[Task]) -> usize {
+    serde_json::to_string_pretty(tasks)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -351,7 +395,8 @@ pub fn step(input: &Input<'_>) -> Step {
             phase: phase.to_string(),
             attempts,
             job: job.map(str::to_string),
-            message,
+            // Agents' and Kubernetes' words: made safe to print.
+            message: crate::text::bounded(&message, 512),
         };
         if let Some(done) = jobs.iter().find(|j| j.verdict == Some(Verdict::Accepted)) {
             states.push(state(SUCCEEDED, Some(&done.name), String::new()));

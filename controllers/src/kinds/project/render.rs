@@ -25,6 +25,9 @@ pub const PLAN_INPUT_ANNOTATION: &str = "kamachiq.somastack.io/plan-input";
 pub const PLAN_DIGEST_ANNOTATION: &str = "kamachiq.somastack.io/plan-digest";
 /// Key of the plan in its ConfigMap.
 pub const PLAN_KEY: &str = "plan.json";
+/// Key of the plan ConfigMap when the planner's plan was refused (too large
+/// to store): why, so the planner is not asked again for the same input.
+pub const REFUSED_KEY: &str = "refused";
 /// Most characters of a Kubernetes name used as a label value or Job name.
 const MAX_NAME: usize = 63;
 
@@ -141,6 +144,14 @@ impl Project<'_> {
         let mut meta = self.metadata(&self.plan_config_map_name());
         meta["annotations"] = json!({ PLAN_DIGEST_ANNOTATION: digest, PLAN_INPUT_ANNOTATION: made_from });
         json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": { PLAN_KEY: plan } })
+    }
+
+    /// The plan ConfigMap when the planner's plan cannot be stored: the
+    /// reason instead of the plan, for the same input.
+    pub fn refused_plan_config_map(&self, why: &str, made_from: &str) -> Value {
+        let mut meta = self.metadata(&self.plan_config_map_name());
+        meta["annotations"] = json!({ PLAN_INPUT_ANNOTATION: made_from });
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": { REFUSED_KEY: why } })
     }
 
     /// One results ConfigMap: task name -> accepted output.
