@@ -129,3 +129,23 @@ Series selector of the alerting rules: the release namespace, which Prometheus
 {{- define "somastack-operator.alertSelector" -}}
 namespace="{{ .Release.Namespace }}"
 {{- end }}
+
+{{/*
+The namespaces a namespaced webhook judges: all but kube-system, the
+release's own and webhook.excludedNamespaces.
+*/}}
+{{- define "somastack-operator.webhookNamespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values:
+      - kube-system
+      {{- if ne .Release.Namespace "kube-system" }}
+      - {{ .Release.Namespace }}
+      {{- end }}
+      {{- range .Values.webhook.excludedNamespaces }}
+      {{- if and (ne . "kube-system") (ne . $.Release.Namespace) }}
+      - {{ . }}
+      {{- end }}
+      {{- end }}
+{{- end }}

@@ -6,8 +6,21 @@
 //!   the verb `approve` (a SubjectAccessReview), never by the submitter;
 //!   submitter and reviewer stamped from the authenticated user
 //!   ([`admission::review`]).
-//! - `POST /mutate/kamachiqprojects`: the same for a project's plan approval
-//!   (verb `approve` on `kamachiqprojects`, in the project's namespace).
+//! - `POST /validate/capsules`: a package version is published once
+//!   ([`admission::capsule_duplicate`]).
+//! - `POST /mutate/kamachiqprojects`: the same review rules for a project's
+//!   plan approval (verb `approve` on `kamachiqprojects`, in the project's
+//!   namespace).
+//! - `POST /validate/kamachiqprojects`: planner URLs only where policy
+//!   allows them, inline plans that fit their ConfigMap ([`admission::project`]).
+//! - `POST /mutate/drdrills`: the requester stamped ([`admission::drill_requester`]).
+//! - `POST /validate/drdrills`: drills beyond the tenant bounds (region-wide,
+//!   long, frequent) only by users allowed the verb `disrupt` ([`admission::drill`]).
+//! - `POST /validate/policybundles`: keys, selectors and ceilings the
+//!   operator can use ([`admission::bundle`]).
+//!
+//! Checks that judge content run in validating webhooks, after the CRD
+//! schema: a manifest the schema refuses gets the schema's message first.
 //!
 //! The decisions are pure functions of the controllers crate; this module
 //! parses the AdmissionReview, looks things up and answers.
@@ -23,18 +36,18 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use somastack_controllers::access::{self, Requester};
 use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
 use somastack_controllers::kinds::installation::find_capsule;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
 use somastack_controllers::{Caches, policy};
-use somastack_crds::{Capsule, Installation, KamachiqProject, PolicyBundle};
+use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 use tracing::Instrument;
 
 pub use tls::serve;
@@ -42,6 +55,13 @@ pub use tls::serve;
 /// Webhook names, as in the webhook configurations and the metrics (the
 /// review webhooks are named `<plural>.somastack.io`, see [`review_webhook`]).
 pub const INSTALLATIONS_WEBHOOK: &str = "installations.somastack.io";
+/// The mutating webhook stamping a drill's requester.
+pub const DRDRILLS_WEBHOOK: &str = "drdrills.somastack.io";
+/// Validating webhooks, named after what they check (kubectl shows the name).
+pub const DRILL_AUTHORITY_WEBHOOK: &str = "drill-authority.somastack.io";
+pub const CAPSULE_VERSIONS_WEBHOOK: &str = "capsule-versions.somastack.io";
+pub const PROJECT_POLICY_WEBHOOK: &str = "project-policy.somastack.io";
+pub const POLICYBUNDLES_WEBHOOK: &str = "policybundles.somastack.io";
 
 /// How long a request waits for the caches of a replica that just started.
 const CACHE_WAIT: Duration = Duration::from_secs(3);
@@ -57,7 +77,12 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/validate/installations", post(installations))
         .route("/mutate/capsules", post(reviews::<Capsule>))
+        .route("/validate/capsules", post(capsules))
         .route("/mutate/kamachiqprojects", post(reviews::<KamachiqProject>))
+        .route("/validate/kamachiqprojects", post(projects))
+        .route("/mutate/drdrills", post(drill_requesters))
+        .route("/validate/drdrills", post(drills))
+        .route("/validate/policybundles", post(bundles))
         .with_state(state)
 }
 
@@ -167,82 +192,110 @@ fn span<K: Resource>(webhook: &str, req: &AdmissionRequest<K>) -> tracing::Span 
     )
 }
 
-async fn installations(
-    State(state): State<AppState>,
+type Reply = axum::Json<AdmissionReview<kube::core::DynamicObject>>;
+
+/// Parses the request, runs `judge` on it inside an `admission` span and
+/// answers: a verdict, or (`Err`) a request that could not be judged.
+async fn respond<K>(
+    state: &AppState,
     body: Bytes,
-) -> axum::Json<AdmissionReview<kube::core::DynamicObject>> {
-    let req = match parse::<Installation>(&body, Unreadable::Deny) {
+    unreadable: Unreadable,
+    webhook: &str,
+    judge: impl AsyncFnOnce(&AdmissionRequest<K>) -> Result<Verdict, String>,
+) -> Reply
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let req = match parse::<K>(&body, unreadable) {
         Ok(r) => r,
         Err(res) => {
-            state
-                .metrics
-                .webhook(INSTALLATIONS_WEBHOOK, WebhookDecision::Error);
+            state.metrics.webhook(webhook, WebhookDecision::Error);
             return reply(*res);
         }
     };
-    let span = span(INSTALLATIONS_WEBHOOK, &req);
-    reply(judge_installation(&state, &req).instrument(span).await)
+    let span = span(webhook, &req);
+    let res = async {
+        match judge(&req).await {
+            Ok(verdict) => answer(&req, verdict, &state.metrics, webhook),
+            Err(why) => error(&req, &state.metrics, webhook, why),
+        }
+    }
+    .instrument(span)
+    .await;
+    reply(res)
 }
 
-async fn judge_installation(state: &AppState, req: &AdmissionRequest<Installation>) -> AdmissionResponse {
-    let m = &state.metrics;
-    let (Operation::Create | Operation::Update, Some(new)) = (&req.operation, req.object.as_ref()) else {
-        return answer(req, Verdict::default(), m, INSTALLATIONS_WEBHOOK);
-    };
-    if !admission::installation_needs_check(new, req.old_object.as_ref()) {
-        return answer(req, Verdict::default(), m, INSTALLATIONS_WEBHOOK);
+/// The object of a create or update, and the object it replaces.
+fn written<K: Resource>(req: &AdmissionRequest<K>) -> Option<(&K, Option<&K>)> {
+    match (&req.operation, req.object.as_ref()) {
+        (Operation::Create | Operation::Update, Some(new)) => Some((new, req.old_object.as_ref())),
+        _ => None,
     }
-    if let Err(e) = state.caches.wait_ready(CACHE_WAIT).await {
-        return error(req, m, INSTALLATIONS_WEBHOOK, format!("{e}; retry shortly"));
-    }
-    let namespace = req.namespace.clone().unwrap_or_default();
-    let labels = match namespace_labels(state, &namespace).await {
-        Ok(l) => l,
-        Err(e) => {
-            return error(
-                req,
-                m,
-                INSTALLATIONS_WEBHOOK,
-                format!("namespace {namespace}: {e}"),
-            );
-        }
+}
+
+async fn installations(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Deny,
+        INSTALLATIONS_WEBHOOK,
+        async |req| judge_installation(&state, req).await,
+    )
+    .await
+}
+
+async fn judge_installation(
+    state: &AppState,
+    req: &AdmissionRequest<Installation>,
+) -> Result<Verdict, String> {
+    let Some((new, old)) = written(req) else {
+        return Ok(Verdict::default());
     };
-    // PolicyBundles are read from the API server, not the cache: a bundle
-    // and an Installation applied together (one `kubectl apply`, one GitOps
-    // sync) must be judged together, and bundles are few.
-    let bundles: Vec<Arc<PolicyBundle>> = match Api::<PolicyBundle>::all(state.client.clone())
-        .list(&ListParams::default())
+    if !admission::installation_needs_check(new, old) {
+        return Ok(Verdict::default());
+    }
+    state
+        .caches
+        .wait_ready(CACHE_WAIT)
         .await
-    {
-        Ok(list) => list
-            .items
-            .into_iter()
-            .filter(|b| policy::governs(&b.spec, &labels))
-            .map(Arc::new)
-            .collect(),
-        Err(e) => {
-            return error(
-                req,
-                m,
-                INSTALLATIONS_WEBHOOK,
-                format!("listing PolicyBundles: {e}"),
-            );
-        }
-    };
+        .map_err(|e| format!("{e}; retry shortly"))?;
+    let bundles = governing_bundles(state, req.namespace.as_deref().unwrap_or_default()).await?;
     // Capsules come from the cache, or from the API server when the one
     // named was published a moment ago.
     let mut capsules = state.caches.capsules.state();
     if find_capsule(&capsules, &new.spec.capsule).is_none() {
-        match Api::<Capsule>::all(state.client.clone())
-            .list(&ListParams::default())
-            .await
-        {
-            Ok(list) => capsules = list.items.into_iter().map(Arc::new).collect(),
-            Err(e) => return error(req, m, INSTALLATIONS_WEBHOOK, format!("listing Capsules: {e}")),
-        }
+        capsules = list_capsules(state).await?;
     }
-    let verdict = admission::installation(new, req.old_object.as_ref(), &capsules, &bundles);
-    answer(req, verdict, m, INSTALLATIONS_WEBHOOK)
+    Ok(admission::installation(new, old, &capsules, &bundles))
+}
+
+/// The PolicyBundles governing `namespace`. Read from the API server, not
+/// the cache: a bundle and the object it governs applied together (one
+/// `kubectl apply`, one GitOps sync) must be judged together, and bundles
+/// are few.
+async fn governing_bundles(state: &AppState, namespace: &str) -> Result<Vec<Arc<PolicyBundle>>, String> {
+    let labels = namespace_labels(state, namespace)
+        .await
+        .map_err(|e| format!("namespace {namespace}: {e}"))?;
+    let list = Api::<PolicyBundle>::all(state.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing PolicyBundles: {e}"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|b| policy::governs(&b.spec, &labels))
+        .map(Arc::new)
+        .collect())
+}
+
+/// Every Capsule, from the API server.
+async fn list_capsules(state: &AppState) -> Result<Vec<Arc<Capsule>>, String> {
+    Api::<Capsule>::all(state.client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.into_iter().map(Arc::new).collect())
+        .map_err(|e| format!("listing Capsules: {e}"))
 }
 
 /// Labels of a namespace: from the cache, or (created a moment ago, e.g. in
@@ -262,72 +315,168 @@ fn review_webhook<K: Resource<DynamicType = ()>>() -> String {
 
 /// `/mutate/capsules` and `/mutate/kamachiqprojects`: reviews (Capsule
 /// approval, project plan approval) only by users allowed `approve`.
-async fn reviews<K>(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> axum::Json<AdmissionReview<kube::core::DynamicObject>>
+async fn reviews<K>(State(state): State<AppState>, body: Bytes) -> Reply
 where
     K: Resource<DynamicType = ()> + ResourceExt + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let webhook = review_webhook::<K>();
-    let req = match parse::<K>(&body, Unreadable::Allow) {
-        Ok(r) => r,
-        Err(res) => {
-            state.metrics.webhook(&webhook, WebhookDecision::Error);
-            return reply(*res);
-        }
-    };
-    let span = span(&webhook, &req);
-    reply(judge_review(&state, &req, &webhook).instrument(span).await)
+    respond(
+        &state,
+        body,
+        Unreadable::Allow,
+        &webhook,
+        async |req: &AdmissionRequest<K>| judge_review(&state, req).await,
+    )
+    .await
 }
 
-async fn judge_review<K>(state: &AppState, req: &AdmissionRequest<K>, webhook: &str) -> AdmissionResponse
+/// `/validate/capsules`: a package version is published once.
+async fn capsules(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Deny,
+        CAPSULE_VERSIONS_WEBHOOK,
+        async |req: &AdmissionRequest<Capsule>| {
+            let Some((new, old)) = written(req) else {
+                return Ok(Verdict::default());
+            };
+            let existing = list_capsules(&state).await?;
+            Ok(Verdict {
+                denied: admission::capsule_duplicate(new, old, &existing),
+                ..Verdict::default()
+            })
+        },
+    )
+    .await
+}
+
+/// `/validate/kamachiqprojects`: planner URLs only where policy allows;
+/// plans that fit.
+async fn projects(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Deny,
+        PROJECT_POLICY_WEBHOOK,
+        async |req: &AdmissionRequest<KamachiqProject>| {
+            let Some((new, old)) = written(req) else {
+                return Ok(Verdict::default());
+            };
+            let bundles = governing_bundles(&state, req.namespace.as_deref().unwrap_or_default()).await?;
+            Ok(admission::project(new, old, &bundles))
+        },
+    )
+    .await
+}
+
+async fn judge_review<K>(state: &AppState, req: &AdmissionRequest<K>) -> Result<Verdict, String>
 where
     K: Resource<DynamicType = ()> + ResourceExt + Clone,
 {
-    let m = &state.metrics;
-    let (Operation::Create | Operation::Update, Some(new)) = (&req.operation, req.object.as_ref()) else {
-        return answer(req, Verdict::default(), m, webhook);
+    let Some((new, old)) = written(req) else {
+        return Ok(Verdict::default());
     };
-    let old = req.old_object.as_ref();
     let user = req.user_info.username.clone().unwrap_or_default();
     let may_review = if admission::review_changed(new, old) {
-        match may_approve(&state.client, req).await {
-            Ok(allowed) => Some(allowed),
-            Err(e) => return error(req, m, webhook, format!("SubjectAccessReview failed: {e}")),
-        }
+        let allowed = may(&state.client, req, APPROVE_VERB)
+            .await
+            .map_err(|e| format!("SubjectAccessReview failed: {e}"))?;
+        Some(allowed)
     } else {
         None
     };
-    answer(req, admission::review(new, old, &user, may_review), m, webhook)
+    Ok(admission::review(new, old, &user, may_review))
 }
 
-/// Asks the API server whether the requesting user may `approve` this
-/// object, as Kubernetes does for CertificateSigningRequest approval.
-async fn may_approve<K>(client: &Client, req: &AdmissionRequest<K>) -> Result<bool, kube::Error>
+fn requester<K: Resource>(req: &AdmissionRequest<K>) -> Requester {
+    Requester {
+        user: req.user_info.username.clone().unwrap_or_default(),
+        groups: req.user_info.groups.clone().unwrap_or_default(),
+    }
+}
+
+/// `/mutate/drdrills`: the requester stamped.
+async fn drill_requesters(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Allow,
+        DRDRILLS_WEBHOOK,
+        async |req: &AdmissionRequest<DrDrill>| {
+            Ok(written(req)
+                .map(|(new, old)| admission::drill_requester(new, old, &requester(req)))
+                .unwrap_or_default())
+        },
+    )
+    .await
+}
+
+/// `/validate/drdrills`: drills beyond the tenant bounds only by users
+/// allowed `disrupt`.
+async fn drills(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Deny,
+        DRILL_AUTHORITY_WEBHOOK,
+        async |req: &AdmissionRequest<DrDrill>| {
+            let Some((new, old)) = written(req) else {
+                return Ok(Verdict::default());
+            };
+            let now = jiff::Timestamp::now();
+            let may_disrupt = if admission::drill_needs_authority(new, old, now).is_empty() {
+                None
+            } else {
+                let allowed = may(&state.client, req, somastack_crds::drill::DISRUPT_VERB)
+                    .await
+                    .map_err(|e| format!("SubjectAccessReview failed: {e}"))?;
+                Some(allowed)
+            };
+            Ok(admission::drill(new, old, &requester(req), may_disrupt, now))
+        },
+    )
+    .await
+}
+
+/// `/validate/policybundles`: keys, selectors and ceilings the operator can use.
+async fn bundles(State(state): State<AppState>, body: Bytes) -> Reply {
+    respond(
+        &state,
+        body,
+        Unreadable::Deny,
+        POLICYBUNDLES_WEBHOOK,
+        async |req: &AdmissionRequest<PolicyBundle>| {
+            Ok(written(req)
+                .map(|(new, old)| admission::bundle(new, old))
+                .unwrap_or_default())
+        },
+    )
+    .await
+}
+
+/// Asks the API server whether the requesting user may `verb` this object,
+/// as Kubernetes does for CertificateSigningRequest approval.
+async fn may<K>(client: &Client, req: &AdmissionRequest<K>, verb: &str) -> Result<bool, kube::Error>
 where
     K: Resource<DynamicType = ()>,
 {
     let u = &req.user_info;
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: u.username.clone(),
-            groups: u.groups.clone(),
-            uid: u.uid.clone(),
-            extra: u.extra.clone(),
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(somastack_crds::GROUP.into()),
-                resource: Some(K::plural(&()).into_owned()),
-                verb: Some(APPROVE_VERB.into()),
-                name: Some(req.name.clone()),
-                namespace: req.namespace.clone(),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        ..SubjectAccessReview::default()
+    let plural = K::plural(&());
+    let action = access::Action {
+        verb,
+        plural: &plural,
+        namespace: req.namespace.as_deref(),
+        name: Some(&req.name),
     };
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
-    let answer = api.create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+    let user = u.username.clone().unwrap_or_default();
+    access::may(
+        client,
+        &user,
+        u.groups.clone(),
+        u.uid.clone(),
+        u.extra.clone(),
+        action,
+    )
+    .await
 }
