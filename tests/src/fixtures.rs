@@ -96,6 +96,18 @@ impl Key {
         }
     }
 
+    /// The public PEM of a key of another kind, made by `openssl genpkey`
+    /// with `genpkey_args` (e.g. RSA or a curve the operator does not
+    /// support), for tests of what is refused.
+    pub fn other(dir: &Scratch, name: &str, genpkey_args: &[&str]) -> String {
+        let private = dir.path(&format!("{name}.key"));
+        let mut args = vec!["genpkey"];
+        args.extend_from_slice(genpkey_args);
+        args.extend_from_slice(&["-out", p(&private)]);
+        openssl(&args);
+        String::from_utf8(openssl(&["pkey", "-in", p(&private), "-pubout"])).expect("pem")
+    }
+
     /// Signs `payload` with openssl, as a publisher would; base64 of the signature.
     pub fn sign(&self, dir: &Scratch, payload: &[u8]) -> String {
         let input = dir.path(&format!("payload-{}", crate::unique_suffix()));

@@ -3,6 +3,7 @@
 //! `$KUBECONFIG`); nothing here imitates the API server.
 
 pub mod fixtures;
+pub mod http;
 pub mod users;
 
 use std::future::Future;

@@ -107,6 +107,51 @@ pub async fn user(admin: &Client, name: &str, cluster_roles: &[&str]) -> User {
         .await;
     }
 
+    signed_in(admin, name).await
+}
+
+/// A tenant: the ServiceAccount `name` with the built-in `edit` role in
+/// `namespace` only (a RoleBinding there), as a platform team gives its
+/// tenants; the chart aggregates the right to manage Installations, DrDrills
+/// and KamachiqProjects into `edit`.
+pub async fn tenant(admin: &Client, name: &str, namespace: &str) -> User {
+    ssa(
+        admin,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USERS_NAMESPACE}}),
+    )
+    .await;
+    ssa(
+        admin,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": name, "namespace": USERS_NAMESPACE}}),
+    )
+    .await;
+    ssa(
+        admin,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": format!("tenant-{name}"), "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+               "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": USERS_NAMESPACE}]}),
+    )
+    .await;
+    let username = format!("system:serviceaccount:{USERS_NAMESPACE}:{name}");
+    crate::wait_for(
+        &format!("RBAC: {username} may create drdrills in {namespace}"),
+        std::time::Duration::from_secs(30),
+        || async {
+            may_in(admin, &username, "create", "drdrills", Some(namespace))
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+    signed_in(admin, name).await
+}
+
+/// A client authenticated as the test ServiceAccount `name` (a token from
+/// the TokenRequest API).
+async fn signed_in(admin: &Client, name: &str) -> User {
+    let username = format!("system:serviceaccount:{USERS_NAMESPACE}:{name}");
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), USERS_NAMESPACE);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
@@ -147,6 +192,18 @@ async fn client_with_token(token: &str) -> Client {
 
 /// Whether RBAC lets `username` (a ServiceAccount) `verb` capsules.
 async fn may(admin: &Client, username: &str, verb: &str) -> bool {
+    may_in(admin, username, verb, "capsules", None).await
+}
+
+/// Whether RBAC lets `username` (a test ServiceAccount) `verb` the
+/// somastack.io `resource` (in `namespace`), as the API server decides.
+pub async fn may_in(
+    admin: &Client,
+    username: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(username.to_string()),
@@ -157,8 +214,9 @@ async fn may(admin: &Client, username: &str, verb: &str) -> bool {
             ]),
             resource_attributes: Some(ResourceAttributes {
                 group: Some("somastack.io".into()),
-                resource: Some("capsules".into()),
+                resource: Some(resource.into()),
                 verb: Some(verb.into()),
+                namespace: namespace.map(str::to_string),
                 ..ResourceAttributes::default()
             }),
             ..SubjectAccessReviewSpec::default()

@@ -29,6 +29,8 @@ const UID_LABEL: &str = "kamachiq.somastack.io/project-uid";
 struct Env {
     ns: TestNamespace,
     package: String,
+    /// PolicyBundles made for this namespace (deleted with it).
+    bundles: Vec<String>,
 }
 
 impl Env {
@@ -36,7 +38,24 @@ impl Env {
         let ns = TestNamespace::create(client, prefix).await;
         let package = format!("agent-{}", unique_suffix());
         put(client, &capsule(&package, &package, "1.0.0", "internal")).await;
-        Env { ns, package }
+        Env {
+            ns,
+            package,
+            bundles: Vec::new(),
+        }
+    }
+
+    /// Lets this namespace's projects call the planner on loopback `port`
+    /// (planner URLs come from policy).
+    async fn allow_planner(&mut self, client: &Client, port: u16) {
+        let name = format!("{}-planners", self.ns.name);
+        let doc = bundle(
+            &name,
+            &self.ns.name,
+            json!({ "projects": { "allowedPlannerUrls": [format!("http://127.0.0.1:{port}/")] } }),
+        );
+        put_policy(client, &doc).await;
+        self.bundles.push(name);
     }
 
     fn task(&self, name: &str, deps: &[&str], input: &str) -> Value {
@@ -59,6 +78,13 @@ impl Env {
     }
 
     async fn delete(self, client: &Client) {
+        let bundles = Api::<DynamicObject>::all_with(
+            client.clone(),
+            &kube::discovery::ApiResource::erase::<somastack_crds::PolicyBundle>(&()),
+        );
+        for name in &self.bundles {
+            let _ = bundles.delete(name, &DeleteParams::default()).await;
+        }
         let _ = Api::<DynamicObject>::all_with(
             client.clone(),
             &kube::discovery::ApiResource::erase::<somastack_crds::Capsule>(&()),
@@ -282,8 +308,9 @@ async fn start_planner(port: u16) -> tokio::process::Child {
 #[tokio::test]
 async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until_it_is_back() {
     let client = client().await;
-    let env = Env::new(&client, "kp-planner").await;
+    let mut env = Env::new(&client, "kp-planner").await;
     let port = free_port();
+    env.allow_planner(&client, port).await;
     let doc = env.project(
         "planned",
         json!({
@@ -758,8 +785,9 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
 #[tokio::test]
 async fn a_500_task_project_completes_with_a_small_status() {
     let client = client().await;
-    let env = Env::new(&client, "kp-large").await;
+    let mut env = Env::new(&client, "kp-large").await;
     let port = free_port();
+    env.allow_planner(&client, port).await;
     let mut planner = start_planner(port).await;
     let doc = env.project(
         "large",

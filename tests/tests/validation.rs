@@ -88,6 +88,12 @@ async fn examples_pass_validation() {
                 // in `default` (the example's namespace may not exist yet).
                 let name = format!("dry-run-{}", doc["metadata"]["name"].as_str().unwrap_or_default());
                 doc["metadata"]["name"] = json!(name);
+                if doc["kind"] == "Capsule" {
+                    // A package version is published once: the example's
+                    // own may be published already.
+                    let package = format!("dry-run-{}", doc["spec"]["package"].as_str().unwrap_or_default());
+                    doc["spec"]["package"] = json!(package);
+                }
                 if doc["metadata"].get("namespace").is_some() {
                     doc["metadata"]["namespace"] = json!("default");
                 }
