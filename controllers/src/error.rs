@@ -35,11 +35,29 @@ pub enum Error {
         name: String,
         message: String,
     },
+    /// Writing an object the operator made for a user's object failed in a
+    /// way that may pass (the API server unreachable or overloaded, a 5xx
+    /// such as a full Service IP range): retried with backoff, and shown.
+    #[error("could not write {kind} {name}: {}", short(.source))]
+    ChildFailed {
+        kind: String,
+        name: String,
+        source: kube::Error,
+    },
+}
+
+/// The API server's own message for an API error, else the error.
+fn short(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 impl Error {
-    /// `err` as [`Error::ChildRefused`] when it is the API server refusing
-    /// `kind` `name` for good (400, 403, 413, 422), else as it is.
+    /// `err`, met writing `kind` `name`: [`Error::ChildRefused`] when the API
+    /// server refuses it for good (400, 403, 413, 422), else
+    /// [`Error::ChildFailed`].
     pub fn refusing(err: kube::Error, kind: &str, name: &str) -> Error {
         match err {
             kube::Error::Api(s) if matches!(s.code, 400 | 403 | 413 | 422) => Error::ChildRefused {
@@ -47,7 +65,11 @@ impl Error {
                 name: name.to_string(),
                 message: s.message,
             },
-            other => Error::Kube(other),
+            source => Error::ChildFailed {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                source,
+            },
         }
     }
 }
@@ -65,6 +87,11 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::RevisionNotFound(_) => "revision_not_found",
             Error::ChildRefused { .. } => "child_refused",
+            Error::ChildFailed {
+                source: kube::Error::Api(_),
+                ..
+            } => "api_rejected",
+            Error::ChildFailed { .. } => "api_unreachable",
         }
     }
 }

@@ -295,6 +295,19 @@ impl Assessment {
             format!("{why}; fix the Installation (or what conflicts with it) and it is applied again"),
         ));
     }
+
+    /// Writing a child failed in a way that may pass (`why`): `Ready=False`
+    /// says so while the write is retried; the phase stays what the
+    /// workload shows.
+    pub fn failed(&mut self, why: &str) {
+        self.conditions.retain(|c| c.type_ != "Ready");
+        self.conditions.push(Desired::new(
+            "Ready",
+            Status::False,
+            "ApplyFailed",
+            format!("{why}; retrying"),
+        ));
+    }
 }
 
 fn list_violations(eval: &Evaluation, blocking: bool) -> String {
@@ -494,6 +507,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
 
     // Build and apply, unless blocked or paused.
     let mut refused: Option<String> = None;
+    let mut failed: Option<Error> = None;
     let mut record_revision = None;
     if let (Decision::Run(eval), Some(capsule), false) = (&decision, capsule, inst.spec.paused) {
         let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
@@ -516,6 +530,8 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
             // Reported in status (and as an Event) below; no revision is
             // recorded for what was not applied.
             Err(e @ Error::ChildRefused { .. }) => refused = Some(e.to_string()),
+            // Shown too, then retried with backoff.
+            Err(e @ Error::ChildFailed { .. }) => failed = Some(e),
             Err(e) => return Err(e),
         }
     }
@@ -546,6 +562,9 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     let mut assessment = assess(&decision, &workload, inst.spec.paused, was_available);
     if let Some(why) = &refused {
         assessment.refused(why);
+    }
+    if let Some(e) = &failed {
+        assessment.failed(&e.to_string());
     }
     let available_revision = match (&decision, workload.rolled_out() && workload.available) {
         (Decision::Run(_), true) => current_revision,
@@ -610,6 +629,9 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
         "lastRollback": last_rollback,
     });
     status::apply_if_changed(&api, inst.as_ref(), inst.status.as_ref(), body).await?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     // While a rollout is under way, look again soon; otherwise rely on watches.
     let next = if assessment.phase == InstallationPhase::Ready || refused.is_some() {
         300
@@ -738,6 +760,7 @@ async fn announce(
                 (EventType::Warning, "ProgressDeadlineExceeded")
             }
             ("Ready", "False") if now.reason == "ChildRejected" => (EventType::Warning, "ChildRejected"),
+            ("Ready", "False") if now.reason == "ApplyFailed" => (EventType::Warning, "ApplyFailed"),
             _ => continue,
         };
         ctx.event(inst, type_, reason, "Reconcile", now.message.clone())

@@ -319,3 +319,93 @@ mod admission {
         assert!(v.warnings[0].contains("kill switch engaged by PolicyBundle freeze (incident 42)"));
     }
 }
+
+fn published(name: &str, publisher: &str, second: i64) -> Arc<Capsule> {
+    let mut c = Capsule::new(name, capsule());
+    c.spec.publisher = publisher.into();
+    c.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(1_800_000_000 + second).unwrap(),
+    ));
+    Arc::new(c)
+}
+
+#[test]
+fn a_package_version_resolves_to_the_first_capsule_published() {
+    let wanted = somastack_crds::common::CapsuleRef {
+        package: capsule().package,
+        version: capsule().version,
+    };
+    let original = published("z-original", "acme", 0);
+    // A later Capsule whose name sorts first never shadows the original.
+    let impostor = published("a-impostor", "mallory", 5);
+    let both = [impostor.clone(), original.clone()];
+    assert_eq!(
+        resolve_capsule(&both, &wanted).found().map(|c| c.name_any()),
+        Some("z-original".to_string())
+    );
+    // Nor while the original is being deleted (its Installations hold it).
+    let mut deleting = (*original).clone();
+    deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(1_800_000_100).unwrap(),
+    ));
+    let both = [impostor.clone(), Arc::new(deleting)];
+    let resolved = resolve_capsule(&both, &wanted);
+    assert_eq!(
+        resolved.found().map(|c| c.name_any()),
+        Some("z-original".to_string())
+    );
+    assert!(matches!(
+        decide_capsule(&resolved, &[], "eu-west-1", 1),
+        Decision::CapsuleUnusable(_)
+    ));
+    // Published in the same second: neither is used.
+    let tied = [published("b", "acme", 0), published("a", "mallory", 0)];
+    let Resolved::Ambiguous(why) = resolve_capsule(&tied, &wanted) else {
+        panic!("a tie must be ambiguous");
+    };
+    assert!(why.contains("a (publisher mallory), b (publisher acme)"), "{why}");
+    assert!(matches!(
+        decide_capsule(&resolve_capsule(&tied, &wanted), &[], "eu-west-1", 1),
+        Decision::CapsuleUnusable(_)
+    ));
+    assert!(matches!(resolve_capsule(&[], &wanted), Resolved::Missing));
+}
+
+#[test]
+fn a_refused_child_blocks_and_says_which() {
+    let mut a = assess(
+        &Decision::Run(Evaluation::default()),
+        &Workload::default(),
+        false,
+        false,
+    );
+    a.refused("the API server refused Deployment app: field is immutable");
+    assert_eq!(a.phase, InstallationPhase::Blocked);
+    let ready: Vec<&Desired> = a.conditions.iter().filter(|c| c.type_ == "Ready").collect();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(
+        (ready[0].status, ready[0].reason),
+        (Status::False, "ChildRejected")
+    );
+    assert!(
+        ready[0]
+            .message
+            .starts_with("the API server refused Deployment app")
+    );
+    // A write that may pass says so too, and keeps the phase the workload shows.
+    let mut b = assess(
+        &Decision::Run(Evaluation::default()),
+        &Workload::default(),
+        false,
+        false,
+    );
+    let phase = b.phase;
+    b.failed("could not write Service app: range is full");
+    assert_eq!(b.phase, phase);
+    let ready = b.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ready.status, ready.reason), (Status::False, "ApplyFailed"));
+    assert_eq!(
+        ready.message,
+        "could not write Service app: range is full; retrying"
+    );
+}
