@@ -473,4 +473,140 @@ mod tests {
         let v = review(&new, Some(&old), "carol", Some(true));
         assert_eq!(patched(&new, &v).get(REVIEWER_ANNOTATION), None);
     }
+
+    #[test]
+    fn a_second_capsule_of_a_published_version_is_refused() {
+        let first = Arc::new(capsule_with(&[]));
+        let mut second = capsule_with(&[]);
+        second.metadata.name = Some("impostor".into());
+        second.spec.publisher = "mallory".into();
+        let why = capsule_duplicate(&second, None, std::slice::from_ref(&first)).unwrap_or_default();
+        assert!(
+            why.contains("is already published as Capsule summarizer-1-4-2 by publisher"),
+            "{why}"
+        );
+        // The Capsule itself, updated without a new version, is fine.
+        assert_eq!(
+            capsule_duplicate(&first, Some(&first), std::slice::from_ref(&first)),
+            None
+        );
+        // A change of version onto a published one is refused too.
+        let mut moved = second.clone();
+        moved.spec.version = "9.9.9".into();
+        assert!(capsule_duplicate(&second, Some(&moved), std::slice::from_ref(&first)).is_some());
+    }
+
+    fn drill_spec(scope: somastack_crds::drill::Scope) -> somastack_crds::drill::DrDrillSpec {
+        serde_json::from_value(serde_json::json!({
+            "installationRef": { "name": "app" }, "scenario": "RegionOutage",
+            "scope": scope, "objectives": { "rtoSeconds": 60 },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn drills_beyond_the_tenant_bounds_need_the_verb_and_the_requester_is_stamped() {
+        use crate::access::Requester;
+        use somastack_crds::drill::Scope;
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let alice = Requester {
+            user: "alice".into(),
+            groups: vec!["tenants".into()],
+        };
+        let mut region = DrDrill::new("region", drill_spec(Scope::Region));
+        region.metadata.namespace = Some("t1".into());
+        let denied = drill(&region, None, &alice, Some(false), now).denied.unwrap();
+        assert!(
+            denied.starts_with("user alice may not run DrDrill region as written: scope: Region"),
+            "{denied}"
+        );
+        assert!(
+            denied.contains("'disrupt' on drdrills.somastack.io in namespace t1"),
+            "{denied}"
+        );
+        assert_eq!(drill(&region, None, &alice, Some(true), now), Verdict::default());
+        // A metadata-only update of such a drill needs no right.
+        assert_eq!(
+            drill(&region, Some(&region), &alice, None, now),
+            Verdict::default()
+        );
+        let within = DrDrill::new("own", drill_spec(Scope::Installation));
+        assert_eq!(drill(&within, None, &alice, None, now), Verdict::default());
+
+        // The requester: stamped on create and spec change, kept otherwise.
+        let stamped = |v: &Verdict, d: &DrDrill| {
+            let mut doc = serde_json::to_value(d).unwrap();
+            if let Some(p) = &v.patch {
+                json_patch::patch(&mut doc, p).unwrap();
+            }
+            doc["metadata"]["annotations"][REQUESTER_ANNOTATION]
+                .as_str()
+                .map(str::to_string)
+        };
+        let created = drill_requester(&within, None, &alice);
+        assert_eq!(stamped(&created, &within), Some(alice.annotation()));
+        let mut old = within.clone();
+        old.metadata.annotations = Some([(REQUESTER_ANNOTATION.to_string(), alice.annotation())].into());
+        let mut forged = old.clone();
+        let admin = Requester {
+            user: "kubernetes-admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        forged.metadata.annotations = Some([(REQUESTER_ANNOTATION.to_string(), admin.annotation())].into());
+        let mallory = Requester {
+            user: "mallory".into(),
+            groups: vec![],
+        };
+        let kept = drill_requester(&forged, Some(&old), &mallory);
+        assert_eq!(stamped(&kept, &forged), Some(alice.annotation()));
+        let mut changed = forged.clone();
+        changed.spec.timeout_seconds = 60;
+        let restamped = drill_requester(&changed, Some(&old), &mallory);
+        assert_eq!(stamped(&restamped, &changed), Some(mallory.annotation()));
+    }
+
+    #[test]
+    fn bundles_and_projects_are_judged_on_what_they_say() {
+        use somastack_crds::policy::{PolicyBundleSpec, ProjectRules};
+        let spec = PolicyBundleSpec {
+            namespace_selector: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("team".to_string(), "a b".to_string())].into()),
+                match_expressions: None,
+            }),
+            ..Default::default()
+        };
+        let bad = PolicyBundle::new("bad", spec);
+        assert!(
+            bundle(&bad, None)
+                .denied
+                .unwrap()
+                .starts_with("PolicyBundle bad cannot be used: namespaceSelector")
+        );
+        // Unchanged specs are not judged again (status writes, labels).
+        assert_eq!(bundle(&bad, Some(&bad)), Verdict::default());
+
+        let project: KamachiqProject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "somastack.io/v1alpha1", "kind": "KamachiqProject",
+            "metadata": { "name": "p", "namespace": "t1" },
+            "spec": { "goal": "g", "planner": { "url": "http://10.0.0.1/plan",
+                      "agent": { "package": "a", "version": "1.0.0" } } },
+        }))
+        .unwrap();
+        let refused = super::project(&project, None, &[]).denied.unwrap();
+        assert!(
+            refused.contains("no PolicyBundle governing this namespace lists planner URLs"),
+            "{refused}"
+        );
+        let allowing = Arc::new(PolicyBundle::new(
+            "planners",
+            PolicyBundleSpec {
+                projects: Some(ProjectRules {
+                    require_approval: false,
+                    allowed_planner_urls: vec!["http://10.0.0.1/".into()],
+                }),
+                ..Default::default()
+            },
+        ));
+        assert_eq!(super::project(&project, None, &[allowing]), Verdict::default());
+    }
 }

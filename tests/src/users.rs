@@ -44,11 +44,7 @@ async fn ssa(admin: &Client, doc: Value) {
 /// The ServiceAccount `name`, bound to `cluster_roles` (and to nothing else:
 /// bindings are named after it), with a client that authenticates as it.
 pub async fn user(admin: &Client, name: &str, cluster_roles: &[&str]) -> User {
-    ssa(
-        admin,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USERS_NAMESPACE}}),
-    )
-    .await;
+    account(admin, name).await;
     // Capsules and KamachiqProjects: both are reviewed the same way.
     let capsules = |verbs: &[&str]| json!([{ "apiGroups": ["somastack.io"], "resources": ["capsules", "kamachiqprojects"], "verbs": verbs }]);
     ssa(
@@ -63,12 +59,6 @@ pub async fn user(admin: &Client, name: &str, cluster_roles: &[&str]) -> User {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                "metadata": {"name": REVIEWER_ROLE},
                "rules": capsules(&["get", "list", "watch", "patch", "update", "approve"])}),
-    )
-    .await;
-    ssa(
-        admin,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": name, "namespace": USERS_NAMESPACE}}),
     )
     .await;
     for role in [PUBLISHER_ROLE, REVIEWER_ROLE] {
@@ -115,17 +105,7 @@ pub async fn user(admin: &Client, name: &str, cluster_roles: &[&str]) -> User {
 /// tenants; the chart aggregates the right to manage Installations, DrDrills
 /// and KamachiqProjects into `edit`.
 pub async fn tenant(admin: &Client, name: &str, namespace: &str) -> User {
-    ssa(
-        admin,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USERS_NAMESPACE}}),
-    )
-    .await;
-    ssa(
-        admin,
-        json!({"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {"name": name, "namespace": USERS_NAMESPACE}}),
-    )
-    .await;
+    account(admin, name).await;
     ssa(
         admin,
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -146,6 +126,21 @@ pub async fn tenant(admin: &Client, name: &str, namespace: &str) -> User {
     )
     .await;
     signed_in(admin, name).await
+}
+
+/// The ServiceAccount `name` in [`USERS_NAMESPACE`] (made if missing).
+async fn account(admin: &Client, name: &str) {
+    ssa(
+        admin,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": USERS_NAMESPACE}}),
+    )
+    .await;
+    ssa(
+        admin,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+               "metadata": {"name": name, "namespace": USERS_NAMESPACE}}),
+    )
+    .await;
 }
 
 /// A client authenticated as the test ServiceAccount `name` (a token from

@@ -119,6 +119,30 @@ pub fn audit(
     }
 }
 
+/// `Ready=False` for a bundle that cannot be used as written, if so (pure).
+pub fn unusable(problems: &crate::bundle_checks::Problems) -> Option<Desired> {
+    let all = problems.all().join("; ");
+    let (reason, message) = if !problems.selector.is_empty() {
+        (
+            "InvalidSelector",
+            format!("the bundle governs no namespace: its selector is invalid: {all}"),
+        )
+    } else if !problems.keys.is_empty() {
+        (
+            "InvalidKey",
+            format!("{all}; signatures by these keys are refused"),
+        )
+    } else if !problems.ceilings.is_empty() {
+        (
+            "InvalidCeiling",
+            format!("{all}; every governed Installation that sets it is refused"),
+        )
+    } else {
+        return None;
+    };
+    Some(Desired::new("Ready", Status::False, reason, message))
+}
+
 pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches_ready().await?;
     let result = audit(
@@ -129,37 +153,8 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     );
     let now = status::now();
 
-    let problems = crate::bundle_checks::check(&bundle.spec);
-    let ready = if !problems.selector.is_empty() {
-        Desired::new(
-            "Ready",
-            Status::False,
-            "InvalidSelector",
-            format!(
-                "the bundle governs no namespace: its selector is invalid: {}",
-                problems.all().join("; ")
-            ),
-        )
-    } else if !problems.keys.is_empty() {
-        Desired::new(
-            "Ready",
-            Status::False,
-            "InvalidKey",
-            format!(
-                "{}; signatures by these keys are refused",
-                problems.all().join("; ")
-            ),
-        )
-    } else if !problems.ceilings.is_empty() {
-        Desired::new(
-            "Ready",
-            Status::False,
-            "InvalidCeiling",
-            format!(
-                "{}; every governed Installation that sets it is refused",
-                problems.all().join("; ")
-            ),
-        )
+    let ready = if let Some(unusable) = unusable(&crate::bundle_checks::check(&bundle.spec)) {
+        unusable
     } else if let Some(ks) = bundle.spec.kill_switch.as_ref().filter(|k| k.engaged) {
         Desired::new(
             "Ready",

@@ -344,3 +344,37 @@ fn back_home_means_every_pod_there_and_enough_ready() {
     assert!(!back_in(&[home.clone(), home.clone(), away], "eu-west-1", 2));
     assert!(!back_in(&[home, unready], "eu-west-1", 2));
 }
+
+#[test]
+fn tenant_bounds_name_each_option_that_needs_the_disrupt_verb() {
+    let now = ts("2026-11-25T10:00:00Z");
+    let within = DrDrillSpec {
+        schedule: Some("0 3 * * 1".into()),
+        timeout_seconds: 1800,
+        ..spec(Scenario::RegionOutage)
+    };
+    assert!(beyond_tenant_bounds(&within, now).is_empty());
+    // Hourly is within; every 30 minutes is not.
+    let hourly = DrDrillSpec {
+        schedule: Some("@hourly".into()),
+        ..spec(Scenario::PodLoss)
+    };
+    assert!(beyond_tenant_bounds(&hourly, now).is_empty());
+    let beyond = DrDrillSpec {
+        scope: Scope::Region,
+        timeout_seconds: 1801,
+        schedule: Some("0,30 * * * *".into()),
+        ..spec(Scenario::RegionOutage)
+    };
+    let reasons = beyond_tenant_bounds(&beyond, now);
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].starts_with("scope: Region taints every node of a region"));
+    assert_eq!(reasons[1], "timeoutSeconds 1801 is above 1800");
+    assert_eq!(
+        reasons[2],
+        "schedule \"0,30 * * * *\" runs 30 min apart, more often than every 60 minutes"
+    );
+    // Two runs a minute apart once a day are as disruptive as every minute.
+    assert_eq!(shortest_gap("0,1 3 * * *", now, 500), Some(60));
+    assert_eq!(shortest_gap("not cron", now, 500), None);
+}

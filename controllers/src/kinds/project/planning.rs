@@ -230,3 +230,84 @@ impl Calls {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use somastack_crds::common::CapsuleRef;
+    use somastack_crds::planner::{PLANNER_API_VERSION, ProjectRef};
+
+    use super::*;
+
+    fn request() -> PlanRequest {
+        PlanRequest {
+            api_version: PLANNER_API_VERSION.into(),
+            goal: "g".into(),
+            project: ProjectRef {
+                namespace: "t1".into(),
+                name: "p".into(),
+                uid: "uid-1".into(),
+            },
+            agent: CapsuleRef {
+                package: "a".into(),
+                version: "1.0.0".into(),
+            },
+            max_tasks: 10,
+        }
+    }
+
+    /// A loopback port nothing listens on: calls fail at once.
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9)
+    }
+
+    #[tokio::test]
+    async fn a_call_runs_beside_the_caller_and_its_failure_is_kept_until_the_retry_time() {
+        let calls = Calls::default();
+        let mut ended = calls.triggers().expect("the trigger stream");
+        assert!(calls.triggers().is_none(), "taken once");
+        let url = format!("http://127.0.0.1:{}/plan", closed_port());
+        let project = ObjectRef::<KamachiqProject>::new("p").within("t1");
+        let poll = || {
+            calls.poll(
+                project.clone(),
+                "uid-1",
+                "input-a",
+                &url,
+                &request(),
+                Duration::from_secs(2),
+            )
+        };
+        // The first ask starts the call and returns at once.
+        assert!(matches!(poll(), Poll::InFlight(_)));
+        assert!(
+            matches!(poll(), Poll::InFlight(_)),
+            "no second call while one runs"
+        );
+        // Its end reconciles the project.
+        let woken = tokio::time::timeout(Duration::from_secs(30), ended.next()).await;
+        assert_eq!(woken.ok().flatten(), Some(project.clone()));
+        let Poll::Failed { failure, retry_in } = poll() else {
+            panic!("the failure is kept");
+        };
+        assert_eq!(failure.reason(), "PlannerUnavailable");
+        assert!(retry_in <= retry_after(&failure) && retry_in > Duration::from_secs(5));
+        // Another input is another call; forgetting drops it.
+        assert!(matches!(
+            calls.poll(
+                project.clone(),
+                "uid-1",
+                "input-b",
+                &url,
+                &request(),
+                Duration::from_secs(2)
+            ),
+            Poll::InFlight(_)
+        ));
+        calls.forget("uid-1");
+        assert!(calls.is_empty());
+    }
+}
