@@ -29,6 +29,13 @@ impl std::fmt::Debug for Caches {
     }
 }
 
+/// Forgets what no decision of the operator reads before an object is
+/// cached: `metadata.managedFields` is often the largest part of an object
+/// (one entry per field manager), and every replica keeps every object.
+pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// A cache of `K` and the future that keeps it filled.
 fn cache<K>(
     api: Api<K>,
@@ -46,6 +53,7 @@ where
     let (store, writer) = reflector::store();
     let fill = watcher(api, wc)
         .default_backoff()
+        .modify(drop_managed_fields)
         .reflect(writer)
         .for_each(|_| futures::future::ready(()));
     (store, fill)

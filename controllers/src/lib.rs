@@ -57,6 +57,27 @@ fn sharded_watch(wc: &watcher::Config, selector: Option<&str>) -> watcher::Confi
     }
 }
 
+/// A controller of `K` whose own cache of `K` (the objects it reconciles)
+/// keeps no `managedFields`, like every other cache of the operator
+/// ([`caches::drop_managed_fields`]).
+fn controller<K>(api: Api<K>, wc: watcher::Config) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, wc)
+        .modify(caches::drop_managed_fields)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader)
+}
+
 /// Label selectors that shard kinds between operators (`None`: act on all).
 #[derive(Clone, Debug, Default)]
 pub struct Shards {
@@ -73,9 +94,9 @@ where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let wc = watcher::Config::default().any_semantic();
-    let capsule_ctl = Controller::new(Api::<Capsule>::all(client.clone()), wc.clone());
-    let bundle_ctl = Controller::new(Api::<PolicyBundle>::all(client.clone()), wc.clone());
-    let installation_ctl = Controller::new(Api::<Installation>::all(client.clone()), wc.clone()).owns(
+    let capsule_ctl = controller(Api::<Capsule>::all(client.clone()), wc.clone());
+    let bundle_ctl = controller(Api::<PolicyBundle>::all(client.clone()), wc.clone());
+    let installation_ctl = controller(Api::<Installation>::all(client.clone()), wc.clone()).owns(
         Api::<Deployment>::all(client.clone()),
         wc.clone()
             .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
@@ -93,6 +114,7 @@ where
         wc.clone().labels(somastack_crds::kamachiq::PROJECT_UID_LABEL),
     )
     .default_backoff()
+    .modify(caches::drop_managed_fields)
     .reflect_shared(writer)
     .for_each(|_| futures::future::ready(()));
     let (jobs_ready_tx, jobs_ready) = tokio::sync::watch::channel(false);
@@ -117,7 +139,7 @@ where
     let bundle_ctl = kinds::policy::wire(bundle_ctl, &ctx);
     let installation_ctl = kinds::installation::wire(installation_ctl, &ctx);
     let drill_ctl = kinds::drill::wire(
-        Controller::new(
+        controller(
             Api::<DrDrill>::all(client.clone()),
             sharded_watch(&wc, shards.drills.as_deref()),
         ),
@@ -125,7 +147,7 @@ where
     );
 
     let project_ctl = kinds::project::wire(
-        Controller::new(
+        controller(
             Api::<KamachiqProject>::all(client),
             sharded_watch(&wc, shards.projects.as_deref()),
         ),

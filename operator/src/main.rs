@@ -18,6 +18,7 @@ mod drills;
 mod error;
 mod http;
 mod leader;
+mod memory;
 mod payload;
 mod projects;
 mod revisions;
@@ -26,6 +27,13 @@ mod telemetry;
 mod webhook;
 
 use clap::Parser;
+
+/// jemalloc, with background threads that return freed memory to the system
+/// (after about 10 s unused); with glibc's allocator the operator kept the
+/// peak of every burst of objects for good (hack/bench-memory.sh,
+/// docs/operations.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use crate::cli::{Cli, Command};
 

@@ -37,6 +37,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let (caches, fill) = Caches::start(&client);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(&caches));
+    crate::memory::register(&mut registry);
     let caches_task = tokio::spawn(fill);
     let webhook_loaded = if args.webhook.no_webhook {
         tracing::info!("admission webhooks disabled (--no-webhook)");
