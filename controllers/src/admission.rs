@@ -170,7 +170,7 @@ pub fn drill(
         return Verdict::default();
     }
     Verdict::deny(format!(
-        "user {} may not run DrDrill {} as written: {} need the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {} (a platform admin grants it; within the tenant bounds, scope Installation, timeoutSeconds up to {}, at most hourly, no extra right is needed)",
+        "user {} may not run DrDrill {} as written: {}; that needs the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {} (a platform admin grants it; within the tenant bounds, scope Installation, timeoutSeconds up to {}, at most hourly, no extra right is needed)",
         requester.user,
         new.name_any(),
         reasons.join("; "),

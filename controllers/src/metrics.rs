@@ -93,7 +93,19 @@ pub struct Metrics {
     drill_rto: Family<DrillLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     task_attempts: Family<TaskLabels, Counter>,
     task_duration: Family<TaskLabels, Histogram>,
+    /// The drills and namespaces that have series, so the series of those
+    /// that are gone can be dropped ([`Metrics::forget_gone`]).
+    labelled: std::sync::Mutex<Labelled>,
 }
+
+/// Who has per-object series.
+#[derive(Debug, Default)]
+struct Labelled {
+    drills: std::collections::BTreeSet<(String, String)>,
+    namespaces: std::collections::BTreeSet<String>,
+}
+
+const VERDICTS: [&str; 3] = ["accepted", "rejected", "failed"];
 
 fn task_histogram() -> Histogram {
     // 1 s .. ~9 h: agent tasks run for seconds to hours.
@@ -124,6 +136,7 @@ impl Metrics {
             drill_rto: Family::default(),
             task_attempts: Family::default(),
             task_duration: Family::new_with_constructor(task_histogram),
+            labelled: Default::default(),
         };
         let r = registry.sub_registry_with_prefix("somastack");
         r.register("reconcile", "Reconciles run, by kind", m.reconciles.clone());
@@ -199,7 +212,71 @@ impl Metrics {
         }
     }
 
+    /// Drops the series of drills that no longer exist and of namespaces
+    /// that are gone (`drill_exists`, `namespace_exists`), so the metrics
+    /// do not grow with every drill and tenant namespace there ever was.
+    pub fn forget_gone(
+        &self,
+        drill_exists: impl Fn(&str, &str) -> bool,
+        namespace_exists: impl Fn(&str) -> bool,
+    ) {
+        let Ok(mut l) = self.labelled.lock() else { return };
+        l.drills.retain(|(namespace, drill)| {
+            if drill_exists(namespace, drill) {
+                return true;
+            }
+            let base = DrillLabels {
+                namespace: namespace.clone(),
+                drill: drill.clone(),
+            };
+            self.drill_rto.remove(&base);
+            for verdict in ["Pass", "Fail"] {
+                self.drill_runs.remove(&DrillRunLabels {
+                    namespace: namespace.clone(),
+                    drill: drill.clone(),
+                    verdict: verdict.into(),
+                });
+            }
+            false
+        });
+        l.namespaces.retain(|namespace| {
+            if namespace_exists(namespace) {
+                return true;
+            }
+            for verdict in VERDICTS {
+                let labels = TaskLabels {
+                    namespace: namespace.clone(),
+                    verdict: verdict.into(),
+                };
+                self.task_attempts.remove(&labels);
+                self.task_duration.remove(&labels);
+            }
+            false
+        });
+    }
+
+    /// [`Metrics::forget_gone`] for what `caches` no longer hold (nothing
+    /// while they are not filled: a cold cache would look like nothing exists).
+    pub fn forget_gone_from(&self, caches: &Caches) {
+        if !caches.is_ready() {
+            return;
+        }
+        use kube::runtime::reflector::ObjectRef;
+        self.forget_gone(
+            |namespace, drill| {
+                caches
+                    .drills
+                    .get(&ObjectRef::new(drill).within(namespace))
+                    .is_some()
+            },
+            |namespace| caches.namespaces.get(&ObjectRef::new(namespace)).is_some(),
+        );
+    }
+
     pub fn drill_finished(&self, namespace: &str, drill: &str, passed: bool, rto: Option<f64>) {
+        if let Ok(mut l) = self.labelled.lock() {
+            l.drills.insert((namespace.to_string(), drill.to_string()));
+        }
         self.drill_runs
             .get_or_create(&DrillRunLabels {
                 namespace: namespace.into(),
@@ -219,6 +296,9 @@ impl Metrics {
 
     /// A KamachiqProject task attempt was judged (once per attempt's Job).
     pub fn task_judged(&self, namespace: &str, verdict: &str, seconds: Option<f64>) {
+        if let Ok(mut l) = self.labelled.lock() {
+            l.namespaces.insert(namespace.to_string());
+        }
         let labels = TaskLabels {
             namespace: namespace.into(),
             verdict: verdict.into(),
@@ -368,6 +448,22 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("somastack_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn series_of_gone_drills_and_namespaces_are_dropped() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry, None);
+        m.drill_finished("t1", "weekly", true, Some(1.5));
+        m.drill_finished("t2", "gone", false, None);
+        m.task_judged("t1", "accepted", Some(3.0));
+        m.task_judged("t3", "failed", None);
+        m.forget_gone(|ns, d| (ns, d) == ("t1", "weekly"), |ns| ns == "t1");
+        let text = encode(&registry).unwrap();
+        assert!(text.contains("drill=\"weekly\""), "{text}");
+        assert!(!text.contains("drill=\"gone\""), "{text}");
+        assert!(text.contains("namespace=\"t1\",verdict=\"accepted\""), "{text}");
+        assert!(!text.contains("namespace=\"t3\""), "{text}");
     }
 
     #[test]

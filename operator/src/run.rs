@@ -39,6 +39,17 @@ async fn run(args: RunArgs) -> Result<()> {
     let metrics = Metrics::register(&mut registry, Some(&caches));
     crate::memory::register(&mut registry);
     let caches_task = tokio::spawn(fill);
+    // Series of drills and namespaces that are gone are dropped once a minute.
+    let sweeper = {
+        let (metrics, caches) = (metrics.clone(), caches.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                metrics.forget_gone_from(&caches);
+            }
+        })
+    };
     let webhook_loaded = if args.webhook.no_webhook {
         tracing::info!("admission webhooks disabled (--no-webhook)");
         None
@@ -64,6 +75,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     let result = lead_and_reconcile(&args, client, caches, metrics, shutdown).await;
     caches_task.abort();
+    sweeper.abort();
     result
 }
 

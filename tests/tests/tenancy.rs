@@ -130,7 +130,7 @@ async fn a_tenant_cannot_take_a_region_down_or_run_drills_beyond_the_tenant_boun
         );
         assert!(msg.contains(expect), "{msg}");
         assert!(
-            msg.contains("need the RBAC verb 'disrupt' on drdrills.somastack.io in namespace"),
+            msg.contains("; that needs the RBAC verb 'disrupt' on drdrills.somastack.io in namespace"),
             "{msg}"
         );
     }

@@ -341,6 +341,11 @@ async fn capsules(State(state): State<AppState>, body: Bytes) -> Reply {
             let Some((new, old)) = written(req) else {
                 return Ok(Verdict::default());
             };
+            // Only a new package version is judged (not the operator's own
+            // finalizer writes, not review annotations).
+            if old.is_some_and(|o| o.spec.package == new.spec.package && o.spec.version == new.spec.version) {
+                return Ok(Verdict::default());
+            }
             let existing = list_capsules(&state).await?;
             Ok(Verdict {
                 denied: admission::capsule_duplicate(new, old, &existing),
@@ -363,6 +368,9 @@ async fn projects(State(state): State<AppState>, body: Bytes) -> Reply {
             let Some((new, old)) = written(req) else {
                 return Ok(Verdict::default());
             };
+            if old.is_some_and(|o| o.spec == new.spec) {
+                return Ok(Verdict::default());
+            }
             let bundles = governing_bundles(&state, req.namespace.as_deref().unwrap_or_default()).await?;
             Ok(admission::project(new, old, &bundles))
         },

@@ -264,7 +264,7 @@ impl Run<'_> {
             return Ok(Ok(()));
         }
         let needs = format!(
-            "{} need the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {}",
+            "{}; that needs the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {}",
             reasons.join("; "),
             self.namespace
         );
