@@ -327,6 +327,15 @@ async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
         !got.iter().any(|(s, _)| s == "Inject" || s == "Failover"),
         "nothing injected: {got:?}"
     );
+    let restore = status["timeline"]
+        .as_array()
+        .and_then(|t| t.iter().find(|e| e["step"] == "Restore"))
+        .map(|e| e["message"].clone());
+    assert_eq!(
+        restore,
+        Some(json!("nothing was injected; releasing the drill lock")),
+        "{status:#}"
+    );
     let message = status["history"][0]["message"].as_str().unwrap();
     assert!(
         message.contains("failover to us-east-1 refused by policy")

@@ -604,7 +604,9 @@ impl Run<'_> {
                 &mut self.status.timeline,
                 plan::RESTORE,
                 self.now,
-                if go_home {
+                if active.injected_at.is_none() {
+                    "nothing was injected; releasing the drill lock".into()
+                } else if go_home {
                     format!("returning to {}", home(&active))
                 } else {
                     "restore: false; removing the outage, staying failed over".into()
