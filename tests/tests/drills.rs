@@ -427,6 +427,52 @@ async fn pod_loss_recovers_in_place() {
     t.delete(&client).await;
 }
 
+/// GitOps applies a drill and its Installation in one sync: the drill
+/// waits for its target to exist and become Ready instead of failing.
+#[tokio::test]
+async fn a_drill_applied_before_its_installation_waits_for_it() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "together").await;
+    let package = format!("together-{}", unique_suffix());
+    let cap = capsule(&package, &package, "1.0.0", "confidential");
+    put(&client, &cap).await;
+    let drill = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+        "metadata": { "name": "early", "namespace": ns.name },
+        "spec": { "installationRef": { "name": "app" }, "scenario": "PodLoss",
+                  "objectives": { "rtoSeconds": 60 } } });
+    put(&client, &drill).await;
+    let api = api_for(&client, &drill).await;
+    let waiting = wait_drill(&api, "early", "waiting for its target", |s| {
+        s["conditions"][0]["reason"] == "WaitingForTarget"
+    })
+    .await;
+    assert_eq!(
+        waiting["conditions"][0]["message"], "waiting for Installation app to be created",
+        "{waiting:#}"
+    );
+    assert!(
+        waiting["history"].as_array().is_none_or(|h| h.is_empty()),
+        "{waiting:#}"
+    );
+    put(
+        &client,
+        &installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2),
+    )
+    .await;
+    let status = wait_drill(&api, "early", "finished", finished).await;
+    assert_eq!(status["verdict"], "Pass", "{status:#}");
+    assert_eq!(
+        steps(&status)[0],
+        ("Validate".to_string(), "Succeeded".to_string()),
+        "{status:#}"
+    );
+    ns.delete().await;
+    let _ = api_for(&client, &cap)
+        .await
+        .delete(&package, &DeleteParams::default())
+        .await;
+}
+
 #[tokio::test]
 async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
     let client = client().await;

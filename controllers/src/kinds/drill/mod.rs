@@ -177,14 +177,17 @@ impl Run<'_> {
         }
     }
 
-    async fn maybe_start(&mut self) -> Result<Action> {
-        let created = self
-            .drill
+    fn created(&self) -> Timestamp {
+        self.drill
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0)
-            .unwrap_or(self.now);
+            .unwrap_or(self.now)
+    }
+
+    async fn maybe_start(&mut self) -> Result<Action> {
+        let created = self.created();
         let last = self.status.last_run_time.as_ref().map(|t| t.0);
         let start = plan::should_start(
             &self.drill.spec,
@@ -293,6 +296,12 @@ impl Run<'_> {
     /// Takes the Installation's lock and opens a run.
     async fn start(&mut self, scheduled_for: Option<Timestamp>) -> Result<Action> {
         let target = &self.drill.spec.installation_ref.name;
+        if self.installations.get_opt(target).await?.is_none()
+            && let Some(wait) = plan::settling(&self.drill.spec, None, self.created(), self.now)
+        {
+            self.set_phase(DrillPhase::Waiting, Status::Unknown, "WaitingForTarget", wait);
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
         let lock = self.lock_state().await?;
         if let Lock::Held(holder) = &lock {
             self.set_phase(
@@ -380,6 +389,17 @@ impl Run<'_> {
             .installations
             .get_opt(&self.drill.spec.installation_ref.name)
             .await?;
+        // A target that exists but is still rolling out (the lock is held):
+        // wait a while in Validate. A missing one was waited for before the
+        // run opened (`start`).
+        let settling = inst
+            .as_ref()
+            .and_then(|i| plan::settling(&self.drill.spec, Some(i), self.created(), self.now));
+        if let Some(wait) = settling {
+            self.set_phase(DrillPhase::Running, Status::Unknown, "WaitingForTarget", wait);
+            self.status.run = Some(active);
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
         let bundles = self.ctx.governing_bundles(&self.namespace);
         let capsules = self.ctx.capsules.state();
         let result = plan::validate(&self.drill.spec, inst.as_ref(), |region| {

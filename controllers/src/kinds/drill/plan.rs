@@ -160,6 +160,47 @@ pub fn expected_replicas(inst: &Installation) -> i32 {
     }
 }
 
+/// How long a run waits in Validate for a target that is still being
+/// created: GitOps and `kubectl apply -f dir/` create a drill and its
+/// Installation together, and a rollout takes a while.
+pub const SETTLE_SECS: f64 = 300.0;
+
+fn is_ready(inst: &Installation) -> bool {
+    inst.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Why a run should wait before judging its target, or `None` to judge
+/// now: the Installation does not exist yet and the drill is younger than
+/// [`SETTLE_SECS`], or it exists, is not Ready and is itself younger than
+/// that (still rolling out). An older target that is not Ready is a
+/// finding, not something to wait for.
+pub fn settling(
+    spec: &DrDrillSpec,
+    inst: Option<&Installation>,
+    drill_created: Timestamp,
+    now: Timestamp,
+) -> Option<String> {
+    let name = &spec.installation_ref.name;
+    match inst {
+        None => (seconds(drill_created, now) < SETTLE_SECS)
+            .then(|| format!("waiting for Installation {name} to be created")),
+        Some(inst) if !is_ready(inst) => {
+            let created = inst.metadata.creation_timestamp.as_ref()?.0;
+            let age = seconds(created, now);
+            (age < SETTLE_SECS).then(|| {
+                format!(
+                    "waiting for Installation {name}, created {}s ago, to become Ready",
+                    age.max(0.0).round()
+                )
+            })
+        }
+        Some(_) => None,
+    }
+}
+
 /// Checks what a run needs before anything is injected. `judge` answers
 /// the Installation's policy decision for a region (residency for its
 /// capsule). An `Err` is a drill finding: the verdict is Fail and nothing
@@ -175,12 +216,7 @@ pub fn validate(
             spec.installation_ref.name
         ));
     };
-    let ready = inst
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
-    if !ready {
+    if !is_ready(inst) {
         return Err(format!(
             "Installation {} is not Ready; a drill needs a healthy target",
             spec.installation_ref.name

@@ -144,6 +144,37 @@ fn a_failover_residency_forbids_is_a_finding() {
 }
 
 #[test]
+fn a_run_waits_for_a_target_still_being_created_but_not_for_an_old_unhealthy_one() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let s = spec(Scenario::PodLoss);
+    let drill_created = ts("2026-11-23T10:00:00Z");
+    let now = ts("2026-11-23T10:01:00Z");
+    // Applied together: the Installation is not there yet.
+    assert_eq!(
+        settling(&s, None, drill_created, now).as_deref(),
+        Some("waiting for Installation summarizer to be created")
+    );
+    // Still missing five minutes after the drill was created: judge it.
+    assert_eq!(
+        settling(&s, None, drill_created, ts("2026-11-23T10:05:00Z")),
+        None
+    );
+    // Rolling out: created 20 s ago, not Ready yet.
+    let mut inst = installation(Some(2), None);
+    inst.metadata.creation_timestamp = Some(Time(ts("2026-11-23T10:00:40Z")));
+    assert_eq!(
+        settling(&s, Some(&inst), drill_created, now).as_deref(),
+        Some("waiting for Installation summarizer, created 20s ago, to become Ready")
+    );
+    // Not Ready an hour after it was created: a finding, no waiting.
+    inst.metadata.creation_timestamp = Some(Time(ts("2026-11-23T09:00:00Z")));
+    assert_eq!(settling(&s, Some(&inst), drill_created, now), None);
+    // Ready: nothing to wait for, whatever its age.
+    inst.metadata.creation_timestamp = Some(Time(ts("2026-11-23T10:00:59Z")));
+    assert_eq!(settling(&s, Some(&ready(inst)), drill_created, now), None);
+}
+
+#[test]
 fn unhealthy_or_missing_targets_are_findings() {
     let inst = installation(Some(2), None);
     assert!(
