@@ -390,7 +390,7 @@ impl Run<'_> {
             .get_opt(&self.drill.spec.installation_ref.name)
             .await?;
         // A target that exists but is still rolling out (the lock is held):
-        // wait a while in Validate. A missing one was waited for before the
+        // wait in Validate (bounded by timeoutSeconds). A missing one was waited for before the
         // run opened (`start`).
         let settling = inst
             .as_ref()

@@ -160,11 +160,6 @@ pub fn expected_replicas(inst: &Installation) -> i32 {
     }
 }
 
-/// How long a run waits in Validate for a target that is still being
-/// created: GitOps and `kubectl apply -f dir/` create a drill and its
-/// Installation together, and a rollout takes a while.
-pub const SETTLE_SECS: f64 = 300.0;
-
 fn is_ready(inst: &Installation) -> bool {
     inst.status
         .as_ref()
@@ -173,10 +168,12 @@ fn is_ready(inst: &Installation) -> bool {
 }
 
 /// Why a run should wait before judging its target, or `None` to judge
-/// now: the Installation does not exist yet and the drill is younger than
-/// [`SETTLE_SECS`], or it exists, is not Ready and is itself younger than
-/// that (still rolling out). An older target that is not Ready is a
-/// finding, not something to wait for.
+/// now. GitOps and `kubectl apply -f dir/` create a drill and its
+/// Installation together, and a rollout takes a while, so a run waits while
+/// the Installation does not exist yet and the drill is younger than its
+/// `timeoutSeconds`, or while it exists, is not Ready and is itself younger
+/// than that (still rolling out). An older target that is missing or not
+/// Ready is a finding, not something to wait for.
 pub fn settling(
     spec: &DrDrillSpec,
     inst: Option<&Installation>,
@@ -184,13 +181,14 @@ pub fn settling(
     now: Timestamp,
 ) -> Option<String> {
     let name = &spec.installation_ref.name;
+    let patience = f64::from(spec.timeout_seconds);
     match inst {
-        None => (seconds(drill_created, now) < SETTLE_SECS)
+        None => (seconds(drill_created, now) < patience)
             .then(|| format!("waiting for Installation {name} to be created")),
         Some(inst) if !is_ready(inst) => {
             let created = inst.metadata.creation_timestamp.as_ref()?.0;
             let age = seconds(created, now);
-            (age < SETTLE_SECS).then(|| {
+            (age < patience).then(|| {
                 format!(
                     "waiting for Installation {name}, created {}s ago, to become Ready",
                     age.max(0.0).round()

@@ -154,9 +154,9 @@ fn a_run_waits_for_a_target_still_being_created_but_not_for_an_old_unhealthy_one
         settling(&s, None, drill_created, now).as_deref(),
         Some("waiting for Installation summarizer to be created")
     );
-    // Still missing five minutes after the drill was created: judge it.
+    // Still missing after the drill's timeoutSeconds (900): judge it.
     assert_eq!(
-        settling(&s, None, drill_created, ts("2026-11-23T10:05:00Z")),
+        settling(&s, None, drill_created, ts("2026-11-23T10:15:00Z")),
         None
     );
     // Rolling out: created 20 s ago, not Ready yet.
