@@ -390,8 +390,8 @@ impl Run<'_> {
             .get_opt(&self.drill.spec.installation_ref.name)
             .await?;
         // A target that exists but is still rolling out (the lock is held):
-        // wait in Validate (bounded by timeoutSeconds). A missing one was waited for before the
-        // run opened (`start`).
+        // wait in Validate, bounded by timeoutSeconds. A missing one was
+        // waited for before the run opened (`start`).
         let settling = inst
             .as_ref()
             .and_then(|i| plan::settling(&self.drill.spec, Some(i), self.created(), self.now));
