@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, from pinned Go modules through the module proxy, every binary the
 # local cluster needs: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, kwokctl and helm. Results are cached outside
+# kube-scheduler, kubectl, kwok, kwokctl and helm; with real nodes
+# (SOMASTACK_REAL_NODES=1) also kubelet, kube-proxy and containerd. Results are cached outside
 # the repository (see hack/lib.sh); a second run finds them and returns at once.
 #
 #   hack/build-tools.sh            build whatever is missing
@@ -9,7 +10,7 @@
 source "$(dirname "$0")/lib.sh"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$K8S_BIN:$ETCD_BIN:$KWOK_BIN:$HELM_BIN"; exit 0
+  echo "$K8S_BIN:$ETCD_BIN:$KWOK_BIN:$HELM_BIN:$K8S_NODE_BIN:$CONTAINERD_BIN"; exit 0
 fi
 
 command -v go >/dev/null || die "go is not installed (the project needs Go >= 1.26)"
@@ -19,6 +20,7 @@ mkdir -p "$BIN_DIR" "$CACHE_DIR/src"
 # install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
 # success, so an interrupted build never leaves a half-filled cache entry.
 steps_total=4
+real_nodes_enabled && steps_total=6
 install_into() {
   local dir="$1" step="$2" what="$3" fn="$4"
   if [[ -f "$dir/.complete" ]]; then
@@ -45,8 +47,10 @@ build_etcd() {
     go build -trimpath -o "$out/etcd" go.etcd.io/etcd/server/v3 )
 }
 
-build_kubernetes() {
-  local out="$1" src="$CACHE_DIR/src/kubernetes-$K8S_VERSION"
+# kubernetes_module DIR: writes the wrapper module that builds k8s.io/kubernetes
+# commands into DIR and prints the -ldflags that stamp their version.
+kubernetes_module() {
+  local src="$1"
   rm -rf "$src"; mkdir -p "$src"
   local gomod
   gomod=$(cd "$src" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
@@ -67,16 +71,41 @@ build_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging_tag"'#p' "$gomod"
   } > "$src/go.mod"
   log "    wrapper module replaces $(grep -c '^replace' "$src/go.mod") staging modules with $staging_tag"
-  local pkg=k8s.io/kubernetes/cmd
   local v ldflags="-s -w"
   for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$minor"
     ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
   done
-  # -mod=mod lets go build fill in go.sum for the wrapper's dependencies; no
-  # `go mod tidy` first: it would drop the require (nothing imports it yet).
-  ( cd "$src" && GOFLAGS="$GOFLAGS -mod=mod" go build -trimpath -ldflags "$ldflags" -o "$out/" \
-      "$pkg/kube-apiserver" "$pkg/kube-controller-manager" "$pkg/kube-scheduler" "$pkg/kubectl" )
+  echo "$ldflags"
+}
+
+# build_kubernetes_commands OUT NAME...: builds k8s.io/kubernetes/cmd/NAME.
+# -mod=mod lets go build fill in go.sum for the wrapper's dependencies; no
+# `go mod tidy` first: it would drop the require (nothing imports it yet).
+build_kubernetes_commands() {
+  local out="$1"; shift
+  local src="$CACHE_DIR/src/kubernetes-$K8S_VERSION" ldflags pkgs=() name
+  ldflags=$(kubernetes_module "$src")
+  for name in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+  ( cd "$src" && GOFLAGS="$GOFLAGS -mod=mod" go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}" )
+}
+
+build_kubernetes() {
+  build_kubernetes_commands "$1" kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# The real nodes' Kubernetes side, from the same module and Go build cache.
+build_kubernetes_node() {
+  build_kubernetes_commands "$1" kubelet kube-proxy
+}
+
+# containerd 2.x (with its CRI plugin) and its runc shim; runc itself and the
+# CNI plugins come from Debian (hack/real-nodes.sh installs them).
+build_containerd() {
+  GOBIN="$1" go install -trimpath -ldflags "-s -w" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
 }
 
 build_kwok() {
@@ -93,4 +122,8 @@ install_into "$ETCD_BIN" 1 "etcd $ETCD_VERSION" build_etcd
 install_into "$K8S_BIN" 2 "Kubernetes $K8S_VERSION (apiserver, controller-manager, scheduler, kubectl)" build_kubernetes
 install_into "$KWOK_BIN" 3 "kwok/kwokctl $KWOK_VERSION" build_kwok
 install_into "$HELM_BIN" 4 "helm $HELM_VERSION" build_helm
+if real_nodes_enabled; then
+  install_into "$K8S_NODE_BIN" 5 "Kubernetes $K8S_VERSION node (kubelet, kube-proxy)" build_kubernetes_node
+  install_into "$CONTAINERD_BIN" 6 "containerd $CONTAINERD_VERSION" build_containerd
+fi
 log "all tools ready under $BIN_DIR"

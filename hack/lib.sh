@@ -12,6 +12,7 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"   # kube-apiserver, -controller-manager, -
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"  # real nodes only
 
 # Binaries are cached outside the repository, keyed by version, so a fresh
 # clone on the same machine (and CI after a developer session) reuses them.
@@ -21,6 +22,12 @@ K8S_BIN="$BIN_DIR/kubernetes-$K8S_VERSION"
 ETCD_BIN="$BIN_DIR/etcd-$ETCD_VERSION"
 KWOK_BIN="$BIN_DIR/kwok-$KWOK_VERSION"
 HELM_BIN="$BIN_DIR/helm-$HELM_VERSION"
+K8S_NODE_BIN="$BIN_DIR/kubernetes-node-$K8S_VERSION"
+CONTAINERD_BIN="$BIN_DIR/containerd-$CONTAINERD_VERSION"
+
+# Real nodes (kubelet + containerd + runc + CNI) beside the kwok ones:
+# hack/real-nodes.sh. Opt-in while the product story is moved onto them.
+real_nodes_enabled() { [[ "${SOMASTACK_REAL_NODES:-0}" == 1 ]]; }
 
 # The local cluster's state lives in the repo's ignored .local/ folder.
 CLUSTER_NAME="${SOMASTACK_CLUSTER:-somastack}"
