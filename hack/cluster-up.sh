@@ -28,9 +28,42 @@ else
   done
   log "starting cluster '$CLUSTER_NAME' on 127.0.0.1:$APISERVER_PORT (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
   loopback=127.0.0.1
+  pki="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"
+  # kwokctl 0.8 takes only one --extra-args per component past the first one
+  # it sees (its index bookkeeping panics otherwise), so further arguments go
+  # in a KwokctlConfiguration of their own.
+  {
+    echo "apiVersion: config.kwok.x-k8s.io/v1alpha1"
+    echo "kind: KwokctlConfiguration"
+    if real_nodes_enabled; then
+      # Pods reach the API server at the `kubernetes` Service address (the
+      # first of the default range 10.0.0.0/24), relayed from the bridge.
+      echo "options:"
+      echo "  kubeApiserverCertSANs: [10.0.0.1, 10.213.0.1]"
+    fi
+    echo "componentsPatches:"
+    # kwok simulates only the nodes annotated as fake; real nodes are left
+    # to their kubelets.
+    echo "- name: kwok-controller"
+    echo "  extraArgs:"
+    echo "  - {key: manage-all-nodes, value: 'false'}"
+    echo "  - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}"
+    if real_nodes_enabled; then
+      # The API server reaches kubelets at their InternalIP (the pod bridge,
+      # never a DNS lookup of a node name) with a client certificate, and
+      # advertises the bridge address for the `kubernetes` Service
+      # (hack/real-nodes.sh relays it to loopback).
+      echo "- name: kube-apiserver"
+      echo "  extraArgs:"
+      echo "  - {key: kubelet-preferred-address-types, value: InternalIP}"
+      echo "  - {key: kubelet-client-certificate, value: '$pki/admin.crt'}"
+      echo "  - {key: kubelet-client-key, value: '$pki/admin.key'}"
+      echo "  - {key: advertise-address, value: 10.213.0.1}"
+    fi
+  } >"$LOCAL_DIR/kwokctl-components.yaml"
   KWOK_WORKDIR="$KWOK_WORKDIR" with_heartbeat "starting the control plane" \
     kwokctl create cluster --name "$CLUSTER_NAME" --runtime binary \
-      --config "$ROOT/hack/kwok-stages.yaml" \
+      --config "$ROOT/hack/kwok-stages.yaml" --config "$LOCAL_DIR/kwokctl-components.yaml" \
       --kubeconfig "$LOCAL_KUBECONFIG" \
       --etcd-binary "$ETCD_BIN/etcd" \
       --kube-apiserver-binary "$K8S_BIN/kube-apiserver" \
@@ -60,6 +93,11 @@ cluster_running || die "the API server did not become ready; logs in $KWOK_WORKD
 log "creating kwok nodes in three regions"
 "$ROOT/hack/nodes.sh" | kubectl_local apply --server-side --field-manager=somastack-hack -f - >/dev/null
 kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
+
+if real_nodes_enabled; then
+  log "starting the real nodes (hack/real-nodes.sh)"
+  "$ROOT/hack/real-nodes.sh" up
+fi
 
 log "installing the somastack CRDs"
 kubectl_local apply --server-side --force-conflicts --field-manager=somastack-hack -f "$ROOT/charts/somastack-operator/crds/" >/dev/null

@@ -25,6 +25,11 @@ export KUBECONFIG="$LOCAL_KUBECONFIG"
 # Namespaces left by an interrupted earlier run.
 kubectl_local delete namespace -l somastack.io/test=true --wait=false >/dev/null 2>&1 || true
 
+if real_nodes_enabled; then
+  step "real nodes give the host back (hack/check-host-restored.sh)"
+  "$ROOT/hack/check-host-restored.sh"
+fi
+
 step "build (the integration tests run the operator binary)"
 cargo build --workspace --bins --locked --quiet
 
