@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds, from pinned Go modules through the module proxy, every binary the
 # local cluster needs: etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, kwokctl and helm; with real nodes
-# (SOMASTACK_REAL_NODES=1) also kubelet, kube-proxy and containerd. Results are cached outside
-# the repository (see hack/lib.sh); a second run finds them and returns at once.
+# kube-scheduler, kubectl, kwok, kwokctl and helm; for the real nodes (unless
+# SOMASTACK_REAL_NODES=0) also kubelet, kube-proxy and containerd. Results are
+# cached outside the repository (see hack/lib.sh); a second run finds them and
+# returns at once.
 #
 #   hack/build-tools.sh            build whatever is missing
 #   hack/build-tools.sh --print    print the PATH entries to use the binaries

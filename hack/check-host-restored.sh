@@ -6,7 +6,7 @@
 # with `hack/real-nodes.sh down`, snapshots again and compares. Leaves the
 # real nodes running if they were.
 #
-#   SOMASTACK_REAL_NODES=1 hack/check-host-restored.sh
+#   hack/check-host-restored.sh     (hack/test.sh runs it)
 source "$(dirname "$0")/lib.sh"
 export KUBECONFIG="$LOCAL_KUBECONFIG"
 NODES_DIR="$LOCAL_DIR/nodes"

@@ -12,8 +12,15 @@ source "$(dirname "$0")/lib.sh"
 "$ROOT/hack/build-tools.sh"
 mkdir -p "$LOCAL_DIR"
 
+mode=kwok-only
+real_nodes_enabled && mode=real-nodes
 if cluster_running; then
   log "cluster '$CLUSTER_NAME' already running ($(kubectl_local config view --minify -o jsonpath='{.clusters[0].cluster.server}'))"
+  # The API server's flags differ with real nodes (kubelet client
+  # certificate, advertised address, certificate names).
+  started=$(cat "$LOCAL_DIR/cluster-mode" 2>/dev/null || echo kwok-only)
+  [[ "$started" == "$mode" ]] ||
+    die "the running cluster was started $started, this run wants $mode (SOMASTACK_REAL_NODES); stop it first: hack/cluster-down.sh"
 else
   # A cluster whose processes are gone (machine restarted) is recreated.
   KWOK_WORKDIR="$KWOK_WORKDIR" kwokctl delete cluster --name "$CLUSTER_NAME" --kubeconfig "$LOCAL_KUBECONFIG" >/dev/null 2>&1 || true
@@ -61,6 +68,7 @@ else
       echo "  - {key: advertise-address, value: 10.213.0.1}"
     fi
   } >"$LOCAL_DIR/kwokctl-components.yaml"
+  echo "$mode" >"$LOCAL_DIR/cluster-mode"
   KWOK_WORKDIR="$KWOK_WORKDIR" with_heartbeat "starting the control plane" \
     kwokctl create cluster --name "$CLUSTER_NAME" --runtime binary \
       --config "$ROOT/hack/kwok-stages.yaml" --config "$LOCAL_DIR/kwokctl-components.yaml" \

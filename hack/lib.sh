@@ -26,8 +26,9 @@ K8S_NODE_BIN="$BIN_DIR/kubernetes-node-$K8S_VERSION"
 CONTAINERD_BIN="$BIN_DIR/containerd-$CONTAINERD_VERSION"
 
 # Real nodes (kubelet + containerd + runc + CNI) beside the kwok ones:
-# hack/real-nodes.sh. Opt-in while the product story is moved onto them.
-real_nodes_enabled() { [[ "${SOMASTACK_REAL_NODES:-0}" == 1 ]]; }
+# hack/real-nodes.sh, docs/real-nodes.md. On by default (they need root);
+# SOMASTACK_REAL_NODES=0 leaves only the kwok nodes.
+real_nodes_enabled() { [[ "${SOMASTACK_REAL_NODES:-1}" != 0 ]]; }
 
 # The local cluster's state lives in the repo's ignored .local/ folder.
 CLUSTER_NAME="${SOMASTACK_CLUSTER:-somastack}"

@@ -2,9 +2,9 @@
 # Real nodes for the local cluster: kubelet + containerd 2.x + runc + the CNI
 # bridge plugin, joined to the kwokctl control plane beside the kwok nodes.
 #
-#   SOMASTACK_REAL_NODES=1 hack/real-nodes.sh up     start them (cluster must be up)
-#   hack/real-nodes.sh down                          stop them, restore the host
-#   hack/real-nodes.sh status                        what runs, what was changed
+#   hack/real-nodes.sh up        start them (the cluster must be up; cluster-up.sh calls it)
+#   hack/real-nodes.sh down      stop them, restore the host (cluster-down.sh calls it)
+#   hack/real-nodes.sh status    what runs and its memory
 #
 # What it changes on the host, and gives back on `down` (docs/real-nodes.md):
 #   - a bridge `soma0` (10.213.0.1/16), the pods' only network;
@@ -45,7 +45,10 @@ healthz_port() { echo $((PORT_BASE - 20000 + 100 + $1)); }
 PROXY_HEALTHZ_PORT=$((PORT_BASE - 20000 + 110))
 PROXY_METRICS_PORT=$((PORT_BASE - 20000 + 111))
 
-need_root() { [[ $(id -u) == 0 ]] || die "real nodes need root (kubelet, containerd, iptables)"; }
+need_root() {
+  [[ $(id -u) == 0 ]] ||
+    die "real nodes need root (kubelet, containerd, iptables); run as root, or set SOMASTACK_REAL_NODES=0 for kwok nodes only"
+}
 
 install_packages() {
   local missing=() pkg
@@ -417,7 +420,7 @@ down() {
 
 up() {
   need_root
-  real_nodes_enabled || die "set SOMASTACK_REAL_NODES=1 (hack/build-tools.sh then builds kubelet and containerd)"
+  real_nodes_enabled || die "SOMASTACK_REAL_NODES=0: real nodes are off"
   cluster_running || die "the local cluster is not running: hack/cluster-up.sh"
   [[ -f "$K8S_NODE_BIN/kubelet" && -f "$CONTAINERD_BIN/containerd" ]] || "$ROOT/hack/build-tools.sh"
   install_packages
