@@ -1,0 +1,262 @@
+//! somastack-agent: the reference agent capsule (docs/agent.md).
+//!
+//! - `serve`: as an Installation, an HTTP service: `/healthz`, `/readyz`
+//!   and `POST /v1/summarize`.
+//! - `task`: as a KamachiqProject agent, summarizes its input with its
+//!   dependencies' outputs and writes the result where the operator reads
+//!   it (the termination message).
+//! - `review`: as a reviewer, accepts an output only if every line of it is
+//!   a sentence of what it was made from.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use somastack_agent::{FailMode, MAX_SENTENCES, MAX_TEXT_BYTES, Readiness, review, run_task, summarize};
+
+/// Dependencies' accepted outputs, as a JSON object `{task: output}`.
+const ENV_DEPENDENCIES: &str = "SOMASTACK_TASK_DEPENDENCIES";
+
+#[derive(Parser)]
+#[command(
+    name = "somastack-agent",
+    version,
+    about = "The SomaStack reference agent capsule"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the summarization API (an Installation's workload).
+    Serve {
+        #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// When /readyz answers 200: always, never, after:<seconds>.
+        #[arg(long, env = "AGENT_READY")]
+        ready: Option<String>,
+    },
+    /// Run one KamachiqProject task from SOMASTACK_TASK_* variables.
+    Task {
+        /// Where the result goes (the operator reads the termination message).
+        #[arg(long, default_value = "/dev/termination-log")]
+        output: String,
+        /// How many sentences the result keeps.
+        #[arg(long, env = "AGENT_SENTENCES", default_value_t = 3)]
+        sentences: usize,
+        /// always, first-attempt or never.
+        #[arg(long, env = "AGENT_FAIL")]
+        fail: Option<String>,
+    },
+    /// Review SOMASTACK_TASK_OUTPUT against the task's inputs; exit 0 accepts.
+    Review {
+        #[arg(long, default_value = "/dev/termination-log")]
+        output: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen, ready } => match Readiness::parse(ready.as_deref()) {
+            Ok(readiness) => serve(listen, readiness),
+            Err(e) => fail_with(&e),
+        },
+        Command::Task {
+            output,
+            sentences,
+            fail,
+        } => task(&output, sentences, fail.as_deref()),
+        Command::Review { output } => review_cmd(&output),
+    }
+}
+
+fn fail_with(message: &str) -> ExitCode {
+    eprintln!("somastack-agent: {message}");
+    ExitCode::FAILURE
+}
+
+/// Writes `text` where the operator reads a result (and to stdout, for logs).
+fn report(path: &str, text: &str) {
+    println!("{text}");
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("somastack-agent: could not write {path}: {e}");
+    }
+}
+
+fn dependencies() -> Result<BTreeMap<String, String>, String> {
+    match std::env::var(ENV_DEPENDENCIES) {
+        Err(_) => Ok(BTreeMap::new()),
+        Ok(v) if v.trim().is_empty() => Ok(BTreeMap::new()),
+        Ok(v) => serde_json::from_str(&v)
+            .map_err(|e| format!("{ENV_DEPENDENCIES} is not a JSON object of task outputs: {e}")),
+    }
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+fn task(output: &str, sentences: usize, fail: Option<&str>) -> ExitCode {
+    let result = (|| {
+        let fail = FailMode::parse(fail)?;
+        let deps = dependencies()?;
+        let attempt = env("SOMASTACK_TASK_ATTEMPT").parse::<u32>().unwrap_or(1);
+        run_task(&env("SOMASTACK_TASK_INPUT"), &deps, attempt, fail, sentences).map_err(|e| e.to_string())
+    })();
+    match result {
+        Ok(text) => {
+            report(output, &text);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(output, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn review_cmd(output: &str) -> ExitCode {
+    let deps = match dependencies() {
+        Ok(d) => d,
+        Err(e) => {
+            report(output, &e);
+            return ExitCode::FAILURE;
+        }
+    };
+    let input = env("SOMASTACK_TASK_INPUT");
+    let mut sources: Vec<&str> = vec![input.as_str()];
+    sources.extend(deps.values().map(String::as_str));
+    match review(&env("SOMASTACK_TASK_OUTPUT"), &sources) {
+        Ok(()) => {
+            report(output, "accepted: every line is a sentence of the task's inputs");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            report(output, &format!("rejected: {why}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct App {
+    started: Instant,
+    readiness: Readiness,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SummarizeRequest {
+    text: String,
+    #[serde(default)]
+    max_sentences: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct SummarizeResponse {
+    summary: String,
+    sentences: Vec<String>,
+}
+
+fn serve(listen: SocketAddr, readiness: Readiness) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail_with(&format!("could not start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let app = Arc::new(App {
+            started: Instant::now(),
+            readiness,
+        });
+        let router = Router::new()
+            .route(
+                "/",
+                get(|| async {
+                    Json(json!({ "name": "somastack-agent", "version": env!("CARGO_PKG_VERSION") }))
+                }),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/v1/summarize", post(summarize_handler))
+            .layer(DefaultBodyLimit::max(MAX_TEXT_BYTES))
+            .with_state(app);
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return fail_with(&format!("could not listen on {listen}: {e}")),
+        };
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        // The first line on stdout says where (tests start it on port 0).
+        println!("somastack-agent listening on {local}");
+        tracing::info!(%local, ?readiness, "serving");
+        let shutdown = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        match axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail_with(&format!("server error: {e}")),
+        }
+    })
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
+    if app.readiness.ready(app.started.elapsed().as_secs_f64()) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn summarize_handler(
+    Json(req): Json<SummarizeRequest>,
+) -> Result<Json<SummarizeResponse>, (StatusCode, Json<serde_json::Value>)> {
+    let max = req.max_sentences.unwrap_or(3);
+    if max == 0 || max > MAX_SENTENCES {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": format!("maxSentences must be 1 to {MAX_SENTENCES}") })),
+        ));
+    }
+    if req.text.trim().is_empty() {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "error": "text is empty" })),
+        ));
+    }
+    let sentences = summarize(&req.text, max);
+    Ok(Json(SummarizeResponse {
+        summary: sentences.join(" "),
+        sentences,
+    }))
+}
