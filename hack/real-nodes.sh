@@ -4,6 +4,7 @@
 #
 #   hack/real-nodes.sh up        start them (the cluster must be up; cluster-up.sh calls it)
 #   hack/real-nodes.sh down      stop them, restore the host (cluster-down.sh calls it)
+#   hack/real-nodes.sh load      import target/image/*.oci.tar (hack/build-image.sh) into each node
 #   hack/real-nodes.sh status    what runs and its memory
 #
 # What it changes on the host, and gives back on `down` (docs/real-nodes.md):
@@ -375,6 +376,27 @@ EOF
     "TCP-LISTEN:$APISERVER_PORT,bind=$BRIDGE_IP,reuseaddr,fork" "TCP:127.0.0.1:$APISERVER_PORT"
 }
 
+# Imports the project's images (hack/build-image.sh: target/image/*.oci.tar)
+# into every real node's containerd; no registry exists, so this is how a
+# node gets them. Pods refer to them as localhost/<name>:<version>.
+load_images() {
+  local archives=("$ROOT"/target/image/*.oci.tar) spec name d
+  if [[ ! -e "${archives[0]}" ]]; then
+    log "no images to load (hack/build-image.sh builds them)"
+    return 0
+  fi
+  for spec in $REAL_NODES; do
+    name=${spec%%:*}; d="$NODES_DIR/$name"
+    [[ -S "$d/containerd.sock" ]] || continue
+    local a
+    for a in "${archives[@]}"; do
+      "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import "$a" >/dev/null 2>&1 ||
+        die "could not import $a into $name"
+    done
+  done
+  log "images loaded into the real nodes: $(basename -a "${archives[@]}" | tr '\n' ' ')"
+}
+
 stop_pidfile() {
   local f=$1 pid
   [[ -f "$f" ]] || return 0
@@ -438,6 +460,7 @@ up() {
     node_up "$name" "$region" "$zone" "$index"
   done
   [[ -f "$NODES_DIR/kube-proxy.pid" ]] || proxy_up
+  load_images
   for spec in $REAL_NODES; do
     name=${spec%%:*}
     for _ in $(seq 1 120); do
@@ -478,7 +501,8 @@ status() {
 
 case "${1:-}" in
   up) up ;;
+  load) need_root; load_images ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 up|down|status" ;;
+  *) die "usage: $0 up|down|load|status" ;;
 esac

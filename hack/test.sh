@@ -28,6 +28,8 @@ kubectl_local delete namespace -l somastack.io/test=true --wait=false >/dev/null
 if real_nodes_enabled; then
   step "real nodes give the host back (hack/check-host-restored.sh)"
   "$ROOT/hack/check-host-restored.sh"
+  # The project's images, when hack/build-image.sh has built them (CI does).
+  "$ROOT/hack/real-nodes.sh" load
 fi
 
 step "build (the integration tests run the operator binary)"

@@ -41,7 +41,10 @@ struct Cli {
 enum Command {
     /// Serve the summarization API (an Installation's workload).
     Serve {
-        #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:8080")]
+        /// Address to listen on (port 0 picks a free port). Loopback unless
+        /// told otherwise: in a pod, the capsule sets AGENT_LISTEN=0.0.0.0:8080
+        /// (the pod's own addresses).
+        #[arg(long, env = "AGENT_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// When /readyz answers 200: always, never, after:<seconds>.
         #[arg(long, env = "AGENT_READY")]

@@ -22,8 +22,9 @@ struct Cli {
 enum Command {
     /// Serve `POST /plan` and `GET /healthz`.
     Serve {
-        /// Address to listen on (port 0 picks a free port).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address to listen on (port 0 picks a free port). In a pod, the
+        /// capsule sets PLANNER_LISTEN=0.0.0.0:8080 (the pod's own addresses).
+        #[arg(long, env = "PLANNER_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
     /// Print the JSON Schema of the planner contract (docs/planner.schema.json).
