@@ -159,18 +159,19 @@ bridge_up() {
   sysctl -qw "net.ipv6.conf.$BRIDGE.disable_ipv6=1" >/dev/null 2>&1 || true
 }
 
-# cgroup v1 hierarchies need the root to exist in each; cpuset needs its
-# cpus and mems filled in from the parent.
-cgroups_up() {
-  local h
+# cgroup_dir PATH: creates PATH in every cgroup v1 hierarchy; cpuset's cpus
+# and mems are copied from the parent (a cpuset cgroup without them takes no
+# process).
+cgroup_dir() {
+  local path=$1 parent=${1%/*} h f
   for h in /sys/fs/cgroup/*/; do
     h=${h%/}
     [[ -f "$h/cgroup.procs" ]] || continue
-    mkdir -p "$h$CGROUP_ROOT"
-    if [[ -f "$h/cpuset.cpus" ]]; then
-      [[ -s "$h$CGROUP_ROOT/cpuset.cpus" ]] || cat "$h/cpuset.cpus" >"$h$CGROUP_ROOT/cpuset.cpus"
-      [[ -s "$h$CGROUP_ROOT/cpuset.mems" ]] || cat "$h/cpuset.mems" >"$h$CGROUP_ROOT/cpuset.mems"
-    fi
+    mkdir -p "$h$path"
+    [[ -f "$h/cpuset.cpus" ]] || continue
+    for f in cpuset.cpus cpuset.mems; do
+      [[ -s "$h$path/$f" ]] || cat "$h$parent/$f" >"$h$path/$f"
+    done
   done
 }
 
@@ -332,17 +333,9 @@ imageGCLowThresholdPercent: 99
 localStorageCapacityIsolation: false
 serializeImagePulls: false
 EOF
-  cgroups_up
-  local h
-  for h in /sys/fs/cgroup/*/; do
-    h=${h%/}
-    [[ -f "$h/cgroup.procs" ]] || continue
-    mkdir -p "$h$CGROUP_ROOT/$name"
-    if [[ -f "$h/cpuset.cpus" ]]; then
-      [[ -s "$h$CGROUP_ROOT/$name/cpuset.cpus" ]] || cat "$h$CGROUP_ROOT/cpuset.cpus" >"$h$CGROUP_ROOT/$name/cpuset.cpus"
-      [[ -s "$h$CGROUP_ROOT/$name/cpuset.mems" ]] || cat "$h$CGROUP_ROOT/cpuset.mems" >"$h$CGROUP_ROOT/$name/cpuset.mems"
-    fi
-  done
+  # The kubelet's cgroupRoot must exist in every hierarchy.
+  cgroup_dir "$CGROUP_ROOT"
+  cgroup_dir "$CGROUP_ROOT/$name"
   start_daemon "$name-kubelet" "$d/logs/kubelet.log" \
     "$K8S_NODE_BIN/kubelet" --config "$d/kubelet.yaml" --kubeconfig "$d/kubelet.kubeconfig" \
     --root-dir "$d/kubelet" --cert-dir "$d/pki" --hostname-override "$name" --node-ip "$BRIDGE_IP" \

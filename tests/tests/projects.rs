@@ -220,6 +220,38 @@ async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed()
         );
     }
 
+    // Data flows: join's Job received the accepted outputs of the three
+    // tasks it depends on (SOMASTACK_TASK_DEPENDENCIES), root's none.
+    let env_of = |task: &str| -> Option<Value> {
+        let job = task_jobs(&jobs)
+            .into_iter()
+            .find(|j| label(j, "kamachiq.somastack.io/task") == task)?;
+        let container = job
+            .spec
+            .as_ref()?
+            .template
+            .spec
+            .as_ref()?
+            .containers
+            .first()?
+            .clone();
+        let value = container
+            .env?
+            .into_iter()
+            .find(|e| e.name == "SOMASTACK_TASK_DEPENDENCIES")?
+            .value?;
+        serde_json::from_str(&value).ok()
+    };
+    assert_eq!(
+        env_of("join"),
+        Some(json!({
+            "left": "result of left: kwok:run=2s left",
+            "middle": "result of middle: kwok:run=2s middle",
+            "right": "result of right: kwok:run=2s right",
+        }))
+    );
+    assert_eq!(env_of("root"), None);
+
     // Results, as a user reads them.
     let results = done.data["status"]["resultsRef"]
         .as_str()

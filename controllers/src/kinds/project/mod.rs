@@ -989,7 +989,7 @@ impl<'a> Run<'a> {
             }
         }
         if !step.spawn.is_empty() {
-            self.spawn(&project, &tasks, &step.spawn, &round, &effective)
+            self.spawn(&project, &tasks, &jobs, &step.spawn, &round, &effective)
                 .await?;
             if self.status.start_time.is_none() {
                 self.status.start_time = Some(status::now());
@@ -1210,6 +1210,7 @@ impl<'a> Run<'a> {
         &self,
         project: &Project<'_>,
         tasks: &[Task],
+        own_jobs: &[Arc<Job>],
         spawns: &[plan::Spawn],
         round: &str,
         effective: &Effective,
@@ -1222,6 +1223,23 @@ impl<'a> Run<'a> {
         let capsules = self.ctx.capsules.state();
         let api: Api<Job> = Api::namespaced(client.clone(), &self.namespace);
         let jobs = self.ctx.jobs.state();
+        // Accepted task attempts: what dependents receive.
+        let accepted: Vec<plan::Accepted<'_>> = own_jobs
+            .iter()
+            .filter(|j| j.labels().get(ROLE_LABEL).map(String::as_str) == Some("task"))
+            .filter(|j| j.annotations().get(VERDICT_ANNOTATION).map(String::as_str) == Some("accepted"))
+            .filter_map(|j| {
+                Some(plan::Accepted {
+                    task: j.labels().get(TASK_LABEL)?,
+                    attempt: j.labels().get(ATTEMPT_LABEL)?.parse().ok()?,
+                    output: j
+                        .annotations()
+                        .get(OUTPUT_ANNOTATION)
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                })
+            })
+            .collect();
         for s in spawns {
             let Some(task) = tasks.iter().find(|t| t.name == s.task) else {
                 continue;
@@ -1245,6 +1263,7 @@ impl<'a> Run<'a> {
                 }
                 Role::Task => None,
             };
+            let dependencies = plan::dependency_outputs(task, &accepted);
             let manifest = render::job(
                 project,
                 &JobInput {
@@ -1254,6 +1273,7 @@ impl<'a> Run<'a> {
                     round,
                     capsule: &capsule.spec,
                     output: output.as_deref(),
+                    dependencies: &dependencies,
                     max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
                     max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
                 },

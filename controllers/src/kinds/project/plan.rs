@@ -596,6 +596,32 @@ pub fn progress(c: &TaskCounts) -> String {
     )
 }
 
+/// An accepted attempt of a task, as the project's Jobs record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted<'a> {
+    pub task: &'a str,
+    pub attempt: u32,
+    pub output: &'a str,
+}
+
+/// What `task` receives from the tasks it depends on
+/// (`SOMASTACK_TASK_DEPENDENCIES`, docs/kamachiq.md): each dependency's
+/// accepted output, from its latest accepted attempt. A dependency has one by
+/// the time its dependent spawns; one without (never, unless its Job was
+/// deleted) is left out rather than invented.
+pub fn dependency_outputs(task: &Task, accepted: &[Accepted<'_>]) -> BTreeMap<String, String> {
+    task.depends_on
+        .iter()
+        .filter_map(|dep| {
+            accepted
+                .iter()
+                .filter(|a| a.task == dep)
+                .max_by_key(|a| a.attempt)
+                .map(|a| (dep.clone(), a.output.to_string()))
+        })
+        .collect()
+}
+
 /// Most bytes of outputs one results ConfigMap holds (the API server refuses
 /// objects over 1 MiB; the rest is room for keys and metadata).
 pub const RESULTS_SHARD_BYTES: usize = 900 * 1024;

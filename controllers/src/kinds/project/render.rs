@@ -172,6 +172,8 @@ pub struct JobInput<'a> {
     pub capsule: &'a CapsuleSpec,
     /// For a review: the output under review.
     pub output: Option<&'a str>,
+    /// The accepted outputs of the task's dependencies, by task name.
+    pub dependencies: &'a BTreeMap<String, String>,
     pub max_cpu: Option<&'a str>,
     pub max_memory: Option<&'a str>,
 }
@@ -183,6 +185,9 @@ pub const ENV_TASK: &str = "SOMASTACK_TASK";
 pub const ENV_INPUT: &str = "SOMASTACK_TASK_INPUT";
 pub const ENV_ATTEMPT: &str = "SOMASTACK_TASK_ATTEMPT";
 pub const ENV_OUTPUT: &str = "SOMASTACK_TASK_OUTPUT";
+/// The accepted outputs of the task's dependencies, a JSON object
+/// `{task: output}` (each output at most 4096 bytes, at most 16 dependencies).
+pub const ENV_DEPENDENCIES: &str = "SOMASTACK_TASK_DEPENDENCIES";
 
 /// A Job for one attempt of a task, or for its review. It never restarts a
 /// failed pod (`backoffLimit: 0`): each attempt is its own Job, so every
@@ -219,6 +224,9 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
     }
     if let Some(out) = input.output {
         env.push(json!({ "name": ENV_OUTPUT, "value": out }));
+    }
+    if !input.dependencies.is_empty() {
+        env.push(json!({ "name": ENV_DEPENDENCIES, "value": json!(input.dependencies).to_string() }));
     }
     let mut pod_spec = json!({
         "restartPolicy": "Never",

@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -424,6 +425,7 @@ fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
             round: "r1",
             capsule: &capsule,
             output: None,
+            dependencies: &BTreeMap::new(),
             max_cpu: None,
             max_memory: None,
         },
@@ -502,4 +504,67 @@ fn capsules_are_checked_against_residency_and_existence() {
         .err()
         .unwrap_or_default();
     assert_eq!(reason, "CapsuleNotFound");
+}
+
+#[test]
+fn a_task_receives_its_dependencies_latest_accepted_outputs() {
+    let p = project();
+    let t = task("brief", &["solar", "wind"]);
+    let accepted = [
+        plan::Accepted {
+            task: "solar",
+            attempt: 1,
+            output: "Solar rose.",
+        },
+        plan::Accepted {
+            task: "wind",
+            attempt: 1,
+            output: "old wind",
+        },
+        plan::Accepted {
+            task: "wind",
+            attempt: 2,
+            output: "Wind fell.",
+        },
+        plan::Accepted {
+            task: "other",
+            attempt: 1,
+            output: "not a dependency",
+        },
+    ];
+    let deps = plan::dependency_outputs(&t, &accepted);
+    assert_eq!(
+        deps,
+        BTreeMap::from([
+            ("solar".to_string(), "Solar rose.".to_string()),
+            ("wind".to_string(), "Wind fell.".to_string()),
+        ])
+    );
+    let capsule = capsule_spec(DataClassification::Internal);
+    let job = render::job(
+        &p,
+        &render::JobInput {
+            task: &t,
+            role: Role::Task,
+            attempt: 1,
+            round: "r1",
+            capsule: &capsule,
+            output: None,
+            dependencies: &deps,
+            max_cpu: None,
+            max_memory: None,
+        },
+    );
+    let env = job["spec"]["template"]["spec"]["containers"][0]["env"].clone();
+    let value = env
+        .as_array()
+        .and_then(|e| e.iter().find(|v| v["name"] == "SOMASTACK_TASK_DEPENDENCIES"))
+        .and_then(|v| v["value"].as_str())
+        .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap());
+    assert_eq!(
+        value,
+        Some(serde_json::json!({ "solar": "Solar rose.", "wind": "Wind fell." }))
+    );
+    // A task without dependencies gets no such variable.
+    assert!(plan::dependency_outputs(&task("first", &[]), &accepted).is_empty());
 }
