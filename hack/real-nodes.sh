@@ -418,13 +418,15 @@ down() {
   while IFS= read -r m; do
     umount -l "$m" 2>/dev/null || true
   done < <(awk -v p="$NODES_DIR/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
-  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link delete "$BRIDGE"; fi
-  # veth ends left by pods whose sandboxes were never torn down go with the
-  # bridge's peers when their namespaces are unmounted; remove any left.
-  local v
-  for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
-    [[ "$(cat "/sys/class/net/$v/master/ifindex" 2>/dev/null)" == "" ]] && ip link delete "$v" 2>/dev/null || true
-  done
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    # Host ends of pods' veths still on the bridge (sandboxes never torn
+    # down); only those: other software's veths are not ours to remove.
+    local v
+    for v in $(ip -o link show master "$BRIDGE" type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do
+      ip link delete "$v" 2>/dev/null || true
+    done
+    ip link delete "$BRIDGE"
+  fi
   restore_host_state
   if [[ -n "$(kubectl_local get nodes -l somastack.io/real-node=true -o name 2>/dev/null || true)" ]]; then
     kubectl_local delete nodes -l somastack.io/real-node=true --wait=false >/dev/null 2>&1 || true
