@@ -219,3 +219,77 @@ pub fn http_url(_: &mut SchemaGenerator) -> Schema {
         )],
     )
 }
+
+/// Which nodes of the region the pods may use, beyond the region itself:
+/// node labels to require and taints to tolerate, as a Deployment's pod
+/// template has them. For dedicated node pools (GPU nodes, a tenant's own
+/// nodes, the local cluster's real nodes: docs/real-nodes.md). The region is
+/// never chosen here: `spec.region` and residency rules decide it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// Labels a node must carry (at most 16); not the region label.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "node_selector")]
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Taints the pods tolerate (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub tolerations: Vec<Toleration>,
+}
+
+/// A taint the pods tolerate (a pod's `tolerations` entry, without
+/// `tolerationSeconds`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Toleration {
+    /// Taint key; empty with `operator: Exists` tolerates every taint.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 317))]
+    pub key: String,
+    /// `Equal` (default: key and value match) or `Exists` (any value).
+    #[serde(default)]
+    pub operator: TolerationOperator,
+    /// Taint value, for `Equal`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63))]
+    pub value: String,
+    /// Effect to tolerate; empty tolerates every effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TolerationOperator {
+    #[default]
+    Equal,
+    Exists,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+/// The node label that names a node's region; `spec.region` owns it.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+fn node_selector(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 16,
+        "additionalProperties": { "type": "string", "maxLength": 63 },
+        "x-kubernetes-validations": [
+            rule(
+                &format!("!('{REGION_LABEL}' in self)"),
+                "placement.nodeSelector must not name topology.kubernetes.io/region: spec.region chooses the region, under the residency rules",
+            ),
+            rule(
+                "self.all(k, size(k) <= 317)",
+                "node label keys are at most 317 characters (prefix/name)",
+            ),
+        ],
+    })
+}

@@ -75,6 +75,10 @@ pub struct InstallationSpec {
     /// How upgrades are watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradePolicy>,
+    /// Which nodes of the region the pods may use (node labels, tolerated
+    /// taints), in every region the workload runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<common::Placement>,
 }
 
 /// Most bytes of one `spec.config` value.

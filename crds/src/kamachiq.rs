@@ -111,6 +111,10 @@ pub struct KamachiqProjectSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "common::region")]
     pub region: Option<String>,
+    /// Which nodes the task and review Jobs may use (node labels, tolerated
+    /// taints), within `region`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<common::Placement>,
 }
 
 fn default_parallelism() -> i32 {

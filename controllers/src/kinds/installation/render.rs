@@ -12,11 +12,12 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use somastack_crds::Installation;
 use somastack_crds::capsule::CapsuleSpec;
+use somastack_crds::common::Placement;
 use somastack_crds::installation::UNAVAILABLE_REGIONS_ANNOTATION;
 
 use crate::{INSTALLATION_LABEL, MANAGED_BY};
 
-pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub use somastack_crds::common::REGION_LABEL;
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Capability that opens egress in the NetworkPolicy.
 pub const EGRESS_CAPABILITY: &str = "network-egress";
@@ -171,6 +172,17 @@ pub fn unavailable_regions(inst: &Installation) -> Vec<String> {
 
 /// A container securityContext that meets the restricted Pod Security
 /// Standard (workloads of Installations and project agents alike).
+/// Sets a pod spec's `nodeSelector` (merged with what is there) and
+/// `tolerations` from a [`Placement`]; the region stays the caller's.
+pub fn place(pod_spec: &mut Value, placement: &Placement) {
+    for (k, v) in &placement.node_selector {
+        pod_spec["nodeSelector"][k] = json!(v);
+    }
+    if !placement.tolerations.is_empty() {
+        pod_spec["tolerations"] = json!(placement.tolerations);
+    }
+}
+
 pub fn restricted_container_security() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
@@ -211,7 +223,7 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
     if !unavailable.is_empty() {
         region_terms.push(json!({ "key": REGION_LABEL, "operator": "NotIn", "values": unavailable }));
     }
-    json!({
+    let mut template = json!({
         "metadata": {
             "labels": labels(inst, capsule),
             "annotations": { CONFIG_HASH_ANNOTATION: config_hash },
@@ -244,7 +256,11 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
                 "labelSelector": { "matchLabels": selector(inst) },
             }],
         },
-    })
+    });
+    if let Some(placement) = &inst.spec.placement {
+        place(&mut template["spec"], placement);
+    }
+    template
 }
 
 /// Renders every child.
@@ -423,6 +439,7 @@ pub(crate) mod tests {
                 paused: false,
                 revision_history_limit: 10,
                 upgrade: None,
+                placement: None,
             },
         );
         inst.metadata.namespace = Some("tenant".into());
@@ -494,6 +511,46 @@ pub(crate) mod tests {
         assert_eq!(term["values"], json!(["eu-central-1"]));
         let spread = &c.deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
         assert_eq!(spread["topologyKey"], ZONE_LABEL);
+    }
+
+    #[test]
+    fn placement_adds_node_labels_and_tolerations_and_keeps_the_region() {
+        use somastack_crds::common::{TaintEffect, Toleration, TolerationOperator};
+        let mut inst = installation(Some(2), None);
+        let cap = capsule();
+        let plain = render(&input(&inst, &cap, "eu-west-1", false));
+        let pod = &plain.deployment["spec"]["template"]["spec"];
+        assert!(pod.get("nodeSelector").is_none() && pod.get("tolerations").is_none());
+        inst.spec.placement = Some(Placement {
+            node_selector: BTreeMap::from([("pool".into(), "gpu".into())]),
+            tolerations: vec![Toleration {
+                key: "dedicated".into(),
+                operator: TolerationOperator::Equal,
+                value: "agents".into(),
+                effect: Some(TaintEffect::NoSchedule),
+            }],
+        });
+        let placed = render(&input(&inst, &cap, "eu-west-1", false));
+        let pod = &placed.deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeSelector"], json!({ "pool": "gpu" }));
+        assert_eq!(
+            pod["tolerations"],
+            json!([{ "key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule" }])
+        );
+        let term = &pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0];
+        assert_eq!(term["values"], json!(["eu-west-1"]));
+        // Placement is part of the workload: changing it is a new revision.
+        assert_ne!(plain.revision_hash, placed.revision_hash);
+        let d: k8s_openapi::api::apps::v1::Deployment =
+            serde_json::from_value(placed.deployment.clone()).unwrap();
+        let tolerations = d
+            .spec
+            .template
+            .spec
+            .and_then(|s| s.tolerations)
+            .unwrap_or_default();
+        assert_eq!(tolerations[0].effect.as_deref(), Some("NoSchedule"));
     }
 
     #[test]

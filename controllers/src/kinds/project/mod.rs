@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -446,6 +446,15 @@ fn truncate_bytes(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// The planner URL of a Service's cluster IP: `None` for a headless
+/// Service or anything that is not an IP address.
+fn service_url(cluster_ip: &str, port: i32) -> Option<String> {
+    match cluster_ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(ip) => Some(format!("http://{ip}:{port}/plan")),
+        std::net::IpAddr::V6(ip) => Some(format!("http://[{ip}]:{port}/plan")),
+    }
+}
+
 /// The project's identity, as its children need it.
 fn project_of(obj: &KamachiqProject) -> Result<Project<'_>> {
     Ok(Project {
@@ -467,6 +476,7 @@ fn project_of(obj: &KamachiqProject) -> Result<Project<'_>> {
         goal: &obj.spec.goal,
         owner: owner_reference(obj)?,
         region: obj.spec.region.as_deref(),
+        placement: obj.spec.placement.as_ref(),
     })
 }
 
@@ -552,7 +562,7 @@ impl<'a> Run<'a> {
                 }
                 url.clone()
             }
-            (None, Some(capsule)) => match self.planner_service(capsule) {
+            (None, Some(capsule)) => match self.planner_service(capsule).await {
                 Ok(url) => url,
                 Err(message) => {
                     return Ok(Err(Report::new(
@@ -663,9 +673,11 @@ impl<'a> Run<'a> {
         self.bundles.iter().map(|b| b.name_any()).collect()
     }
 
-    /// `http://<installation>.<namespace>.svc:<port>/plan` of the Installation
-    /// in this namespace that runs the planner capsule.
-    fn planner_service(&self, capsule: &CapsuleRef) -> std::result::Result<String, String> {
+    /// `http://<cluster IP>:<port>/plan`: the Service of the Installation in
+    /// this namespace that runs the planner capsule. Its ClusterIP, not its
+    /// DNS name: the operator may run outside the cluster, or in a cluster
+    /// without DNS, and an IP names exactly the Service it read.
+    async fn planner_service(&self, capsule: &CapsuleRef) -> std::result::Result<String, String> {
         let inst = self
             .ctx
             .installations
@@ -690,11 +702,20 @@ impl<'a> Run<'a> {
                     capsule.package, capsule.version
                 )
             })?;
-        Ok(format!(
-            "http://{}.{}.svc:{port}/plan",
-            inst.name_any(),
-            self.namespace
-        ))
+        let name = inst.name_any();
+        let services: Api<Service> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let service = services
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("cannot read Service {name} of planner Installation {name}: {e}"))?
+            .ok_or_else(|| format!("planner Installation {name} has no Service yet"))?;
+        let ip = service
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .ok_or_else(|| format!("Service {name} of planner Installation {name} has no cluster IP"))?;
+        service_url(&ip, port).ok_or_else(|| {
+            format!("Service {name} of planner Installation {name} has no usable cluster IP ({ip:?})")
+        })
     }
 
     /// Whether the `Succeeded` condition already has this reason (an Event

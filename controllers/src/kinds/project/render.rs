@@ -14,7 +14,7 @@ use somastack_crds::kamachiq::{
 use super::plan::Role;
 use crate::MANAGED_BY;
 use crate::kinds::installation::render::{
-    EGRESS_CAPABILITY, REGION_LABEL, container_resources, restricted_container_security, sha256_hex,
+    EGRESS_CAPABILITY, REGION_LABEL, container_resources, place, restricted_container_security, sha256_hex,
 };
 
 /// Label on agent pods whose capsule may reach the network.
@@ -53,6 +53,7 @@ pub struct Project<'a> {
     pub goal: &'a str,
     pub owner: OwnerReference,
     pub region: Option<&'a str>,
+    pub placement: Option<&'a somastack_crds::common::Placement>,
 }
 
 impl Project<'_> {
@@ -252,8 +253,11 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
         }],
         "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }],
     });
+    if let Some(placement) = project.placement {
+        place(&mut pod_spec, placement);
+    }
     if let Some(region) = project.region {
-        pod_spec["nodeSelector"] = json!({ REGION_LABEL: region });
+        pod_spec["nodeSelector"][REGION_LABEL] = json!(region);
     }
     let mut meta = project.metadata(&name);
     meta["labels"] = json!(labels);

@@ -7,9 +7,9 @@ use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task};
 use somastack_crds::policy::{Residency, ResidencyRule};
 use somastack_crds::{Capsule, PolicyBundle, PolicyBundleSpec};
 
-use super::check_capsules;
 use super::plan::{self, Gates, Input, JobState, JobView, Judge, Outcome, Role, Spawn, Verdict};
 use super::render::{self, Project};
+use super::{check_capsules, service_url};
 use crate::testing::capsule_spec;
 
 fn task(name: &str, deps: &[&str]) -> Task {
@@ -391,6 +391,7 @@ fn project() -> Project<'static> {
             block_owner_deletion: Some(true),
         },
         region: Some("eu-central-1"),
+        placement: None,
     }
 }
 
@@ -461,6 +462,50 @@ fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
     // The manifest is a Job the API accepts in shape.
     assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job).is_ok());
     assert_eq!(p.service_account()["automountServiceAccountToken"], false);
+}
+
+#[test]
+fn placement_reaches_the_job_pods_and_the_region_stays_the_projects() {
+    use somastack_crds::common::{Placement, Toleration, TolerationOperator};
+    let placement = Placement {
+        node_selector: BTreeMap::from([("somastack.io/real-node".into(), "true".into())]),
+        tolerations: vec![Toleration {
+            key: "node.somastack.io/real".into(),
+            operator: TolerationOperator::Exists,
+            value: String::new(),
+            effect: None,
+        }],
+    };
+    let p = Project {
+        placement: Some(&placement),
+        ..project()
+    };
+    let t = task("gather", &[]);
+    let capsule = capsule_spec(DataClassification::Internal);
+    let job = render::job(
+        &p,
+        &render::JobInput {
+            task: &t,
+            role: Role::Task,
+            attempt: 1,
+            round: "r1",
+            capsule: &capsule,
+            output: None,
+            dependencies: &BTreeMap::new(),
+            max_cpu: None,
+            max_memory: None,
+        },
+    );
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["nodeSelector"],
+        serde_json::json!({ "somastack.io/real-node": "true", "topology.kubernetes.io/region": "eu-central-1" })
+    );
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{ "key": "node.somastack.io/real", "operator": "Exists" }])
+    );
+    assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job).is_ok());
 }
 
 #[test]
@@ -567,4 +612,20 @@ fn a_task_receives_its_dependencies_latest_accepted_outputs() {
     );
     // A task without dependencies gets no such variable.
     assert!(plan::dependency_outputs(&task("first", &[]), &accepted).is_empty());
+}
+
+#[test]
+fn a_planner_capsule_is_called_at_its_services_cluster_ip() {
+    assert_eq!(
+        service_url("10.0.0.17", 8080).as_deref(),
+        Some("http://10.0.0.17:8080/plan")
+    );
+    assert_eq!(
+        service_url("fd00::a", 80).as_deref(),
+        Some("http://[fd00::a]:80/plan")
+    );
+    // A headless Service, or no address yet, gives no URL (and no DNS lookup).
+    assert_eq!(service_url("None", 8080), None);
+    assert_eq!(service_url("", 8080), None);
+    assert_eq!(service_url("planner.ns.svc", 8080), None);
 }
