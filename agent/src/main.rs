@@ -7,6 +7,10 @@
 //!   it (the termination message).
 //! - `review`: as a reviewer, accepts an output only if every line of it is
 //!   a sentence of what it was made from.
+//! - `auto` (the image's default command): the role the operator gave the
+//!   pod: `review` when `SOMASTACK_TASK_OUTPUT` is set (a review Job), `task`
+//!   when `SOMASTACK_TASK` is set (a task Job), `serve` otherwise (an
+//!   Installation). One image serves every role, as a capsule must.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,6 +71,27 @@ enum Command {
         #[arg(long, default_value = "/dev/termination-log")]
         output: String,
     },
+    /// The role the pod's environment names (review, task or serve), with
+    /// every setting from the environment: the image's default command.
+    Auto,
+}
+
+/// What `auto` runs, from the variables the operator sets.
+#[derive(Debug, PartialEq, Eq)]
+enum Role {
+    Serve,
+    Task,
+    Review,
+}
+
+fn role(var: impl Fn(&str) -> Option<String>) -> Role {
+    if var("SOMASTACK_TASK_OUTPUT").is_some() {
+        Role::Review
+    } else if var("SOMASTACK_TASK").is_some() {
+        Role::Task
+    } else {
+        Role::Serve
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,8 +102,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let cli = Cli::parse();
-    match cli.command {
+    run(Cli::parse().command)
+}
+
+fn run(command: Command) -> ExitCode {
+    match command {
         Command::Serve { listen, ready } => match Readiness::parse(ready.as_deref()) {
             Ok(readiness) => serve(listen, readiness),
             Err(e) => fail_with(&e),
@@ -89,6 +117,20 @@ fn main() -> ExitCode {
             fail,
         } => task(&output, sentences, fail.as_deref()),
         Command::Review { output } => review_cmd(&output),
+        Command::Auto => {
+            let sub = match role(|k| std::env::var(k).ok()) {
+                Role::Serve => "serve",
+                Role::Task => "task",
+                Role::Review => "review",
+            };
+            tracing::info!(role = sub, "auto: running the role the environment names");
+            // Parsed as if given on the command line, so every setting
+            // comes from the environment exactly as for the named role.
+            match Cli::try_parse_from(["somastack-agent", sub]) {
+                Ok(cli) => run(cli.command),
+                Err(e) => fail_with(&e.to_string()),
+            }
+        }
     }
 }
 
@@ -262,4 +304,27 @@ async fn summarize_handler(
         summary: sentences.join(" "),
         sentences,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Role, role};
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn auto_picks_the_role_the_operator_set() {
+        assert_eq!(role(env(&[])), Role::Serve);
+        assert_eq!(role(env(&[("AGENT_LISTEN", "0.0.0.0:8080")])), Role::Serve);
+        assert_eq!(
+            role(env(&[("SOMASTACK_TASK", "t"), ("SOMASTACK_TASK_INPUT", "x")])),
+            Role::Task
+        );
+        assert_eq!(
+            role(env(&[("SOMASTACK_TASK", "t"), ("SOMASTACK_TASK_OUTPUT", "y")])),
+            Role::Review
+        );
+    }
 }
