@@ -32,13 +32,13 @@ STORE="$OUT/containers"
 # root never clashes with a system store set up for another driver.
 bah() { buildah --root "$STORE/storage" --runroot "$STORE/run" --storage-driver vfs "$@"; }
 
-VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+VERSION="$IMAGE_VERSION"
 [[ -n "$VERSION" ]] || die "no version in [workspace.package] of Cargo.toml"
 
 # name  Containerfile  default command
 IMAGES=(
   "somastack-operator Containerfile run"
-  "somastack-agent Containerfile.agent serve"
+  "somastack-agent Containerfile.agent auto"
   "somastack-planner Containerfile.planner serve"
 )
 

@@ -30,6 +30,22 @@ CONTAINERD_BIN="$BIN_DIR/containerd-$CONTAINERD_VERSION"
 # SOMASTACK_REAL_NODES=0 leaves only the kwok nodes.
 real_nodes_enabled() { [[ "${SOMASTACK_REAL_NODES:-1}" != 0 ]]; }
 
+# Where cargo builds (CI keeps it in the cache, outside the clone).
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+# The project's images are tagged with the workspace version.
+IMAGE_VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$ROOT/Cargo.toml")
+
+# The digest-pinned reference of a project image built by
+# hack/build-image.sh: localhost/<name>@sha256:<manifest digest>, the name
+# hack/real-nodes.sh load gives it in each real node. Empty when not built.
+image_ref() {
+  local archive="$ROOT/target/image/$1.oci.tar" digest
+  [[ -f "$archive" ]] || return 0
+  digest=$(tar -xOf "$archive" index.json | grep -o '"digest":"sha256:[0-9a-f]\{64\}"' | head -1 | cut -d'"' -f4)
+  [[ -n "$digest" ]] && echo "localhost/$1@$digest"
+}
+
 # The local cluster's state lives in the repo's ignored .local/ folder.
 CLUSTER_NAME="${SOMASTACK_CLUSTER:-somastack}"
 LOCAL_DIR="$ROOT/.local"

@@ -24,6 +24,8 @@ NODES_DIR="$LOCAL_DIR/nodes"
 STATE_DIR="$NODES_DIR/host-state"
 BRIDGE=soma0
 BRIDGE_IP=10.213.0.1
+# kube-apiserver's default --service-cluster-ip-range (kwokctl does not set one).
+SERVICE_CIDR=10.0.0.0/24
 POD_CIDR=10.213.0.0/16
 CGROUP_ROOT=/somastack-nodes
 PKI="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"
@@ -140,6 +142,12 @@ bridge_up() {
     ip addr add "$BRIDGE_IP/16" dev "$BRIDGE"
   fi
   ip link set "$BRIDGE" up
+  # ClusterIPs (the default Service range) route to the bridge: the host's
+  # own calls to a Service (the API server calling a webhook, a test calling
+  # an Installation) are DNATed by kube-proxy to a pod on soma0, and one
+  # that kube-proxy has no rule for yet stays on soma0 instead of taking the
+  # default route off the machine. The route goes with the bridge.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE"
   # Before any pod exists, in the mangle table (which runs before the filter
   # table, where kubelet and kube-proxy put their ACCEPT rules): nothing is
   # forwarded between soma0 and any other interface, in either direction;
@@ -381,10 +389,17 @@ load_images() {
   for spec in $REAL_NODES; do
     name=${spec%%:*}; d="$NODES_DIR/$name"
     [[ -S "$d/containerd.sock" ]] || continue
-    local a
+    local a image by_digest
     for a in "${archives[@]}"; do
       "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images import "$a" >/dev/null 2>&1 ||
         die "could not import $a into $name"
+      # Also under its digest, as a registry pull would name it: Capsules
+      # pin images by digest (localhost/<name>@sha256:...).
+      image=$(basename "$a" .oci.tar)
+      by_digest=$(image_ref "$image")
+      "$CONTAINERD_BIN/ctr" --address "$d/containerd.sock" -n k8s.io images tag --force \
+        "localhost/$image:$IMAGE_VERSION" "$by_digest" >/dev/null 2>&1 ||
+        die "could not name $image $by_digest in $name"
     done
   done
   log "images loaded into the real nodes: $(basename -a "${archives[@]}" | tr '\n' ' ')"

@@ -321,3 +321,42 @@ pub async fn create(client: &Client, doc: &Value) -> DynamicObject {
     let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("object");
     api.create(&PostParams::default(), &obj).await.expect("created")
 }
+
+/// The reference agent's image as the real nodes hold it, pinned by digest
+/// (`localhost/somastack-agent@sha256:...`): hack/test.sh builds it, loads it
+/// into the real nodes and exports SOMASTACK_AGENT_IMAGE.
+pub fn agent_image() -> String {
+    std::env::var("SOMASTACK_AGENT_IMAGE").unwrap_or_else(|_| {
+        panic!("SOMASTACK_AGENT_IMAGE is not set: run the real-node tests with hack/test.sh (it builds the agent image and loads it into the real nodes)")
+    })
+}
+
+/// A Capsule of the reference agent (docs/agent.md) that runs on the real
+/// nodes: serving on 0.0.0.0:8080 with real health and readiness endpoints,
+/// or, as a task, summarizing. `env` adds the agent's own settings (e.g.
+/// `AGENT_READY=never`, `AGENT_FAIL=always`): a capsule's failure modes are
+/// its configuration.
+pub fn agent_capsule(name: &str, package: &str, version: &str, class: &str, env: &[(&str, &str)]) -> Value {
+    let mut c = capsule(name, package, version, class);
+    c["spec"]["image"] = json!(agent_image());
+    let mut vars = vec![json!({ "name": "AGENT_LISTEN", "value": "0.0.0.0:8080" })];
+    vars.extend(env.iter().map(|(k, v)| json!({ "name": k, "value": v })));
+    c["spec"]["env"] = json!(vars);
+    c["spec"]["resources"] = json!({ "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "cpu": "250m", "memory": "64Mi" } });
+    c
+}
+
+/// The label and the taint of the local cluster's real nodes
+/// (hack/real-nodes.sh).
+pub const REAL_NODE_LABEL: &str = "somastack.io/real-node";
+pub const REAL_NODE_TAINT: &str = "node.somastack.io/real";
+
+/// `spec.placement` that puts an Installation's or a project's pods on the
+/// real nodes of their region.
+pub fn on_real_nodes(mut doc: Value) -> Value {
+    doc["spec"]["placement"] = json!({
+        "nodeSelector": { REAL_NODE_LABEL: "true" },
+        "tolerations": [{ "key": REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule" }],
+    });
+    doc
+}

@@ -4,6 +4,7 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod real;
 pub mod users;
 
 use std::future::Future;
@@ -277,15 +278,54 @@ pub fn free_port() -> u16 {
 /// `GET http://127.0.0.1:{port}{path}` with HTTP/1.0; the status code and
 /// body, or `None` when nothing answers.
 pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(([127, 0, 0, 1], port).into(), "GET", path, None)
+        .await
+        .ok()
+}
+
+/// One HTTP/1.0 request to `addr` (a JSON body when given); the status code
+/// and body, or why nothing answered.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    let body = json.map(|j| j.to_string()).unwrap_or_default();
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+        if json.is_some() {
+            request += &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
+        request += "\r\n";
+        request += &body;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or("no status code")?;
+        Ok((code, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "no answer within 5s".to_string())?
 }
 
 /// Starts the operator binary (`run` and `args`) against the test cluster

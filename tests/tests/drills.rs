@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use somastack_tests::fixtures::{bundle, capsule, installation, put, put_policy, wait_condition};
+use somastack_tests::fixtures::{
+    agent_capsule, bundle, capsule, installation, on_real_nodes, put, put_policy, wait_condition,
+};
 use somastack_tests::{
     TestNamespace, api_for, client, kubeconfig_path, spawn_shard_operator, unique_suffix, wait_for,
     workspace_binary,
@@ -39,6 +41,26 @@ impl Target {
         cap["spec"]["readyPath"] = json!(ready_path);
         put(client, &cap).await;
         let mut inst = installation(&ns.name, "app", &package, "1.0.0", region, 2);
+        inst["spec"]["failoverRegions"] = json!([failover]);
+        put(client, &inst).await;
+        let api = api_for(client, &inst).await;
+        wait_condition(&api, "app", "Ready", "True", None, T).await;
+        Target {
+            ns,
+            capsule: cap,
+            installation: inst,
+            region: region.into(),
+        }
+    }
+
+    /// The same on the real nodes: the reference agent, whose readiness
+    /// a real probe checks (tests in `real_node`).
+    async fn real(client: &Client, prefix: &str, region: &str, failover: &str) -> Target {
+        let ns = TestNamespace::create(client, prefix).await;
+        let package = format!("{prefix}-{}", unique_suffix());
+        let cap = agent_capsule(&package, &package, "1.0.0", "confidential", &[]);
+        put(client, &cap).await;
+        let mut inst = on_real_nodes(installation(&ns.name, "app", &package, "1.0.0", region, 2));
         inst["spec"]["failoverRegions"] = json!([failover]);
         put(client, &inst).await;
         let api = api_for(client, &inst).await;
@@ -181,102 +203,6 @@ fn steps(status: &Value) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
-    let client = client().await;
-    let t = Target::new(&client, "outage", "eu-west-1", "eu-central-1", "/readyz").await;
-    let doc = t.drill(
-        "outage",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
-
-    let status = wait_drill(&api, "outage", "finished", finished).await;
-    assert_eq!(status["verdict"], "Pass", "{status:#}");
-    let rto = status["measuredRtoSeconds"].as_f64().expect("an RTO");
-    eprintln!("region outage drill: measured RTO {rto}s");
-    assert!((0.0..=120.0).contains(&rto), "{rto}");
-    let got = steps(&status);
-    assert_eq!(
-        got,
-        STEPS
-            .iter()
-            .map(|s| (s.to_string(), "Succeeded".to_string()))
-            .collect::<Vec<_>>(),
-        "{status:#}"
-    );
-    for e in status["timeline"].as_array().unwrap() {
-        assert!(e["start"].is_string() && e["end"].is_string(), "{e}");
-    }
-    // Verify saw the workload recovered in the failover region.
-    let verify = &status["timeline"][4];
-    assert_eq!(
-        verify["message"],
-        format!("2 replica(s) ready in eu-central-1; RTO {rto:.1}s"),
-        "{verify}"
-    );
-    assert_eq!(status["history"][0]["verdict"], "Pass");
-    assert_eq!(status["history"][0]["measuredRtoSeconds"].as_f64(), Some(rto));
-    let cond = &status["conditions"][0];
-    assert_eq!(
-        (cond["type"].as_str(), cond["status"].as_str()),
-        (Some("Succeeded"), Some("True"))
-    );
-    // Restored: home again, no finalizer left.
-    wait_for("the workload back home", T, || async {
-        let r = pod_regions(&client, &t.ns.name).await;
-        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
-    })
-    .await;
-    t.assert_home(&client).await;
-    assert!(api.get("outage").await.unwrap().finalizers().is_empty());
-    assert!(somastack_tests::event_recorded(&t.ns.name, "DrillPassed"));
-
-    // The summary: the CLI (table and JSON) and the metrics.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(workspace_binary("somastack-operator"))
-            .args(["drills", "-n", &t.ns.name])
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(kubeconfig_path())
-            .output()
-            .expect("the binary runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let rows: Value = serde_json::from_str(&cli(&["-o", "json"])).expect("JSON");
-    assert_eq!(rows[0]["installation"], "app");
-    assert_eq!(
-        (rows[0]["runs"].as_u64(), rows[0]["passRate"].as_f64()),
-        (Some(1), Some(1.0))
-    );
-    assert_eq!(rows[0]["worstRtoSeconds"].as_f64(), Some(rto));
-    let table = cli(&[]);
-    let lines: Vec<&str> = table.lines().collect();
-    assert!(
-        lines[0].starts_with("NAMESPACE") && lines[0].contains("MEDIAN-RTO"),
-        "{table}"
-    );
-    assert!(lines[1].contains("app") && lines[1].contains("100%"), "{table}");
-    let (_, metrics) = somastack_tests::http_get(somastack_tests::metrics_port(), "/metrics")
-        .await
-        .expect("/metrics");
-    let runs = format!(
-        "somastack_drill_runs_total{{namespace=\"{}\",drill=\"outage\",verdict=\"Pass\"}} 1",
-        t.ns.name
-    );
-    assert!(metrics.contains(&runs), "{runs} in:\n{metrics}");
-    assert!(
-        metrics.contains(&format!(
-            "somastack_drill_last_rto_seconds{{namespace=\"{}\",drill=\"outage\"}}",
-            t.ns.name
-        )),
-        "{metrics}"
-    );
-    t.delete(&client).await;
-}
-
-#[tokio::test]
 async fn a_too_tight_rto_objective_fails_the_verdict() {
     let client = client().await;
     // Replacement pods take 6 s to get ready (hack/kwok-stages.yaml).
@@ -389,41 +315,6 @@ async fn scope_region_taints_the_region_and_untaints_it() {
     })
     .await;
     t.assert_home(&client).await;
-    t.delete(&client).await;
-}
-
-#[tokio::test]
-async fn pod_loss_recovers_in_place() {
-    let client = client().await;
-    let t = Target::new(&client, "podloss", "us-east-1", "eu-central-1", "/readyz").await;
-    let before: Vec<String> = pod_regions(&client, &t.ns.name)
-        .await
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    let doc = t.drill(
-        "podloss",
-        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
-    let status = wait_drill(&api, "podloss", "finished", finished).await;
-    assert_eq!(status["verdict"], "Pass", "{status:#}");
-    assert!(status["measuredRtoSeconds"].as_f64().is_some());
-    let got = steps(&status);
-    assert!(
-        got.contains(&("Failover".to_string(), "Skipped".to_string())),
-        "{got:?}"
-    );
-    assert!(
-        got.contains(&("Verify".to_string(), "Succeeded".to_string())),
-        "{got:?}"
-    );
-    let after = pod_regions(&client, &t.ns.name).await;
-    assert!(
-        after.iter().all(|(p, r)| !before.contains(p) && r == "us-east-1"),
-        "{before:?} -> {after:?}"
-    );
     t.delete(&client).await;
 }
 
@@ -615,4 +506,163 @@ async fn a_schedule_makes_runs_that_never_overlap() {
         assert_eq!(run["verdict"], "Pass", "{status:#}");
     }
     t.delete(&client).await;
+}
+
+/// On the real nodes: the drills move and kill pods that containerd runs,
+/// and the RTO is the time until real readiness probes pass again.
+mod real_node {
+    use somastack_tests::real::{node_of, pods_on_real_nodes};
+
+    use super::*;
+
+    const APP: &str = "somastack.io/installation=app";
+
+    #[tokio::test]
+    async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
+        let client = client().await;
+        let t = Target::real(&client, "outage", "eu-west-1", "eu-central-1").await;
+        let before = pods_on_real_nodes(&client, &t.ns.name, APP).await;
+        assert!(
+            before.iter().all(|p| node_of(p) == "real-eu-west-1"),
+            "pods start at home"
+        );
+        let doc = t.drill(
+            "outage",
+            json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
+        );
+        put(&client, &doc).await;
+        let api = api_for(&client, &doc).await;
+
+        let status = wait_drill(&api, "outage", "finished", finished).await;
+        assert_eq!(status["verdict"], "Pass", "{status:#}");
+        let rto = status["measuredRtoSeconds"].as_f64().expect("an RTO");
+        eprintln!("region outage drill: measured RTO {rto}s");
+        assert!((0.0..=120.0).contains(&rto), "{rto}");
+        let got = steps(&status);
+        assert_eq!(
+            got,
+            STEPS
+                .iter()
+                .map(|s| (s.to_string(), "Succeeded".to_string()))
+                .collect::<Vec<_>>(),
+            "{status:#}"
+        );
+        for e in status["timeline"].as_array().unwrap() {
+            assert!(e["start"].is_string() && e["end"].is_string(), "{e}");
+        }
+        // Verify saw the workload recovered in the failover region.
+        let verify = &status["timeline"][4];
+        assert_eq!(
+            verify["message"],
+            format!("2 replica(s) ready in eu-central-1; RTO {rto:.1}s"),
+            "{verify}"
+        );
+        assert_eq!(status["history"][0]["verdict"], "Pass");
+        assert_eq!(status["history"][0]["measuredRtoSeconds"].as_f64(), Some(rto));
+        let cond = &status["conditions"][0];
+        assert_eq!(
+            (cond["type"].as_str(), cond["status"].as_str()),
+            (Some("Succeeded"), Some("True"))
+        );
+        // Restored: home again, no finalizer left.
+        wait_for("the workload back home", T, || async {
+            let r = pod_regions(&client, &t.ns.name).await;
+            (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
+        })
+        .await;
+        t.assert_home(&client).await;
+        let home = pods_on_real_nodes(&client, &t.ns.name, APP).await;
+        assert!(
+            home.iter().all(|p| node_of(p) == "real-eu-west-1"),
+            "home on real-eu-west-1 again"
+        );
+        assert!(api.get("outage").await.unwrap().finalizers().is_empty());
+        assert!(somastack_tests::event_recorded(&t.ns.name, "DrillPassed"));
+
+        // The summary: the CLI (table and JSON) and the metrics.
+        let cli = |args: &[&str]| {
+            let out = std::process::Command::new(workspace_binary("somastack-operator"))
+                .args(["drills", "-n", &t.ns.name])
+                .args(args)
+                .arg("--kubeconfig")
+                .arg(kubeconfig_path())
+                .output()
+                .expect("the binary runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let rows: Value = serde_json::from_str(&cli(&["-o", "json"])).expect("JSON");
+        assert_eq!(rows[0]["installation"], "app");
+        assert_eq!(
+            (rows[0]["runs"].as_u64(), rows[0]["passRate"].as_f64()),
+            (Some(1), Some(1.0))
+        );
+        assert_eq!(rows[0]["worstRtoSeconds"].as_f64(), Some(rto));
+        let table = cli(&[]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("NAMESPACE") && lines[0].contains("MEDIAN-RTO"),
+            "{table}"
+        );
+        assert!(lines[1].contains("app") && lines[1].contains("100%"), "{table}");
+        let (_, metrics) = somastack_tests::http_get(somastack_tests::metrics_port(), "/metrics")
+            .await
+            .expect("/metrics");
+        let runs = format!(
+            "somastack_drill_runs_total{{namespace=\"{}\",drill=\"outage\",verdict=\"Pass\"}} 1",
+            t.ns.name
+        );
+        assert!(metrics.contains(&runs), "{runs} in:\n{metrics}");
+        assert!(
+            metrics.contains(&format!(
+                "somastack_drill_last_rto_seconds{{namespace=\"{}\",drill=\"outage\"}}",
+                t.ns.name
+            )),
+            "{metrics}"
+        );
+        t.delete(&client).await;
+    }
+
+    #[tokio::test]
+    async fn pod_loss_recovers_in_place() {
+        let client = client().await;
+        let t = Target::real(&client, "podloss", "eu-central-1", "eu-west-1").await;
+        pods_on_real_nodes(&client, &t.ns.name, APP).await;
+        let before: Vec<String> = pod_regions(&client, &t.ns.name)
+            .await
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let doc = t.drill(
+            "podloss",
+            json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
+        );
+        put(&client, &doc).await;
+        let api = api_for(&client, &doc).await;
+        let status = wait_drill(&api, "podloss", "finished", finished).await;
+        assert_eq!(status["verdict"], "Pass", "{status:#}");
+        assert!(status["measuredRtoSeconds"].as_f64().is_some());
+        let got = steps(&status);
+        assert!(
+            got.contains(&("Failover".to_string(), "Skipped".to_string())),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&("Verify".to_string(), "Succeeded".to_string())),
+            "{got:?}"
+        );
+        let after = pod_regions(&client, &t.ns.name).await;
+        assert!(
+            after
+                .iter()
+                .all(|(p, r)| !before.contains(p) && r == "eu-central-1"),
+            "{before:?} -> {after:?}"
+        );
+        let after_pods = pods_on_real_nodes(&client, &t.ns.name, APP).await;
+        assert!(
+            after_pods.iter().all(|p| node_of(p) == "real-eu-central-1"),
+            "replaced in place, on the real node"
+        );
+        t.delete(&client).await;
+    }
 }

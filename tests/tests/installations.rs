@@ -366,80 +366,6 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
 }
 
 #[tokio::test]
-async fn a_release_that_never_gets_ready_is_rolled_back_automatically() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "autorb").await;
-    let package = format!("arb-{}", unique_suffix());
-    let good = capsule(&format!("{package}-1"), &package, "1.0.0", "internal");
-    // A broken release: its readiness check never passes (kwok's
-    // pod-running-never-ready stage plays the failing probe).
-    let mut broken = capsule(&format!("{package}-2"), &package, "2.0.0", "internal");
-    broken["spec"]["readyPath"] = json!("/never-ready");
-    put(&client, &good).await;
-    put(&client, &broken).await;
-    let mut inst = installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2);
-    inst["spec"]["upgrade"] = json!({ "autoRollback": true, "progressDeadlineSeconds": 10 });
-    put(&client, &inst).await;
-    let api = api_for(&client, &inst).await;
-    wait_condition(&api, "app", "Ready", "True", None, T).await;
-
-    inst["spec"]["capsule"]["version"] = json!("2.0.0");
-    put(&client, &inst).await;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let good_image = good["spec"]["image"].as_str().unwrap().to_string();
-    // While the broken revision fails, the old pods keep serving.
-    let obj = loop {
-        let ready_old = pods
-            .list(&ListParams::default().labels("somastack.io/installation=app"))
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .filter(|p| {
-                p.spec
-                    .as_ref()
-                    .is_some_and(|s| s.containers[0].image.as_deref() == Some(good_image.as_str()))
-            })
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            })
-            .count();
-        let o = api.get("app").await.unwrap();
-        if !o.data["status"]["lastRollback"].is_null() {
-            break o;
-        }
-        assert!(
-            ready_old >= 2,
-            "the old revision stopped serving during the failed upgrade ({ready_old} ready)"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let record = &obj.data["status"]["lastRollback"];
-    assert_eq!(record["trigger"], "Automatic");
-    assert_eq!(record["fromRevision"], 2);
-    assert_eq!(record["toRevision"], 1);
-    assert!(
-        record["reason"]
-            .as_str()
-            .unwrap()
-            .contains("was not Available within 10s"),
-        "{record}"
-    );
-    let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
-    assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
-    assert_eq!(obj.data["status"]["currentRevision"], 3);
-    assert!(
-        somastack_tests::event_recorded(&ns.name, "RolledBack"),
-        "a RolledBack Event is recorded"
-    );
-    ns.delete().await;
-    delete_cluster_scoped(&client, &[&good, &broken]).await;
-}
-
-#[tokio::test]
 async fn deleting_an_installation_removes_every_child() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "delete").await;
@@ -589,4 +515,166 @@ async fn paused_leaves_children_alone() {
     .await;
     ns.delete().await;
     delete_cluster_scoped(&client, &[&cap]).await;
+}
+
+/// On the real nodes: real readiness probes, a real Service, real requests.
+mod real_node {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use somastack_tests::fixtures::{agent_capsule, on_real_nodes};
+    use somastack_tests::real::{node_of, pods_on_real_nodes, service_addr, summarize};
+
+    use super::*;
+
+    const TEXT: &str = "Residency rules keep confidential data in the European Union. \
+        The operator places each workload only on nodes of its region. \
+        A drill proves that a workload survives the loss of its region. \
+        Nothing in this test leaves the machine.";
+
+    /// An Installation of the reference agent is Ready because its pods'
+    /// readiness probes pass, and its Service answers. A release whose pods
+    /// never get ready (the capsule sets AGENT_READY=never) is rolled back
+    /// automatically, and requests sent through the Service all along, one
+    /// every 50 ms, all succeed.
+    #[tokio::test]
+    async fn a_never_ready_release_is_rolled_back_while_every_request_to_the_service_succeeds() {
+        let client = client().await;
+        let ns = TestNamespace::create(&client, "real-rb").await;
+        let package = format!("rrb-{}", unique_suffix());
+        let good = agent_capsule(&format!("{package}-1"), &package, "1.0.0", "internal", &[]);
+        let broken = agent_capsule(
+            &format!("{package}-2"),
+            &package,
+            "2.0.0",
+            "internal",
+            &[("AGENT_READY", "never")],
+        );
+        put(&client, &good).await;
+        put(&client, &broken).await;
+        let mut inst = on_real_nodes(installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2));
+        inst["spec"]["upgrade"] = json!({ "autoRollback": true, "progressDeadlineSeconds": 15 });
+        put(&client, &inst).await;
+        let api = api_for(&client, &inst).await;
+        wait_condition(&api, "app", "Ready", "True", None, T).await;
+
+        let selector = "somastack.io/installation=app";
+        let pods = pods_on_real_nodes(&client, &ns.name, selector).await;
+        assert_eq!(pods.len(), 2);
+        assert!(
+            pods.iter().all(|p| node_of(p) == "real-eu-west-1"),
+            "pods stay in eu-west-1"
+        );
+
+        // The Service answers with a summary the agent computed from the text.
+        let addr = service_addr(&client, &ns.name, "app", 8080).await;
+        let first = wait_for("the Service to answer", T, || async {
+            summarize(addr, TEXT, 2).await.ok()
+        })
+        .await;
+        let sentences: Vec<&str> = TEXT.split_inclusive(". ").map(str::trim).collect();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(
+            first.iter().all(|s| sentences.contains(&s.as_str())),
+            "{first:?} from {sentences:?}"
+        );
+
+        // Requests through the Service during the whole upgrade.
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let sender = {
+            let (stop, ok, failed, expected) = (stop.clone(), ok.clone(), failed.clone(), first.clone());
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match summarize(addr, TEXT, 2).await {
+                        Ok(got) if got == expected => ok.fetch_add(1, Ordering::Relaxed),
+                        Ok(got) => {
+                            errors.push(format!("other answer {got:?}"));
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(e) => {
+                            errors.push(e);
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                errors
+            })
+        };
+
+        inst["spec"]["capsule"]["version"] = json!("2.0.0");
+        put(&client, &inst).await;
+        let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+        let saw_never_ready = AtomicBool::new(false);
+        let saw = &saw_never_ready;
+        let obj = wait_for("the automatic rollback", T, || async {
+            // The broken release's pod runs (started by containerd) and its
+            // readiness probe keeps failing.
+            for p in pod_api
+                .list(&ListParams::default().labels(selector))
+                .await
+                .ok()?
+                .items
+            {
+                let never = p.spec.as_ref().is_some_and(|s| {
+                    s.containers[0]
+                        .env
+                        .iter()
+                        .flatten()
+                        .any(|e| e.name == "AGENT_READY" && e.value.as_deref() == Some("never"))
+                });
+                let status = p.status.as_ref().and_then(|s| s.container_statuses.as_ref());
+                if never
+                    && status.is_some_and(|cs| {
+                        cs.iter().all(|c| {
+                            !c.ready
+                                && c.container_id
+                                    .as_deref()
+                                    .is_some_and(|i| i.starts_with("containerd://"))
+                        })
+                    })
+                {
+                    saw.store(true, Ordering::Relaxed);
+                }
+            }
+            let o = api.get("app").await.ok()?;
+            (!o.data["status"]["lastRollback"].is_null()).then_some(o)
+        })
+        .await;
+        assert!(
+            saw_never_ready.load(Ordering::Relaxed),
+            "the broken release's pod ran and was never ready"
+        );
+        let record = &obj.data["status"]["lastRollback"];
+        assert_eq!(record["trigger"], "Automatic");
+        assert_eq!(
+            (record["fromRevision"].as_i64(), record["toRevision"].as_i64()),
+            (Some(2), Some(1))
+        );
+        assert!(
+            record["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("was not Available within 15s"),
+            "{record}"
+        );
+        let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
+        assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
+        assert_eq!(obj.data["status"]["currentRevision"], 3);
+        // A few more requests against the rolled-back release, then stop.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        let errors = sender.await.expect("the request loop");
+        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        eprintln!(
+            "requests through the Service during the upgrade and rollback: {ok} succeeded, {failed} failed"
+        );
+        assert_eq!(failed, 0, "requests failed during the upgrade: {errors:?}");
+        assert!(ok >= 100, "only {ok} requests were sent");
+        assert!(somastack_tests::event_recorded(&ns.name, "RolledBack"));
+        ns.delete().await;
+        delete_cluster_scoped(&client, &[&good, &broken]).await;
+    }
 }

@@ -15,7 +15,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
-use somastack_tests::fixtures::{bundle, capsule, condition, message, put, put_policy, wait_condition};
+use somastack_tests::fixtures::{
+    agent_capsule, bundle, capsule, condition, message, on_real_nodes, put, put_policy, wait_condition,
+};
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
     TestNamespace, api_for, client, free_port, http_get, kubeconfig_path, kubectl, spawn_shard_operator,
@@ -509,43 +511,6 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
 }
 
 #[tokio::test]
-async fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-fail").await;
-    let mut bad = env.task("bad", &[], "kwok:fail");
-    bad["retries"] = json!(1);
-    let doc = env.project(
-        "failing",
-        json!({ "goal": "g", "tasks": [env.task("good", &[], "fine"), bad, env.task("after", &["bad"], "")] }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
-    let failed = finished(&api, "failing", "False", "TasksFailed").await;
-    let msg = message(&failed, "Succeeded");
-    assert!(
-        msg.starts_with("1 of 3 tasks failed: bad (failed after 2 attempts;"),
-        "{msg}"
-    );
-    assert!(msg.contains("simulated agent failure (kwok)"), "{msg}");
-    assert_eq!(
-        failed.data["status"]["tasks"][0]["name"], "bad",
-        "failed tasks are listed first"
-    );
-    assert_eq!(failed.data["status"]["taskCounts"]["failed"], 1);
-    assert_eq!(failed.data["status"]["taskCounts"]["pending"], 1);
-    assert_eq!(
-        attempts(&env.jobs(&client, &failed).await),
-        vec![
-            ("bad".to_string(), "1".to_string()),
-            ("bad".to_string(), "2".to_string()),
-            ("good".to_string(), "1".to_string()),
-        ],
-        "bad ran twice (retries: 1); after never ran"
-    );
-    env.delete(&client).await;
-}
-
-#[tokio::test]
 async fn retrying_runs_only_the_failed_tasks() {
     let client = client().await;
     let env = Env::new(&client, "kp-retry").await;
@@ -873,4 +838,250 @@ async fn a_500_task_project_completes_with_a_small_status() {
     assert_eq!(task_jobs(&jobs).len(), 500);
     let _ = planner.kill().await;
     env.delete(&client).await;
+}
+
+/// On the real nodes: the reference agent computes every result, the
+/// reference planner runs as a capsule, failures are the agent's own.
+mod real_node {
+    use somastack_tests::real::pods_on_real_nodes;
+
+    use super::*;
+
+    const REGULATION: &str = "Chapter V of the GDPR governs transfers of personal data outside the EEA. \
+        A transfer is lawful when the Commission found the destination adequate. \
+        Without such a decision, the exporter must provide appropriate safeguards. \
+        Standard contractual clauses are the safeguard most exporters use. \
+        Fines for unlawful transfers reach four percent of worldwide turnover.";
+    const GUIDANCE: &str = "The data protection board publishes guidance on artificial intelligence. \
+        A model trained on personal data is not anonymous by default. \
+        Controllers must document why a model cannot reveal its training data. \
+        Legitimate interest may justify training after a balancing test. \
+        Authorities may order the deletion of a model developed unlawfully.";
+
+    /// A namespace with the reference agent as capsule `package` 1.0.0,
+    /// configured with `env`.
+    async fn agent_env(client: &Client, prefix: &str, env: &[(&str, &str)]) -> Env {
+        let ns = TestNamespace::create(client, prefix).await;
+        let package = format!("agent-{}", unique_suffix());
+        put(
+            client,
+            &agent_capsule(&package, &package, "1.0.0", "internal", env),
+        )
+        .await;
+        Env {
+            ns,
+            package,
+            bundles: Vec::new(),
+        }
+    }
+
+    fn lines(s: &str) -> Vec<&str> {
+        s.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+    }
+
+    fn sentences(s: &str) -> Vec<&str> {
+        s.split_inclusive(". ").map(str::trim).collect()
+    }
+
+    /// Each result is the agent's summary of its input and the accepted
+    /// outputs of its dependencies, reviewed by the agent as reviewer; a
+    /// second project whose agent fails (AGENT_FAIL=always) is retried,
+    /// then fails naming the task and the agent's own words.
+    #[tokio::test]
+    async fn agents_compute_results_from_inputs_and_upstream_outputs_and_a_failing_agent_fails_the_project() {
+        let client = client().await;
+        let env = agent_env(&client, "kp-real", &[]).await;
+        let failing = format!("failing-{}", unique_suffix());
+        put(
+            &client,
+            &agent_capsule(
+                &failing,
+                &failing,
+                "1.0.0",
+                "internal",
+                &[("AGENT_FAIL", "always")],
+            ),
+        )
+        .await;
+
+        let doc = on_real_nodes(env.project(
+            "brief",
+            json!({
+                "goal": "a brief on data transfers and AI guidance",
+                "region": "eu-central-1",
+                "parallelism": 2,
+                "review": { "package": env.package, "version": "1.0.0" },
+                "tasks": [
+                    env.task("regulation", &[], REGULATION),
+                    env.task("guidance", &[], GUIDANCE),
+                    env.task("brief", &["regulation", "guidance"], "Combine both summaries into a brief."),
+                ],
+            }),
+        ));
+        let mut bad = json!({ "name": "bad", "capsule": { "package": failing, "version": "1.0.0" },
+                              "input": REGULATION, "retries": 1 });
+        bad["dependsOn"] = json!([]);
+        let fails = on_real_nodes(env.project(
+            "failing",
+            json!({ "goal": "g", "tasks": [bad, env.task("after", &["bad"], "never runs")] }),
+        ));
+        put(&client, &doc).await;
+        put(&client, &fails).await;
+        let api = api_for(&client, &doc).await;
+
+        let done = finished(&api, "brief", "True", "AllTasksSucceeded").await;
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+            .get("brief-results")
+            .await
+            .expect("results ConfigMap");
+        let data = cm.data.unwrap_or_default();
+        for (task, input) in [("regulation", REGULATION), ("guidance", GUIDANCE)] {
+            let out = lines(data.get(task).map(String::as_str).unwrap_or_default());
+            let from = sentences(input);
+            assert_eq!(
+                out.len(),
+                3,
+                "{task}: the agent keeps 3 sentences (AGENT_SENTENCES default): {out:?}"
+            );
+            assert!(
+                out.iter().all(|l| from.contains(l)),
+                "{task}: {out:?} are sentences of its input"
+            );
+        }
+        let brief = data.get("brief").cloned().unwrap_or_default();
+        for dep in ["regulation", "guidance"] {
+            let upstream = lines(data.get(dep).map(String::as_str).unwrap_or_default());
+            assert!(
+                lines(&brief).iter().any(|l| upstream.contains(l)),
+                "the brief combines {dep}'s output: {brief:?}"
+            );
+        }
+        let jobs = env.jobs(&client, &done).await;
+        assert_eq!(task_jobs(&jobs).len(), 3);
+        assert_eq!(
+            jobs.len(),
+            6,
+            "each task's output was reviewed by its own review Job"
+        );
+        let pods = pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=brief").await;
+        assert_eq!(pods.len(), 6, "every task and review ran in a real container");
+
+        let failed = finished(&api, "failing", "False", "TasksFailed").await;
+        let msg = message(&failed, "Succeeded");
+        assert!(
+            msg.starts_with("1 of 2 tasks failed: bad (failed after 2 attempts;"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("configured to fail (AGENT_FAIL=always)"),
+            "the agent's own words: {msg}"
+        );
+        assert_eq!(
+            attempts(&env.jobs(&client, &failed).await),
+            vec![
+                ("bad".to_string(), "1".to_string()),
+                ("bad".to_string(), "2".to_string())
+            ],
+            "bad ran twice (retries: 1); after never ran"
+        );
+        pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=failing").await;
+        let _ = api_for(&client, &doc)
+            .await
+            .delete("brief", &DeleteParams::default())
+            .await;
+        let _ = Api::<DynamicObject>::all_with(
+            client.clone(),
+            &kube::discovery::ApiResource::erase::<somastack_crds::Capsule>(&()),
+        )
+        .delete(&failing, &DeleteParams::default())
+        .await;
+        env.delete(&client).await;
+    }
+
+    /// The reference planner, installed as an Installation of its image on
+    /// a real node, plans a project that names it (`planner.capsule`): the
+    /// operator calls it through its Service, and the planned tasks run.
+    #[tokio::test]
+    async fn a_planner_capsule_plans_through_its_service_and_the_plan_runs() {
+        let client = client().await;
+        let env = agent_env(&client, "kp-planner-real", &[]).await;
+        let planner = format!("planner-{}", unique_suffix());
+        let image = std::env::var("SOMASTACK_PLANNER_IMAGE")
+            .expect("SOMASTACK_PLANNER_IMAGE (hack/test.sh builds and loads the planner image)");
+        let mut cap = capsule(&planner, &planner, "1.0.0", "internal");
+        cap["spec"]["image"] = json!(image);
+        cap["spec"]["env"] = json!([{ "name": "PLANNER_LISTEN", "value": "0.0.0.0:8080" }]);
+        cap["spec"]["readyPath"] = json!("/healthz");
+        cap["spec"]["resources"] =
+            json!({ "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } });
+        put(&client, &cap).await;
+        let inst = on_real_nodes(somastack_tests::fixtures::installation(
+            &env.ns.name,
+            "planner",
+            &planner,
+            "1.0.0",
+            "eu-west-1",
+            1,
+        ));
+        put(&client, &inst).await;
+        let goal = format!("{REGULATION}\nWrite a short brief from the summary.");
+        let doc = on_real_nodes(env.project(
+            "planned",
+            json!({
+                "goal": goal,
+                "planner": {
+                    "capsule": { "package": planner, "version": "1.0.0" },
+                    "agent": { "package": env.package, "version": "1.0.0" },
+                },
+                "budget": { "maxTasks": 5 },
+            }),
+        ));
+        put(&client, &doc).await;
+        let api = api_for(&client, &doc).await;
+        let done = finished(&api, "planned", "True", "AllTasksSucceeded").await;
+        pods_on_real_nodes(&client, &env.ns.name, "somastack.io/installation=planner").await;
+        let names: Vec<String> = done.data["status"]["tasks"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t["name"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(names.len(), 2, "two stages, one task each: {names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("s1-") || n.starts_with("s2-")),
+            "{names:?}"
+        );
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+            .get("planned-results")
+            .await
+            .expect("results ConfigMap");
+        let data = cm.data.unwrap_or_default();
+        let first = data
+            .iter()
+            .find(|(k, _)| k.starts_with("s1-"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let second = data
+            .iter()
+            .find(|(k, _)| k.starts_with("s2-"))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let from = sentences(REGULATION);
+        assert!(
+            !lines(&first).is_empty() && lines(&first).iter().all(|l| from.contains(l)),
+            "stage 1 summarized the goal's first step: {first:?}"
+        );
+        assert!(
+            lines(&second).iter().any(|l| lines(&first).contains(l)),
+            "stage 2 used stage 1's output: {second:?}"
+        );
+        pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=planned").await;
+        let _ = api_for(&client, &cap)
+            .await
+            .delete(&planner, &DeleteParams::default())
+            .await;
+        env.delete(&client).await;
+    }
 }
