@@ -1,11 +1,24 @@
 #!/usr/bin/env bash
-# Runs the operator end to end: builds it, starts the local cluster when no
-# kubeconfig is given, installs the CRDs, starts the operator, applies the
-# examples and shows them. The operator then keeps running until Ctrl-C.
+# Runs the operator end to end.
 #
-#   hack/run.sh            against $KUBECONFIG, or the local cluster when unset
-#   hack/run.sh --check    same, but stop once the operator has reported on
-#                          every example (used by hack/test.sh and CI)
+# On the local cluster (no KUBECONFIG set; started here when not running)
+# with its real nodes: builds the images, loads them into the real nodes,
+# installs the operator with `helm install` of the chart with its defaults
+# (two replicas, leader election, webhooks through the chart's Service,
+# self-managed certificates) on the real nodes, signs the example Capsule
+# over the agent image it built, applies examples/ in one go as GitOps would,
+# and waits for the story: the summarizer serving on real pods, the drill
+# failing it over and back, the project's agents computing the brief.
+#
+# Against another cluster (KUBECONFIG set), or without real nodes
+# (SOMASTACK_REAL_NODES=0): the operator runs on this machine instead.
+#
+# KUBECONFIG=.local/kubeconfig (the local cluster's) counts as no KUBECONFIG.
+#
+#   hack/run.sh            run, show, then follow the operator's logs (Ctrl-C
+#                          stops following; the operator keeps running)
+#   hack/run.sh --check    same, and assert what a user would see, then stop
+#                          (hack/test.sh and CI run this; needs real nodes)
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -16,7 +29,9 @@ log "building the operator"
 cargo build --quiet --locked -p somastack-operator
 "$ROOT/hack/build-tools.sh"
 
-if [[ -z "${KUBECONFIG:-}" ]]; then
+local_cluster=false
+if [[ -z "${KUBECONFIG:-}" || "$KUBECONFIG" == "$LOCAL_KUBECONFIG" ]]; then
+  local_cluster=true
   "$ROOT/hack/cluster-up.sh"
   export KUBECONFIG="$LOCAL_KUBECONFIG"
 else
@@ -25,55 +40,100 @@ else
   kubectl wait --for=condition=Established -f charts/somastack-operator/crds/ --timeout=60s >/dev/null
   kubectl api-resources --cached=false >/dev/null
 fi
-
+in_cluster=false
+$local_cluster && real_nodes_enabled && in_cluster=true
+$check && ! $in_cluster &&
+  die "hack/run.sh --check asserts the story on real pods: it needs the local cluster (no KUBECONFIG) with its real nodes (as root, SOMASTACK_REAL_NODES unset)"
 mkdir -p "$LOCAL_DIR"
-if [[ "$KUBECONFIG" == "$LOCAL_KUBECONFIG" ]]; then
-  # The chart (RBAC, webhook configurations) with the operator on this
-  # machine, running as the chart's ServiceAccount.
-  log "installing the chart for a local operator (release $OPERATOR_RELEASE in $OPERATOR_NAMESPACE)"
-  install_local_release
-  operator_args=("${LOCAL_OPERATOR_ARGS[@]}")
-else
-  # Another cluster's API server cannot call a webhook on this machine.
-  operator_args=(run --no-webhook --metrics-addr "127.0.0.1:$METRICS_PORT")
-fi
-log "starting the operator (logs: .local/operator.log)"
-target/debug/somastack-operator "${operator_args[@]}" >"$LOCAL_DIR/operator.log" 2>&1 &
-operator=$!
-trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
-wait_operator_ready $operator "$LOCAL_DIR/operator.log"
 
-log "applying the examples"
-# One field manager per file: each file is one actor's intent (the reviewer's
-# approval in 25-capsule-review.yaml must not take the publisher's spec away),
-# applied as the user its "# kubectl-as: USER GROUP" line names (the webhook
+# Applies every example file as its actor, from folder $1 (one field manager
+# per file: each file is one actor's intent, so the reviewer's approval in
+# 25-capsule-review.yaml must not take the publisher's spec away; applied as
+# the user its "# kubectl-as: USER GROUP" line names, since the webhook
 # refuses a review by the capsule's submitter).
-for f in examples/*.yaml; do
-  read -r as_user as_group < <(sed -n 's/^# kubectl-as: //p' "$f"; echo)
-  kubectl apply --server-side --field-manager="example-$(basename "$f" .yaml)" \
-    ${as_user:+--as="$as_user"} ${as_group:+--as-group="$as_group"} -f "$f" >&2
-done
-
-log "waiting for the operator to report on every example"
-for f in examples/*.yaml; do
-  grep -q '^apiVersion: somastack.io/' "$f" || continue
-  seen="" gen="x"
-  for _ in $(seq 1 60); do
-    read -r gen seen < <(kubectl get -f "$f" -o jsonpath='{.metadata.generation} {.status.observedGeneration}{"\n"}')
-    [[ -n "$seen" && "$seen" == "$gen" ]] && break
-    kill -0 $operator 2>/dev/null || { tail -20 "$LOCAL_DIR/operator.log" >&2; die "the operator exited"; }
-    sleep 1
+apply_examples() {
+  local f as_user as_group
+  for f in "$1"/*.yaml; do
+    read -r as_user as_group < <(sed -n 's/^# kubectl-as: //p' "$f"; echo)
+    kubectl apply --server-side --field-manager="example-$(basename "$f" .yaml)" \
+      ${as_user:+--as="$as_user"} ${as_group:+--as-group="$as_group"} -f "$f" >&2
   done
-  [[ "$seen" == "$gen" ]] || die "$f: the operator did not report on generation $gen"
-done
-kubectl wait --for=condition=Ready -f examples/30-installation.yaml --timeout=120s >&2
-kubectl get somastack -A >&2
+}
 
-if $check; then
-  kill -TERM $operator; wait $operator || die "the operator did not exit cleanly on SIGTERM"
-  trap - EXIT
-  log "end-to-end check passed"
-else
+if ! $in_cluster; then
+  if $local_cluster; then
+    # The chart (RBAC, webhook configurations) with the operator on this
+    # machine, running as the chart's ServiceAccount.
+    log "installing the chart for a local operator (release $OPERATOR_RELEASE in $OPERATOR_NAMESPACE)"
+    install_local_release
+    operator_args=("${LOCAL_OPERATOR_ARGS[@]}")
+    log "no real nodes (SOMASTACK_REAL_NODES=0): the example's pods are placed on real nodes and stay Pending"
+  else
+    # Another cluster's API server cannot call a webhook on this machine.
+    operator_args=(run --no-webhook --metrics-addr "127.0.0.1:$METRICS_PORT")
+  fi
+  log "starting the operator on this machine (logs: .local/operator.log)"
+  "$TARGET_DIR/debug/somastack-operator" "${operator_args[@]}" >"$LOCAL_DIR/operator.log" 2>&1 &
+  operator=$!
+  trap 'kill -TERM $operator 2>/dev/null; wait $operator 2>/dev/null' EXIT
+  wait_operator_ready $operator "$LOCAL_DIR/operator.log"
+  log "applying the examples"
+  apply_examples examples
+  kubectl get somastack -A >&2
   log "operator running (pid $operator); Ctrl-C stops it. In another shell: export KUBECONFIG=$KUBECONFIG"
   wait $operator
+  exit
 fi
+
+log "the images (hack/build-image.sh), into the real nodes"
+"$ROOT/hack/build-image.sh"
+"$ROOT/hack/real-nodes.sh" load
+operator_image=$(image_ref somastack-operator)
+agent_image=$(image_ref somastack-agent)
+[[ -n "$operator_image" && -n "$agent_image" ]] || die "hack/build-image.sh left no images in target/image"
+
+log "helm install: the operator in pods on the real nodes ($operator_image)"
+helm upgrade --install "$OPERATOR_RELEASE" "$ROOT/charts/somastack-operator" \
+  --namespace "$OPERATOR_NAMESPACE" --create-namespace \
+  --set image.repository="${operator_image%@*}" --set image.digest="${operator_image#*@}" \
+  --set-string 'nodeSelector.somastack\.io/real-node=true' \
+  --set-json 'tolerations=[{"key":"node.somastack.io/real","operator":"Exists","effect":"NoSchedule"}]' \
+  --wait --timeout 180s >/dev/null || {
+  kubectl -n "$OPERATOR_NAMESPACE" get pods -o wide >&2
+  kubectl -n "$OPERATOR_NAMESPACE" logs -l app.kubernetes.io/component=operator --tail=20 >&2 || true
+  die "the operator's pods did not become ready"
+}
+kubectl -n "$OPERATOR_NAMESPACE" get pods -o wide >&2
+
+# Each run tells the story from the start: the capsule is signed over this
+# build's image, and a drill or project that already ran would not run again.
+log "removing the examples of an earlier run"
+kubectl delete -f examples/ --ignore-not-found --wait=true --timeout=180s >/dev/null
+
+log "signing the example Capsule over $agent_image"
+stamped="$LOCAL_DIR/examples"
+rm -rf "$stamped"; mkdir -p "$stamped"
+cp examples/*.yaml "$stamped/"
+"$ROOT/hack/sign-capsule.sh" --image "$agent_image" examples/20-capsule.yaml \
+  examples/keys/acme-agents-demo.key acme-agents-2026 >"$stamped/20-capsule.yaml"
+
+log "applying the examples at once, as GitOps would"
+apply_examples "$stamped"
+
+ns=tenant-acme
+log "waiting for the story: the summarizer Ready, the drill done, the project done"
+kubectl -n $ns wait --for=condition=Ready installation/summarizer --timeout=180s >&2
+kubectl -n $ns wait --for=jsonpath='{.status.phase}'=Succeeded drdrill/summarizer-region-outage --timeout=600s >&2 || true
+kubectl -n $ns wait --for=condition=Succeeded kamachiqproject/market-brief --timeout=300s >&2 || true
+kubectl get somastack -A >&2
+
+if ! $check; then
+  log "the operator runs in the cluster; its logs follow (Ctrl-C stops following, not the operator)."
+  log "In another shell: export KUBECONFIG=$KUBECONFIG"
+  exec kubectl -n "$OPERATOR_NAMESPACE" logs -f -l app.kubernetes.io/component=operator --max-log-requests 4 --tail=5
+fi
+
+log "checking what a user sees"
+python3 "$ROOT/hack/check-story.py" "$ns" "$OPERATOR_NAMESPACE" "$OPERATOR_RELEASE" ||
+  die "the end-to-end check failed"
+log "end-to-end check passed"
