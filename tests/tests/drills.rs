@@ -35,33 +35,42 @@ struct Target {
 
 impl Target {
     async fn new(client: &Client, prefix: &str, region: &str, failover: &str, ready_path: &str) -> Target {
-        let ns = TestNamespace::create(client, prefix).await;
-        let package = format!("{prefix}-{}", unique_suffix());
-        let mut cap = capsule(&package, &package, "1.0.0", "confidential");
-        cap["spec"]["readyPath"] = json!(ready_path);
-        put(client, &cap).await;
-        let mut inst = installation(&ns.name, "app", &package, "1.0.0", region, 2);
-        inst["spec"]["failoverRegions"] = json!([failover]);
-        put(client, &inst).await;
-        let api = api_for(client, &inst).await;
-        wait_condition(&api, "app", "Ready", "True", None, T).await;
-        Target {
-            ns,
-            capsule: cap,
-            installation: inst,
-            region: region.into(),
-        }
+        Target::start(client, prefix, region, failover, |package| {
+            let mut cap = capsule(package, package, "1.0.0", "confidential");
+            cap["spec"]["readyPath"] = json!(ready_path);
+            (cap, json!(null))
+        })
+        .await
     }
 
     /// The same on the real nodes: the reference agent, whose readiness
     /// a real probe checks (tests in `real_node`).
     async fn real(client: &Client, prefix: &str, region: &str, failover: &str) -> Target {
+        Target::start(client, prefix, region, failover, |package| {
+            let cap = agent_capsule(package, package, "1.0.0", "confidential", &[]);
+            let placement = on_real_nodes(json!({}))["spec"]["placement"].clone();
+            (cap, placement)
+        })
+        .await
+    }
+
+    /// `make(package)` gives the Capsule and the Installation's placement.
+    async fn start(
+        client: &Client,
+        prefix: &str,
+        region: &str,
+        failover: &str,
+        make: impl FnOnce(&str) -> (Value, Value),
+    ) -> Target {
         let ns = TestNamespace::create(client, prefix).await;
         let package = format!("{prefix}-{}", unique_suffix());
-        let cap = agent_capsule(&package, &package, "1.0.0", "confidential", &[]);
+        let (cap, placement) = make(&package);
         put(client, &cap).await;
-        let mut inst = on_real_nodes(installation(&ns.name, "app", &package, "1.0.0", region, 2));
+        let mut inst = installation(&ns.name, "app", &package, "1.0.0", region, 2);
         inst["spec"]["failoverRegions"] = json!([failover]);
+        if !placement.is_null() {
+            inst["spec"]["placement"] = placement;
+        }
         put(client, &inst).await;
         let api = api_for(client, &inst).await;
         wait_condition(&api, "app", "Ready", "True", None, T).await;

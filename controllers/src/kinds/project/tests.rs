@@ -464,6 +464,25 @@ fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
     assert_eq!(p.service_account()["automountServiceAccountToken"], false);
 }
 
+/// The Job of a task's first attempt, with an internal capsule.
+fn first_attempt(p: &Project, t: &Task, dependencies: &BTreeMap<String, String>) -> serde_json::Value {
+    let capsule = capsule_spec(DataClassification::Internal);
+    render::job(
+        p,
+        &render::JobInput {
+            task: t,
+            role: Role::Task,
+            attempt: 1,
+            round: "r1",
+            capsule: &capsule,
+            output: None,
+            dependencies,
+            max_cpu: None,
+            max_memory: None,
+        },
+    )
+}
+
 #[test]
 fn placement_reaches_the_job_pods_and_the_region_stays_the_projects() {
     use somastack_crds::common::{Placement, Toleration, TolerationOperator};
@@ -480,22 +499,7 @@ fn placement_reaches_the_job_pods_and_the_region_stays_the_projects() {
         placement: Some(&placement),
         ..project()
     };
-    let t = task("gather", &[]);
-    let capsule = capsule_spec(DataClassification::Internal);
-    let job = render::job(
-        &p,
-        &render::JobInput {
-            task: &t,
-            role: Role::Task,
-            attempt: 1,
-            round: "r1",
-            capsule: &capsule,
-            output: None,
-            dependencies: &BTreeMap::new(),
-            max_cpu: None,
-            max_memory: None,
-        },
-    );
+    let job = first_attempt(&p, &task("gather", &[]), &BTreeMap::new());
     let pod = &job["spec"]["template"]["spec"];
     assert_eq!(
         pod["nodeSelector"],
@@ -585,21 +589,7 @@ fn a_task_receives_its_dependencies_latest_accepted_outputs() {
             ("wind".to_string(), "Wind fell.".to_string()),
         ])
     );
-    let capsule = capsule_spec(DataClassification::Internal);
-    let job = render::job(
-        &p,
-        &render::JobInput {
-            task: &t,
-            role: Role::Task,
-            attempt: 1,
-            round: "r1",
-            capsule: &capsule,
-            output: None,
-            dependencies: &deps,
-            max_cpu: None,
-            max_memory: None,
-        },
-    );
+    let job = first_attempt(&p, &t, &deps);
     let env = job["spec"]["template"]["spec"]["containers"][0]["env"].clone();
     let value = env
         .as_array()
