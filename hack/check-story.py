@@ -40,7 +40,10 @@ def wait(what, probe, timeout):
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if value or time.monotonic() > deadline:
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            print(f"      (waited {timeout}s for {what})", flush=True)
             return value
         time.sleep(1)
 

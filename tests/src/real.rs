@@ -41,11 +41,7 @@ pub async fn pods_on_real_nodes(client: &Client, ns: &str, selector: &str) -> Ve
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     for p in &live {
-        let node = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
+        let node = node_of(p);
         assert!(
             real.contains(&node),
             "pod {} runs on {node:?}, not a real node {real:?}",

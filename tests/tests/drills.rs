@@ -35,42 +35,44 @@ struct Target {
 
 impl Target {
     async fn new(client: &Client, prefix: &str, region: &str, failover: &str, ready_path: &str) -> Target {
-        Target::start(client, prefix, region, failover, |package| {
+        let capsule_of = |package: &str| {
             let mut cap = capsule(package, package, "1.0.0", "confidential");
             cap["spec"]["readyPath"] = json!(ready_path);
-            (cap, json!(null))
-        })
+            cap
+        };
+        Target::start(
+            client,
+            prefix,
+            region,
+            failover,
+            capsule_of,
+            std::convert::identity,
+        )
         .await
     }
 
     /// The same on the real nodes: the reference agent, whose readiness
     /// a real probe checks (tests in `real_node`).
     async fn real(client: &Client, prefix: &str, region: &str, failover: &str) -> Target {
-        Target::start(client, prefix, region, failover, |package| {
-            let cap = agent_capsule(package, package, "1.0.0", "confidential", &[]);
-            let placement = on_real_nodes(json!({}))["spec"]["placement"].clone();
-            (cap, placement)
-        })
-        .await
+        let capsule_of = |package: &str| agent_capsule(package, package, "1.0.0", "confidential", &[]);
+        Target::start(client, prefix, region, failover, capsule_of, on_real_nodes).await
     }
 
-    /// `make(package)` gives the Capsule and the Installation's placement.
+    /// `capsule_of(package)` gives the Capsule; `place` adjusts the Installation.
     async fn start(
         client: &Client,
         prefix: &str,
         region: &str,
         failover: &str,
-        make: impl FnOnce(&str) -> (Value, Value),
+        capsule_of: impl FnOnce(&str) -> Value,
+        place: impl FnOnce(Value) -> Value,
     ) -> Target {
         let ns = TestNamespace::create(client, prefix).await;
         let package = format!("{prefix}-{}", unique_suffix());
-        let (cap, placement) = make(&package);
+        let cap = capsule_of(&package);
         put(client, &cap).await;
-        let mut inst = installation(&ns.name, "app", &package, "1.0.0", region, 2);
+        let mut inst = place(installation(&ns.name, "app", &package, "1.0.0", region, 2));
         inst["spec"]["failoverRegions"] = json!([failover]);
-        if !placement.is_null() {
-            inst["spec"]["placement"] = placement;
-        }
         put(client, &inst).await;
         let api = api_for(client, &inst).await;
         wait_condition(&api, "app", "Ready", "True", None, T).await;
