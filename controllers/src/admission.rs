@@ -16,8 +16,9 @@ use somastack_crds::drill::{DISRUPT_VERB, REQUESTER_ANNOTATION};
 use somastack_crds::installation::MAX_CONFIG_BYTES;
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
-use crate::kinds::capsule::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
-use crate::kinds::installation::{Decision, active_region, decide, resolve_capsule};
+use crate::domain::capsules::{self, CapsuleUse, may_install};
+use crate::domain::regions::active_region;
+use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
 
 /// Annotation naming the user who created a Capsule, stamped at admission.
 pub const SUBMITTER_ANNOTATION: &str = "review.somastack.io/submitted-by";
@@ -80,24 +81,24 @@ pub fn installation(
         ));
     }
     let region = active_region(new);
-    match decide(
+    match may_install(
         new,
-        &resolve_capsule(capsules, &new.spec.capsule),
+        &capsules::resolve(capsules, &new.spec.capsule),
         bundles,
         &region,
     ) {
-        Decision::CapsuleNotFound => Verdict {
+        CapsuleUse::CapsuleNotFound => Verdict {
             warnings: vec![format!(
                 "Capsule {} version {} is not published yet; the Installation waits for it",
                 new.spec.capsule.package, new.spec.capsule.version
             )],
             ..Verdict::default()
         },
-        Decision::CapsuleUnusable(why) => Verdict {
+        CapsuleUse::CapsuleUnusable(why) => Verdict {
             warnings: vec![format!("{why}; the Installation will not run until that changes")],
             ..Verdict::default()
         },
-        Decision::Blocked(eval) => {
+        CapsuleUse::Blocked(eval) => {
             let problems: Vec<&str> = eval.blocking.iter().map(|v| v.message.as_str()).collect();
             Verdict::deny(format!(
                 "Installation {} violates enforced policy: {}",
@@ -105,7 +106,7 @@ pub fn installation(
                 problems.join("; ")
             ))
         }
-        Decision::Run(eval) => {
+        CapsuleUse::Allowed(eval) => {
             let mut warnings: Vec<String> = eval
                 .warnings
                 .iter()
@@ -124,7 +125,7 @@ pub fn installation(
 
 /// A second Capsule of a package version that is already published: its
 /// refusal. A version is published once (by one publisher), so a Capsule
-/// can never shadow another's image ([`crate::kinds::installation::resolve_capsule`]).
+/// can never shadow another's image ([`crate::domain::capsules::resolve`]).
 /// `existing` is every Capsule; only a create or a change of package or
 /// version is judged.
 pub fn capsule_duplicate(new: &Capsule, old: Option<&Capsule>, existing: &[Arc<Capsule>]) -> Option<String> {
@@ -147,12 +148,12 @@ pub fn capsule_duplicate(new: &Capsule, old: Option<&Capsule>, existing: &[Arc<C
 
 /// Why a DrDrill create or update needs the verb `disrupt` from the user
 /// making it (empty: it does not): its spec is new or changed and goes
-/// beyond the tenant bounds ([`crate::kinds::drill::plan::beyond_tenant_bounds`]).
+/// beyond the tenant bounds ([`crate::domain::drills::beyond_tenant_bounds`]).
 pub fn drill_needs_authority(new: &DrDrill, old: Option<&DrDrill>, now: jiff::Timestamp) -> Vec<String> {
     if old.is_some_and(|o| o.spec == new.spec) {
         return Vec::new();
     }
-    crate::kinds::drill::plan::beyond_tenant_bounds(&new.spec, now)
+    crate::domain::drills::beyond_tenant_bounds(&new.spec, now)
 }
 
 /// Judges a DrDrill create or update by `requester`: beyond the tenant
@@ -198,12 +199,12 @@ pub fn drill_requester(
 
 /// Judges a PolicyBundle create or update: refuses keys the operator cannot
 /// verify with, selectors that select nothing as written, and ceilings that
-/// are not sane quantities ([`crate::bundle_checks`]).
+/// are not sane quantities ([`crate::domain::bundle_checks`]).
 pub fn bundle(new: &PolicyBundle, old: Option<&PolicyBundle>) -> Verdict {
     if old.is_some_and(|o| o.spec == new.spec) {
         return Verdict::default();
     }
-    let problems = crate::bundle_checks::check(&new.spec);
+    let problems = crate::domain::bundle_checks::check(&new.spec);
     if problems.is_empty() {
         return Verdict::default();
     }
@@ -226,13 +227,13 @@ pub fn project(
     if old.is_some_and(|o| o.spec == new.spec) {
         return Verdict::default();
     }
-    let bytes = crate::kinds::project::plan::plan_bytes(&new.spec.tasks);
-    if !new.spec.tasks.is_empty() && bytes > crate::kinds::project::plan::MAX_PLAN_BYTES {
+    let bytes = crate::domain::plans::plan_bytes(&new.spec.tasks);
+    if !new.spec.tasks.is_empty() && bytes > somastack_crds::kamachiq::MAX_PLAN_BYTES {
         return Verdict::deny(format!(
             "KamachiqProject {}: spec.tasks is {} KiB as stored; at most {} KiB fit the plan ConfigMap: split the project or shorten the inputs",
             new.name_any(),
             bytes.div_ceil(1024),
-            crate::kinds::project::plan::MAX_PLAN_BYTES / 1024
+            somastack_crds::kamachiq::MAX_PLAN_BYTES / 1024
         ));
     }
     // A planner naming both a URL and a capsule is the schema's to refuse.
@@ -250,7 +251,7 @@ pub fn project(
         return Verdict::default();
     }
     let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-    match crate::policy::planner_url_allowed(&crate::policy::views(bundles, &names), url) {
+    match crate::domain::policy::planner_url_allowed(&crate::domain::policy::views(bundles, &names), url) {
         Ok(warnings) => Verdict {
             warnings,
             ..Verdict::default()
@@ -286,7 +287,7 @@ fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) ->
 }
 
 /// The review as the annotations state it: decision, reason, digest.
-fn review_of(a: &BTreeMap<String, String>) -> [Option<&String>; 3] {
+fn plan_review(a: &BTreeMap<String, String>) -> [Option<&String>; 3] {
     [
         a.get(DECISION_ANNOTATION),
         a.get(REASON_ANNOTATION),
@@ -299,8 +300,8 @@ fn review_of(a: &BTreeMap<String, String>) -> [Option<&String>; 3] {
 /// reviewed digest): only then is the user's right to review checked.
 pub fn review_changed<K: ResourceExt>(new: &K, old: Option<&K>) -> bool {
     match old {
-        None => review_of(new.annotations()).iter().any(Option::is_some),
-        Some(old) => review_of(new.annotations()) != review_of(old.annotations()),
+        None => plan_review(new.annotations()).iter().any(Option::is_some),
+        Some(old) => plan_review(new.annotations()) != plan_review(old.annotations()),
     }
 }
 

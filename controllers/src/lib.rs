@@ -11,16 +11,14 @@
 pub mod access;
 pub mod admission;
 pub mod apply;
-pub mod bundle_checks;
 pub mod caches;
 pub mod conditions;
+pub mod domain;
 pub mod error;
 pub mod kinds;
 pub mod metrics;
 pub mod planner;
-pub mod policy;
 pub mod runtime;
-pub mod signing;
 pub mod status;
 #[cfg(test)]
 mod testing;

@@ -92,7 +92,7 @@ impl Context {
         self.bundles
             .state()
             .into_iter()
-            .filter(|b| crate::policy::governs(&b.spec, &labels))
+            .filter(|b| crate::domain::policy::governs(&b.spec, &labels))
             .collect()
     }
 

@@ -19,6 +19,8 @@ pub fn print(args: &PayloadArgs) -> Result<()> {
         .map_err(|e| Error::Render(format!("{}: not a Capsule: {e}", args.file.display())))?;
     std::io::stdout()
         .lock()
-        .write_all(&somastack_controllers::signing::canonical_payload(&capsule.spec))?;
+        .write_all(&somastack_controllers::domain::signing::canonical_payload(
+            &capsule.spec,
+        ))?;
     Ok(())
 }

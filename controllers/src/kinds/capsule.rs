@@ -5,7 +5,6 @@
 //! Installations it computes the status. The reconcile only reads caches,
 //! calls it and applies the result.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,15 +21,13 @@ use somastack_crds::common::CapsuleRef;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::installation::{Resolved, resolve_capsule};
+use crate::domain::capsules::{self as capsule_refs, Resolved};
+use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, review_record};
+use crate::domain::signing;
 use crate::runtime::Context;
 use crate::status::HasConditions;
-use crate::{Error, Result, signing, status};
+use crate::{Error, Result, status};
 
-pub const DECISION_ANNOTATION: &str = "review.somastack.io/decision";
-pub const REASON_ANNOTATION: &str = "review.somastack.io/reason";
-pub const REVIEWER_ANNOTATION: &str = "review.somastack.io/reviewer";
-pub const DIGEST_ANNOTATION: &str = "review.somastack.io/digest";
 /// Keeps a Capsule that Installations still use from disappearing under them.
 pub const FINALIZER: &str = "somastack.io/capsule-protection";
 
@@ -171,39 +168,6 @@ pub fn verification(spec: &CapsuleSpec, bundles: &[Arc<PolicyBundle>]) -> Desire
     )
 }
 
-/// The review the annotations state, bound to a payload digest. Kept from
-/// `previous` (with its time) while nothing about the review changed.
-pub fn review_record(
-    annotations: &BTreeMap<String, String>,
-    previous: Option<&ReviewRecord>,
-    current_digest: &str,
-    now: &Time,
-) -> Option<ReviewRecord> {
-    let decision = annotations.get(DECISION_ANNOTATION)?.trim().to_string();
-    let reviewer = annotations.get(REVIEWER_ANNOTATION).cloned();
-    let reason = annotations.get(REASON_ANNOTATION).cloned();
-    let same_review =
-        previous.filter(|p| p.decision == decision && p.reviewer == reviewer && p.reason == reason);
-    // An explicit digest annotation names what was reviewed; otherwise the
-    // review binds to the payload at the time the operator first saw it.
-    let payload_digest = annotations
-        .get(DIGEST_ANNOTATION)
-        .cloned()
-        .or_else(|| same_review.and_then(|p| p.payload_digest.clone()))
-        .unwrap_or_else(|| current_digest.to_string());
-    let time = same_review
-        .filter(|p| p.payload_digest.as_deref() == Some(payload_digest.as_str()))
-        .and_then(|p| p.time.clone())
-        .unwrap_or_else(|| now.clone());
-    Some(ReviewRecord {
-        decision,
-        reviewer,
-        reason,
-        time: Some(time),
-        payload_digest: Some(payload_digest),
-    })
-}
-
 /// `Approved`, from the review record and what the bundles require.
 pub fn approval(
     review: Option<&ReviewRecord>,
@@ -295,15 +259,6 @@ pub fn decide(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Time) -> D
     }
 }
 
-/// Whether `capsule` carries a current approval (its review, bound to its
-/// payload digest, says approve). Independent of whether one is required.
-pub fn is_approved(capsule: &Capsule) -> bool {
-    let digest = signing::payload_digest(&capsule.spec);
-    let previous = capsule.status.as_ref().and_then(|s| s.review.as_ref());
-    review_record(capsule.annotations(), previous, &digest, &status::now())
-        .is_some_and(|r| r.decision == "approve" && r.payload_digest.as_deref() == Some(digest.as_str()))
-}
-
 /// Why this Capsule can never be installed although its own checks pass,
 /// if so: another Capsule publishes the same package version first (or at
 /// the same moment), or its resources are not sane quantities.
@@ -312,7 +267,7 @@ pub fn unusable(capsule: &Capsule, capsules: &[Arc<Capsule>]) -> Option<Desired>
         package: capsule.spec.package.clone(),
         version: capsule.spec.version.clone(),
     };
-    match resolve_capsule(capsules, &wanted) {
+    match capsule_refs::resolve(capsules, &wanted) {
         Resolved::Found(first) if first.name_any() != capsule.name_any() => {
             return Some(Desired::new(
                 "Ready",
@@ -346,7 +301,7 @@ pub fn unusable(capsule: &Capsule, capsules: &[Arc<Capsule>]) -> Option<Desired>
 /// What is wrong with a capsule's resources (the CRD schema refuses these
 /// today; a Capsule stored before it did is reported, never installed).
 pub fn resource_problems(spec: &CapsuleSpec) -> Vec<String> {
-    use crate::bundle_checks::quantity_problem;
+    use crate::domain::bundle_checks::quantity_problem;
     use somastack_crds::common::{MAX_CPU, MAX_MEMORY};
     let Some(res) = &spec.resources else {
         return Vec::new();
@@ -389,7 +344,7 @@ pub fn users(
         package: capsule.spec.package.clone(),
         version: capsule.spec.version.clone(),
     };
-    let is_the_one = resolve_capsule(capsules, &wanted)
+    let is_the_one = capsule_refs::resolve(capsules, &wanted)
         .found()
         .is_some_and(|c| c.name_any() == capsule.name_any());
     if !is_the_one {
@@ -509,6 +464,9 @@ async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    use crate::domain::review::{REASON_ANNOTATION, REVIEWER_ANNOTATION, is_approved};
     use somastack_crds::capsule::{Signature, SignatureAlgorithm};
     use somastack_crds::common::DataClassification;
     use somastack_crds::policy::{PolicyBundleSpec, PublisherKey, Trust, TrustedPublisher};

@@ -19,9 +19,9 @@ use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::Result;
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::capsule::is_approved;
-use crate::kinds::installation::{find_capsule, requested_replicas};
-use crate::policy::{self, Bundle, Request};
+use crate::domain::capsules::{self, requested_replicas};
+use crate::domain::policy::{self, Bundle, Request};
+use crate::domain::review::is_approved;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 
@@ -88,7 +88,7 @@ pub fn audit(
         if !governed.contains(&namespace) {
             continue;
         }
-        let Some(capsule) = find_capsule(capsules, &inst.spec.capsule) else {
+        let Some(capsule) = capsules::find(capsules, &inst.spec.capsule) else {
             continue;
         };
         let region = inst
@@ -120,7 +120,7 @@ pub fn audit(
 }
 
 /// `Ready=False` for a bundle that cannot be used as written, if so (pure).
-pub fn unusable(problems: &crate::bundle_checks::Problems) -> Option<Desired> {
+pub fn unusable(problems: &crate::domain::bundle_checks::Problems) -> Option<Desired> {
     let all = problems.all().join("; ");
     let (reason, message) = if !problems.selector.is_empty() {
         (
@@ -153,7 +153,7 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     );
     let now = status::now();
 
-    let ready = if let Some(unusable) = unusable(&crate::bundle_checks::check(&bundle.spec)) {
+    let ready = if let Some(unusable) = unusable(&crate::domain::bundle_checks::check(&bundle.spec)) {
         unusable
     } else if let Some(ks) = bundle.spec.kill_switch.as_ref().filter(|k| k.engaged) {
         Desired::new(

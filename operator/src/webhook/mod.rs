@@ -42,11 +42,12 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use somastack_controllers::Caches;
 use somastack_controllers::access::{self, Requester};
 use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
-use somastack_controllers::kinds::installation::find_capsule;
+use somastack_controllers::domain::capsules::find as find_capsule;
+use somastack_controllers::domain::policy;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
-use somastack_controllers::{Caches, policy};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 use tracing::Instrument;
 

@@ -50,7 +50,8 @@ use somastack_crds::{DrDrill, Installation};
 
 use crate::access::{self, Requester};
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::installation::{decide, render::REGION_LABEL, resolve_capsule};
+use crate::domain::capsules::{self, CapsuleUse, may_install};
+use crate::domain::regions::REGION_LABEL;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, INSTALLATION_LABEL, Result};
@@ -262,7 +263,7 @@ impl Run<'_> {
     /// drdrills in this namespace, asked again before every run (rights
     /// revoked since stop a schedule).
     async fn authorized(&self) -> Result<std::result::Result<(), String>> {
-        let reasons = plan::beyond_tenant_bounds(&self.drill.spec, self.now);
+        let reasons = crate::domain::drills::beyond_tenant_bounds(&self.drill.spec, self.now);
         if reasons.is_empty() {
             return Ok(Ok(()));
         }
@@ -404,11 +405,11 @@ impl Run<'_> {
         let capsules = self.ctx.capsules.state();
         let result = plan::validate(&self.drill.spec, inst.as_ref(), |region| {
             let Some(inst) = inst.as_ref() else {
-                return crate::kinds::installation::Decision::CapsuleNotFound;
+                return CapsuleUse::CapsuleNotFound;
             };
-            decide(
+            may_install(
                 inst,
-                &resolve_capsule(&capsules, &inst.spec.capsule),
+                &capsules::resolve(&capsules, &inst.spec.capsule),
                 &bundles,
                 region,
             )

@@ -10,8 +10,9 @@ use somastack_crds::drill::{
 use somastack_crds::{Capsule, DrDrill};
 
 use super::plan::*;
-use crate::kinds::installation::render::tests::{capsule, installation};
-use crate::kinds::installation::{Decision, Resolved, decide};
+use crate::domain::capsules::{CapsuleUse, Resolved, may_install};
+use crate::domain::drills::{beyond_tenant_bounds, shortest_gap};
+use crate::testing::{capsule, installation};
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -101,13 +102,13 @@ fn a_schedule_runs_at_its_times_and_collapses_missed_ones() {
 fn judge(
     inst: &somastack_crds::Installation,
     bundles: &[Arc<somastack_crds::PolicyBundle>],
-) -> impl Fn(&str) -> Decision {
+) -> impl Fn(&str) -> CapsuleUse {
     let mut c = capsule();
     c.data_classification = somastack_crds::common::DataClassification::Confidential;
     let cap = Capsule::new("summarizer-1.4.2", c);
     let inst = inst.clone();
     let bundles = bundles.to_vec();
-    move |region: &str| decide(&inst, &Resolved::Found(&Arc::new(cap.clone())), &bundles, region)
+    move |region: &str| may_install(&inst, &Resolved::Found(&Arc::new(cap.clone())), &bundles, region)
 }
 
 #[test]
@@ -183,7 +184,7 @@ fn unhealthy_or_missing_targets_are_findings() {
             .contains("is not Ready")
     );
     assert!(
-        validate(&spec(Scenario::PodLoss), None, |_| Decision::CapsuleNotFound)
+        validate(&spec(Scenario::PodLoss), None, |_| CapsuleUse::CapsuleNotFound)
             .unwrap_err()
             .contains("does not exist")
     );

@@ -24,16 +24,14 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use somastack_crds::common::CapsuleRef;
-use somastack_crds::installation::{
-    ACTIVE_REGION_ANNOTATION, InstallationPhase, InstallationSpec, RollbackRecord,
-};
+use somastack_crds::installation::{InstallationPhase, RollbackRecord};
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::capsule::{DECISION_ANNOTATION, is_approved};
-use crate::policy::{self, Bundle, Effective, Evaluation, Request};
+use crate::domain::capsules::{self, CapsuleUse, may_install};
+use crate::domain::policy::{Bundle, Effective, Evaluation};
+use crate::domain::regions::active_region;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
@@ -71,155 +69,6 @@ pub fn wire(ctl: Controller<Installation>, ctx: &Arc<Context>) -> Controller<Ins
                 .collect::<Vec<_>>()
         },
     )
-}
-
-/// What a capsule reference (package and version) resolves to.
-#[derive(Clone, Debug)]
-pub enum Resolved<'a> {
-    /// No Capsule has that package and version.
-    Missing,
-    /// The one Capsule it names.
-    Found(&'a Arc<Capsule>),
-    /// Several Capsules were published with that package and version at the
-    /// same moment, and none of them is the first: none may be used.
-    Ambiguous(String),
-}
-
-impl<'a> Resolved<'a> {
-    /// The Capsule, when the reference resolves to exactly one.
-    pub fn found(&self) -> Option<&'a Arc<Capsule>> {
-        match self {
-            Resolved::Found(c) => Some(c),
-            _ => None,
-        }
-    }
-}
-
-/// Resolves a capsule reference: a package version is published once, so
-/// the first Capsule created with it is the one every Installation and task
-/// runs. Admission refuses a second one; one that got in anyway (two
-/// publishers in the same instant, or admission switched off) never shadows
-/// the first, and two created in the same second are refused both
-/// ([`Resolved::Ambiguous`]). The first stays the one while it is being
-/// deleted (its deletion waits for its Installations), so no other can take
-/// its Installations over.
-pub fn resolve_capsule<'a>(capsules: &'a [Arc<Capsule>], wanted: &CapsuleRef) -> Resolved<'a> {
-    let mut candidates: Vec<&'a Arc<Capsule>> = capsules
-        .iter()
-        .filter(|c| c.spec.package == wanted.package && c.spec.version == wanted.version)
-        .collect();
-    candidates.sort_by_key(|c| (published_at(c), c.name_any()));
-    match candidates.as_slice() {
-        [] => Resolved::Missing,
-        [only] => Resolved::Found(only),
-        [first, second, ..] if published_at(first) < published_at(second) => Resolved::Found(first),
-        tied => {
-            let names: Vec<String> = tied
-                .iter()
-                .take_while(|c| published_at(c) == published_at(tied[0]))
-                .map(|c| format!("{} (publisher {})", c.name_any(), c.spec.publisher))
-                .collect();
-            Resolved::Ambiguous(format!(
-                "Capsules {} all publish {} {} and were created at the same moment; none is used until all but one are deleted",
-                names.join(", "),
-                wanted.package,
-                wanted.version
-            ))
-        }
-    }
-}
-
-/// When a Capsule was created (the API server's timestamp).
-fn published_at(c: &Capsule) -> Option<jiff::Timestamp> {
-    c.metadata.creation_timestamp.as_ref().map(|t| t.0)
-}
-
-/// The Capsule a reference resolves to, if exactly one ([`resolve_capsule`]).
-pub fn find_capsule<'a>(capsules: &'a [Arc<Capsule>], wanted: &CapsuleRef) -> Option<&'a Arc<Capsule>> {
-    resolve_capsule(capsules, wanted).found()
-}
-
-/// Most replicas the spec may run (autoscaling: its maximum).
-pub fn requested_replicas(spec: &InstallationSpec) -> i32 {
-    match &spec.autoscaling {
-        Some(a) => a.max_replicas,
-        None => spec.replicas.unwrap_or(1),
-    }
-}
-
-/// Region the workload should run in: a failover region named by the
-/// active-region annotation (when it is one of `failoverRegions`), else home.
-pub fn active_region(inst: &Installation) -> String {
-    match inst.annotations().get(ACTIVE_REGION_ANNOTATION) {
-        Some(r) if inst.spec.failover_regions.contains(r) => r.clone(),
-        _ => inst.spec.region.clone(),
-    }
-}
-
-/// What the policy and capsule checks allow.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
-    /// No Capsule with that package and version exists.
-    CapsuleNotFound,
-    /// The Capsule exists but may not be installed (being deleted, rejected).
-    CapsuleUnusable(String),
-    /// Enforced rules are broken: create or change nothing.
-    Blocked(Evaluation),
-    /// Go ahead (possibly stopped by a kill switch; warnings from Audit bundles).
-    Run(Evaluation),
-}
-
-/// Pure: checks the Installation against its Capsule and the bundles that
-/// govern its namespace.
-pub fn decide(
-    inst: &Installation,
-    capsule: &Resolved<'_>,
-    bundles: &[Arc<PolicyBundle>],
-    region: &str,
-) -> Decision {
-    decide_capsule(capsule, bundles, region, requested_replicas(&inst.spec))
-}
-
-/// Pure: may `capsule` run `replicas` replicas in `region` under `bundles`?
-/// Shared by Installations and KamachiqProject tasks.
-pub fn decide_capsule(
-    capsule: &Resolved<'_>,
-    bundles: &[Arc<PolicyBundle>],
-    region: &str,
-    replicas: i32,
-) -> Decision {
-    let capsule = match capsule {
-        Resolved::Missing => return Decision::CapsuleNotFound,
-        Resolved::Ambiguous(why) => return Decision::CapsuleUnusable(why.clone()),
-        Resolved::Found(c) => c.as_ref(),
-    };
-    if capsule.metadata.deletion_timestamp.is_some() {
-        return Decision::CapsuleUnusable(format!("Capsule {} is being deleted", capsule.name_any()));
-    }
-    if capsule.annotations().get(DECISION_ANNOTATION).map(|d| d.trim()) == Some("reject") {
-        return Decision::CapsuleUnusable(format!(
-            "Capsule {} was rejected by its reviewer",
-            capsule.name_any()
-        ));
-    }
-    let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-    let views: Vec<Bundle<'_>> = bundles
-        .iter()
-        .zip(&names)
-        .map(|(b, name)| Bundle { name, spec: &b.spec })
-        .collect();
-    let req = Request {
-        capsule: &capsule.spec,
-        approved: is_approved(capsule),
-        region,
-        replicas,
-    };
-    let eval = policy::evaluate(&views, &req);
-    if eval.compliant() {
-        Decision::Run(eval)
-    } else {
-        Decision::Blocked(eval)
-    }
 }
 
 /// What the Deployment reports, reduced to what status needs.
@@ -319,10 +168,10 @@ fn list_violations(eval: &Evaluation, blocking: bool) -> String {
 }
 
 /// Pure: phase and conditions from the decision and the workload.
-pub fn assess(decision: &Decision, workload: &Workload, paused: bool, was_available: bool) -> Assessment {
+pub fn assess(decision: &CapsuleUse, workload: &Workload, paused: bool, was_available: bool) -> Assessment {
     use InstallationPhase as P;
     let (compliant, blocked_reason) = match decision {
-        Decision::CapsuleNotFound => (
+        CapsuleUse::CapsuleNotFound => (
             Desired::new(
                 "PolicyCompliant",
                 Status::Unknown,
@@ -334,18 +183,18 @@ pub fn assess(decision: &Decision, workload: &Workload, paused: bool, was_availa
                 "no Capsule with this package and version exists".to_string(),
             )),
         ),
-        Decision::CapsuleUnusable(msg) => (
+        CapsuleUse::CapsuleUnusable(msg) => (
             Desired::new("PolicyCompliant", Status::Unknown, "CapsuleUnusable", msg.clone()),
             Some(("CapsuleUnusable", msg.clone())),
         ),
-        Decision::Blocked(eval) => {
+        CapsuleUse::Blocked(eval) => {
             let msg = list_violations(eval, true);
             (
                 Desired::new("PolicyCompliant", Status::False, "PolicyViolation", msg.clone()),
                 Some(("PolicyViolation", msg)),
             )
         }
-        Decision::Run(eval) if eval.warnings.is_empty() => (
+        CapsuleUse::Allowed(eval) if eval.warnings.is_empty() => (
             Desired::new(
                 "PolicyCompliant",
                 Status::True,
@@ -354,7 +203,7 @@ pub fn assess(decision: &Decision, workload: &Workload, paused: bool, was_availa
             ),
             None,
         ),
-        Decision::Run(eval) => (
+        CapsuleUse::Allowed(eval) => (
             Desired::new(
                 "PolicyCompliant",
                 Status::True,
@@ -365,7 +214,7 @@ pub fn assess(decision: &Decision, workload: &Workload, paused: bool, was_availa
         ),
     };
     let kill = match decision {
-        Decision::Run(eval) if !eval.kill_switch.is_empty() => Some(
+        CapsuleUse::Allowed(eval) if !eval.kill_switch.is_empty() => Some(
             eval.kill_switch
                 .iter()
                 .map(|(b, r)| format!("PolicyBundle {b}: {r}"))
@@ -425,7 +274,7 @@ pub fn assess(decision: &Decision, workload: &Workload, paused: bool, was_availa
     };
 
     let (phase, ready) = if let Some((reason, msg)) = blocked_reason {
-        let phase = if matches!(decision, Decision::CapsuleNotFound) {
+        let phase = if matches!(decision, CapsuleUse::CapsuleNotFound) {
             P::Pending
         } else {
             P::Blocked
@@ -495,21 +344,21 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
 
     // Dereference.
     let capsules = ctx.capsules.state();
-    let resolved = resolve_capsule(&capsules, &inst.spec.capsule);
+    let resolved = capsules::resolve(&capsules, &inst.spec.capsule);
     let capsule = resolved.found().map(Arc::as_ref);
     let bundles = ctx.governing_bundles(&namespace);
     let region = active_region(&inst);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
 
     // Validate.
-    let decision = decide(&inst, &resolved, &bundles, &region);
+    let decision = may_install(&inst, &resolved, &bundles, &region);
     let mut current_revision = inst.status.as_ref().and_then(|s| s.current_revision);
 
     // Build and apply, unless blocked or paused.
     let mut refused: Option<String> = None;
     let mut failed: Option<Error> = None;
     let mut record_revision = None;
-    if let (Decision::Run(eval), Some(capsule), false) = (&decision, capsule, inst.spec.paused) {
+    if let (CapsuleUse::Allowed(eval), Some(capsule), false) = (&decision, capsule, inst.spec.paused) {
         let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
         let effective = Effective::combine(bundles.iter().zip(&names).map(|(b, n)| Bundle {
             name: n,
@@ -567,7 +416,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
         assessment.failed(&e.to_string());
     }
     let available_revision = match (&decision, workload.rolled_out() && workload.available) {
-        (Decision::Run(_), true) => current_revision,
+        (CapsuleUse::Allowed(_), true) => current_revision,
         _ => previous_available,
     };
 

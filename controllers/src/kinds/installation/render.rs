@@ -9,18 +9,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use somastack_crds::Installation;
 use somastack_crds::capsule::CapsuleSpec;
-use somastack_crds::common::Placement;
-use somastack_crds::installation::UNAVAILABLE_REGIONS_ANNOTATION;
 
+use crate::domain::pods::{
+    EGRESS_CAPABILITY, container_resources, place, restricted_container_security, restricted_pod_security,
+};
+use crate::domain::regions::{REGION_LABEL, ZONE_LABEL, unavailable_regions};
+use crate::domain::sha256_hex;
 use crate::{INSTALLATION_LABEL, MANAGED_BY};
 
-pub use somastack_crds::common::REGION_LABEL;
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
-/// Capability that opens egress in the NetworkPolicy.
-pub const EGRESS_CAPABILITY: &str = "network-egress";
 /// Pod-template annotation: hash of the rendered workload (the revision key).
 pub const REVISION_HASH_ANNOTATION: &str = "somastack.io/revision-hash";
 /// Pod-template annotation: hash of the config, so a config change rolls pods.
@@ -55,10 +53,6 @@ pub struct Children {
     /// sha256 of the workload as rendered for the home region (so a
     /// failover does not count as a new revision).
     pub revision_hash: String,
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 pub fn name(inst: &Installation) -> &str {
@@ -102,41 +96,11 @@ pub fn base_replicas(inst: &Installation) -> i32 {
 }
 
 fn resources(input: &Input<'_>) -> Value {
-    container_resources(input.capsule, input.max_cpu, input.max_memory)
-}
-
-/// The container resources of `capsule`; within a ceiling, a capsule without
-/// a limit gets the ceiling as its limit.
-pub fn container_resources(capsule: &CapsuleSpec, max_cpu: Option<&str>, max_memory: Option<&str>) -> Value {
-    let res = capsule.resources.clone().unwrap_or_default();
-    let amounts = |a: Option<&somastack_crds::capsule::ResourceAmounts>| {
-        let mut m = serde_json::Map::new();
-        if let Some(a) = a {
-            if let Some(cpu) = &a.cpu {
-                m.insert("cpu".into(), json!(cpu.0));
-            }
-            if let Some(mem) = &a.memory {
-                m.insert("memory".into(), json!(mem.0));
-            }
-        }
-        m
-    };
-    let requests = amounts(res.requests.as_ref());
-    let mut limits = amounts(res.limits.as_ref());
-    if let (false, Some(cpu)) = (limits.contains_key("cpu"), max_cpu) {
-        limits.insert("cpu".into(), json!(cpu));
-    }
-    if let (false, Some(mem)) = (limits.contains_key("memory"), max_memory) {
-        limits.insert("memory".into(), json!(mem));
-    }
-    let mut out = serde_json::Map::new();
-    if !requests.is_empty() {
-        out.insert("requests".into(), Value::Object(requests));
-    }
-    if !limits.is_empty() {
-        out.insert("limits".into(), Value::Object(limits));
-    }
-    Value::Object(out)
+    json!(container_resources(
+        input.capsule,
+        input.max_cpu,
+        input.max_memory
+    ))
 }
 
 fn probe(path: &Option<String>, port: Option<i32>, period: i32) -> Option<Value> {
@@ -149,48 +113,16 @@ fn probe(path: &Option<String>, port: Option<i32>, period: i32) -> Option<Value>
     }))
 }
 
-/// Regions the Installation's annotation marks unavailable (a drill's
-/// simulated outage), sorted.
-pub fn unavailable_regions(inst: &Installation) -> Vec<String> {
-    let mut regions: Vec<String> = inst
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(UNAVAILABLE_REGIONS_ANNOTATION))
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    regions.sort();
-    regions.dedup();
-    regions
-}
-
-/// A container securityContext that meets the restricted Pod Security
-/// Standard (workloads of Installations and project agents alike).
-/// Sets a pod spec's `nodeSelector` (merged with what is there) and
-/// `tolerations` from a [`Placement`]; the region stays the caller's.
-pub fn place(pod_spec: &mut Value, placement: &Placement) {
-    for (k, v) in &placement.node_selector {
-        pod_spec["nodeSelector"][k] = json!(v);
+/// Sets a JSON pod spec's placement ([`place`]).
+fn place_json(spec: &mut Value, placement: &somastack_crds::common::Placement) {
+    let mut pod = k8s_openapi::api::core::v1::PodSpec::default();
+    place(&mut pod, placement);
+    for (k, v) in pod.node_selector.unwrap_or_default() {
+        spec["nodeSelector"][k] = json!(v);
     }
-    if !placement.tolerations.is_empty() {
-        pod_spec["tolerations"] = json!(placement.tolerations);
+    if let Some(t) = pod.tolerations {
+        spec["tolerations"] = json!(t);
     }
-}
-
-pub fn restricted_container_security() -> Value {
-    json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "runAsNonRoot": true,
-        "capabilities": { "drop": ["ALL"] },
-        "seccompProfile": { "type": "RuntimeDefault" },
-    })
 }
 
 /// The pod template for `region`, never on a node of `unavailable` regions.
@@ -207,7 +139,7 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
         "env": capsule.env.iter().map(|e| json!({ "name": e.name, "value": e.value })).collect::<Vec<_>>(),
         "envFrom": [{ "configMapRef": { "name": config_map_name(inst) } }],
         "resources": resources(input),
-        "securityContext": restricted_container_security(),
+        "securityContext": json!(restricted_container_security()),
         "volumeMounts": [
             { "name": "config", "mountPath": "/etc/somastack/config", "readOnly": true },
             { "name": "tmp", "mountPath": "/tmp" },
@@ -232,13 +164,7 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
             "serviceAccountName": name(inst),
             "automountServiceAccountToken": false,
             "enableServiceLinks": false,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
-                "fsGroup": 65532,
-                "seccompProfile": { "type": "RuntimeDefault" },
-            },
+            "securityContext": json!(restricted_pod_security(true)),
             "containers": [container],
             "volumes": [
                 { "name": "config", "configMap": { "name": config_map_name(inst) } },
@@ -258,7 +184,7 @@ fn pod_template(input: &Input<'_>, region: &str, unavailable: &[String], config_
         },
     });
     if let Some(placement) = &inst.spec.placement {
-        place(&mut template["spec"], placement);
+        place_json(&mut template["spec"], placement);
     }
     template
 }
@@ -390,62 +316,18 @@ pub fn render(input: &Input<'_>) -> Children {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::testing::{capsule, installation};
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
     use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-    use somastack_crds::capsule::{CapsulePort, Protocol};
-    use somastack_crds::common::{CapsuleRef, DataClassification};
-    use somastack_crds::installation::{Autoscaling, InstallationSpec};
+    use somastack_crds::common::Placement;
+    use somastack_crds::installation::UNAVAILABLE_REGIONS_ANNOTATION;
 
-    pub(crate) fn capsule() -> CapsuleSpec {
-        CapsuleSpec {
-            package: "summarizer".into(),
-            version: "1.4.2".into(),
-            publisher: "acme".into(),
-            image: "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4"
-                .into(),
-            ports: vec![CapsulePort {
-                name: "http".into(),
-                port: 8080,
-                protocol: Protocol::Tcp,
-            }],
-            env: vec![],
-            resources: None,
-            capabilities: vec![],
-            data_classification: DataClassification::Internal,
-            health_path: Some("/healthz".into()),
-            ready_path: Some("/readyz".into()),
-            signature: None,
-        }
-    }
-
-    pub(crate) fn installation(replicas: Option<i32>, autoscaling: Option<Autoscaling>) -> Installation {
-        let mut inst = Installation::new(
-            "summarizer",
-            InstallationSpec {
-                capsule: CapsuleRef {
-                    package: "summarizer".into(),
-                    version: "1.4.2".into(),
-                },
-                region: "eu-west-1".into(),
-                failover_regions: vec!["eu-central-1".into()],
-                replicas,
-                autoscaling,
-                config: BTreeMap::from([("STYLE".into(), "short".into())]),
-                paused: false,
-                revision_history_limit: 10,
-                upgrade: None,
-                placement: None,
-            },
-        );
-        inst.metadata.namespace = Some("tenant".into());
-        inst.metadata.uid = Some("uid-1".into());
-        inst
-    }
+    use somastack_crds::installation::Autoscaling;
 
     /// An Installation autoscaled between 2 and 5 replicas.
     fn autoscaled() -> Installation {

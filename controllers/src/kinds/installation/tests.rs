@@ -1,7 +1,10 @@
 //! Unit tests of the pure parts: decide and assess.
 
-use super::render::tests::{capsule, installation};
 use super::*;
+use crate::domain::capsules::{Resolved, may_use};
+use crate::domain::review::DECISION_ANNOTATION;
+use crate::testing::{capsule, installation};
+use somastack_crds::installation::ACTIVE_REGION_ANNOTATION;
 use somastack_crds::policy::{KillSwitch, Limits, PolicyBundleSpec, Residency, ResidencyRule};
 
 fn capsule_object() -> Capsule {
@@ -31,10 +34,10 @@ fn eu_only() -> Arc<PolicyBundle> {
 fn missing_capsule_is_pending() {
     let inst = installation(Some(1), None);
     assert_eq!(
-        decide(&inst, &Resolved::Missing, &[], "eu-west-1"),
-        Decision::CapsuleNotFound
+        may_install(&inst, &Resolved::Missing, &[], "eu-west-1"),
+        CapsuleUse::CapsuleNotFound
     );
-    let a = assess(&Decision::CapsuleNotFound, &Workload::default(), false, false);
+    let a = assess(&CapsuleUse::CapsuleNotFound, &Workload::default(), false, false);
     assert_eq!(a.phase, InstallationPhase::Pending);
     let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert_eq!((ready.status, ready.reason), (Status::False, "CapsuleNotFound"));
@@ -45,15 +48,15 @@ fn residency_decides_where_it_may_run() {
     let inst = installation(Some(1), None);
     let cap = capsule_object();
     assert!(matches!(
-        decide(
+        may_install(
             &inst,
             &Resolved::Found(&Arc::new(cap.clone())),
             &[eu_only()],
             "eu-west-1"
         ),
-        Decision::Run(_)
+        CapsuleUse::Allowed(_)
     ));
-    let Decision::Blocked(eval) = decide(
+    let CapsuleUse::Blocked(eval) = may_install(
         &inst,
         &Resolved::Found(&Arc::new(cap.clone())),
         &[eu_only()],
@@ -75,7 +78,7 @@ fn blocked_keeps_the_running_workload_and_says_so() {
             ..Default::default()
         })
     });
-    let decision = decide(
+    let decision = may_install(
         &inst,
         &Resolved::Found(&Arc::new(cap.clone())),
         &[tight],
@@ -121,7 +124,7 @@ fn kill_switch_suspends() {
             reason: Some("incident".into()),
         })
     });
-    let decision = decide(
+    let decision = may_install(
         &inst,
         &Resolved::Found(&Arc::new(cap.clone())),
         &[stop],
@@ -145,7 +148,7 @@ fn kill_switch_suspends() {
 
 #[test]
 fn ready_only_when_rolled_out_and_available() {
-    let decision = Decision::Run(Evaluation::default());
+    let decision = CapsuleUse::Allowed(Evaluation::default());
     let rolling = Workload {
         exists: true,
         observed: true,
@@ -213,8 +216,8 @@ fn rejected_capsule_is_unusable() {
     cap.annotations_mut()
         .insert(DECISION_ANNOTATION.into(), "reject".into());
     assert!(matches!(
-        decide(&inst, &Resolved::Found(&Arc::new(cap.clone())), &[], "eu-west-1"),
-        Decision::CapsuleUnusable(_)
+        may_install(&inst, &Resolved::Found(&Arc::new(cap.clone())), &[], "eu-west-1"),
+        CapsuleUse::CapsuleUnusable(_)
     ));
 }
 
@@ -340,7 +343,7 @@ fn a_package_version_resolves_to_the_first_capsule_published() {
     let impostor = published("a-impostor", "mallory", 5);
     let both = [impostor.clone(), original.clone()];
     assert_eq!(
-        resolve_capsule(&both, &wanted).found().map(|c| c.name_any()),
+        capsules::resolve(&both, &wanted).found().map(|c| c.name_any()),
         Some("z-original".to_string())
     );
     // Nor while the original is being deleted (its Installations hold it).
@@ -349,32 +352,32 @@ fn a_package_version_resolves_to_the_first_capsule_published() {
         jiff::Timestamp::from_second(1_800_000_100).unwrap(),
     ));
     let both = [impostor.clone(), Arc::new(deleting)];
-    let resolved = resolve_capsule(&both, &wanted);
+    let resolved = capsules::resolve(&both, &wanted);
     assert_eq!(
         resolved.found().map(|c| c.name_any()),
         Some("z-original".to_string())
     );
     assert!(matches!(
-        decide_capsule(&resolved, &[], "eu-west-1", 1),
-        Decision::CapsuleUnusable(_)
+        may_use(&resolved, &[], "eu-west-1", 1),
+        CapsuleUse::CapsuleUnusable(_)
     ));
     // Published in the same second: neither is used.
     let tied = [published("b", "acme", 0), published("a", "mallory", 0)];
-    let Resolved::Ambiguous(why) = resolve_capsule(&tied, &wanted) else {
+    let Resolved::Ambiguous(why) = capsules::resolve(&tied, &wanted) else {
         panic!("a tie must be ambiguous");
     };
     assert!(why.contains("a (publisher mallory), b (publisher acme)"), "{why}");
     assert!(matches!(
-        decide_capsule(&resolve_capsule(&tied, &wanted), &[], "eu-west-1", 1),
-        Decision::CapsuleUnusable(_)
+        may_use(&capsules::resolve(&tied, &wanted), &[], "eu-west-1", 1),
+        CapsuleUse::CapsuleUnusable(_)
     ));
-    assert!(matches!(resolve_capsule(&[], &wanted), Resolved::Missing));
+    assert!(matches!(capsules::resolve(&[], &wanted), Resolved::Missing));
 }
 
 #[test]
 fn a_refused_child_blocks_and_says_which() {
     let mut a = assess(
-        &Decision::Run(Evaluation::default()),
+        &CapsuleUse::Allowed(Evaluation::default()),
         &Workload::default(),
         false,
         false,
@@ -394,7 +397,7 @@ fn a_refused_child_blocks_and_says_which() {
     );
     // A write that may pass says so too, and keeps the phase the workload shows.
     let mut b = assess(
-        &Decision::Run(Evaluation::default()),
+        &CapsuleUse::Allowed(Evaluation::default()),
         &Workload::default(),
         false,
         false,

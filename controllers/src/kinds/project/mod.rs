@@ -50,11 +50,9 @@ use self::plan::{Gates, JobState, JobView, Judge, Outcome, Role, Verdict};
 use self::render::{JobInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project, REFUSED_KEY};
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Status};
-use crate::kinds::capsule::{
-    DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION as REVIEW_REASON, REVIEWER_ANNOTATION,
-};
-use crate::kinds::installation::{Decision, decide_capsule, find_capsule, resolve_capsule};
-use crate::policy::{self, Bundle, Effective};
+use crate::domain::capsules::{self, CapsuleUse, may_use};
+use crate::domain::policy::{self, Bundle, Effective};
+use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, plan_approval_required_by, plan_review};
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
@@ -300,39 +298,6 @@ pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<Context>) -> Result<A
     Ok(Action::requeue(report.requeue))
 }
 
-/// Whether an enforced PolicyBundle requires every project's plan to be approved.
-pub fn policy_requires_approval(bundles: &[Arc<PolicyBundle>]) -> Option<String> {
-    bundles
-        .iter()
-        .find(|b| {
-            b.spec.enforcement == somastack_crds::policy::Enforcement::Enforce
-                && b.spec.projects.as_ref().is_some_and(|p| p.require_approval)
-        })
-        .map(|b| b.name_any())
-}
-
-/// The review recorded on the project for `digest`: `Some(Ok(reviewer))`
-/// when approved, `Some(Err(reason))` when rejected, `None` otherwise (no
-/// review, or one of another plan).
-pub fn review_of(p: &KamachiqProject, digest: &str) -> Option<std::result::Result<String, String>> {
-    let a = p.annotations();
-    if a.get(DIGEST_ANNOTATION).map(|d| d.trim()) != Some(digest) {
-        return None;
-    }
-    let reviewer = a
-        .get(REVIEWER_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| "an unknown reviewer".into());
-    match a.get(DECISION_ANNOTATION).map(|d| d.trim()) {
-        Some("approve") => Some(Ok(reviewer)),
-        Some("reject") => Some(Err(format!(
-            "{reviewer} rejected the plan{}",
-            a.get(REVIEW_REASON).map(|r| format!(": {r}")).unwrap_or_default()
-        ))),
-        _ => None,
-    }
-}
-
 /// Pure: checks every capsule the plan uses. `Err((reason, message))` when
 /// one is missing, unusable or blocked by enforced policy.
 pub fn check_capsules(
@@ -347,9 +312,9 @@ pub fn check_capsules(
     refs.dedup();
     let region = region.unwrap_or(NO_REGION);
     for r in refs {
-        match decide_capsule(&resolve_capsule(capsules, r), bundles, region, 1) {
-            Decision::Run(_) => {}
-            Decision::CapsuleNotFound => {
+        match may_use(&capsules::resolve(capsules, r), bundles, region, 1) {
+            CapsuleUse::Allowed(_) => {}
+            CapsuleUse::CapsuleNotFound => {
                 return Err((
                     "CapsuleNotFound",
                     format!(
@@ -358,8 +323,8 @@ pub fn check_capsules(
                     ),
                 ));
             }
-            Decision::CapsuleUnusable(why) => return Err(("CapsuleUnusable", why)),
-            Decision::Blocked(eval) => {
+            CapsuleUse::CapsuleUnusable(why) => return Err(("CapsuleUnusable", why)),
+            CapsuleUse::Blocked(eval) => {
                 let problems: Vec<String> = eval
                     .blocking
                     .iter()
@@ -435,7 +400,7 @@ pub fn job_view(job: &Job) -> Option<JobView> {
 /// change calls for a new plan.
 fn planner_input(p: &KamachiqProject, max_tasks: i32) -> String {
     let planner = json!({ "goal": p.spec.goal, "planner": p.spec.planner, "maxTasks": max_tasks });
-    crate::kinds::installation::render::sha256_hex(planner.to_string().as_bytes())[..16].to_string()
+    crate::domain::sha256_hex(planner.to_string().as_bytes())[..16].to_string()
 }
 
 fn truncate_bytes(s: &str, max: usize) -> String {
@@ -614,7 +579,7 @@ impl<'a> Run<'a> {
                 timeout.max(PLANNER_RETRY),
             ))),
             planning::Poll::Planned(tasks) => {
-                let bytes = plan::plan_bytes(&tasks);
+                let bytes = crate::domain::plans::plan_bytes(&tasks);
                 if bytes > plan::MAX_PLAN_BYTES {
                     let why = format!(
                         "planner {shown} planned {} tasks in {} KiB; at most {} KiB can be stored (a ConfigMap holds 1 MiB), so nothing runs: ask the planner for fewer or smaller tasks (goal, budget.maxTasks), which plans again",
@@ -694,7 +659,7 @@ impl<'a> Run<'a> {
                 )
             })?;
         let capsules = self.ctx.capsules.state();
-        let port = find_capsule(&capsules, capsule)
+        let port = capsules::find(&capsules, capsule)
             .and_then(|c| c.spec.ports.first().map(|p| p.port))
             .ok_or_else(|| {
                 format!(
@@ -839,9 +804,9 @@ impl<'a> Run<'a> {
             .as_ref()
             .is_some_and(|a| a.required)
             .then(|| "spec.approval.required".to_string())
-            .or_else(|| policy_requires_approval(&self.bundles).map(|b| format!("PolicyBundle {b}")));
+            .or_else(|| plan_approval_required_by(&self.bundles).map(|b| format!("PolicyBundle {b}")));
         if let Some(why) = &required {
-            match review_of(self.obj, &digest) {
+            match plan_review(self.obj, &digest) {
                 Some(Ok(reviewer)) => {
                     approved = Some(Desired::new(
                         APPROVED,
@@ -1272,7 +1237,7 @@ impl<'a> Run<'a> {
                     None => continue,
                 },
             };
-            let Some(capsule) = find_capsule(&capsules, capsule_ref) else {
+            let Some(capsule) = capsules::find(&capsules, capsule_ref) else {
                 continue;
             };
             let output = match s.role {

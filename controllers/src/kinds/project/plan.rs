@@ -41,7 +41,7 @@ pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
             tasks.len()
         ));
     }
-    let bytes = plan_bytes(tasks);
+    let bytes = crate::domain::plans::plan_bytes(tasks);
     if bytes > MAX_PLAN_BYTES {
         problems.push(format!(
             "the plan is {} KiB; at most {} KiB can be stored (a ConfigMap holds 1 MiB): plan fewer or smaller tasks",
@@ -120,13 +120,6 @@ pub fn validate(tasks: &[Task], max_tasks: i32) -> Result<(), Vec<String>> {
         problems.push(format!("{more} more problem(s)"));
     }
     Err(problems)
-}
-
-/// Bytes of the plan as it is stored (`plan.json`, indented for people).
-pub fn plan_bytes(tasks: &[Task]) -> usize {
-    serde_json::to_string_pretty(tasks)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX)
 }
 
 fn is_dns_label(s: &str) -> bool {

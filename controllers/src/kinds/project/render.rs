@@ -13,9 +13,11 @@ use somastack_crds::kamachiq::{
 
 use super::plan::Role;
 use crate::MANAGED_BY;
-use crate::kinds::installation::render::{
-    EGRESS_CAPABILITY, REGION_LABEL, container_resources, place, restricted_container_security, sha256_hex,
+use crate::domain::pods::{
+    EGRESS_CAPABILITY, container_resources, place, restricted_container_security, restricted_pod_security,
 };
+use crate::domain::regions::REGION_LABEL;
+use crate::domain::sha256_hex;
 
 /// Label on agent pods whose capsule may reach the network.
 pub const EGRESS_LABEL: &str = "kamachiq.somastack.io/egress";
@@ -234,27 +236,29 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
         "serviceAccountName": project.service_account_name(),
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "securityContext": json!(restricted_pod_security(false)),
         "containers": [{
             "name": "agent",
             "image": input.capsule.image,
             "env": env,
-            "resources": container_resources(input.capsule, input.max_cpu, input.max_memory),
+            "resources": json!(container_resources(input.capsule, input.max_cpu, input.max_memory)),
             // The agent writes its result to /dev/termination-log; if it
             // crashes without writing one, the end of its log is used.
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": restricted_container_security(),
+            "securityContext": json!(restricted_container_security()),
             "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
         }],
         "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }],
     });
     if let Some(placement) = project.placement {
-        place(&mut pod_spec, placement);
+        let mut placed = k8s_openapi::api::core::v1::PodSpec::default();
+        place(&mut placed, placement);
+        for (k, v) in placed.node_selector.unwrap_or_default() {
+            pod_spec["nodeSelector"][k] = json!(v);
+        }
+        if let Some(t) = placed.tolerations {
+            pod_spec["tolerations"] = json!(t);
+        }
     }
     if let Some(region) = project.region {
         pod_spec["nodeSelector"][REGION_LABEL] = json!(region);

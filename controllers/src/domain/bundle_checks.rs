@@ -10,7 +10,7 @@ use kube_quantity::ParsedQuantity;
 use somastack_crds::common::{MAX_CPU, MAX_MEMORY};
 use somastack_crds::policy::PolicyBundleSpec;
 
-use crate::signing;
+use crate::domain::signing;
 
 /// Everything wrong with a bundle, by kind of problem.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

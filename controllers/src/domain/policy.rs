@@ -20,7 +20,7 @@ use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::common::DataClassification;
 use somastack_crds::policy::{Enforcement, PolicyBundleSpec};
 
-use crate::signing;
+use crate::domain::signing;
 
 /// A bundle by name, as the evaluation sees it.
 #[derive(Clone, Copy, Debug)]
@@ -44,13 +44,13 @@ pub fn views<'a>(
 
 /// Whether `spec`'s namespace selector selects a namespace with `labels`.
 /// An absent or empty selector selects every namespace; a selector that
-/// cannot select as written (see [`crate::bundle_checks::selector_problems`])
+/// cannot select as written (see [`crate::domain::bundle_checks::selector_problems`])
 /// selects none, and the bundle says so in its status.
 pub fn governs(spec: &PolicyBundleSpec, labels: &BTreeMap<String, String>) -> bool {
     match &spec.namespace_selector {
         None => true,
         Some(sel) => {
-            crate::bundle_checks::selector_problems(sel).is_empty()
+            crate::domain::bundle_checks::selector_problems(sel).is_empty()
                 && Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(labels))
         }
     }

@@ -1,0 +1,69 @@
+//! Drill schedules and the bounds of what a tenant may drill on their own
+//! (enforced at admission, and by the drill controller). Pure; time is an
+//! argument.
+
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use somastack_crds::drill::{
+    DrDrillSpec, Scope, TENANT_MAX_TIMEOUT_SECONDS, TENANT_MIN_SCHEDULE_INTERVAL_SECONDS,
+};
+
+/// The next time `schedule` fires strictly after `after` (UTC).
+pub fn next_after(schedule: &str, after: Timestamp) -> Result<Timestamp, String> {
+    let cron = croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+    let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
+    cron.find_next_occurrence(&zoned, false)
+        .map(|z| z.timestamp())
+        .map_err(|e| format!("schedule {schedule:?}: {e}"))
+}
+
+/// Why `spec` goes beyond what a tenant may do on their own (each reason
+/// needs the RBAC verb [`somastack_crds::drill::DISRUPT_VERB`]): empty when it stays within the
+/// tenant bounds. A schedule is judged by the shortest gap between its next
+/// 500 runs after `now`.
+pub fn beyond_tenant_bounds(spec: &DrDrillSpec, now: Timestamp) -> Vec<String> {
+    let mut out = Vec::new();
+    if spec.scope == Scope::Region {
+        out.push(
+            "scope: Region taints every node of a region NoExecute, evicting every tenant's pods there"
+                .to_string(),
+        );
+    }
+    if spec.timeout_seconds > TENANT_MAX_TIMEOUT_SECONDS {
+        out.push(format!(
+            "timeoutSeconds {} is above {TENANT_MAX_TIMEOUT_SECONDS}",
+            spec.timeout_seconds
+        ));
+    }
+    if let Some(schedule) = &spec.schedule
+        && let Some(gap) = shortest_gap(schedule, now, 500)
+        && gap < TENANT_MIN_SCHEDULE_INTERVAL_SECONDS
+    {
+        out.push(format!(
+            "schedule {schedule:?} runs {} apart, more often than every {} minutes",
+            if gap < 60 {
+                format!("{gap} s")
+            } else {
+                format!("{} min", gap / 60)
+            },
+            TENANT_MIN_SCHEDULE_INTERVAL_SECONDS / 60
+        ));
+    }
+    out
+}
+
+/// Shortest time in seconds between two consecutive runs among the next
+/// `runs` of `schedule` after `now`; `None` for a schedule that does not parse
+/// (reported elsewhere) or runs less than twice.
+pub fn shortest_gap(schedule: &str, now: Timestamp, runs: usize) -> Option<i64> {
+    let mut at = next_after(schedule, now).ok()?;
+    let mut shortest: Option<i64> = None;
+    for _ in 1..runs {
+        let Ok(next) = next_after(schedule, at) else { break };
+        let gap = next.as_second() - at.as_second();
+        shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
+        at = next;
+    }
+    shortest
+}
