@@ -14,6 +14,7 @@
 # The operator is a release build of this checkout (or --binary), started
 # here exactly as hack/test.sh starts the suite's (chart RBAC, webhooks on);
 # stop any other local operator first.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 

@@ -8,6 +8,7 @@
 #
 #   hack/build-tools.sh            build whatever is missing
 #   hack/build-tools.sh --print    print the PATH entries to use the binaries
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 if [[ "${1:-}" == "--print" ]]; then

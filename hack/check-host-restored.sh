@@ -7,6 +7,7 @@
 # real nodes running if they were.
 #
 #   hack/check-host-restored.sh     (hack/test.sh runs it)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 export KUBECONFIG="$LOCAL_KUBECONFIG"
 NODES_DIR="$LOCAL_DIR/nodes"
@@ -40,6 +41,7 @@ snapshot() {
   echo "## processes"
   # By process name: kubelet, containerd and its shims, kube-proxy, the API
   # relay, pod sandboxes.
+  # shellcheck disable=SC2009 # pgrep would add PIDs, which differ between the two snapshots
   ps -eo comm=,args= | grep -E '^(kubelet|containerd|kube-proxy|socat|pause|runc)' | sort || true
 }
 

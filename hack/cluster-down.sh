@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Stops the local cluster and deletes its state (.local/kwok).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 command -v kwokctl >/dev/null || die "kwokctl not built; nothing to stop"
 # Real nodes first: they give back the host settings they changed.

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes control plane on loopback: etcd, kube-apiserver,
 # kube-controller-manager and kube-scheduler (built by hack/build-tools.sh),
-# with kwok standing in for kubelets, as upstream scale tests do. Creates kwok
-# nodes in three regions (two zones each) and installs the somastack CRDs.
+# with kwok standing in for kubelets, as upstream scale tests do. Creates eight
+# kwok nodes, two zones in each of four regions (eu-west-1, eu-central-1,
+# us-east-1, ap-south-1: hack/nodes.sh, SOMASTACK_REGIONS overrides them), and,
+# unless SOMASTACK_REAL_NODES=0, two real nodes in eu-west-1 and eu-central-1
+# (hack/real-nodes.sh); then installs the somastack CRDs.
 #
 # The kubeconfig is written to .local/kubeconfig (never ~/.kube/config):
 #   export KUBECONFIG=$PWD/.local/kubeconfig
 # Running it again while the cluster is up only re-applies nodes and CRDs.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 "$ROOT/hack/build-tools.sh"
@@ -98,7 +102,7 @@ log "waiting for the API server to be ready"
 for _ in $(seq 1 120); do cluster_running && break; sleep 1; done
 cluster_running || die "the API server did not become ready; logs in $KWOK_WORKDIR/clusters/$CLUSTER_NAME/logs"
 
-log "creating kwok nodes in three regions"
+log "creating kwok nodes: two zones in each of ${SOMASTACK_REGIONS:-four regions} (hack/nodes.sh)"
 "$ROOT/hack/nodes.sh" | kubectl_local apply --server-side --field-manager=somastack-hack -f - >/dev/null
 kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
 

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # its settings are used by the scripts that source it
 # Shared settings for the hack/ scripts. Source it; do not run it.
 #
 # Every pinned version of a tool the project builds lives here, so a bump is a

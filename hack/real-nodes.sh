@@ -18,6 +18,7 @@
 #     .local/nodes; processes (kubelet, containerd, shims, kube-proxy, the
 #     API relay).
 # Every listener is on loopback or on soma0.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 NODES_DIR="$LOCAL_DIR/nodes"

@@ -19,6 +19,7 @@
 #                          stops following; the operator keeps running)
 #   hack/run.sh --check    same, and assert what a user would see, then stop
 #                          (hack/test.sh and CI run this; needs real nodes)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 

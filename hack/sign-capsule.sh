@@ -11,6 +11,7 @@
 # (openssl dgst -sha256 -sign), an Ed25519 key signs ed25519
 # (openssl pkeyutl -sign -rawin). The signed bytes are the canonical payload
 # (docs/signing.md), printed by `somastack-operator payload`.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 image=""
 if [[ "${1:-}" == "--image" ]]; then image="${2:-}"; shift 2 || true; fi

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, CRD drift, unit tests, and
-# the integration tests against the real local control plane (started here
-# when it is not running), then the end-to-end run of the operator.
+# Runs every check and test: formatting, clippy, shellcheck, CRD drift, unit
+# tests, and the integration tests against the real local control plane
+# (started here when it is not running), then the end-to-end run of the
+# operator.
 #
 #   hack/test.sh                 everything
 #   hack/test.sh -- <filter>     only the cargo tests matching <filter>
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -19,11 +21,19 @@ cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
 step "lints (cargo clippy --all-targets -D warnings)"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
+step "shell scripts (shellcheck)"
+command -v shellcheck >/dev/null || die "shellcheck is not installed (Debian: apt-get install shellcheck; .ci/run installs it)"
+# -x follows each script's `source` of hack/lib.sh.
+shellcheck -x hack/*.sh .ci/run || die "shellcheck found problems in the scripts above"
+
 step "local control plane"
 "$ROOT/hack/cluster-up.sh"
 export KUBECONFIG="$LOCAL_KUBECONFIG"
-# Namespaces left by an interrupted earlier run.
+# Namespaces, and the cluster-scoped Capsules and PolicyBundles the tests
+# make, left by an interrupted earlier run (all labelled somastack.io/test).
 kubectl_local delete namespace -l somastack.io/test=true --wait=false >/dev/null 2>&1 || true
+kubectl_local delete capsules.somastack.io,policybundles.somastack.io -l somastack.io/test=true \
+  --wait=false >/dev/null 2>&1 || true
 
 if real_nodes_enabled; then
   step "real nodes give the host back (hack/check-host-restored.sh)"

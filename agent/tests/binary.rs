@@ -5,13 +5,13 @@
 // Test code throughout (clippy's allow-*-in-tests only covers `#[test]` bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use somastack_tests::process::{plain_http_client as client, sigterm, spawn_announced};
+use tokio::process::Child;
 
 const BIN: &str = env!("CARGO_BIN_EXE_somastack-agent");
 
@@ -27,40 +27,9 @@ struct Agent {
 }
 
 async fn serve(ready: &str) -> Agent {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--ready", ready])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start somastack-agent");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the agent prints its address within 30s")
-        .expect("read stdout")
-        .expect("a line on stdout");
-    let addr = line
-        .strip_prefix("somastack-agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    Agent {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn client() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .build()
-        .unwrap()
+    let args = ["serve", "--listen", "127.0.0.1:0", "--ready", ready];
+    let (child, base) = spawn_announced(Path::new(BIN), &args, "somastack-agent listening on ").await;
+    Agent { child, base }
 }
 
 #[tokio::test]
@@ -106,16 +75,7 @@ async fn serves_health_readiness_and_summaries_then_stops_on_sigterm() {
         assert!(body["error"].is_string(), "{body}");
     }
 
-    let pid = agent.child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(10), agent.child.wait())
-        .await
-        .expect("stops within 10s of SIGTERM")
-        .unwrap();
+    let exit = sigterm(&mut agent.child, Duration::from_secs(10)).await;
     assert!(exit.success(), "{exit:?}");
 }
 

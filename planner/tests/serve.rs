@@ -3,14 +3,13 @@
 // Test code throughout (clippy's allow-*-in-tests only covers `#[test]` bodies).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use somastack_crds::planner::PLANNER_API_VERSION;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use somastack_tests::process::{plain_http_client as client, sigterm, spawn_announced};
+use tokio::process::Child;
 
 struct Planner {
     child: Child,
@@ -24,43 +23,18 @@ impl Drop for Planner {
 }
 
 async fn start() -> Planner {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_somastack-planner"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start somastack-planner");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the planner prints its address within 30s")
-        .expect("read stdout")
-        .expect("a line on stdout");
-    let addr = line
-        .strip_prefix("somastack-planner listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-    Planner {
-        child,
-        base: format!("http://{addr}"),
-    }
+    let binary = Path::new(env!("CARGO_BIN_EXE_somastack-planner"));
+    let args = ["serve", "--listen", "127.0.0.1:0"];
+    let (child, base) = spawn_announced(binary, &args, "somastack-planner listening on ").await;
+    Planner { child, base }
 }
 
-/// A plain-http client: TLS (a reqwest feature in this workspace) set up with
-/// the ring provider and no roots, so the test needs neither a process-wide
-/// provider nor a CA bundle; no proxy from the environment.
-fn client() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .build()
-        .unwrap()
+/// An answer that must have `status` and a PlanError body: its `error`.
+async fn plan_error(answer: reqwest::Response, status: u16) -> String {
+    assert_eq!(answer.status(), status);
+    let body: Value = answer.json().await.unwrap();
+    let error = body["error"].as_str();
+    error.unwrap_or_else(|| panic!("no error in {body}")).to_string()
 }
 
 fn request(goal: &str, max_tasks: i32) -> Value {
@@ -135,69 +109,36 @@ async fn serves_plans_refusals_and_health_then_stops_on_sigterm() {
 
     // More tasks than maxTasks: 422 with the sentence.
     let answer = http.post(&url).json(&request(goal, 4)).send().await.unwrap();
-    assert_eq!(answer.status(), 422);
-    let body: Value = answer.json().await.unwrap();
     assert_eq!(
-        body["error"],
+        plan_error(answer, 422).await,
         "the goal needs 5 tasks; the project allows at most 4 (spec.budget.maxTasks)"
     );
 
     // No stage: 422.
     let answer = http.post(&url).json(&request(" ;\n ", 4)).send().await.unwrap();
-    assert_eq!(answer.status(), 422);
-    let body: Value = answer.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("the goal has no stage to plan: ")
-    );
+    let error = plan_error(answer, 422).await;
+    assert!(error.starts_with("the goal has no stage to plan: "), "{error}");
 
     // Not a PlanRequest: 400.
     let answer = http.post(&url).body("{\"goal\": 3}").send().await.unwrap();
-    assert_eq!(answer.status(), 400);
-    let body: Value = answer.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("the body is not a PlanRequest: "),
-        "{body}"
-    );
+    let error = plan_error(answer, 400).await;
+    assert!(error.starts_with("the body is not a PlanRequest: "), "{error}");
 
     // Wrong apiVersion: 400.
     let mut wrong = request("a", 4);
     wrong["apiVersion"] = json!("planner.somastack.io/v9");
     let answer = http.post(&url).json(&wrong).send().await.unwrap();
-    assert_eq!(answer.status(), 400);
-    let body: Value = answer.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("planner.somastack.io/v9"),
-        "{body}"
-    );
+    let error = plan_error(answer, 400).await;
+    assert!(error.contains("planner.somastack.io/v9"), "{error}");
 
-    // Over the 1 MiB body limit: 413 with a PlanError.
+    // Over the 1 MiB body limit: 413 with a PlanError (an `error` string).
     let big = request(&"a ".repeat(600 * 1024), 4);
     let answer = http.post(&url).json(&big).send().await.unwrap();
-    assert_eq!(answer.status(), 413);
-    let body: Value = answer.json().await.unwrap();
-    assert!(body["error"].is_string(), "{body}");
+    plan_error(answer, 413).await;
 
     // SIGTERM: a graceful, successful exit.
     let mut planner = planner;
-    let pid = planner.child.id().expect("pid").to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), planner.child.wait())
-        .await
-        .expect("the planner exits within 10s of SIGTERM")
-        .unwrap();
+    let status = sigterm(&mut planner.child, Duration::from_secs(10)).await;
     assert!(status.success(), "{status}");
 }
 

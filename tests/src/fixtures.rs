@@ -10,7 +10,7 @@ use kube::api::{DynamicObject, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::apply;
+use crate::{TEST_LABEL, TestNamespace, apply};
 
 /// A digest-pinned image reference that is unique per `seed`.
 pub fn image(seed: &str) -> String {
@@ -46,12 +46,7 @@ fn openssl(args: &[&str]) -> Vec<u8> {
         .args(args)
         .output()
         .expect("openssl is installed");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    crate::success_stdout(&format!("openssl {args:?}"), out)
 }
 
 fn p(path: &Path) -> &str {
@@ -138,20 +133,15 @@ pub fn payload_of(dir: &Scratch, capsule: &Value) -> Vec<u8> {
         .arg(&file)
         .output()
         .expect("payload subcommand runs");
-    assert!(
-        out.status.success(),
-        "payload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    crate::success_stdout("payload", out)
 }
 
-/// A Capsule manifest.
+/// A Capsule manifest (labelled as the tests' own, for sweeping).
 pub fn capsule(name: &str, package: &str, version: &str, class: &str) -> Value {
     json!({
         "apiVersion": "somastack.io/v1alpha1",
         "kind": "Capsule",
-        "metadata": { "name": name },
+        "metadata": { "name": name, "labels": { TEST_LABEL: "true" } },
         "spec": {
             "package": package,
             "version": version,
@@ -173,11 +163,34 @@ pub fn signed(dir: &Scratch, mut capsule: Value, key: &Key, key_id: &str) -> Val
     capsule
 }
 
-/// A PolicyBundle that governs only `namespace`.
+/// A fresh Capsule `<prefix>-<suffix>` of the package of that name, 1.0.0,
+/// applied and deleted with `ns`: the package name and the manifest.
+pub async fn published(client: &Client, ns: &TestNamespace, prefix: &str, class: &str) -> (String, Value) {
+    let package = format!("{prefix}-{}", crate::unique_suffix());
+    let cap = capsule(&package, &package, "1.0.0", class);
+    put(client, ns.owns(&cap)).await;
+    (package, cap)
+}
+
+/// A PolicyBundle that governs only `namespace` (labelled as the tests' own).
 pub fn bundle(name: &str, namespace: &str, spec: Value) -> Value {
     let mut spec = spec;
     spec["namespaceSelector"] = json!({ "matchLabels": { "kubernetes.io/metadata.name": namespace } });
-    json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "PolicyBundle", "metadata": { "name": name }, "spec": spec })
+    json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "PolicyBundle",
+            "metadata": { "name": name, "labels": { TEST_LABEL: "true" } }, "spec": spec })
+}
+
+/// Lets the KamachiqProjects of `ns` call planners under `prefixes` (planner
+/// URLs come from policy): the PolicyBundle `<namespace>-planners`,
+/// reconciled, deleted with the namespace. Applying it again replaces the list.
+pub async fn allow_planners(client: &Client, ns: &TestNamespace, prefixes: &[String]) -> Value {
+    let doc = bundle(
+        &format!("{}-planners", ns.name),
+        &ns.name,
+        json!({ "projects": { "allowedPlannerUrls": prefixes } }),
+    );
+    put_policy(client, ns.owns(&doc)).await;
+    doc
 }
 
 /// An Installation manifest.
@@ -202,6 +215,12 @@ pub async fn put(client: &Client, doc: &Value) -> DynamicObject {
     apply(client, doc)
         .await
         .unwrap_or_else(|e| panic!("apply {}: {e}", doc["metadata"]["name"]))
+}
+
+/// Applies `doc` and returns the API to follow it with.
+pub async fn put_api(client: &Client, doc: &Value) -> Api<DynamicObject> {
+    put(client, doc).await;
+    crate::api_for(client, doc).await
 }
 
 /// Applies a manifest that must be refused by the operator's admission
@@ -259,6 +278,28 @@ pub fn message(obj: &DynamicObject, type_: &str) -> String {
     condition(obj, type_)
         .map(|c| c["message"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default()
+}
+
+/// The condition `type_` of `obj`, asserted to be there with `field` equal
+/// to `value`; its message.
+pub fn condition_with(obj: &DynamicObject, type_: &str, field: &str, value: &str) -> String {
+    let c = condition(obj, type_).unwrap_or_else(|| panic!("no {type_} condition: {}", obj.data["status"]));
+    assert_eq!(c[field], value, "{c}");
+    c["message"].as_str().unwrap_or_default().to_string()
+}
+
+/// Waits until the object's condition `Succeeded` (of a DrDrill or a
+/// KamachiqProject) has `status` and `reason`; returns it and the message.
+pub async fn wait_succeeded(
+    api: &Api<DynamicObject>,
+    name: &str,
+    status: &str,
+    reason: &str,
+    timeout: Duration,
+) -> (DynamicObject, String) {
+    let obj = wait_condition(api, name, "Succeeded", status, Some(reason), timeout).await;
+    let msg = message(&obj, "Succeeded");
+    (obj, msg)
 }
 
 /// Waits until the Installation `name` is refused by policy

@@ -4,11 +4,13 @@
 
 pub mod fixtures;
 pub mod http;
+pub mod process;
 pub mod real;
 pub mod users;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -21,8 +23,9 @@ use serde_json::Value;
 
 /// Field manager of everything the tests apply.
 pub const TEST_MANAGER: &str = "somastack-tests";
-/// Label on every namespace a test creates, so stale ones can be swept.
-pub const TEST_NAMESPACE_LABEL: &str = "somastack.io/test";
+/// Label (`true`) on every namespace and every Capsule and PolicyBundle the
+/// tests create, so hack/test.sh can sweep what an interrupted run left.
+pub const TEST_LABEL: &str = "somastack.io/test";
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -178,17 +181,24 @@ pub fn unique_suffix() -> String {
     format!("{:x}{n}", (nanos ^ std::process::id()) & 0xfffff)
 }
 
-/// A namespace of its own for one test, labelled for sweeping.
+/// A namespace of its own for one test, labelled for sweeping, and the
+/// cluster-scoped objects made for that test ([`TestNamespace::owns`]).
+/// [`TestNamespace::delete`] deletes them all; when a test panics before
+/// that, dropping the guard deletes them instead.
 pub struct TestNamespace {
     pub name: String,
     client: Client,
+    /// Cluster-scoped objects deleted with the namespace: (apiVersion, kind, name).
+    owned: Mutex<Vec<(String, String, String)>>,
+    /// Cleared by `delete`: then nothing is left for `Drop` to do.
+    armed: bool,
 }
 
 impl TestNamespace {
     pub async fn create(client: &Client, prefix: &str) -> Self {
         let name = format!("t-{prefix}-{}", unique_suffix());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": { "name": name, "labels": { TEST_NAMESPACE_LABEL: "true" } }
+            "metadata": { "name": name, "labels": { TEST_LABEL: "true" } }
         }))
         .expect("namespace");
         Api::<Namespace>::all(client.clone())
@@ -198,14 +208,76 @@ impl TestNamespace {
         Self {
             name,
             client: client.clone(),
+            owned: Mutex::new(Vec::new()),
+            armed: true,
         }
     }
 
-    /// Deletes the namespace (and so everything in it).
-    pub async fn delete(self) {
-        let _ = Api::<Namespace>::all(self.client)
+    /// Deletes `doc` with the namespace; returns it, to apply it in the same
+    /// breath. A cluster-scoped object (a Capsule, a PolicyBundle) is
+    /// recorded for that; an object in this namespace goes with it anyway.
+    pub fn owns<'a>(&self, doc: &'a Value) -> &'a Value {
+        let field = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        if let Some(namespace) = doc["metadata"].get("namespace") {
+            assert_eq!(
+                namespace.as_str(),
+                Some(self.name.as_str()),
+                "{} is in another namespace than {}",
+                doc["metadata"]["name"],
+                self.name
+            );
+            return doc;
+        }
+        let entry = (
+            field(&doc["apiVersion"]),
+            field(&doc["kind"]),
+            field(&doc["metadata"]["name"]),
+        );
+        self.owned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+        doc
+    }
+
+    /// Deletes the namespace (and so everything in it) and the objects it owns.
+    pub async fn delete(mut self) {
+        self.armed = false;
+        let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.name, &DeleteParams::background())
             .await;
+        let owned = std::mem::take(self.owned.get_mut().unwrap_or_else(PoisonError::into_inner));
+        for (api_version, kind, name) in owned {
+            let doc = serde_json::json!({ "apiVersion": api_version, "kind": kind });
+            let _ = api_for(&self.client, &doc)
+                .await
+                .delete(&name, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    /// The test ended without `delete` (it panicked): delete everything as
+    /// hack/test.sh's sweep does. Drop cannot await, so this runs kubectl,
+    /// which returns once the deletions are accepted (`--wait=false`).
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut targets = vec![format!("namespace/{}", self.name)];
+        let owned = self.owned.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (api_version, kind, name) in owned.iter() {
+            let group = api_version.split_once('/').map(|(g, _)| g).unwrap_or_default();
+            targets.push(format!("{}.{group}/{name}", kind.to_lowercase()));
+        }
+        let _ = kubectl_command()
+            .arg("delete")
+            .args(&targets)
+            .args(["--wait=false", "--ignore-not-found"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -228,14 +300,47 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A `kubectl` command against the test cluster.
+fn kubectl_command() -> std::process::Command {
+    let mut command = std::process::Command::new("kubectl");
+    command.arg("--kubeconfig").arg(kubeconfig_path());
+    command
+}
+
 /// `kubectl` against the test cluster, as a user would run it.
 pub fn kubectl(args: &[&str]) -> std::process::Output {
-    std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig_path())
+    kubectl_command()
         .args(args)
         .output()
         .expect("kubectl is on PATH (hack/test.sh puts the built one there)")
+}
+
+/// Asserts that a command succeeded, naming `what` and its stderr when it
+/// did not; its stdout.
+pub fn success_stdout(what: &str, out: std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The operator binary's CLI against the test cluster, as a user runs it:
+/// `somastack-operator <args> --kubeconfig <the tests' kubeconfig>`.
+pub fn operator_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_binary("somastack-operator"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .output()
+        .expect("the operator binary runs")
+}
+
+/// [`operator_cli`] that must succeed; what it printed.
+pub fn operator_cli_ok(args: &[&str]) -> String {
+    let what = format!("somastack-operator {}", args.join(" "));
+    String::from_utf8_lossy(&success_stdout(&what, operator_cli(args))).into_owned()
 }
 
 /// Whether an Event with `reason` was recorded in `namespace`, as
@@ -253,6 +358,15 @@ pub fn event_recorded(namespace: &str, reason: &str) -> bool {
         "name",
     ]);
     out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+}
+
+/// Waits until an Event with `reason` is recorded in `namespace`
+/// ([`event_recorded`]).
+pub async fn wait_event(namespace: &str, reason: &str, timeout: Duration) {
+    wait_for(&format!("a {reason} Event in {namespace}"), timeout, || async {
+        event_recorded(namespace, reason).then_some(())
+    })
+    .await
 }
 
 /// Port of the /metrics, /healthz and /readyz of the operator hack/test.sh

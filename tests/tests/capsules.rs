@@ -4,16 +4,25 @@
 
 use std::time::Duration;
 
+use kube::Client;
 use kube::api::DeleteParams;
 use serde_json::json;
 use somastack_tests::fixtures::{
-    Key, Scratch, bundle, capsule, denied, installation, put, put_policy, signed, wait_condition,
-    wait_refused,
+    Key, Scratch, bundle, capsule, condition, denied, installation, published, put, put_api, put_policy,
+    signed, wait_condition, wait_refused,
 };
-use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
+use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, User, user};
 use somastack_tests::{TestNamespace, api_for, client, unique_suffix};
 
 const T: Duration = Duration::from_secs(60);
+
+/// The test users "publisher" (may create and patch capsules, not approve)
+/// and "reviewer" (may approve).
+async fn publisher_and_reviewer(client: &Client) -> (User, User) {
+    let publisher = user(client, "publisher", &[PUBLISHER_ROLE]).await;
+    let reviewer = user(client, "reviewer", &[REVIEWER_ROLE]).await;
+    (publisher, reviewer)
+}
 
 #[tokio::test]
 async fn signatures_valid_invalid_unknown_and_unsigned() {
@@ -38,7 +47,7 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
             },
         }),
     );
-    put_policy(&client, &policy).await;
+    put_policy(&client, ns.owns(&policy)).await;
 
     let valid_ec = signed(
         &dir,
@@ -101,7 +110,7 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
         (&unsigned, "False", "Unsigned"),
     ];
     for (doc, _, _) in &cases {
-        put(&client, doc).await;
+        put(&client, ns.owns(doc)).await;
     }
     let api = api_for(&client, &valid_ec).await;
     for (doc, status, reason) in &cases {
@@ -110,7 +119,7 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
         if *status == "False" {
             // Readiness also depends on reviews other bundles in the cluster may
             // require, so only the failing cases pin it down.
-            let ready = somastack_tests::fixtures::condition(&obj, "Ready").unwrap();
+            let ready = condition(&obj, "Ready").unwrap();
             assert_eq!(
                 (ready["status"].as_str(), ready["reason"].as_str()),
                 (Some("False"), Some(*reason)),
@@ -133,29 +142,13 @@ async fn signatures_valid_invalid_unknown_and_unsigned() {
         message.contains("signature check failed") && message.contains(&format!("PolicyBundle sig-{s}")),
         "{message}"
     );
-    let inst_api = api_for(&client, &inst).await;
-
-    let _ = inst_api.delete("tampered", &DeleteParams::default()).await;
-    for (doc, _, _) in &cases {
-        let _ = api
-            .delete(
-                doc["metadata"]["name"].as_str().unwrap(),
-                &DeleteParams::default(),
-            )
-            .await;
-    }
-    let _ = api_for(&client, &policy)
-        .await
-        .delete(&format!("sig-{s}"), &DeleteParams::default())
-        .await;
     ns.delete().await;
 }
 
 #[tokio::test]
 async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     let client = client().await;
-    let publisher = user(&client, "publisher", &[PUBLISHER_ROLE]).await;
-    let reviewer = user(&client, "reviewer", &[REVIEWER_ROLE]).await;
+    let (publisher, reviewer) = publisher_and_reviewer(&client).await;
     let ns = TestNamespace::create(&client, "review").await;
     let s = unique_suffix();
     let package = format!("rev-{s}");
@@ -164,9 +157,9 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
         &ns.name,
         json!({ "trust": { "requireApproval": true } }),
     );
-    put_policy(&client, &policy).await;
+    put_policy(&client, ns.owns(&policy)).await;
     let doc = capsule(&package, &package, "1.0.0", "internal");
-    put(&publisher.client, &doc).await;
+    put(&publisher.client, ns.owns(&doc)).await;
     let api = api_for(&client, &doc).await;
     let obj = wait_condition(&api, &package, "Approved", "False", Some("AwaitingReview"), T).await;
     assert_eq!(
@@ -193,8 +186,7 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
     assert_eq!(obj.data["status"]["review"]["reviewer"], reviewer.name.as_str());
     let digest = obj.data["status"]["payloadDigest"].as_str().unwrap().to_string();
     assert_eq!(obj.data["status"]["review"]["payloadDigest"], digest.as_str());
-    put(&client, &inst).await;
-    let inst_api = api_for(&client, &inst).await;
+    let inst_api = put_api(&client, &inst).await;
     wait_condition(&inst_api, "reviewed", "Ready", "True", None, T).await;
 
     // The publisher changes a signed field: the approval no longer applies.
@@ -222,22 +214,14 @@ async fn review_approves_rejects_and_a_changed_spec_needs_a_new_approval() {
         .await
         .expect("rejected");
     let obj = wait_condition(&api, &package, "Approved", "False", Some("Rejected"), T).await;
+    assert_eq!(condition(&obj, "Ready").unwrap()["status"], "False");
     assert_eq!(
-        somastack_tests::fixtures::condition(&obj, "Ready").unwrap()["status"],
-        "False"
-    );
-    assert_eq!(
-        somastack_tests::fixtures::condition(&obj, "Approved").unwrap()["message"],
+        condition(&obj, "Approved").unwrap()["message"],
         format!("rejected by {}", reviewer.name)
     );
 
     let _ = inst_api.delete("reviewed", &DeleteParams::default()).await;
     ns.delete().await;
-    let _ = api.delete(&package, &DeleteParams::default()).await;
-    let _ = api_for(&client, &policy)
-        .await
-        .delete(&format!("rev-{s}"), &DeleteParams::default())
-        .await;
 }
 
 /// Reviews only by users RBAC allows the verb `approve`, never by the
@@ -247,8 +231,7 @@ async fn only_an_authorized_reviewer_other_than_the_submitter_may_approve() {
     let client = client().await;
     // The publisher may create and patch capsules but not approve; the
     // reviewer may approve; "self-reviewer" may do both.
-    let publisher = user(&client, "publisher", &[PUBLISHER_ROLE]).await;
-    let reviewer = user(&client, "reviewer", &[REVIEWER_ROLE]).await;
+    let (publisher, reviewer) = publisher_and_reviewer(&client).await;
     let both = user(&client, "self-reviewer", &[PUBLISHER_ROLE, REVIEWER_ROLE]).await;
     let s = unique_suffix();
     let approve = |name: &str| {
@@ -321,13 +304,10 @@ async fn only_an_authorized_reviewer_other_than_the_submitter_may_approve() {
 async fn an_installed_capsule_cannot_disappear_until_its_installations_go() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "protect").await;
-    let package = format!("keep-{}", unique_suffix());
-    let doc = capsule(&package, &package, "1.0.0", "public");
-    put(&client, &doc).await;
+    let (package, doc) = published(&client, &ns, "keep", "public").await;
     let api = api_for(&client, &doc).await;
     let inst = installation(&ns.name, "user", &package, "1.0.0", "us-east-1", 1);
-    put(&client, &inst).await;
-    let inst_api = api_for(&client, &inst).await;
+    let inst_api = put_api(&client, &inst).await;
     wait_condition(&inst_api, "user", "Ready", "True", None, T).await;
     somastack_tests::wait_for("the capsule to count its installation", T, || async {
         let c = api.get(&package).await.ok()?;
@@ -339,14 +319,11 @@ async fn an_installed_capsule_cannot_disappear_until_its_installations_go() {
         .await
         .expect("delete accepted");
     let obj = wait_condition(&api, &package, "Ready", "False", Some("DeletionBlocked"), T).await;
-    let msg = somastack_tests::fixtures::condition(&obj, "Ready").unwrap()["message"].to_string();
+    let msg = condition(&obj, "Ready").unwrap()["message"].to_string();
     assert!(msg.contains(&format!("{}/user", ns.name)), "{msg}");
     // The Installation keeps running and says why it cannot be changed.
     let still = inst_api.get("user").await.unwrap();
-    assert_eq!(
-        somastack_tests::fixtures::condition(&still, "Available").unwrap()["status"],
-        "True"
-    );
+    assert_eq!(condition(&still, "Available").unwrap()["status"], "True");
 
     inst_api
         .delete("user", &DeleteParams::default())

@@ -510,28 +510,49 @@ async fn the_schema_refuses_bad_values() {
     }
 }
 
-/// `Some(problem)` unless the object is in the API server.
-async fn missing<K>(api: Api<K>, name: &str) -> Option<String>
+/// `Some(problem)` unless the object is in the API server (`installed`),
+/// or unless it is not (after the uninstall).
+async fn check<K>(api: Api<K>, name: &str, installed: bool) -> Option<String>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
+    let kind = K::kind(&());
     match api.get_opt(name).await {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(format!("{} {name} is not in the cluster", K::kind(&()))),
-        Err(e) => Some(format!("{} {name}: {e}", K::kind(&()))),
+        Ok(found) if found.is_some() == installed => None,
+        Ok(_) if installed => Some(format!("{kind} {name} is not in the cluster")),
+        Ok(_) => Some(format!("{kind} {name} is left after uninstall")),
+        Err(e) => Some(format!("{kind} {name}: {e}")),
     }
 }
 
-/// `Some(problem)` if the object is still in the API server.
-async fn leftover<K>(api: Api<K>, name: &str) -> Option<String>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    match api.get_opt(name).await {
-        Ok(None) => None,
-        Ok(Some(_)) => Some(format!("{} {name} is left after uninstall", K::kind(&()))),
-        Err(e) => Some(format!("{} {name}: {e}", K::kind(&()))),
+/// [`check`] of every cluster-scoped object of the release: its
+/// ClusterRole and binding, webhook configurations and user-facing roles.
+async fn check_cluster_scoped(client: &Client, installed: bool) -> Vec<String> {
+    let name = fullname();
+    let mut problems: Vec<String> = [
+        check(Api::<ClusterRole>::all(client.clone()), &name, installed).await,
+        check(Api::<ClusterRoleBinding>::all(client.clone()), &name, installed).await,
+        check(
+            Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+            &name,
+            installed,
+        )
+        .await,
+        check(
+            Api::<MutatingWebhookConfiguration>::all(client.clone()),
+            &name,
+            installed,
+        )
+        .await,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for suffix in USER_ROLES {
+        let role = format!("{name}-{suffix}");
+        problems.extend(check(Api::<ClusterRole>::all(client.clone()), &role, installed).await);
     }
+    problems
 }
 
 /// The namespace of the previous run, while still terminating, would refuse
@@ -556,39 +577,25 @@ async fn wait_until_not_terminating(namespaces: &Api<Namespace>) {
 async fn check_installed(client: &Client) -> Vec<String> {
     let name = fullname();
     let ns = NAMESPACE;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
     let mut problems: Vec<String> = [
-        missing(Api::<Deployment>::namespaced(client.clone(), ns), &name).await,
-        missing(Api::<ServiceAccount>::namespaced(client.clone(), ns), &name).await,
-        missing(Api::<ClusterRole>::all(client.clone()), &name).await,
-        missing(Api::<ClusterRoleBinding>::all(client.clone()), &name).await,
-        missing(Api::<Role>::namespaced(client.clone(), ns), &name).await,
-        missing(Api::<RoleBinding>::namespaced(client.clone(), ns), &name).await,
-        missing(
-            Api::<Service>::namespaced(client.clone(), ns),
-            &format!("{name}-metrics"),
+        check(Api::<Deployment>::namespaced(client.clone(), ns), &name, true).await,
+        check(Api::<ServiceAccount>::namespaced(client.clone(), ns), &name, true).await,
+        check(Api::<Role>::namespaced(client.clone(), ns), &name, true).await,
+        check(Api::<RoleBinding>::namespaced(client.clone(), ns), &name, true).await,
+        check(services.clone(), &format!("{name}-metrics"), true).await,
+        check(services, &format!("{name}-webhook"), true).await,
+        check(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+            &name,
+            true,
         )
         .await,
-        missing(
-            Api::<Service>::namespaced(client.clone(), ns),
-            &format!("{name}-webhook"),
-        )
-        .await,
-        missing(Api::<PodDisruptionBudget>::namespaced(client.clone(), ns), &name).await,
-        missing(Api::<ValidatingWebhookConfiguration>::all(client.clone()), &name).await,
-        missing(Api::<MutatingWebhookConfiguration>::all(client.clone()), &name).await,
     ]
     .into_iter()
     .flatten()
     .collect();
-    for suffix in USER_ROLES {
-        problems.extend(
-            missing(
-                Api::<ClusterRole>::all(client.clone()),
-                &format!("{name}-{suffix}"),
-            )
-            .await,
-        );
-    }
+    problems.extend(check_cluster_scoped(client, true).await);
 
     // The guard that keeps these webhooks away from the other tests' objects.
     let never = json!({ "matchLabels": { "somastack.io/chart-test": "never" } });
@@ -690,25 +697,7 @@ async fn installs_into_the_cluster_and_uninstalls_cleanly() {
         &kubeconfig,
     ])
     .await;
-    let name = fullname();
-    let mut leftovers: Vec<String> = [
-        leftover(Api::<ClusterRole>::all(client.clone()), &name).await,
-        leftover(Api::<ClusterRoleBinding>::all(client.clone()), &name).await,
-        leftover(Api::<ValidatingWebhookConfiguration>::all(client.clone()), &name).await,
-        leftover(Api::<MutatingWebhookConfiguration>::all(client.clone()), &name).await,
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    for suffix in USER_ROLES {
-        leftovers.extend(
-            leftover(
-                Api::<ClusterRole>::all(client.clone()),
-                &format!("{name}-{suffix}"),
-            )
-            .await,
-        );
-    }
+    let leftovers = check_cluster_scoped(&client, false).await;
     let _ = namespaces.delete(NAMESPACE, &DeleteParams::background()).await;
 
     assert!(install.success, "helm install fails: {}", install.report());

@@ -1,15 +1,19 @@
-//! The local cluster is a real control plane: nodes in three regions, and
-//! the real scheduler and controllers run workloads (kwok plays the kubelets).
+//! The local cluster is a real control plane: kwok nodes in four regions, two
+//! zones each (hack/nodes.sh; the tests need at least three regions), and the
+//! real scheduler and controllers run workloads (kwok plays the kubelets).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, PostParams};
-use kube::{Api, ResourceExt};
-use serde_json::json;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
 use somastack_tests::{TestNamespace, client, wait_for};
 
 const REGION: &str = "topology.kubernetes.io/region";
@@ -47,12 +51,29 @@ async fn nodes_span_three_regions_with_zones() {
     );
 }
 
+/// Creates `manifest`, an object of kind `K`, in a namespace of its own:
+/// the namespace and the API of `K` there.
+async fn created<K>(client: &Client, prefix: &str, manifest: Value) -> (TestNamespace, Api<K>)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let ns = TestNamespace::create(client, prefix).await;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns.name);
+    let object: K = serde_json::from_value(manifest).expect("a manifest of its kind");
+    api.create(&PostParams::default(), &object)
+        .await
+        .expect("created");
+    (ns, api)
+}
+
 #[tokio::test]
 async fn a_plain_deployment_becomes_available() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "deploy").await;
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let deployment: Deployment = serde_json::from_value(json!({
+    let manifest = json!({
         "metadata": { "name": "web" },
         "spec": {
             "replicas": 3,
@@ -62,11 +83,8 @@ async fn a_plain_deployment_becomes_available() {
                 "spec": { "containers": [{ "name": "web", "image": "registry.k8s.io/pause:3.10" }] }
             }
         }
-    }))
-    .expect("deployment");
-    api.create(&PostParams::default(), &deployment)
-        .await
-        .expect("created");
+    });
+    let (ns, api) = created::<Deployment>(&client, "deploy", manifest).await;
 
     wait_for(
         "deployment web to be Available with 3 ready replicas",
@@ -111,9 +129,7 @@ async fn a_plain_deployment_becomes_available() {
 #[tokio::test]
 async fn a_job_completes() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "job").await;
-    let api: Api<Job> = Api::namespaced(client.clone(), &ns.name);
-    let job: Job = serde_json::from_value(json!({
+    let manifest = json!({
         "metadata": { "name": "once" },
         "spec": {
             "backoffLimit": 0,
@@ -122,9 +138,8 @@ async fn a_job_completes() {
                 "containers": [{ "name": "work", "image": "registry.k8s.io/pause:3.10" }]
             } }
         }
-    }))
-    .expect("job");
-    api.create(&PostParams::default(), &job).await.expect("created");
+    });
+    let (ns, api) = created::<Job>(&client, "job", manifest).await;
     wait_for("job once to complete", Duration::from_secs(90), || async {
         let j = api.get("once").await.ok()?;
         let done = j

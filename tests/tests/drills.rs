@@ -11,12 +11,10 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    agent_capsule, bundle, capsule, installation, on_real_nodes, put, put_policy, wait_condition,
+    agent_capsule, bundle, capsule, installation, on_real_nodes, published, put, put_api, put_policy,
+    wait_condition,
 };
-use somastack_tests::{
-    TestNamespace, api_for, client, kubeconfig_path, spawn_shard_operator, unique_suffix, wait_for,
-    workspace_binary,
-};
+use somastack_tests::{TestNamespace, api_for, client, spawn_shard_operator, unique_suffix, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 const STEPS: [&str; 7] = [
@@ -28,7 +26,6 @@ const TAINT_KEY: &str = "somastack.io/drill-outage";
 /// capsule in `region`, failing over to `failover`.
 struct Target {
     ns: TestNamespace,
-    capsule: Value,
     installation: Value,
     region: String,
 }
@@ -69,19 +66,21 @@ impl Target {
     ) -> Target {
         let ns = TestNamespace::create(client, prefix).await;
         let package = format!("{prefix}-{}", unique_suffix());
-        let cap = capsule_of(&package);
-        put(client, &cap).await;
+        put(client, ns.owns(&capsule_of(&package))).await;
         let mut inst = place(installation(&ns.name, "app", &package, "1.0.0", region, 2));
         inst["spec"]["failoverRegions"] = json!([failover]);
-        put(client, &inst).await;
-        let api = api_for(client, &inst).await;
+        let api = put_api(client, &inst).await;
         wait_condition(&api, "app", "Ready", "True", None, T).await;
         Target {
             ns,
-            capsule: cap,
             installation: inst,
             region: region.into(),
         }
+    }
+
+    /// Applies the drill `name` of `spec` on the Installation; the DrDrills' API.
+    async fn start_drill(&self, client: &Client, name: &str, spec: Value) -> Api<DynamicObject> {
+        put_api(client, &self.drill(name, spec)).await
     }
 
     fn drill(&self, name: &str, spec: Value) -> Value {
@@ -115,15 +114,20 @@ impl Target {
         );
     }
 
-    async fn delete(self, client: &Client) {
+    /// Waits until the workload is back in its home region (the drill
+    /// restored it), then asserts it is home as [`Target::assert_home`] does.
+    async fn back_home(&self, client: &Client) {
+        let what = format!("the workload back home in {}", self.region);
+        wait_for(&what, T, || async {
+            let r = pod_regions(client, &self.ns.name).await;
+            (r.len() >= 2 && r.iter().all(|(_, r)| *r == self.region)).then_some(())
+        })
+        .await;
+        self.assert_home(client).await;
+    }
+
+    async fn delete(self) {
         self.ns.delete().await;
-        let _ = api_for(client, &self.capsule)
-            .await
-            .delete(
-                self.capsule["metadata"]["name"].as_str().unwrap(),
-                &DeleteParams::default(),
-            )
-            .await;
     }
 }
 
@@ -176,6 +180,11 @@ async fn tainted(client: &Client, value: Option<&str>) -> Vec<String> {
         .collect()
 }
 
+/// A drill spec: `scenario` with an RTO objective of `rto_seconds`.
+fn scenario(scenario: &str, rto_seconds: u32) -> Value {
+    json!({ "scenario": scenario, "objectives": { "rtoSeconds": rto_seconds } })
+}
+
 /// Waits for the drill's status to satisfy `check`.
 async fn wait_drill(
     api: &Api<DynamicObject>,
@@ -218,12 +227,7 @@ async fn a_too_tight_rto_objective_fails_the_verdict() {
     let client = client().await;
     // Replacement pods take 6 s to get ready (hack/kwok-stages.yaml).
     let t = Target::new(&client, "tight", "eu-west-1", "eu-central-1", "/slow-ready").await;
-    let doc = t.drill(
-        "tight",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 2 } }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = t.start_drill(&client, "tight", scenario("RegionOutage", 2)).await;
     let status = wait_drill(&api, "tight", "finished", finished).await;
     assert_eq!(status["verdict"], "Fail", "{status:#}");
     let rto = status["measuredRtoSeconds"].as_f64().expect("an RTO");
@@ -232,7 +236,7 @@ async fn a_too_tight_rto_objective_fails_the_verdict() {
     assert_eq!(message, format!("recovered in {rto:.1}s, over the 2s objective"));
     assert_eq!(status["conditions"][0]["reason"], "DrillFailed");
     t.assert_home(&client).await;
-    t.delete(&client).await;
+    t.delete().await;
 }
 
 #[tokio::test]
@@ -245,13 +249,10 @@ async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
         &t.ns.name,
         json!({ "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-west-1", "eu-central-1"] }] } }),
     );
-    put_policy(&client, &policy).await;
-    let doc = t.drill(
-        "refused",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    put_policy(&client, t.ns.owns(&policy)).await;
+    let api = t
+        .start_drill(&client, "refused", scenario("RegionOutage", 120))
+        .await;
     let status = wait_drill(&api, "refused", "finished", finished).await;
     assert_eq!(status["verdict"], "Fail");
     let got = steps(&status);
@@ -281,11 +282,7 @@ async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
     );
     assert!(status["measuredRtoSeconds"].is_null());
     t.assert_home(&client).await;
-    let _ = api_for(&client, &policy)
-        .await
-        .delete(&format!("drill-res-{s}"), &DeleteParams::default())
-        .await;
-    t.delete(&client).await;
+    t.delete().await;
 }
 
 #[tokio::test]
@@ -293,12 +290,9 @@ async fn scope_region_taints_the_region_and_untaints_it() {
     let client = client().await;
     // ap-south-1 is reserved for this test (hack/nodes.sh).
     let t = Target::new(&client, "region", "ap-south-1", "eu-central-1", "/readyz").await;
-    let doc = t.drill(
-        "region",
-        json!({ "scenario": "RegionOutage", "scope": "Region", "objectives": { "rtoSeconds": 120 } }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let mut spec = scenario("RegionOutage", 120);
+    spec["scope"] = json!("Region");
+    let api = t.start_drill(&client, "region", spec).await;
     let uid = api.get("region").await.unwrap().uid().unwrap();
     let during = wait_for("the region's nodes to be tainted", T, || async {
         let nodes = tainted(&client, Some(&uid)).await;
@@ -320,13 +314,8 @@ async fn scope_region_taints_the_region_and_untaints_it() {
         Vec::<String>::new(),
         "untainted"
     );
-    wait_for("the workload back in ap-south-1", T, || async {
-        let r = pod_regions(&client, &t.ns.name).await;
-        (r.len() >= 2 && r.iter().all(|(_, r)| r == "ap-south-1")).then_some(())
-    })
-    .await;
-    t.assert_home(&client).await;
-    t.delete(&client).await;
+    t.back_home(&client).await;
+    t.delete().await;
 }
 
 /// GitOps applies a drill and its Installation in one sync: the drill
@@ -335,15 +324,12 @@ async fn scope_region_taints_the_region_and_untaints_it() {
 async fn a_drill_applied_before_its_installation_waits_for_it() {
     let client = client().await;
     let ns = TestNamespace::create(&client, "together").await;
-    let package = format!("together-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "confidential");
-    put(&client, &cap).await;
+    let (package, _) = published(&client, &ns, "together", "confidential").await;
     let drill = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
         "metadata": { "name": "early", "namespace": ns.name },
         "spec": { "installationRef": { "name": "app" }, "scenario": "PodLoss",
                   "objectives": { "rtoSeconds": 60 } } });
-    put(&client, &drill).await;
-    let api = api_for(&client, &drill).await;
+    let api = put_api(&client, &drill).await;
     let waiting = wait_drill(&api, "early", "waiting for its target", |s| {
         s["conditions"][0]["reason"] == "WaitingForTarget"
     })
@@ -369,30 +355,19 @@ async fn a_drill_applied_before_its_installation_waits_for_it() {
         "{status:#}"
     );
     ns.delete().await;
-    let _ = api_for(&client, &cap)
-        .await
-        .delete(&package, &DeleteParams::default())
-        .await;
 }
 
 #[tokio::test]
 async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
     let client = client().await;
     let t = Target::new(&client, "abort", "eu-west-1", "eu-central-1", "/slow-ready").await;
-    let first = t.drill(
-        "first",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-    );
-    put(&client, &first).await;
-    let api = api_for(&client, &first).await;
+    let api = t
+        .start_drill(&client, "first", scenario("RegionOutage", 120))
+        .await;
     wait_drill(&api, "first", "verifying", |s| s["run"]["step"] == "Verify").await;
 
     // A second drill on the same Installation waits, saying why.
-    let second = t.drill(
-        "second",
-        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
-    );
-    put(&client, &second).await;
+    let _ = t.start_drill(&client, "second", scenario("PodLoss", 60)).await;
     let waiting = wait_drill(&api, "second", "waiting", |s| s["phase"] == "Waiting").await;
     assert_eq!(waiting["conditions"][0]["reason"], "WaitingForInstallation");
     assert_eq!(
@@ -422,24 +397,17 @@ async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
     assert_eq!(status["verdict"], "Pass", "{status:#}");
 
     // Delete in the middle of a run: restored before the drill goes away.
-    let third = t.drill(
-        "third",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-    );
-    put(&client, &third).await;
+    let _ = t
+        .start_drill(&client, "third", scenario("RegionOutage", 120))
+        .await;
     wait_drill(&api, "third", "verifying", |s| s["run"]["step"] == "Verify").await;
     api.delete("third", &DeleteParams::default()).await.unwrap();
     wait_for("the deleted drill to go", T, || async {
         api.get_opt("third").await.ok()?.is_none().then_some(())
     })
     .await;
-    wait_for("the workload back home", T, || async {
-        let r = pod_regions(&client, &t.ns.name).await;
-        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
-    })
-    .await;
-    t.assert_home(&client).await;
-    t.delete(&client).await;
+    t.back_home(&client).await;
+    t.delete().await;
 }
 
 #[tokio::test]
@@ -450,13 +418,9 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
     let selector = format!("somastack.io/drill-shard={shard}");
     let start = || spawn_shard_operator(&selector, "somastack.io/project-shard=none");
     let mut operator = start();
-    let mut doc = t.drill(
-        "crash",
-        json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-    );
+    let mut doc = t.drill("crash", scenario("RegionOutage", 120));
     doc["metadata"]["labels"] = json!({ "somastack.io/drill-shard": shard });
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     // Killed after the outage was injected and the failover made.
     wait_drill(&api, "crash", "verifying", |s| s["run"]["step"] == "Verify").await;
     operator.start_kill().unwrap();
@@ -476,27 +440,20 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
     assert_eq!(status["verdict"], "Pass", "{status:#}");
     let uid = api.get("crash").await.unwrap().uid().unwrap();
     assert_eq!(tainted(&client, Some(&uid)).await, Vec::<String>::new());
-    wait_for("the workload back home", T, || async {
-        let r = pod_regions(&client, &t.ns.name).await;
-        (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
-    })
-    .await;
-    t.assert_home(&client).await;
+    t.back_home(&client).await;
     let _ = operator.start_kill();
     let _ = operator.wait().await;
-    t.delete(&client).await;
+    t.delete().await;
 }
 
 #[tokio::test]
 async fn a_schedule_makes_runs_that_never_overlap() {
     let client = client().await;
     let t = Target::new(&client, "cron", "us-east-1", "eu-central-1", "/readyz").await;
-    let doc = t.drill(
-        "cron",
-        json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 }, "schedule": "* * * * *", "historyLimit": 3 }),
-    );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let mut spec = scenario("PodLoss", 60);
+    spec["schedule"] = json!("* * * * *");
+    spec["historyLimit"] = json!(3);
+    let api = t.start_drill(&client, "cron", spec).await;
     let scheduled = wait_drill(&api, "cron", "scheduled", |s| s["nextRunTime"].is_string()).await;
     assert_eq!(scheduled["phase"], "Scheduled");
     let status = wait_for("two runs", Duration::from_secs(200), || async {
@@ -516,7 +473,7 @@ async fn a_schedule_makes_runs_that_never_overlap() {
     for run in [newer, older] {
         assert_eq!(run["verdict"], "Pass", "{status:#}");
     }
-    t.delete(&client).await;
+    t.delete().await;
 }
 
 /// On the real nodes: the drills move and kill pods that containerd runs,
@@ -537,12 +494,9 @@ mod real_node {
             before.iter().all(|p| node_of(p) == "real-eu-west-1"),
             "pods start at home"
         );
-        let doc = t.drill(
-            "outage",
-            json!({ "scenario": "RegionOutage", "objectives": { "rtoSeconds": 120 } }),
-        );
-        put(&client, &doc).await;
-        let api = api_for(&client, &doc).await;
+        let api = t
+            .start_drill(&client, "outage", scenario("RegionOutage", 120))
+            .await;
 
         let status = wait_drill(&api, "outage", "finished", finished).await;
         assert_eq!(status["verdict"], "Pass", "{status:#}");
@@ -576,12 +530,7 @@ mod real_node {
             (Some("Succeeded"), Some("True"))
         );
         // Restored: home again, no finalizer left.
-        wait_for("the workload back home", T, || async {
-            let r = pod_regions(&client, &t.ns.name).await;
-            (r.len() >= 2 && r.iter().all(|(_, r)| r == "eu-west-1")).then_some(())
-        })
-        .await;
-        t.assert_home(&client).await;
+        t.back_home(&client).await;
         let home = pods_on_real_nodes(&client, &t.ns.name, APP).await;
         assert!(
             home.iter().all(|p| node_of(p) == "real-eu-west-1"),
@@ -592,15 +541,9 @@ mod real_node {
 
         // The summary: the CLI (table and JSON) and the metrics.
         let cli = |args: &[&str]| {
-            let out = std::process::Command::new(workspace_binary("somastack-operator"))
-                .args(["drills", "-n", &t.ns.name])
-                .args(args)
-                .arg("--kubeconfig")
-                .arg(kubeconfig_path())
-                .output()
-                .expect("the binary runs");
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8_lossy(&out.stdout).to_string()
+            let mut all = vec!["drills", "-n", &t.ns.name];
+            all.extend_from_slice(args);
+            somastack_tests::operator_cli_ok(&all)
         };
         let rows: Value = serde_json::from_str(&cli(&["-o", "json"])).expect("JSON");
         assert_eq!(rows[0]["installation"], "app");
@@ -631,7 +574,7 @@ mod real_node {
             )),
             "{metrics}"
         );
-        t.delete(&client).await;
+        t.delete().await;
     }
 
     #[tokio::test]
@@ -644,12 +587,7 @@ mod real_node {
             .into_iter()
             .map(|(p, _)| p)
             .collect();
-        let doc = t.drill(
-            "podloss",
-            json!({ "scenario": "PodLoss", "objectives": { "rtoSeconds": 60 } }),
-        );
-        put(&client, &doc).await;
-        let api = api_for(&client, &doc).await;
+        let api = t.start_drill(&client, "podloss", scenario("PodLoss", 60)).await;
         let status = wait_drill(&api, "podloss", "finished", finished).await;
         assert_eq!(status["verdict"], "Pass", "{status:#}");
         assert!(status["measuredRtoSeconds"].as_f64().is_some());
@@ -674,6 +612,6 @@ mod real_node {
             after_pods.iter().all(|p| node_of(p) == "real-eu-central-1"),
             "replaced in place, on the real node"
         );
-        t.delete(&client).await;
+        t.delete().await;
     }
 }

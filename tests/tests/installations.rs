@@ -10,43 +10,57 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    bundle, capsule, condition, denied, installation, message, put, put_policy, wait_condition, wait_refused,
+    bundle, capsule, condition, condition_with, denied, installation, message, published, put, put_api,
+    put_policy, wait_condition, wait_refused,
 };
-use somastack_tests::{TestNamespace, api_for, client, unique_suffix, wait_for, workspace_binary};
+use somastack_tests::{
+    TestNamespace, api_for, client, operator_cli, operator_cli_ok, unique_suffix, wait_for,
+};
 
 const T: Duration = Duration::from_secs(90);
 
-async fn delete_cluster_scoped(client: &kube::Client, docs: &[&Value]) {
-    for doc in docs {
-        let _ = api_for(client, doc)
-            .await
-            .delete(
-                doc["metadata"]["name"].as_str().unwrap(),
-                &DeleteParams::default(),
-            )
-            .await;
-    }
+/// A namespace, a fresh capsule `<prefix>-<suffix>` of `class`, and the
+/// PolicyBundle of the same name, with `spec`, governing the namespace
+/// (reconciled): the namespace, the package (and bundle) name, the bundle.
+async fn governed(client: &Client, prefix: &str, class: &str, spec: Value) -> (TestNamespace, String, Value) {
+    let ns = TestNamespace::create(client, prefix).await;
+    let (package, _) = published(client, &ns, prefix, class).await;
+    let policy = bundle(&package, &ns.name, spec);
+    put_policy(client, ns.owns(&policy)).await;
+    (ns, package, policy)
+}
+
+/// A namespace with a Ready Installation `app` (2 replicas in us-east-1)
+/// of a fresh public capsule `<prefix>-<suffix>`: the namespace, the
+/// Installation's manifest and its API.
+async fn running(
+    client: &Client,
+    prefix: &str,
+    name: &str,
+) -> (TestNamespace, Value, Api<kube::api::DynamicObject>) {
+    let ns = TestNamespace::create(client, prefix).await;
+    let (package, _) = published(client, &ns, prefix, "public").await;
+    let inst = installation(&ns.name, name, &package, "1.0.0", "us-east-1", 2);
+    let api = put_api(client, &inst).await;
+    wait_condition(&api, name, "Ready", "True", None, T).await;
+    (ns, inst, api)
 }
 
 #[tokio::test]
 async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "residency").await;
-    let s = unique_suffix();
-    let package = format!("res-{s}");
-    let cap = capsule(&package, &package, "1.0.0", "confidential");
-    let policy = bundle(
-        &format!("res-{s}"),
-        &ns.name,
+    let (ns, package, policy) = governed(
+        &client,
+        "res",
+        "confidential",
         json!({
             "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-central-1"] }] },
         }),
-    );
-    put_policy(&client, &policy).await;
-    put(&client, &cap).await;
+    )
+    .await;
 
     // Refused at admission: nothing is stored, the rule and the bundle are named.
     let refused = installation(&ns.name, "in-us", &package, "1.0.0", "us-east-1", 2);
@@ -55,7 +69,7 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
         msg,
         format!(
             "Installation in-us violates enforced policy: confidential data may not be processed in region \
-             us-east-1; allowed regions: eu-central-1 (rule residency, PolicyBundle res-{s})"
+             us-east-1; allowed regions: eu-central-1 (rule residency, PolicyBundle {package})"
         )
     );
     let api = api_for(&client, &refused).await;
@@ -105,7 +119,7 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
     let (obj, msg) = wait_refused(&api, "in-eu", T).await;
     assert!(
         msg.contains("confidential data may not be processed in region eu-central-1")
-            && msg.contains(&format!("rule residency, PolicyBundle res-{s}")),
+            && msg.contains(&format!("rule residency, PolicyBundle {package}")),
         "{msg}"
     );
     assert_eq!(obj.data["status"]["phase"], "Blocked");
@@ -119,7 +133,6 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
         "a PolicyViolation Event is recorded"
     );
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&cap, &policy]).await;
 }
 
 #[tokio::test]
@@ -135,7 +148,7 @@ async fn ceilings_and_capabilities_are_refused() {
             "capabilities": { "allowed": ["llm-inference"] },
         }),
     );
-    put_policy(&client, &policy).await;
+    put_policy(&client, ns.owns(&policy)).await;
     let mut small = capsule(&format!("small-{s}"), &format!("small-{s}"), "1.0.0", "public");
     let mut big = capsule(&format!("big-{s}"), &format!("big-{s}"), "1.0.0", "public");
     big["spec"]["resources"]["limits"]["cpu"] = json!("1");
@@ -144,7 +157,7 @@ async fn ceilings_and_capabilities_are_refused() {
     egress["spec"]["capabilities"] = json!(["network-egress", "llm-inference"]);
     small["spec"]["resources"]["limits"]["cpu"] = json!("100m");
     for c in [&small, &big, &egress] {
-        put(&client, c).await;
+        put(&client, ns.owns(c)).await;
     }
     let cases = [
         (
@@ -187,26 +200,20 @@ async fn ceilings_and_capabilities_are_refused() {
     .await;
     wait_condition(&api, "fits", "Ready", "True", None, T).await;
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&small, &big, &egress, &policy]).await;
 }
 
 #[tokio::test]
 async fn kill_switch_stops_and_release_restores() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "kill").await;
-    let s = unique_suffix();
-    let package = format!("kill-{s}");
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    let mut policy = bundle(
-        &format!("kill-{s}"),
-        &ns.name,
+    let (ns, package, mut policy) = governed(
+        &client,
+        "kill",
+        "public",
         json!({ "killSwitch": { "engaged": false } }),
-    );
-    put(&client, &cap).await;
-    put_policy(&client, &policy).await;
+    )
+    .await;
     let inst = installation(&ns.name, "svc", &package, "1.0.0", "eu-west-1", 2);
-    put(&client, &inst).await;
-    let api = api_for(&client, &inst).await;
+    let api = put_api(&client, &inst).await;
     wait_condition(&api, "svc", "Ready", "True", None, T).await;
 
     policy["spec"]["killSwitch"] =
@@ -242,7 +249,6 @@ async fn kill_switch_stops_and_release_restores() {
     let obj = wait_condition(&api, "svc", "Ready", "True", None, T).await;
     assert_eq!(obj.data["status"]["readyReplicas"], 2);
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&cap, &policy]).await;
 }
 
 async fn deployment_image(client: &kube::Client, ns: &str, name: &str) -> String {
@@ -263,11 +269,10 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     let package = format!("up-{}", unique_suffix());
     let v1 = capsule(&format!("{package}-1"), &package, "1.0.0", "internal");
     let v2 = capsule(&format!("{package}-2"), &package, "2.0.0", "internal");
-    put(&client, &v1).await;
-    put(&client, &v2).await;
+    put(&client, ns.owns(&v1)).await;
+    put(&client, ns.owns(&v2)).await;
     let mut inst = installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2);
-    put(&client, &inst).await;
-    let api = api_for(&client, &inst).await;
+    let api = put_api(&client, &inst).await;
     let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
     assert_eq!(obj.data["status"]["currentRevision"], 1);
 
@@ -317,25 +322,8 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     .await;
 
     // Manual rollback to revision 1, with the binary, as an operator would.
-    let out = std::process::Command::new(workspace_binary("somastack-operator"))
-        .args([
-            "rollback",
-            "app",
-            "-n",
-            &ns.name,
-            "--to-revision",
-            "1",
-            "--kubeconfig",
-        ])
-        .arg(somastack_tests::kubeconfig_path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "rollback: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled back from revision 2 to revision 1"));
+    let out = operator_cli_ok(&["rollback", "app", "-n", &ns.name, "--to-revision", "1"]);
+    assert!(out.contains("rolled back from revision 2 to revision 1"));
     let obj = wait_for("the rollback to become revision 3", T, || async {
         let o = api.get("app").await.ok()?;
         (o.data["status"]["currentRevision"] == 3 && condition(&o, "Ready")?["status"] == "True").then_some(o)
@@ -348,11 +336,7 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
         v1["spec"]["image"].as_str().unwrap()
     );
 
-    let out = std::process::Command::new(workspace_binary("somastack-operator"))
-        .args(["history", "app", "-n", &ns.name, "--kubeconfig"])
-        .arg(somastack_tests::kubeconfig_path())
-        .output()
-        .unwrap();
+    let out = operator_cli(&["history", "app", "-n", &ns.name]);
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{table}");
@@ -362,20 +346,12 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     );
 
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&v1, &v2]).await;
 }
 
 #[tokio::test]
 async fn deleting_an_installation_removes_every_child() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "delete").await;
-    let package = format!("del-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    put(&client, &cap).await;
-    let inst = installation(&ns.name, "gone", &package, "1.0.0", "us-east-1", 2);
-    put(&client, &inst).await;
-    let api = api_for(&client, &inst).await;
-    wait_condition(&api, "gone", "Ready", "True", None, T).await;
+    let (ns, _, api) = running(&client, "del", "gone").await;
     let n = ns.name.clone();
     let c = client.clone();
     let present = move || {
@@ -413,29 +389,24 @@ async fn deleting_an_installation_removes_every_child() {
     })
     .await;
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&cap]).await;
 }
 
 #[tokio::test]
 async fn audit_bundles_report_without_blocking() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "audit").await;
-    let s = unique_suffix();
-    let package = format!("aud-{s}");
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    let policy = bundle(
-        &format!("aud-{s}"),
-        &ns.name,
+    let (ns, package, policy) = governed(
+        &client,
+        "aud",
+        "public",
         json!({
             "enforcement": "Audit",
             "limits": { "maxReplicas": 1 },
         }),
-    );
-    put(&client, &cap).await;
-    put_policy(&client, &policy).await;
+    )
+    .await;
     // Admitted, and kubectl shows the admission webhook's warning.
     let inst = installation(&ns.name, "over", &package, "1.0.0", "us-east-1", 2);
-    let file = std::env::temp_dir().join(format!("somastack-audit-{s}.json"));
+    let file = std::env::temp_dir().join(format!("somastack-audit-{package}.json"));
     std::fs::write(&file, inst.to_string()).unwrap();
     let out = somastack_tests::kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
@@ -443,25 +414,21 @@ async fn audit_bundles_report_without_blocking() {
     assert!(out.status.success(), "kubectl apply: {stderr}");
     assert!(
         stderr.contains(&format!(
-            "Warning: audit: 2 replicas exceed the ceiling of 1 (rule maxReplicas, PolicyBundle aud-{s})"
+            "Warning: audit: 2 replicas exceed the ceiling of 1 (rule maxReplicas, PolicyBundle {package})"
         )),
         "kubectl shows the audit finding: {stderr}"
     );
     let api = api_for(&client, &inst).await;
     let obj = wait_condition(&api, "over", "Ready", "True", None, T).await;
-    let compliant = condition(&obj, "PolicyCompliant").unwrap();
-    assert_eq!(compliant["reason"], "CompliantWithAuditFindings");
+    let compliant = condition_with(&obj, "PolicyCompliant", "reason", "CompliantWithAuditFindings");
     assert!(
-        compliant["message"]
-            .as_str()
-            .unwrap()
-            .contains("2 replicas exceed the ceiling of 1"),
+        compliant.contains("2 replicas exceed the ceiling of 1"),
         "{compliant}"
     );
 
     let bundles = api_for(&client, &policy).await;
     let status = wait_for("the bundle to list the violation", T, || async {
-        let b = bundles.get(&format!("aud-{s}")).await.ok()?;
+        let b = bundles.get(&package).await.ok()?;
         (b.data["status"]["violationCount"] == 1).then(|| b.data["status"].clone())
     })
     .await;
@@ -472,20 +439,12 @@ async fn audit_bundles_report_without_blocking() {
         (Some(ns.name.as_str()), Some("over"), Some("maxReplicas"))
     );
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&cap, &policy]).await;
 }
 
 #[tokio::test]
 async fn paused_leaves_children_alone() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "paused").await;
-    let package = format!("pause-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    put(&client, &cap).await;
-    let mut inst = installation(&ns.name, "app", &package, "1.0.0", "us-east-1", 2);
-    put(&client, &inst).await;
-    let api = api_for(&client, &inst).await;
-    wait_condition(&api, "app", "Ready", "True", None, T).await;
+    let (ns, mut inst, api) = running(&client, "pause", "app").await;
 
     inst["spec"]["paused"] = json!(true);
     inst["spec"]["replicas"] = json!(3);
@@ -514,7 +473,6 @@ async fn paused_leaves_children_alone() {
     })
     .await;
     ns.delete().await;
-    delete_cluster_scoped(&client, &[&cap]).await;
 }
 
 /// On the real nodes: real readiness probes, a real Service, real requests.
@@ -550,12 +508,11 @@ mod real_node {
             "internal",
             &[("AGENT_READY", "never")],
         );
-        put(&client, &good).await;
-        put(&client, &broken).await;
+        put(&client, ns.owns(&good)).await;
+        put(&client, ns.owns(&broken)).await;
         let mut inst = on_real_nodes(installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2));
         inst["spec"]["upgrade"] = json!({ "autoRollback": true, "progressDeadlineSeconds": 15 });
-        put(&client, &inst).await;
-        let api = api_for(&client, &inst).await;
+        let api = put_api(&client, &inst).await;
         wait_condition(&api, "app", "Ready", "True", None, T).await;
 
         let selector = "somastack.io/installation=app";
@@ -675,6 +632,5 @@ mod real_node {
         assert!(ok >= 100, "only {ok} requests were sent");
         assert!(somastack_tests::event_recorded(&ns.name, "RolledBack"));
         ns.delete().await;
-        delete_cluster_scoped(&client, &[&good, &broken]).await;
     }
 }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, Client};
+use somastack_tests::process::sigterm;
 use somastack_tests::{
     TestNamespace, client, free_port, http_get, kubeconfig_path, unique_suffix, wait_for, workspace_binary,
 };
@@ -88,6 +89,15 @@ impl Replica {
     }
 }
 
+/// A namespace of its own and a fresh Lease name for one election: the
+/// namespace, the Lease name and the Leases API there.
+async fn election(client: &Client, prefix: &str) -> (TestNamespace, String, Api<Lease>) {
+    let ns = TestNamespace::create(client, prefix).await;
+    let lease = format!("somastack-{}", unique_suffix());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    (ns, lease, leases)
+}
+
 async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     leases.get_opt(name).await.ok()??.spec?.holder_identity
 }
@@ -95,9 +105,7 @@ async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
 #[tokio::test]
 async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "leader").await;
-    let lease = format!("somastack-{}", unique_suffix());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, lease, leases) = election(&client, "leader").await;
     let mut a = Replica::start("op-a", &ns.name, &lease);
     let mut b = Replica::start("op-b", &ns.name, &lease);
 
@@ -153,11 +161,7 @@ async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
     assert!(failover < Duration::from_secs(15), "failover took {failover:?}");
 
     // SIGTERM: the new leader stops cleanly and gives the Lease up.
-    follower.signal("-TERM");
-    let status = tokio::time::timeout(Duration::from_secs(30), follower.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .expect("status");
+    let status = sigterm(&mut follower.child, Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status:?}; logs:\n{}", follower.logs());
     assert_eq!(holder(&leases, &lease).await, None, "the Lease is released");
     ns.delete().await;
@@ -166,9 +170,7 @@ async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
 #[tokio::test]
 async fn a_leader_that_loses_its_lease_stops() {
     let client = client().await;
-    let ns = TestNamespace::create(&client, "lost").await;
-    let lease = format!("somastack-{}", unique_suffix());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let (ns, lease, leases) = election(&client, "lost").await;
     let mut only = Replica::start("op-solo", &ns.name, &lease);
     wait_for("the replica to lead", Duration::from_secs(60), || async {
         only.leads().then_some(())

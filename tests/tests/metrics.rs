@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 use somastack_tests::fixtures::{bundle, capsule, installation, put};
 use somastack_tests::{
-    TestNamespace, api_for, client, create_dry_run, http_get, metrics_port, unique_suffix, wait_for,
+    TestNamespace, client, create_dry_run, http_get, metrics_port, unique_suffix, wait_for,
 };
 
 /// One sample: metric name, labels, value.
@@ -94,7 +94,7 @@ async fn metrics_health_and_readiness_are_served() {
         installation(&ns.name, "app", &own, "1.0.0", "eu-west-1", 1),
     ];
     for doc in &docs {
-        put(&client, doc).await;
+        put(&client, ns.owns(doc)).await;
     }
     let name = format!("metrics-{}", unique_suffix());
     let mut doc = capsule(&name, &name, "1.0.0", "internal");
@@ -206,11 +206,5 @@ async fn metrics_health_and_readiness_are_served() {
         "certificate expiry in the future: {expiry:?}"
     );
 
-    for doc in docs.iter().take(2) {
-        let _ = api_for(&client, doc)
-            .await
-            .delete(&own, &Default::default())
-            .await;
-    }
     ns.delete().await;
 }

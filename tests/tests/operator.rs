@@ -9,21 +9,22 @@ use std::time::Duration;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::wait_condition;
+use somastack_tests::process::sigterm;
 use somastack_tests::{
-    TEST_MANAGER, TestNamespace, api_for, apply, client, kubeconfig_path, unique_suffix, wait_for,
-    workspace_binary,
+    TEST_LABEL, TEST_MANAGER, TestNamespace, api_for, apply, client, kubeconfig_path, unique_suffix,
+    wait_for, workspace_binary,
 };
 
 fn objects(ns: &str, suffix: &str) -> Vec<Value> {
     let capsule_ref = json!({ "package": "observed", "version": "1.0.0" });
     vec![
         json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule",
-            "metadata": { "name": format!("observed-{suffix}") },
+            "metadata": { "name": format!("observed-{suffix}"), "labels": { TEST_LABEL: "true" } },
             "spec": { "package": "observed", "version": "1.0.0", "publisher": "acme",
                 "image": "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4",
                 "dataClassification": "internal" } }),
         json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "PolicyBundle",
-            "metadata": { "name": format!("observed-{suffix}") },
+            "metadata": { "name": format!("observed-{suffix}"), "labels": { TEST_LABEL: "true" } },
             "spec": { "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": ns } } } }),
         json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Installation",
             "metadata": { "name": "observed", "namespace": ns },
@@ -86,7 +87,7 @@ async fn operator_observes_every_kind_and_stops_on_sigterm() {
         .expect("operator starts");
 
     for doc in objects(&ns.name, &suffix) {
-        let stored = apply(&client, &doc).await.expect("applied");
+        let stored = apply(&client, ns.owns(&doc)).await.expect("applied");
         let api = api_for(&client, &doc).await;
         let name = doc["metadata"]["name"].as_str().unwrap_or_default();
         let generation = stored.metadata.generation.expect("generation");
@@ -138,32 +139,10 @@ async fn operator_observes_every_kind_and_stops_on_sigterm() {
     );
 
     // SIGTERM: in-flight work drains and the process exits successfully.
-    let pid = operator.id().expect("running");
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), operator.wait())
-        .await
-        .expect("operator exits after SIGTERM")
-        .expect("exit status");
+    let status = sigterm(&mut operator, Duration::from_secs(30)).await;
     let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(status.success(), "operator exit status {status:?}; logs:\n{logs}");
     assert!(logs.contains("all controllers stopped"), "logs:\n{logs}");
-
-    for doc in objects(&ns.name, &suffix)
-        .iter()
-        .filter(|d| d["metadata"].get("namespace").is_none())
-    {
-        let api = api_for(&client, doc).await;
-        let _ = api
-            .delete(
-                doc["metadata"]["name"].as_str().unwrap_or_default(),
-                &Default::default(),
-            )
-            .await;
-    }
     ns.delete().await;
 }
 

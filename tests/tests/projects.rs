@@ -16,48 +16,35 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    agent_capsule, bundle, capsule, condition, message, on_real_nodes, put, put_policy, wait_condition,
+    agent_capsule, allow_planners, bundle, capsule, condition_with, message, on_real_nodes, published, put,
+    put_api, put_policy, wait_condition, wait_succeeded,
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
-    TestNamespace, api_for, client, free_port, http_get, kubeconfig_path, kubectl, spawn_shard_operator,
+    TestNamespace, api_for, client, free_port, http_get, kubectl, operator_cli_ok, spawn_shard_operator,
     unique_suffix, wait_for, workspace_binary,
 };
 
 const T: Duration = Duration::from_secs(120);
 const UID_LABEL: &str = "kamachiq.somastack.io/project-uid";
 
-/// A namespace and a fresh agent capsule `agent-<suffix>` 1.0.0.
+/// A namespace and a fresh agent capsule `agent-<suffix>` 1.0.0 (deleted
+/// with the namespace, as are the PolicyBundles made for it).
 struct Env {
     ns: TestNamespace,
     package: String,
-    /// PolicyBundles made for this namespace (deleted with it).
-    bundles: Vec<String>,
 }
 
 impl Env {
     async fn new(client: &Client, prefix: &str) -> Env {
         let ns = TestNamespace::create(client, prefix).await;
-        let package = format!("agent-{}", unique_suffix());
-        put(client, &capsule(&package, &package, "1.0.0", "internal")).await;
-        Env {
-            ns,
-            package,
-            bundles: Vec::new(),
-        }
+        let (package, _) = published(client, &ns, "agent", "internal").await;
+        Env { ns, package }
     }
 
-    /// Lets this namespace's projects call the planner on loopback `port`
-    /// (planner URLs come from policy).
-    async fn allow_planner(&mut self, client: &Client, port: u16) {
-        let name = format!("{}-planners", self.ns.name);
-        let doc = bundle(
-            &name,
-            &self.ns.name,
-            json!({ "projects": { "allowedPlannerUrls": [format!("http://127.0.0.1:{port}/")] } }),
-        );
-        put_policy(client, &doc).await;
-        self.bundles.push(name);
+    /// Lets this namespace's projects call the planner on loopback `port`.
+    async fn allow_planner(&self, client: &Client, port: u16) {
+        allow_planners(client, &self.ns, &[format!("http://127.0.0.1:{port}/")]).await;
     }
 
     fn task(&self, name: &str, deps: &[&str], input: &str) -> Value {
@@ -79,20 +66,7 @@ impl Env {
             .unwrap_or_default()
     }
 
-    async fn delete(self, client: &Client) {
-        let bundles = Api::<DynamicObject>::all_with(
-            client.clone(),
-            &kube::discovery::ApiResource::erase::<somastack_crds::PolicyBundle>(&()),
-        );
-        for name in &self.bundles {
-            let _ = bundles.delete(name, &DeleteParams::default()).await;
-        }
-        let _ = Api::<DynamicObject>::all_with(
-            client.clone(),
-            &kube::discovery::ApiResource::erase::<somastack_crds::Capsule>(&()),
-        )
-        .delete(&self.package, &DeleteParams::default())
-        .await;
+    async fn delete(self) {
         self.ns.delete().await;
     }
 }
@@ -162,8 +136,7 @@ async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed()
             ],
         }),
     );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     let done = finished(&api, "diamond", "True", "AllTasksSucceeded").await;
     assert_eq!(done.data["status"]["phase"], "Succeeded");
     assert_eq!(done.data["status"]["taskCounts"]["succeeded"], 5);
@@ -280,7 +253,7 @@ async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed()
         plan.annotations().get("kamachiq.somastack.io/plan-digest"),
         Some(&digest)
     );
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -308,8 +281,7 @@ async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
             env.task("a", &["c"], ""), env.task("b", &["a"], ""), env.task("c", &["b"], ""), env.task("d", &[], ""),
         ] }),
     );
-    put(&client, &cycle).await;
-    let api = api_for(&client, &cycle).await;
+    let api = put_api(&client, &cycle).await;
     let obj = finished(&api, "cycle", "False", "InvalidPlan").await;
     let msg = message(&obj, "Succeeded");
     assert!(msg.contains("the tasks form a cycle: a -> b -> c -> a"), "{msg}");
@@ -319,7 +291,7 @@ async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
         "nothing is spawned for an invalid plan"
     );
     assert!(somastack_tests::event_recorded(&env.ns.name, "InvalidPlan"));
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 /// Starts the reference planner on `port`; returns once it answers.
@@ -342,7 +314,7 @@ async fn start_planner(port: u16) -> tokio::process::Child {
 #[tokio::test]
 async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until_it_is_back() {
     let client = client().await;
-    let mut env = Env::new(&client, "kp-planner").await;
+    let env = Env::new(&client, "kp-planner").await;
     let port = free_port();
     env.allow_planner(&client, port).await;
     let doc = env.project(
@@ -355,19 +327,9 @@ async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until
             },
         }),
     );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     // Nothing listens yet: a clear status, nothing spawned.
-    let down = wait_condition(
-        &api,
-        "planned",
-        "Succeeded",
-        "Unknown",
-        Some("PlannerUnavailable"),
-        T,
-    )
-    .await;
-    let msg = message(&down, "Succeeded");
+    let (down, msg) = wait_succeeded(&api, "planned", "Unknown", "PlannerUnavailable", T).await;
     assert!(
         msg.contains(&format!("http://127.0.0.1:{port}/plan")) && msg.contains("Connection refused")
             || msg.contains("connection refused"),
@@ -405,7 +367,7 @@ async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until
     );
     assert!(somastack_tests::event_recorded(&env.ns.name, "Planned"));
     let _ = planner.kill().await;
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -419,8 +381,7 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
         "gated",
         json!({ "goal": "g", "approval": { "required": true }, "tasks": [env.task("a", &[], "a")] }),
     );
-    put(&author.client, &doc).await;
-    let api_author = api_for(&author.client, &doc).await;
+    let api_author = put_api(&author.client, &doc).await;
     let api = api_for(&client, &doc).await;
     let waiting = wait_condition(&api, "gated", "Approved", "False", Some("AwaitingApproval"), T).await;
     assert_eq!(waiting.data["status"]["phase"], "AwaitingApproval");
@@ -470,15 +431,8 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
         .await
         .unwrap();
     let done = finished(&api, "gated", "True", "AllTasksSucceeded").await;
-    let approved = condition(&done, "Approved").unwrap_or_default();
-    assert_eq!(approved["status"], "True");
-    assert!(
-        approved["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&reviewer.name),
-        "{approved}"
-    );
+    let approved = condition_with(&done, "Approved", "status", "True");
+    assert!(approved.contains(&reviewer.name), "{approved}");
 
     // A changed plan needs a new approval: the new task waits.
     let mut changed = doc.clone();
@@ -507,7 +461,7 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
             ("b".to_string(), "1".to_string())
         ]
     );
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -520,8 +474,7 @@ async fn retrying_runs_only_the_failed_tasks() {
         "retried",
         json!({ "goal": "g", "tasks": [env.task("good", &[], "fine"), flaky, env.task("after", &["flaky"], "")] }),
     );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     let failed = finished(&api, "retried", "False", "TasksFailed").await;
     let good_uid = |jobs: &[Job]| {
         task_jobs(jobs)
@@ -533,13 +486,8 @@ async fn retrying_runs_only_the_failed_tasks() {
     assert!(before.is_some());
 
     // The CLI a user runs.
-    let out = std::process::Command::new(workspace_binary("somastack-operator"))
-        .args(["retry-failed", "retried", "-n", &env.ns.name, "--kubeconfig"])
-        .arg(kubeconfig_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("failed tasks will run again"));
+    let out = operator_cli_ok(&["retry-failed", "retried", "-n", &env.ns.name]);
+    assert!(out.contains("failed tasks will run again"));
 
     let done = finished(&api, "retried", "True", "AllTasksSucceeded").await;
     let jobs = env.jobs(&client, &done).await;
@@ -559,13 +507,8 @@ async fn retrying_runs_only_the_failed_tasks() {
     ));
 
     // The summary a user asks for.
-    let out = std::process::Command::new(workspace_binary("somastack-operator"))
-        .args(["projects", "-n", &env.ns.name, "-o", "json", "--kubeconfig"])
-        .arg(kubeconfig_path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = operator_cli_ok(&["projects", "-n", &env.ns.name, "-o", "json"]);
+    let summary: Value = serde_json::from_str(&out).unwrap();
     let row = &summary["projects"][0];
     assert_eq!(row["name"], "retried");
     assert_eq!(row["phase"], "Succeeded");
@@ -581,7 +524,7 @@ async fn retrying_runs_only_the_failed_tasks() {
     assert_eq!(row["successRate"], 1.0);
     assert!(row["meanTaskSeconds"].as_f64().is_some_and(|s| s >= 1.0), "{row}");
     assert_eq!(summary["totals"]["phases"]["Succeeded"], 1);
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -619,7 +562,7 @@ async fn a_task_timeout_fails_the_attempt_and_the_duration_budget_stops_the_proj
     let jobs = env.jobs(&client, &over).await;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].spec.as_ref().and_then(|s| s.suspend), Some(true));
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 /// Pods of the project's task Jobs that are not being deleted.
@@ -646,8 +589,7 @@ async fn suspending_stops_running_jobs_and_resuming_continues() {
             env.task("long", &[], "kwok:run=6s"), env.task("next", &["long"], ""),
         ] }),
     );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     wait_for("the first task's pod to run", T, || async {
         (live_pods(&client, &env.ns.name).await == 1).then_some(())
     })
@@ -690,7 +632,7 @@ async fn suspending_stops_running_jobs_and_resuming_continues() {
         ],
         "the suspended attempt was resumed, not replaced"
     );
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -701,8 +643,7 @@ async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
         "halted",
         json!({ "goal": "g", "tasks": [env.task("long", &[], "kwok:run=120s")] }),
     );
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     wait_for("the task's pod to run", T, || async {
         (live_pods(&client, &env.ns.name).await == 1).then_some(())
     })
@@ -713,18 +654,9 @@ async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
         &env.ns.name,
         json!({ "killSwitch": { "engaged": true, "reason": "incident 42" } }),
     );
-    put_policy(&client, &policy).await;
-    let halted = wait_condition(
-        &api,
-        "halted",
-        "Succeeded",
-        "Unknown",
-        Some("KillSwitchEngaged"),
-        T,
-    )
-    .await;
+    put_policy(&client, env.ns.owns(&policy)).await;
+    let (halted, msg) = wait_succeeded(&api, "halted", "Unknown", "KillSwitchEngaged", T).await;
     assert_eq!(halted.data["status"]["phase"], "Halted");
-    let msg = message(&halted, "Succeeded");
     assert!(
         msg.contains(&format!("PolicyBundle {name} (incident 42)")),
         "{msg}"
@@ -736,11 +668,7 @@ async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
     let jobs = env.jobs(&client, &halted).await;
     assert_eq!(jobs[0].spec.as_ref().and_then(|s| s.suspend), Some(true));
     assert!(somastack_tests::event_recorded(&env.ns.name, "KillSwitchEngaged"));
-    let _ = api_for(&client, &policy)
-        .await
-        .delete(&name, &DeleteParams::default())
-        .await;
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
@@ -756,8 +684,7 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
         .collect();
     let mut doc = env.project("crash", json!({ "goal": "g", "parallelism": 3, "tasks": tasks }));
     doc["metadata"]["labels"] = json!({ "somastack.io/project-shard": shard });
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     let obj = wait_for("the first Jobs", T, || async {
         let obj = api.get("crash").await.ok()?;
         (env.jobs(&client, &obj).await.len() >= 3).then_some(obj)
@@ -776,13 +703,13 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
         "one Job per task across the restart (at the kill: {at_kill:?})"
     );
     let _ = operator.kill().await;
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 #[tokio::test]
 async fn a_500_task_project_completes_with_a_small_status() {
     let client = client().await;
-    let mut env = Env::new(&client, "kp-large").await;
+    let env = Env::new(&client, "kp-large").await;
     let port = free_port();
     env.allow_planner(&client, port).await;
     let mut planner = start_planner(port).await;
@@ -799,8 +726,7 @@ async fn a_500_task_project_completes_with_a_small_status() {
         }),
     );
     let started = Instant::now();
-    put(&client, &doc).await;
-    let api = api_for(&client, &doc).await;
+    let api = put_api(&client, &doc).await;
     let done = wait_condition(
         &api,
         "large",
@@ -837,7 +763,7 @@ async fn a_500_task_project_completes_with_a_small_status() {
     let jobs = env.jobs(&client, &done).await;
     assert_eq!(task_jobs(&jobs).len(), 500);
     let _ = planner.kill().await;
-    env.delete(&client).await;
+    env.delete().await;
 }
 
 /// On the real nodes: the reference agent computes every result, the
@@ -865,14 +791,10 @@ mod real_node {
         let package = format!("agent-{}", unique_suffix());
         put(
             client,
-            &agent_capsule(&package, &package, "1.0.0", "internal", env),
+            ns.owns(&agent_capsule(&package, &package, "1.0.0", "internal", env)),
         )
         .await;
-        Env {
-            ns,
-            package,
-            bundles: Vec::new(),
-        }
+        Env { ns, package }
     }
 
     fn lines(s: &str) -> Vec<&str> {
@@ -892,17 +814,9 @@ mod real_node {
         let client = client().await;
         let env = agent_env(&client, "kp-real", &[]).await;
         let failing = format!("failing-{}", unique_suffix());
-        put(
-            &client,
-            &agent_capsule(
-                &failing,
-                &failing,
-                "1.0.0",
-                "internal",
-                &[("AGENT_FAIL", "always")],
-            ),
-        )
-        .await;
+        let fail_always = [("AGENT_FAIL", "always")];
+        let failing_capsule = agent_capsule(&failing, &failing, "1.0.0", "internal", &fail_always);
+        put(&client, env.ns.owns(&failing_capsule)).await;
 
         let doc = on_real_nodes(env.project(
             "brief",
@@ -989,13 +903,7 @@ mod real_node {
             .await
             .delete("brief", &DeleteParams::default())
             .await;
-        let _ = Api::<DynamicObject>::all_with(
-            client.clone(),
-            &kube::discovery::ApiResource::erase::<somastack_crds::Capsule>(&()),
-        )
-        .delete(&failing, &DeleteParams::default())
-        .await;
-        env.delete(&client).await;
+        env.delete().await;
     }
 
     /// The reference planner, installed as an Installation of its image on
@@ -1014,7 +922,7 @@ mod real_node {
         cap["spec"]["readyPath"] = json!("/healthz");
         cap["spec"]["resources"] =
             json!({ "requests": { "cpu": "10m", "memory": "16Mi" }, "limits": { "memory": "64Mi" } });
-        put(&client, &cap).await;
+        put(&client, env.ns.owns(&cap)).await;
         let inst = on_real_nodes(somastack_tests::fixtures::installation(
             &env.ns.name,
             "planner",
@@ -1036,8 +944,7 @@ mod real_node {
                 "budget": { "maxTasks": 5 },
             }),
         ));
-        put(&client, &doc).await;
-        let api = api_for(&client, &doc).await;
+        let api = put_api(&client, &doc).await;
         let done = finished(&api, "planned", "True", "AllTasksSucceeded").await;
         pods_on_real_nodes(&client, &env.ns.name, "somastack.io/installation=planner").await;
         let names: Vec<String> = done.data["status"]["tasks"]
@@ -1078,10 +985,6 @@ mod real_node {
             "stage 2 used stage 1's output: {second:?}"
         );
         pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=planned").await;
-        let _ = api_for(&client, &cap)
-            .await
-            .delete(&planner, &DeleteParams::default())
-            .await;
-        env.delete(&client).await;
+        env.delete().await;
     }
 }

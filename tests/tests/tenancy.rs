@@ -15,13 +15,13 @@ use kube::api::{DeleteParams, DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    Key, Scratch, bundle, capsule, condition, denied, image, installation, message, put, put_policy, signed,
-    wait_condition,
+    Key, Scratch, allow_planners, bundle, capsule, condition, denied, image, installation, message,
+    published, put, put_api, put_policy, signed, wait_condition, wait_succeeded,
 };
 use somastack_tests::http::{Reply, Server};
-use somastack_tests::users::{PUBLISHER_ROLE, tenant, user};
+use somastack_tests::users::{PUBLISHER_ROLE, User, tenant, user};
 use somastack_tests::{
-    TestNamespace, api_for, apply_as, client, create_dry_run, kubectl, unique_suffix, wait_for,
+    TestNamespace, api_for, apply_as, client, create_dry_run, kubectl, unique_suffix, wait_event, wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
@@ -31,15 +31,11 @@ const CAPSULES: &str = "capsule-versions.somastack.io";
 const BUNDLES: &str = "policybundles.somastack.io";
 const INSTALLATIONS: &str = "installations.somastack.io";
 
-/// Deletes cluster-scoped test objects (namespaces take their own along).
-async fn delete_all(client: &Client, docs: &[&Value]) {
-    for doc in docs {
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let _ = api_for(client, doc)
-            .await
-            .delete(&name, &DeleteParams::default())
-            .await;
-    }
+/// A namespace of its own and a tenant there (a fresh user with `edit` in it).
+async fn tenant_namespace(admin: &Client, prefix: &str) -> (TestNamespace, User) {
+    let ns = TestNamespace::create(admin, prefix).await;
+    let tenant = tenant(admin, &format!("tenant-{}", unique_suffix()), &ns.name).await;
+    (ns, tenant)
 }
 
 fn drill(ns: &str, name: &str, spec: Value) -> Value {
@@ -66,13 +62,13 @@ fn planned(ns: &str, name: &str, url: &str, package: &str) -> Value {
     )
 }
 
-/// A PolicyBundle governing `ns` that allows planners under `prefixes`.
-fn planners_allowed(name: &str, ns: &str, prefixes: &[String]) -> Value {
-    bundle(
-        name,
-        ns,
-        json!({ "projects": { "allowedPlannerUrls": prefixes } }),
-    )
+/// What a user is shown in `ns`: `msg` (a status message) and, once an
+/// Event `reason` is recorded there, the messages of every Event.
+async fn shown_with_event(ns: &str, reason: &str, msg: String) -> Vec<String> {
+    wait_event(ns, reason, T).await;
+    let mut shown = event_messages(ns);
+    shown.push(msg);
+    shown
 }
 
 /// The messages of the Events recorded in `ns`, as `kubectl get events` has them.
@@ -98,8 +94,7 @@ fn plan_answer(tasks: Value) -> Reply {
 #[tokio::test]
 async fn a_tenant_cannot_take_a_region_down_or_run_drills_beyond_the_tenant_bounds() {
     let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-drill").await;
-    let tenant = tenant(&admin, &format!("tenant-{}", unique_suffix()), &ns.name).await;
+    let (ns, tenant) = tenant_namespace(&admin, "tn-drill").await;
 
     // What the tenant tried: a region-wide outage (every tenant's pods in
     // eu-west-1 evicted), a day-long outage, an outage every minute.
@@ -184,8 +179,7 @@ async fn a_tenant_cannot_take_a_region_down_or_run_drills_beyond_the_tenant_boun
 #[tokio::test]
 async fn planner_urls_come_from_policy_and_their_answers_are_not_echoed() {
     let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-ssrf").await;
-    let tenant = tenant(&admin, &format!("tenant-{}", unique_suffix()), &ns.name).await;
+    let (ns, tenant) = tenant_namespace(&admin, "tn-ssrf").await;
     // A service inside the platform that a tenant should never reach
     // through the operator; it answers with something secret.
     let internal = Server::start(|_| {
@@ -208,12 +202,7 @@ async fn planner_urls_come_from_policy_and_their_answers_are_not_echoed() {
         )
     );
     // A bundle allowing another planner does not allow this one.
-    let elsewhere = planners_allowed(
-        &format!("tn-ssrf-other-{}", unique_suffix()),
-        &ns.name,
-        &["https://planner.platform.example/".into()],
-    );
-    put_policy(&admin, &elsewhere).await;
+    allow_planners(&admin, &ns, &["https://planner.platform.example/".into()]).await;
     let msg = denied(&tenant.client, &doc, PROJECTS).await;
     assert!(
         msg.contains("is not under any of projects.allowedPlannerUrls of PolicyBundle"),
@@ -225,17 +214,13 @@ async fn planner_urls_come_from_policy_and_their_answers_are_not_echoed() {
         "the operator called a URL no policy allows"
     );
 
-    // Allowed by the platform: called, and its answer is not repeated.
-    let allow = planners_allowed(
-        elsewhere["metadata"]["name"].as_str().unwrap_or_default(),
-        &ns.name,
-        &[internal.url("/"), "https://planner.platform.example/".into()],
-    );
-    put_policy(&admin, &allow).await;
+    // Allowed by the platform (the same bundle, one more prefix): called,
+    // and its answer is not repeated.
+    let prefixes = [internal.url("/"), "https://planner.platform.example/".into()];
+    allow_planners(&admin, &ns, &prefixes).await;
     apply_as(&tenant.client, &doc, "tenant").await.expect("admitted");
     let api = api_for(&admin, &doc).await;
-    let refused = wait_condition(&api, "probe", "Succeeded", "Unknown", Some("PlannerRefused"), T).await;
-    let msg = message(&refused, "Succeeded");
+    let (_, msg) = wait_succeeded(&api, "probe", "Unknown", "PlannerRefused", T).await;
     assert!(msg.contains("refused the goal: 403 Forbidden"), "{msg}");
     assert!(
         !msg.contains("internal-secret"),
@@ -245,7 +230,6 @@ async fn planner_urls_come_from_policy_and_their_answers_are_not_echoed() {
     for m in event_messages(&ns.name) {
         assert!(!m.contains("internal-secret"), "the answer reached an Event: {m}");
     }
-    delete_all(&admin, &[&allow]).await;
     ns.delete().await;
 }
 
@@ -255,10 +239,11 @@ async fn a_package_version_is_published_once_and_never_shadowed() {
     let sfx = unique_suffix();
     let first = user(&admin, &format!("pub-first-{sfx}"), &[PUBLISHER_ROLE]).await;
     let other = user(&admin, &format!("pub-other-{sfx}"), &[PUBLISHER_ROLE]).await;
+    let ns = TestNamespace::create(&admin, "tn-shadow").await;
     let package = format!("shadowed-{sfx}");
     let mut original = capsule(&format!("{package}-original"), &package, "1.0.0", "public");
     original["spec"]["publisher"] = json!("acme");
-    apply_as(&first.client, &original, "publisher")
+    apply_as(&first.client, ns.owns(&original), "publisher")
         .await
         .expect("published");
 
@@ -275,7 +260,6 @@ async fn a_package_version_is_published_once_and_never_shadowed() {
     );
 
     // A namespace no PolicyBundle governs runs the original's image.
-    let ns = TestNamespace::create(&admin, "tn-shadow").await;
     put(
         &admin,
         &installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 1),
@@ -289,7 +273,6 @@ async fn a_package_version_is_published_once_and_never_shadowed() {
     .await;
     assert_eq!(image_run, original["spec"]["image"].as_str().unwrap());
     ns.delete().await;
-    delete_all(&admin, &[&original]).await;
 }
 
 #[tokio::test]
@@ -311,13 +294,13 @@ async fn a_key_id_two_bundles_trust_with_different_keys_must_verify_with_both() 
     // "a-" sorts first: the bundle whose key signed the capsule.
     let a = trusting(&format!("a-{sfx}"), &signer.public_pem);
     let b = trusting(&format!("b-{sfx}"), &other.public_pem);
-    put_policy(&admin, &a).await;
-    put_policy(&admin, &b).await;
+    put_policy(&admin, ns.owns(&a)).await;
+    put_policy(&admin, ns.owns(&b)).await;
     let package = format!("trust-{sfx}");
     let mut cap = capsule(&package, &package, "1.0.0", "public");
     cap["spec"]["publisher"] = json!(publisher);
     let cap = signed(&dir, cap, &signer, "k1");
-    put(&admin, &cap).await;
+    put(&admin, ns.owns(&cap)).await;
 
     let msg = denied(
         &admin,
@@ -334,7 +317,6 @@ async fn a_key_id_two_bundles_trust_with_different_keys_must_verify_with_both() 
     let caps = api_for(&admin, &cap).await;
     let verified = wait_condition(&caps, &package, "Verified", "False", Some("SignatureInvalid"), T).await;
     assert!(message(&verified, "Verified").contains(&format!("PolicyBundle b-{sfx}")));
-    delete_all(&admin, &[&a, &b, &cap]).await;
     ns.delete().await;
 }
 
@@ -474,10 +456,7 @@ async fn quantities_are_checked_where_they_are_written() {
 async fn what_the_api_server_would_refuse_is_refused_first_or_reported() {
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "tn-silent").await;
-    let sfx = unique_suffix();
-    let package = format!("silent-{sfx}");
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    put(&admin, &cap).await;
+    let (package, _) = published(&admin, &ns, "silent", "public").await;
     let inst = |name: &str| installation(&ns.name, name, &package, "1.0.0", "eu-west-1", 1);
 
     // Known before anything is made: refused by the schema or the webhook.
@@ -537,25 +516,17 @@ async fn what_the_api_server_would_refuse_is_refused_first_or_reported() {
     );
     assert!(msg.contains("field is immutable"), "{msg}");
     assert_eq!(obj.data["status"]["phase"], "Blocked");
-    wait_for("a ChildRejected Warning Event", T, || async {
-        somastack_tests::event_recorded(&ns.name, "ChildRejected").then_some(())
-    })
-    .await;
+    wait_event(&ns.name, "ChildRejected", T).await;
     ns.delete().await;
-    delete_all(&admin, &[&cap]).await;
 }
 
 #[tokio::test]
 async fn a_drill_lock_naming_no_running_drill_is_stale() {
     let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-lock").await;
-    let tenant = tenant(&admin, &format!("tenant-{}", unique_suffix()), &ns.name).await;
-    let package = format!("lock-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "public");
-    put(&admin, &cap).await;
+    let (ns, tenant) = tenant_namespace(&admin, "tn-lock").await;
+    let (package, _) = published(&admin, &ns, "lock", "public").await;
     let inst = installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 1);
-    put(&admin, &inst).await;
-    let insts = api_for(&admin, &inst).await;
+    let insts = put_api(&admin, &inst).await;
     wait_condition(&insts, "app", "Ready", "True", None, T).await;
     let drills = api_for(&admin, &drill(&ns.name, "x", json!({}))).await;
 
@@ -578,16 +549,13 @@ async fn a_drill_lock_naming_no_running_drill_is_stale() {
         "{notes:?}"
     );
     ns.delete().await;
-    delete_all(&admin, &[&cap]).await;
 }
 
 #[tokio::test]
 async fn planned_tasks_keep_the_bounds_of_listed_tasks() {
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "tn-bounds").await;
-    let package = format!("bounded-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "internal");
-    put(&admin, &cap).await;
+    let (package, _) = published(&admin, &ns, "bounded", "internal").await;
     let agent = json!({ "package": package, "version": "1.0.0" });
     let planner = Server::start({
         let agent = agent.clone();
@@ -599,17 +567,10 @@ async fn planned_tasks_keep_the_bounds_of_listed_tasks() {
         }
     })
     .await;
-    let allow = planners_allowed(
-        &format!("tn-bounds-{}", unique_suffix()),
-        &ns.name,
-        &[planner.url("/")],
-    );
-    put_policy(&admin, &allow).await;
+    allow_planners(&admin, &ns, &[planner.url("/")]).await;
     let doc = planned(&ns.name, "bounded", &planner.url("/plan"), &package);
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
-    let failed = wait_condition(&api, "bounded", "Succeeded", "False", Some("InvalidPlan"), T).await;
-    let msg = message(&failed, "Succeeded");
+    let api = put_api(&admin, &doc).await;
+    let (_, msg) = wait_succeeded(&api, "bounded", "False", "InvalidPlan", T).await;
     assert!(
         msg.contains("task hammer asks for 50 retries; 0 to 10 are allowed"),
         "{msg}"
@@ -623,7 +584,6 @@ async fn planned_tasks_keep_the_bounds_of_listed_tasks() {
         .await
         .unwrap();
     assert!(jobs.items.is_empty(), "a task of an invalid plan ran");
-    delete_all(&admin, &[&allow, &cap]).await;
     ns.delete().await;
 }
 
@@ -633,44 +593,22 @@ async fn planner_credentials_never_reach_status_or_events() {
     let ns = TestNamespace::create(&admin, "tn-secret").await;
     // A port nothing listens on: the call fails and the URL is reported.
     let port = somastack_tests::free_port();
-    let allow = planners_allowed(
-        &format!("tn-secret-{}", unique_suffix()),
-        &ns.name,
-        &[format!("http://127.0.0.1:{port}/")],
-    );
-    put_policy(&admin, &allow).await;
+    allow_planners(&admin, &ns, &[format!("http://127.0.0.1:{port}/")]).await;
     let url = format!("http://alice:s3cretpass@127.0.0.1:{port}/plan?token=t0kenvalue");
     let doc = planned(&ns.name, "secret", &url, "agent");
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
-    let down = wait_condition(
-        &api,
-        "secret",
-        "Succeeded",
-        "Unknown",
-        Some("PlannerUnavailable"),
-        T,
-    )
-    .await;
-    let msg = message(&down, "Succeeded");
+    let api = put_api(&admin, &doc).await;
+    let (_, msg) = wait_succeeded(&api, "secret", "Unknown", "PlannerUnavailable", T).await;
     assert!(
         msg.starts_with(&format!(
             "planner http://***@127.0.0.1:{port}/plan?*** is unavailable"
         )),
         "{msg}"
     );
-    wait_for("the PlannerUnavailable Event", T, || async {
-        somastack_tests::event_recorded(&ns.name, "PlannerUnavailable").then_some(())
-    })
-    .await;
-    let mut shown = event_messages(&ns.name);
-    shown.push(msg);
-    for text in shown {
+    for text in shown_with_event(&ns.name, "PlannerUnavailable", msg).await {
         for secret in ["s3cretpass", "t0kenvalue", "alice"] {
             assert!(!text.contains(secret), "{secret} shown: {text}");
         }
     }
-    delete_all(&admin, &[&allow]).await;
     ns.delete().await;
 }
 
@@ -681,9 +619,7 @@ async fn a_hanging_planner_does_not_hold_other_tenants_projects() {
         TestNamespace::create(&admin, "tn-hang").await,
         TestNamespace::create(&admin, "tn-fast").await,
     );
-    let package = format!("hang-{}", unique_suffix());
-    let cap = capsule(&package, &package, "1.0.0", "internal");
-    put(&admin, &cap).await;
+    let (package, _) = published(&admin, &slow_ns, "hang", "internal").await;
     let hanging = Server::start(|_| Reply::Hang).await;
     let agent = json!({ "package": package, "version": "1.0.0" });
     let fast = Server::start({
@@ -691,18 +627,8 @@ async fn a_hanging_planner_does_not_hold_other_tenants_projects() {
         move |_| plan_answer(json!([{ "name": "only", "capsule": agent, "input": "quick" }]))
     })
     .await;
-    let allow_slow = planners_allowed(
-        &format!("tn-hang-{}", unique_suffix()),
-        &slow_ns.name,
-        &[hanging.url("/")],
-    );
-    let allow_fast = planners_allowed(
-        &format!("tn-fast-{}", unique_suffix()),
-        &fast_ns.name,
-        &[fast.url("/")],
-    );
-    put_policy(&admin, &allow_slow).await;
-    put_policy(&admin, &allow_fast).await;
+    allow_planners(&admin, &slow_ns, &[hanging.url("/")]).await;
+    allow_planners(&admin, &fast_ns, &[fast.url("/")]).await;
 
     // Eight projects whose planner never answers (10 minutes per attempt).
     for i in 0..8 {
@@ -720,13 +646,12 @@ async fn a_hanging_planner_does_not_hold_other_tenants_projects() {
     })
     .await;
     let stuck = api_for(&admin, &planned(&slow_ns.name, "stuck-0", "http://x/", &package)).await;
-    let waiting = wait_condition(&stuck, "stuck-0", "Succeeded", "Unknown", Some("Planning"), T).await;
-    assert!(message(&waiting, "Succeeded").starts_with("waiting for planner"));
+    let (_, waiting) = wait_succeeded(&stuck, "stuck-0", "Unknown", "Planning", T).await;
+    assert!(waiting.starts_with("waiting for planner"));
 
     // Another tenant's project is planned while those calls still hang.
     let doc = planned(&fast_ns.name, "quick", &fast.url("/plan"), &package);
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
+    let api = put_api(&admin, &doc).await;
     wait_for("the other tenant's project to be planned", T, || async {
         let obj = api.get("quick").await.ok()?;
         obj.data["status"]["planDigest"].as_str().map(|_| ())
@@ -737,7 +662,6 @@ async fn a_hanging_planner_does_not_hold_other_tenants_projects() {
         "the hanging calls ended before the other project was planned"
     );
     drop(hanging);
-    delete_all(&admin, &[&allow_slow, &allow_fast, &cap]).await;
     slow_ns.delete().await;
     fast_ns.delete().await;
 }
@@ -753,28 +677,15 @@ async fn control_characters_from_a_planner_are_escaped() {
         )
     })
     .await;
-    let allow = planners_allowed(
-        &format!("tn-ctrl-{}", unique_suffix()),
-        &ns.name,
-        &[planner.url("/")],
-    );
-    put_policy(&admin, &allow).await;
+    allow_planners(&admin, &ns, &[planner.url("/")]).await;
     let doc = planned(&ns.name, "ctrl", &planner.url("/plan"), "agent");
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
-    let refused = wait_condition(&api, "ctrl", "Succeeded", "Unknown", Some("PlannerRefused"), T).await;
-    let msg = message(&refused, "Succeeded");
+    let api = put_api(&admin, &doc).await;
+    let (_, msg) = wait_succeeded(&api, "ctrl", "Unknown", "PlannerRefused", T).await;
     assert!(
         msg.contains(r"422 Unprocessable Entity: \u{1b}[31mred\u{1b}[0m second line\u{202e}exe.txt\u{0}"),
         "{msg}"
     );
-    wait_for("the PlannerRefused Event", T, || async {
-        somastack_tests::event_recorded(&ns.name, "PlannerRefused").then_some(())
-    })
-    .await;
-    let mut shown = event_messages(&ns.name);
-    shown.push(msg);
-    for text in shown {
+    for text in shown_with_event(&ns.name, "PlannerRefused", msg).await {
         assert!(
             !text
                 .chars()
@@ -782,7 +693,6 @@ async fn control_characters_from_a_planner_are_escaped() {
             "a control character reached the user: {text:?}"
         );
     }
-    delete_all(&admin, &[&allow]).await;
     ns.delete().await;
 }
 
@@ -839,18 +749,11 @@ async fn a_plan_too_large_to_store_is_refused_once() {
         }
     })
     .await;
-    let allow = planners_allowed(
-        &format!("tn-large-{}", unique_suffix()),
-        &ns.name,
-        &[planner.url("/")],
-    );
-    put_policy(&admin, &allow).await;
+    allow_planners(&admin, &ns, &[planner.url("/")]).await;
     let mut doc = planned(&ns.name, "large", &planner.url("/plan"), &package);
     doc["spec"]["budget"] = json!({ "maxTasks": 5000 });
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
-    let failed = wait_condition(&api, "large", "Succeeded", "False", Some("PlanTooLarge"), T).await;
-    let msg = message(&failed, "Succeeded");
+    let api = put_api(&admin, &doc).await;
+    let (failed, msg) = wait_succeeded(&api, "large", "False", "PlanTooLarge", T).await;
     assert!(
         msg.contains("planned 5000 tasks in") && msg.contains("at most 900 KiB can be stored"),
         "{msg}"
@@ -858,10 +761,9 @@ async fn a_plan_too_large_to_store_is_refused_once() {
     assert_eq!(failed.data["status"]["phase"], "Failed");
     // Nothing asks the planner again: not the resync, not other events.
     let cap = capsule(&package, &package, "1.0.0", "internal");
-    put(&admin, &cap).await;
+    put(&admin, ns.owns(&cap)).await;
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(planner.requests(), 1, "the planner was asked again");
-    delete_all(&admin, &[&allow, &cap]).await;
     ns.delete().await;
 }
 
@@ -870,15 +772,9 @@ async fn capsule_events_do_not_call_planners_again() {
     let admin = client().await;
     let ns = TestNamespace::create(&admin, "tn-churn").await;
     let planner = Server::start(|_| Reply::json(422, &json!({ "error": "goal too vague" }))).await;
-    let allow = planners_allowed(
-        &format!("tn-churn-{}", unique_suffix()),
-        &ns.name,
-        &[planner.url("/")],
-    );
-    put_policy(&admin, &allow).await;
+    allow_planners(&admin, &ns, &[planner.url("/")]).await;
     let doc = planned(&ns.name, "vague", &planner.url("/plan"), "agent");
-    put(&admin, &doc).await;
-    let api = api_for(&admin, &doc).await;
+    let api = put_api(&admin, &doc).await;
     wait_condition(&api, "vague", "Succeeded", "Unknown", Some("PlannerRefused"), T).await;
     let before = planner.requests();
     // Capsules come and go in the catalogue: none is this project's.
@@ -886,11 +782,13 @@ async fn capsule_events_do_not_call_planners_again() {
     for i in 0..6 {
         let package = format!("churn-{i}-{}", unique_suffix());
         let cap = capsule(&package, &package, "1.0.0", "public");
-        put(&admin, &cap).await;
-        made.push(cap);
+        put(&admin, ns.owns(&cap)).await;
+        made.push(package);
     }
-    let refs: Vec<&Value> = made.iter().collect();
-    delete_all(&admin, &refs).await;
+    let capsules = api_for(&admin, &capsule("any", "any", "1.0.0", "public")).await;
+    for name in &made {
+        let _ = capsules.delete(name, &DeleteParams::default()).await;
+    }
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(
         planner.requests(),
@@ -902,6 +800,5 @@ async fn capsule_events_do_not_call_planners_again() {
         condition(&obj, "Succeeded").map(|c| c["reason"].clone()),
         Some(json!("PlannerRefused"))
     );
-    delete_all(&admin, &[&allow]).await;
     ns.delete().await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use somastack_tests::fixtures::bundle;
-use somastack_tests::{TestNamespace, api_for, apply, client, spawn_operator, unique_suffix, wait_for};
+use somastack_tests::{TestNamespace, apply, client, spawn_operator, unique_suffix, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
@@ -102,7 +102,7 @@ async fn spans_are_exported_over_otlp_http() {
     let ns = TestNamespace::create(&client, "otlp").await;
     let name = format!("traced-{}", unique_suffix());
     let doc = bundle(&name, &ns.name, json!({ "enforcement": "Audit" }));
-    apply(&client, &doc).await.expect("bundle applied");
+    apply(&client, ns.owns(&doc)).await.expect("bundle applied");
 
     let export = wait_for(
         "an OTLP export naming the bundle",
@@ -128,9 +128,5 @@ async fn spans_are_exported_over_otlp_http() {
 
     let _ = operator.start_kill();
     let _ = operator.wait().await;
-    let _ = api_for(&client, &doc)
-        .await
-        .delete(&name, &Default::default())
-        .await;
     ns.delete().await;
 }

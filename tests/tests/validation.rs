@@ -5,7 +5,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use somastack_crds::Capsule;
-use somastack_tests::{TEST_MANAGER, client, create_dry_run, read_docs, repo_root};
+use somastack_tests::{TEST_LABEL, TEST_MANAGER, client, create_dry_run, read_docs, repo_root};
 
 const EXPECT: &str = "somastack.io/test-expect";
 
@@ -42,29 +42,22 @@ async fn refused_with_message(file: &str, kind: &str) {
     }
 }
 
-#[tokio::test]
-async fn invalid_capsules_are_refused() {
-    refused_with_message("capsule.yaml", "Capsule").await;
+/// One test per kind: `test_name: file of tests/invalid, kind;`.
+macro_rules! refused_tests {
+    ($($test:ident: $file:literal, $kind:literal;)*) => {$(
+        #[tokio::test]
+        async fn $test() {
+            refused_with_message($file, $kind).await;
+        }
+    )*};
 }
 
-#[tokio::test]
-async fn invalid_policy_bundles_are_refused() {
-    refused_with_message("policybundle.yaml", "PolicyBundle").await;
-}
-
-#[tokio::test]
-async fn invalid_installations_are_refused() {
-    refused_with_message("installation.yaml", "Installation").await;
-}
-
-#[tokio::test]
-async fn invalid_drills_are_refused() {
-    refused_with_message("drdrill.yaml", "DrDrill").await;
-}
-
-#[tokio::test]
-async fn invalid_projects_are_refused() {
-    refused_with_message("kamachiqproject.yaml", "KamachiqProject").await;
+refused_tests! {
+    invalid_capsules_are_refused: "capsule.yaml", "Capsule";
+    invalid_policy_bundles_are_refused: "policybundle.yaml", "PolicyBundle";
+    invalid_installations_are_refused: "installation.yaml", "Installation";
+    invalid_drills_are_refused: "drdrill.yaml", "DrDrill";
+    invalid_projects_are_refused: "kamachiqproject.yaml", "KamachiqProject";
 }
 
 /// The valid examples pass the same checks, so the rules above refuse only
@@ -114,7 +107,7 @@ async fn capsule_package_is_immutable() {
     let capsule: Value = json!({
         "apiVersion": "somastack.io/v1alpha1",
         "kind": "Capsule",
-        "metadata": { "name": name },
+        "metadata": { "name": name, "labels": { TEST_LABEL: "true" } },
         "spec": {
             "package": "immutable", "version": "1.0.0", "publisher": "acme",
             "image": "r.example/a@sha256:3b064aa13dfa2bd2468a43385aea8556a402ea6b88443487fb2e4f31604a66f4",
