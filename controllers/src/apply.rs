@@ -41,6 +41,61 @@ where
     .map_err(|e| Error::refusing(e, &K::kind(&()), name))
 }
 
+/// Server-side applies a typed child `obj` (its `metadata.name` set) in
+/// `namespace`, forcing ownership of the fields it sets. k8s-openapi structs
+/// serialize `apiVersion` and `kind` and omit what is unset, so the patch is
+/// exactly the fields the operator owns. A refusal for good is
+/// [`Error::ChildRefused`], naming the object.
+pub async fn apply_object<K>(client: &kube::Client, namespace: &str, obj: &K) -> Result<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = obj
+        .meta()
+        .name
+        .as_deref()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|e| Error::refusing(e, &K::kind(&()), name))
+}
+
+/// The API answers a request may get that are not failures for its caller.
+pub trait ApiResultExt<T> {
+    /// `Ok(None)` for a 404: the object is already gone (or never was).
+    fn ok_if_not_found(self) -> Result<Option<T>, kube::Error>;
+    /// `Ok(None)` for a 409: someone else created it first, or changed it
+    /// since it was read (an optimistic-concurrency conflict).
+    fn ok_if_conflict(self) -> Result<Option<T>, kube::Error>;
+}
+
+impl<T> ApiResultExt<T> for Result<T, kube::Error> {
+    fn ok_if_not_found(self) -> Result<Option<T>, kube::Error> {
+        ok_if(self, 404)
+    }
+
+    fn ok_if_conflict(self) -> Result<Option<T>, kube::Error> {
+        ok_if(self, 409)
+    }
+}
+
+fn ok_if<T>(result: Result<T, kube::Error>, code: u16) -> Result<Option<T>, kube::Error> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(s)) if s.code == code => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes `name` if it exists and is controlled by the owner with `owner_uid`;
 /// returns whether something was deleted. Objects of other owners are left alone.
 pub async fn delete_if_owned<K>(
@@ -62,9 +117,9 @@ where
     if !existing.owner_references().iter().any(|o| o.uid == owner_uid) {
         return Ok(false);
     }
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    Ok(api
+        .delete(name, &DeleteParams::background())
+        .await
+        .ok_if_not_found()?
+        .is_some())
 }

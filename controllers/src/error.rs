@@ -96,6 +96,24 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether retrying the same input cannot help: the object (or what it
+    /// names) must change first. Everything else is transient and retried
+    /// with backoff.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Serialization(_) | Error::MissingField(_) | Error::RevisionNotFound(_) => true,
+            Error::ChildRefused { .. } => true,
+            Error::Kube(kube::Error::Api(s)) => matches!(s.code, 400 | 413 | 422),
+            Error::Kube(_)
+            | Error::CacheStopped
+            | Error::DeletionBlocked(_)
+            | Error::Finalizer(_)
+            | Error::ChildFailed { .. } => false,
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]

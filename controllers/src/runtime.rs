@@ -1,13 +1,13 @@
 //! The controller loop shared by every kind, and what every reconcile gets.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -23,7 +23,8 @@ use crate::metrics::Metrics;
 
 /// What every reconcile gets: a client, an Event recorder, metrics, and
 /// read-only caches of the objects reconciles look up (kept by watches, so a
-/// lookup costs no API call).
+/// lookup costs no API call). State only one kind needs lives in that kind
+/// (e.g. the KamachiqProject controller's Jobs cache and planner calls).
 pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
@@ -33,26 +34,13 @@ pub struct Context {
     pub installations: Store<Installation>,
     pub namespaces: Store<Namespace>,
     pub caches: Caches,
-    /// KamachiqProject Jobs (labelled with their project's uid), kept by the
-    /// leader only: see [`crate::run`].
-    pub jobs: Store<Job>,
-    jobs_ready: tokio::sync::watch::Receiver<bool>,
-    /// Jobs created and not yet seen in the cache, per KamachiqProject.
-    pub expectations: crate::kinds::project::Expectations,
-    /// KamachiqProject planner calls, made beside the reconciles.
-    pub planner: crate::kinds::project::planning::Calls,
-    /// The capsules each KamachiqProject's plan uses (Capsule events wake only those).
-    pub project_uses: crate::kinds::project::CapsuleUses,
+    /// The drills and projects this operator acts on.
+    pub shards: crate::Shards,
+    backoff: Backoff,
 }
 
 impl Context {
-    pub fn new(
-        client: kube::Client,
-        caches: Caches,
-        metrics: Arc<Metrics>,
-        jobs: Store<Job>,
-        jobs_ready: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(client: kube::Client, caches: Caches, metrics: Arc<Metrics>, shards: crate::Shards) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -62,17 +50,34 @@ impl Context {
             client,
             recorder,
             metrics,
-            capsules: caches.capsules.clone(),
-            bundles: caches.bundles.clone(),
-            installations: caches.installations.clone(),
-            namespaces: caches.namespaces.clone(),
+            capsules: caches.capsules.store(),
+            bundles: caches.bundles.store(),
+            installations: caches.installations.store(),
+            namespaces: caches.namespaces.store(),
             caches,
-            jobs,
-            jobs_ready,
-            expectations: Default::default(),
-            planner: Default::default(),
-            project_uses: Default::default(),
+            shards,
+            backoff: Backoff::default(),
         }
+    }
+
+    /// A controller of `K` fed by the caches' one watch of `K`: it reconciles every object once the caches are filled (a
+    /// leader that took over missed the events before it subscribed), then
+    /// on every event of `K` that `keep` lets through.
+    pub async fn controller<K>(
+        &self,
+        cache: &crate::caches::Cache<K>,
+        keep: impl Fn(&K) -> bool + Send + 'static,
+    ) -> Result<Controller<K>, Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    {
+        let store = cache.store();
+        let events = cache
+            .subscribe()
+            .await?
+            .filter(move |obj| futures::future::ready(keep(obj)));
+        Ok(Controller::for_shared_stream(events, store)
+            .reconcile_all_on(futures::stream::once(self.caches.filled())))
     }
 
     /// Waits until every cache has had its first full list, so a reconcile
@@ -96,12 +101,22 @@ impl Context {
             .collect()
     }
 
-    /// Waits (bounded) until the Jobs cache has had its first full list.
-    pub async fn jobs_ready(&self) -> Result<(), Error> {
-        let mut ready = self.jobs_ready.clone();
-        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CacheStopped),
+    /// Records a Warning Event on the object `reference` names (best effort).
+    pub async fn warn(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.into(),
+            note: Some(crate::text::bounded(&note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(%reason, error = %err, "could not record an Event");
         }
     }
 
@@ -127,16 +142,82 @@ impl Context {
 /// Longest a reconcile waits for the caches before giving up (and retrying).
 pub const CACHE_WAIT: Duration = Duration::from_secs(30);
 
-/// How long after an error a reconcile is retried.
-pub const ERROR_REQUEUE: Duration = Duration::from_secs(15);
+/// The context a controller's reconciles get: the shared [`Context`], or a
+/// kind's own context that holds it (and derefs to it).
+pub trait KindContext: Send + Sync + 'static {
+    fn shared(&self) -> &Context;
+}
+
+impl KindContext for Context {
+    fn shared(&self) -> &Context {
+        self
+    }
+}
+
+/// First retry after a transient error; doubled with each failure in a row.
+pub const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// Longest wait between retries of a transient error.
+pub const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Failures in a row per object, so transient errors back off per object
+/// (exponentially, with jitter) and a success starts over.
+#[derive(Debug, Default)]
+struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn failed(&self, key: String) -> u32 {
+        let Ok(mut m) = self.0.lock() else { return 1 };
+        let n = m.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(key);
+        }
+    }
+}
+
+/// Pure: the wait before retry `failures` (1 for the first) of a transient
+/// error, `jitter` in [0, 1) spreading it over its upper half, so objects
+/// that failed together do not retry together.
+pub fn retry_delay(failures: u32, jitter: f64) -> Duration {
+    let exp = FIRST_RETRY.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let capped = exp.min(MAX_RETRY);
+    capped.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// A number in [0, 1) from the process's random hash keys and the clock.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
 
 /// Runs `controller` until `shutdown` resolves.
 ///
 /// Concurrency is bounded (kube's default is unbounded, a footgun at scale).
-pub async fn run<K, R, Fut, S>(controller: Controller<K>, ctx: Arc<Context>, shutdown: S, reconcile: R)
+pub async fn run<K, C, R, Fut, S>(controller: Controller<K>, ctx: Arc<C>, shutdown: S, reconcile: R)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    R: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    C: KindContext,
+    R: FnMut(Arc<K>, Arc<C>) -> Fut,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
     S: Future<Output = ()> + Send + Sync + 'static,
 {
@@ -145,7 +226,7 @@ where
     controller
         .with_config(Config::default().concurrency(8))
         .graceful_shutdown_on(shutdown)
-        .run(traced(reconcile), error_policy::<K>, ctx)
+        .run(traced(reconcile), error_policy::<K, C>, ctx)
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::trace!(name = %obj.name, "reconciled"),
@@ -160,13 +241,15 @@ where
 }
 
 /// Wraps a reconcile in a `reconcile` span naming the object, so every log
-/// line of one reconcile carries kind, namespace and name.
-fn traced<K, R, Fut>(
+/// line of one reconcile carries kind, namespace and name; counts it in the
+/// metrics, and starts the object's backoff over when it succeeds.
+fn traced<K, C, R, Fut>(
     mut reconcile: R,
-) -> impl FnMut(Arc<K>, Arc<Context>) -> tracing::instrument::Instrumented<BoxFuture<'static, Result<Action, Error>>>
+) -> impl FnMut(Arc<K>, Arc<C>) -> tracing::instrument::Instrumented<BoxFuture<'static, Result<Action, Error>>>
 where
     K: Resource<DynamicType = ()>,
-    R: FnMut(Arc<K>, Arc<Context>) -> Fut,
+    C: KindContext,
+    R: FnMut(Arc<K>, Arc<C>) -> Fut,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
     move |obj, ctx| {
@@ -177,13 +260,24 @@ where
             namespace = obj.namespace().unwrap_or_default(),
             name = %obj.name_any(),
         );
-        let metrics = ctx.metrics.clone();
+        let key = key(obj.as_ref());
+        let reference = obj.object_ref(&());
         let started = std::time::Instant::now();
-        let run = reconcile(obj, ctx);
+        let run = reconcile(obj, ctx.clone());
         async move {
             let result = run.await;
+            let shared = ctx.shared();
             let error = result.as_ref().err().map(Error::category);
-            metrics.reconciled(&kind, started.elapsed(), error);
+            shared.metrics.reconciled(&kind, started.elapsed(), error);
+            match &result {
+                Ok(_) => shared.backoff.succeeded(&key),
+                // Never silent: the object's Events say why it is stuck (a
+                // cold cache at startup is not the object's business).
+                Err(err) if !matches!(err, Error::CacheStopped) => {
+                    shared.warn(&reference, "ReconcileFailed", err.to_string()).await;
+                }
+                Err(_) => {}
+            }
             result
         }
         .boxed()
@@ -191,7 +285,38 @@ where
     }
 }
 
-fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::debug!(name = %obj.name_any(), category = err.category(), "requeue after error");
-    Action::requeue(ERROR_REQUEUE)
+/// A permanent error waits for a change of the object (retrying the same
+/// input cannot help); a transient one is retried with per-object
+/// exponential backoff and jitter.
+fn error_policy<K: Resource<DynamicType = ()>, C: KindContext>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<C>,
+) -> Action {
+    if err.is_permanent() {
+        tracing::debug!(name = %obj.name_any(), category = err.category(), "waiting for a change after a permanent error");
+        return Action::await_change();
+    }
+    let failures = ctx.shared().backoff.failed(key(obj.as_ref()));
+    let delay = retry_delay(failures, jitter());
+    tracing::debug!(name = %obj.name_any(), category = err.category(), failures, ?delay, "retrying after an error");
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_within_bounds_with_jitter() {
+        assert_eq!(retry_delay(1, 0.99), Duration::from_millis(995));
+        assert_eq!(retry_delay(1, 0.0), Duration::from_millis(500));
+        assert_eq!(retry_delay(4, 0.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(30, 0.0), MAX_RETRY / 2);
+        assert!(retry_delay(30, 0.99) <= MAX_RETRY);
+        assert!(retry_delay(3, 0.25) < retry_delay(3, 0.75));
+        let spread: std::collections::HashSet<u128> =
+            (0..20).map(|_| retry_delay(5, jitter()).as_millis()).collect();
+        assert!(spread.len() > 1, "jitter spreads retries: {spread:?}");
+    }
 }

@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+use somastack_controllers::shards::LabelSelector;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -143,12 +144,12 @@ pub struct RunArgs {
     /// Act only on DrDrills this label selector selects (shards drills
     /// between operators; e.g. `!somastack.io/shard` here and
     /// `somastack.io/shard=b` on a second operator).
-    #[arg(long)]
-    pub drill_selector: Option<String>,
+    #[arg(long, value_parser = parse_selector)]
+    pub drill_selector: Option<LabelSelector>,
     /// Act only on KamachiqProjects this label selector selects (as
     /// `--drill-selector`; the label `somastack.io/project-shard` is the convention).
-    #[arg(long)]
-    pub project_selector: Option<String>,
+    #[arg(long, value_parser = parse_selector)]
+    pub project_selector: Option<LabelSelector>,
     #[command(flatten)]
     pub webhook: WebhookArgs,
 }
@@ -224,6 +225,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("'{s}': unit must be s, m or h")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// A `--drill-selector`/`--project-selector` value, refused at startup when it
+/// does not parse (rather than matching nothing).
+fn parse_selector(s: &str) -> std::result::Result<LabelSelector, String> {
+    s.parse()
 }
 
 #[cfg(test)]

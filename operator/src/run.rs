@@ -34,7 +34,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Every replica keeps the caches, serves metrics and health, and serves
     // the webhooks; only the leader runs the controllers.
-    let (caches, fill) = Caches::start(&client);
+    let (caches, fill) = Caches::start(&client).map_err(Error::Controller)?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(&caches));
     crate::memory::register(&mut registry);
@@ -160,7 +160,7 @@ async fn controllers<S>(
         }
     };
     tokio::select! {
-        () = somastack_controllers::run(client, caches, metrics, &shards, shutdown) => {}
+        () = somastack_controllers::run(client, caches, metrics, shards, shutdown) => {}
         () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
 }
