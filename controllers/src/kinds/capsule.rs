@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use somastack_crds::capsule::{CapsuleSpec, ReviewRecord};
+use somastack_crds::capsule::{CapsuleSpec, CapsuleStatus, ReviewRecord};
 use somastack_crds::common::CapsuleRef;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
@@ -31,26 +31,23 @@ use crate::{Error, Result, status};
 /// Keeps a Capsule that Installations still use from disappearing under them.
 pub const FINALIZER: &str = "somastack.io/capsule-protection";
 
-/// Adds the triggers a Capsule needs: trust changes in any PolicyBundle, and
-/// Installations appearing or going (the count in status).
-pub fn wire(ctl: Controller<Capsule>, ctx: &Arc<Context>) -> Controller<Capsule> {
-    let client = ctx.client.clone();
+/// The Capsule controller: reconciled on its own changes, all of them on a
+/// trust change in any PolicyBundle, and those an Installation names when it
+/// appears or goes (the count in status).
+pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
     let all = ctx.capsules.clone();
     let capsules = ctx.capsules.clone();
-    ctl.watches(
-        Api::<PolicyBundle>::all(client.clone()),
-        watcher::Config::default(),
-        move |_| {
+    let events = &ctx.caches;
+    Ok(ctx
+        .controller(&events.capsules, |_| true)
+        .await?
+        .watches_shared_stream(events.bundles.subscribe().await?, move |_| {
             all.state()
                 .iter()
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
-    .watches(
-        Api::<Installation>::all(client),
-        watcher::Config::default(),
-        move |inst| {
+        })
+        .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
             capsules
                 .state()
                 .iter()
@@ -59,8 +56,7 @@ pub fn wire(ctl: Controller<Capsule>, ctx: &Arc<Context>) -> Controller<Capsule>
                 })
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
+        }))
 }
 
 /// The status a Capsule should have.
@@ -395,31 +391,33 @@ async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<A
         &now,
     );
 
-    let before = conditions::find(capsule.conditions(), "Ready").map(|c| c.status.clone());
-    let after = conditions::find(&merged, "Ready").map(|c| c.status.clone());
-    if before != after {
-        let ready = conditions::find(&merged, "Ready");
-        let (type_, reason) = if after.as_deref() == Some("True") {
-            (EventType::Normal, "Installable")
-        } else {
-            (
-                EventType::Warning,
-                ready.map(|c| c.reason.as_str()).unwrap_or("NotReady"),
-            )
-        };
-        let note = ready.map(|c| c.message.clone()).unwrap_or_default();
+    if let Some((type_, reason, note)) = ready_changed(capsule.conditions(), &merged) {
         ctx.event(capsule, type_, reason, "Verify", note).await;
     }
-
-    let body = json!({
-        "observedGeneration": capsule.metadata.generation,
-        "conditions": merged,
-        "payloadDigest": decision.payload_digest,
-        "review": decision.review,
-        "installations": users.len(),
-    });
+    let status = CapsuleStatus {
+        observed_generation: capsule.metadata.generation,
+        conditions: merged,
+        payload_digest: Some(decision.payload_digest),
+        review: decision.review,
+        installations: Some(i32::try_from(users.len()).unwrap_or(i32::MAX)),
+    };
+    let body = serde_json::to_value(&status)?;
     status::apply_if_changed(api, capsule, capsule.status.as_ref(), body).await?;
     Ok(Action::requeue(Duration::from_secs(600)))
+}
+
+/// Pure: the Event to record when `Ready` flips (`Installable`, or the
+/// reason it is not), with the condition's message.
+fn ready_changed<'a>(before: &[Condition], after: &'a [Condition]) -> Option<(EventType, &'a str, String)> {
+    let ready = conditions::find(after, "Ready")?;
+    if conditions::find(before, "Ready").map(|c| &c.status) == Some(&ready.status) {
+        return None;
+    }
+    Some(if ready.status == "True" {
+        (EventType::Normal, "Installable", ready.message.clone())
+    } else {
+        (EventType::Warning, ready.reason.as_str(), ready.message.clone())
+    })
 }
 
 async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {

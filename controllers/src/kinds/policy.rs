@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use somastack_crds::policy::{Enforcement, MAX_LISTED_VIOLATIONS, Violation};
+use somastack_crds::policy::{
+    Enforcement, MAX_LISTED_VIOLATIONS, PolicyBundleSpec, PolicyBundleStatus, Violation,
+};
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::Result;
@@ -25,10 +26,10 @@ use crate::domain::review::is_approved;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 
-/// Re-audits every bundle when Installations, Capsules or Namespaces change
-/// (a relabelled namespace changes what a bundle governs).
-pub fn wire(ctl: Controller<PolicyBundle>, ctx: &Arc<Context>) -> Controller<PolicyBundle> {
-    let client = ctx.client.clone();
+/// The PolicyBundle controller: every bundle is re-audited when
+/// Installations, Capsules or Namespaces change (a relabelled namespace
+/// changes what a bundle governs).
+pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<PolicyBundle>> {
     let (a, b, c) = (ctx.bundles.clone(), ctx.bundles.clone(), ctx.bundles.clone());
     let all = move |store: &kube::runtime::reflector::Store<PolicyBundle>| {
         store
@@ -37,21 +38,13 @@ pub fn wire(ctl: Controller<PolicyBundle>, ctx: &Arc<Context>) -> Controller<Pol
             .map(|b| ObjectRef::from_obj(b.as_ref()))
             .collect::<Vec<_>>()
     };
-    ctl.watches(
-        Api::<Installation>::all(client.clone()),
-        watcher::Config::default(),
-        move |_| all(&a),
-    )
-    .watches(
-        Api::<Capsule>::all(client.clone()),
-        watcher::Config::default(),
-        move |_| all(&b),
-    )
-    .watches(
-        Api::<Namespace>::all(client),
-        watcher::Config::default(),
-        move |_| all(&c),
-    )
+    let events = &ctx.caches;
+    Ok(ctx
+        .controller(&events.bundles, |_| true)
+        .await?
+        .watches_shared_stream(events.installations.subscribe().await?, move |_| all(&a))
+        .watches_shared_stream(events.capsules.subscribe().await?, move |_| all(&b))
+        .watches_shared_stream(events.namespaces.subscribe().await?, move |_| all(&c)))
 }
 
 /// What one bundle governs and which running Installations break it.
@@ -60,6 +53,13 @@ pub struct Audit {
     pub governed_namespaces: usize,
     /// Every violation, sorted (status lists the first [`MAX_LISTED_VIOLATIONS`]).
     pub violations: Vec<Violation>,
+}
+
+impl Audit {
+    /// How many violations were found (as status counts them).
+    pub fn count(&self) -> i32 {
+        i32::try_from(self.violations.len()).unwrap_or(i32::MAX)
+    }
 }
 
 /// Audits `bundle` against the given cluster state. Pure.
@@ -84,7 +84,9 @@ pub fn audit(
     }];
     let mut violations = Vec::new();
     for inst in installations {
-        let namespace = inst.namespace().unwrap_or_default();
+        let Some(namespace) = inst.namespace() else {
+            continue;
+        };
         if !governed.contains(&namespace) {
             continue;
         }
@@ -145,18 +147,61 @@ pub fn unusable(problems: &crate::domain::bundle_checks::Problems) -> Option<Des
 
 pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches_ready().await?;
-    let result = audit(
+    // Dereference (caches) and decide (pure).
+    let audit = audit(
         &bundle,
         &ctx.namespaces.state(),
         &ctx.installations.state(),
         &ctx.capsules.state(),
     );
-    let now = status::now();
+    let ready = readiness(&bundle.spec, &audit);
+    let previous_count = bundle.status.as_ref().and_then(|s| s.violation_count);
+    // Report.
+    if let Some(note) = violations_found(previous_count, &audit) {
+        ctx.event(
+            bundle.as_ref(),
+            EventType::Warning,
+            "ViolationsFound",
+            "Audit",
+            note,
+        )
+        .await;
+    }
+    let status = PolicyBundleStatus {
+        observed_generation: bundle.metadata.generation,
+        conditions: conditions::merge(
+            bundle.conditions(),
+            &[ready],
+            bundle.metadata.generation,
+            &status::now(),
+        ),
+        governed_namespaces: Some(i32::try_from(audit.governed_namespaces).unwrap_or(i32::MAX)),
+        violation_count: Some(audit.count()),
+        violations: audit
+            .violations
+            .iter()
+            .take(MAX_LISTED_VIOLATIONS)
+            .cloned()
+            .collect(),
+    };
+    status::apply_if_changed(
+        &Api::<PolicyBundle>::all(ctx.client.clone()),
+        bundle.as_ref(),
+        bundle.status.as_ref(),
+        serde_json::to_value(&status)?,
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
 
-    let ready = if let Some(unusable) = unusable(&crate::domain::bundle_checks::check(&bundle.spec)) {
-        unusable
-    } else if let Some(ks) = bundle.spec.kill_switch.as_ref().filter(|k| k.engaged) {
-        Desired::new(
+/// Pure: the bundle's `Ready`: unusable as written, a kill switch engaged,
+/// or enforcing/auditing with what the audit found.
+pub fn readiness(spec: &PolicyBundleSpec, audit: &Audit) -> Desired {
+    if let Some(unusable) = unusable(&crate::domain::bundle_checks::check(spec)) {
+        return unusable;
+    }
+    if let Some(ks) = spec.kill_switch.as_ref().filter(|k| k.engaged) {
+        return Desired::new(
             "Ready",
             Status::True,
             "KillSwitchEngaged",
@@ -164,64 +209,141 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
                 "kill switch engaged ({}): every governed Installation is stopped",
                 ks.reason.as_deref().unwrap_or("no reason given")
             ),
-        )
-    } else {
-        let mode = match bundle.spec.enforcement {
-            Enforcement::Enforce => ("Enforcing", "enforcing"),
-            Enforcement::Audit => ("Auditing", "auditing (violations are reported, not blocked)"),
-        };
-        Desired::new(
-            "Ready",
-            Status::True,
-            mode.0,
-            format!(
-                "{} {} namespace(s); {} violation(s) among running Installations",
-                mode.1,
-                result.governed_namespaces,
-                result.violations.len()
-            ),
-        )
+        );
+    }
+    let (reason, mode) = match spec.enforcement {
+        Enforcement::Enforce => ("Enforcing", "enforcing"),
+        Enforcement::Audit => ("Auditing", "auditing (violations are reported, not blocked)"),
     };
-    let merged = conditions::merge(bundle.conditions(), &[ready], bundle.metadata.generation, &now);
+    Desired::new(
+        "Ready",
+        Status::True,
+        reason,
+        format!(
+            "{mode} {} namespace(s); {} violation(s) among running Installations",
+            audit.governed_namespaces,
+            audit.violations.len()
+        ),
+    )
+}
 
-    let previous_count = bundle
-        .status
-        .as_ref()
-        .and_then(|s| s.violation_count)
-        .unwrap_or(0);
-    let count = i32::try_from(result.violations.len()).unwrap_or(i32::MAX);
-    if count != previous_count && count > 0 {
-        let first = result
-            .violations
-            .first()
-            .map(|v| format!("{}/{}: {}", v.namespace, v.name, v.message));
-        ctx.event(
-            bundle.as_ref(),
-            EventType::Warning,
-            "ViolationsFound",
-            "Audit",
-            format!(
-                "{count} running Installation violation(s); first: {}",
-                first.unwrap_or_default()
-            ),
+/// Pure: the note of a `ViolationsFound` Warning, when the number of
+/// violations changed and is not zero.
+pub fn violations_found(previous_count: Option<i32>, audit: &Audit) -> Option<String> {
+    let count = audit.count();
+    let first = audit.violations.first()?;
+    (count != previous_count.unwrap_or(0)).then(|| {
+        format!(
+            "{count} running Installation violation(s); first: {}/{}: {}",
+            first.namespace, first.name, first.message
         )
-        .await;
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{capsule, installation};
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> Arc<Namespace> {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.into());
+        ns.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        Arc::new(ns)
     }
 
-    let listed: Vec<&Violation> = result.violations.iter().take(MAX_LISTED_VIOLATIONS).collect();
-    let body = json!({
-        "observedGeneration": bundle.metadata.generation,
-        "conditions": merged,
-        "governedNamespaces": result.governed_namespaces,
-        "violationCount": count,
-        "violations": listed,
-    });
-    status::apply_if_changed(
-        &Api::<PolicyBundle>::all(ctx.client.clone()),
-        bundle.as_ref(),
-        bundle.status.as_ref(),
-        body,
-    )
-    .await?;
-    Ok(Action::requeue(Duration::from_secs(300)))
+    /// Governs namespaces labelled `tier=gold`; internal data only in us-east-1.
+    fn gold_us_only(enforcement: &str) -> PolicyBundle {
+        let spec: PolicyBundleSpec = serde_json::from_value(json!({
+            "namespaceSelector": { "matchLabels": { "tier": "gold" } },
+            "residency": { "rules": [{ "dataClassification": "internal", "allowedRegions": ["us-east-1"] }] },
+            "enforcement": enforcement,
+        }))
+        .unwrap_or_else(|e| panic!("bundle spec: {e}"));
+        PolicyBundle::new("gold", spec)
+    }
+
+    fn installed_in(namespace: &str) -> Arc<Installation> {
+        let mut inst = installation(Some(1), None);
+        inst.metadata.namespace = Some(namespace.into());
+        Arc::new(inst)
+    }
+
+    #[test]
+    fn the_audit_judges_running_installations_of_governed_namespaces_as_if_enforced() {
+        let bundle = gold_us_only("Audit");
+        let namespaces = [namespace("a", &[("tier", "gold")]), namespace("b", &[])];
+        let capsules = [Arc::new(Capsule::new("summarizer-1.4.2", capsule()))];
+        // Both in eu-west-1, against the rule; only the one in `a` is governed.
+        let found = audit(
+            &bundle,
+            &namespaces,
+            &[installed_in("a"), installed_in("b")],
+            &capsules,
+        );
+        assert_eq!(found.governed_namespaces, 1);
+        assert_eq!(found.count(), 1);
+        let v = &found.violations[0];
+        assert_eq!(
+            (v.kind.as_str(), v.namespace.as_str(), v.name.as_str()),
+            ("Installation", "a", "summarizer")
+        );
+        assert_eq!(v.rule, "residency");
+        // An Installation whose capsule is not published is no one's violation.
+        assert_eq!(audit(&bundle, &namespaces, &[installed_in("a")], &[]).count(), 0);
+    }
+
+    #[test]
+    fn ready_says_what_the_bundle_does_and_an_unusable_bundle_comes_first() {
+        let found = Audit {
+            governed_namespaces: 2,
+            violations: vec![],
+        };
+        let auditing = readiness(&gold_us_only("Audit").spec, &found);
+        assert_eq!((auditing.status, auditing.reason), (Status::True, "Auditing"));
+        assert_eq!(
+            auditing.message,
+            "auditing (violations are reported, not blocked) 2 namespace(s); 0 violation(s) among running Installations"
+        );
+        let mut stopped = gold_us_only("Enforce").spec;
+        stopped.kill_switch = serde_json::from_value(json!({ "engaged": true, "reason": "incident 7" })).ok();
+        let ks = readiness(&stopped, &found);
+        assert_eq!(ks.reason, "KillSwitchEngaged");
+        assert!(ks.message.contains("incident 7"), "{}", ks.message);
+        stopped.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "tier".to_string(),
+                "not a label value!".to_string(),
+            )])),
+            ..Default::default()
+        });
+        let broken = readiness(&stopped, &found);
+        assert_eq!((broken.status, broken.reason), (Status::False, "InvalidSelector"));
+    }
+
+    #[test]
+    fn violations_are_announced_when_their_number_changes() {
+        let bundle = gold_us_only("Enforce");
+        let namespaces = [namespace("a", &[("tier", "gold")])];
+        let capsules = [Arc::new(Capsule::new("summarizer-1.4.2", capsule()))];
+        let found = audit(&bundle, &namespaces, &[installed_in("a")], &capsules);
+        let note = violations_found(None, &found).unwrap_or_default();
+        assert!(
+            note.starts_with("1 running Installation violation(s); first: a/summarizer: "),
+            "{note}"
+        );
+        assert_eq!(violations_found(Some(1), &found), None);
+        let none = Audit::default();
+        assert_eq!(violations_found(Some(1), &none), None);
+    }
 }
