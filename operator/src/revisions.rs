@@ -7,20 +7,14 @@ use somastack_crds::Installation;
 use crate::cli::{HistoryArgs, RollbackArgs};
 use crate::error::{Error, Result};
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
-
 pub fn history(args: HistoryArgs) -> Result<()> {
-    runtime()?.block_on(async {
-        let client = crate::cluster::client(&args.cluster).await?;
+    crate::cluster::with_client(&args.cluster, async |client| {
         let inst = Api::<Installation>::namespaced(client.clone(), &args.namespace)
             .get(&args.installation)
             .await?;
         let current = inst.status.as_ref().and_then(|s| s.current_revision);
-        let mut history = revisions::list(&client, &inst).await.map_err(Error::Controller)?;
+        let key = installation::ObjectKey::of(&inst).map_err(Error::Controller)?;
+        let mut history = revisions::list(&client, &key).await.map_err(Error::Controller)?;
         history.sort_by_key(|r| r.number);
         println!(
             "{:<9} {:<10} {:<20} {:<8} IMAGE",
@@ -49,8 +43,7 @@ pub fn history(args: HistoryArgs) -> Result<()> {
 }
 
 pub fn rollback(args: RollbackArgs) -> Result<()> {
-    runtime()?.block_on(async {
-        let client = crate::cluster::client(&args.cluster).await?;
+    crate::cluster::with_client(&args.cluster, async |client| {
         let api = Api::<Installation>::namespaced(client.clone(), &args.namespace);
         let reason = format!("manual rollback to revision {}", args.to_revision);
         // The rollback writes at the resourceVersion it read; the operator may
@@ -60,7 +53,9 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
         let record = loop {
             let inst = api.get(&args.installation).await?;
             match installation::rollback(&client, &inst, args.to_revision, "Manual", &reason).await {
-                Err(somastack_controllers::Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempt < 5 => {
+                Err(somastack_controllers::Error::Kube(kube::Error::Api(e)))
+                    if e.code == 409 && attempt < 5 =>
+                {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }

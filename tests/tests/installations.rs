@@ -17,7 +17,7 @@ use somastack_tests::fixtures::{
     put_policy, wait_condition, wait_refused,
 };
 use somastack_tests::{
-    TestNamespace, api_for, client, operator_cli, operator_cli_ok, unique_suffix, wait_for,
+    TestNamespace, api_for, client, operator_cli, operator_cli_ok, unique_suffix, wait_event, wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
@@ -633,4 +633,43 @@ mod real_node {
         assert!(somastack_tests::event_recorded(&ns.name, "RolledBack"));
         ns.delete().await;
     }
+}
+
+#[tokio::test]
+async fn a_child_refused_by_a_quota_shows_on_the_installation_and_as_a_warning() {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, "quota").await;
+    let (package, _) = published(&client, &ns, "quota", "public").await;
+    // Something real runs out: the namespace may hold no Service.
+    let quota = json!({ "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": { "name": "no-services", "namespace": ns.name },
+        "spec": { "hard": { "services": "0" } } });
+    put(&client, &quota).await;
+    let inst = installation(&ns.name, "app", &package, "1.0.0", "us-east-1", 1);
+    let api = put_api(&client, &inst).await;
+    let obj = wait_condition(&api, "app", "Ready", "False", Some("ChildRejected"), T).await;
+    let msg = message(&obj, "Ready");
+    assert!(msg.starts_with("the API server refused Service app: "), "{msg}");
+    assert!(msg.contains("exceeded quota: no-services"), "{msg}");
+    assert_eq!(obj.data["status"]["phase"], "Blocked");
+    wait_event(&ns.name, "ChildRejected", T).await;
+
+    // The quota lifted and the Installation touched: applied again, Ready.
+    kube::Api::<k8s_openapi::api::core::v1::ResourceQuota>::namespaced(client.clone(), &ns.name)
+        .delete("no-services", &DeleteParams::default())
+        .await
+        .expect("the quota is deleted");
+    let mut touched = inst.clone();
+    touched["metadata"]["labels"] = json!({ "touched": "yes" });
+    put(&client, &touched).await;
+    wait_condition(&api, "app", "Ready", "True", None, T).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        services
+            .get_opt("app")
+            .await
+            .expect("services are readable")
+            .is_some()
+    );
+    ns.delete().await;
 }

@@ -1,10 +1,12 @@
 //! `Installation` controller: provision a Capsule in a namespace and region,
 //! only where policy allows; keep a revision history; roll back.
 //!
-//! The reconcile is a pipeline: dereference (caches and the Deployment) →
-//! [`decide`] (pure: policy and capsule checks) → [`render::render`] (pure:
-//! desired children) → apply (server-side apply, prune) → [`assess`] (pure:
-//! status from what the Deployment reports) → write status.
+//! The reconcile is a pipeline: dereference (the [`ObjectKey`], caches) →
+//! decide ([`may_install`], pure: policy and capsule checks) → build
+//! ([`render::render`], pure: desired children) → apply (`provision`:
+//! server-side apply, prune; record the revision) → assess ([`assess`],
+//! pure: status from what the Deployment reports) → act on
+//! [`rollback_decision`] (pure) → report (status and Events).
 
 pub mod render;
 pub mod revisions;
@@ -13,19 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
-use serde_json::json;
-use somastack_crds::installation::{InstallationPhase, RollbackRecord};
-use somastack_crds::{Capsule, Installation, PolicyBundle};
+use somastack_crds::capsule::CapsuleSpec;
+use somastack_crds::installation::{InstallationPhase, InstallationSpec, InstallationStatus, RollbackRecord};
+use somastack_crds::{Installation, PolicyBundle};
 
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Status};
@@ -39,15 +38,23 @@ use crate::{Error, Result};
 /// Annotation holding the last rollback (JSON), written with the restored spec.
 pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 
-/// Re-reconciles Installations when their Capsule or any PolicyBundle changes
-/// (a kill switch must act within seconds).
-pub fn wire(ctl: Controller<Installation>, ctx: &Arc<Context>) -> Controller<Installation> {
-    let client = ctx.client.clone();
+/// The Installation controller: reconciled on its own changes and its
+/// Deployment's (the one watch of Deployments, of those the operator
+/// manages), those that name a Capsule when it changes, and all of them when
+/// any PolicyBundle changes (a kill switch must act within seconds).
+pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> {
     let (users, all) = (ctx.installations.clone(), ctx.installations.clone());
-    ctl.watches(
-        Api::<Capsule>::all(client.clone()),
-        watcher::Config::default(),
-        move |capsule| {
+    let events = &ctx.caches;
+    Ok(ctx
+        .controller(&events.installations, |_| true)
+        .await?
+        .owns(
+            Api::<Deployment>::all(ctx.client.clone()),
+            watcher::Config::default()
+                .any_semantic()
+                .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
+        )
+        .watches_shared_stream(events.capsules.subscribe().await?, move |capsule| {
             users
                 .state()
                 .iter()
@@ -57,18 +64,13 @@ pub fn wire(ctl: Controller<Installation>, ctx: &Arc<Context>) -> Controller<Ins
                 })
                 .map(|i| ObjectRef::from_obj(i.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
-    .watches(
-        Api::<PolicyBundle>::all(client),
-        watcher::Config::default(),
-        move |_| {
+        })
+        .watches_shared_stream(events.bundles.subscribe().await?, move |_| {
             all.state()
                 .iter()
                 .map(|i| ObjectRef::from_obj(i.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
+        }))
 }
 
 /// What the Deployment reports, reduced to what status needs.
@@ -332,157 +334,100 @@ pub fn assess(decision: &CapsuleUse, workload: &Workload, paused: bool, was_avai
     }
 }
 
+/// The Installation's identity, read once at the start of a reconcile:
+/// its children are named after it and owned by it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl ObjectKey {
+    /// The key of `inst`; [`Error::MissingField`] for what the API server
+    /// always sets but `inst` lacks.
+    pub fn of(inst: &Installation) -> Result<Self> {
+        let field = |value: &Option<String>, path| value.clone().ok_or(Error::MissingField(path));
+        Ok(ObjectKey {
+            namespace: field(&inst.metadata.namespace, "metadata.namespace")?,
+            name: field(&inst.metadata.name, "metadata.name")?,
+            uid: field(&inst.metadata.uid, "metadata.uid")?,
+        })
+    }
+}
+
+/// What applying the children came to.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// The revision recorded for the children applied.
+    pub revision: Option<i64>,
+    /// The API server refused a child for good: reported, not retried.
+    pub refused: Option<String>,
+    /// Writing a child failed in a way that may pass: reported, then retried.
+    pub failed: Option<Error>,
+}
+
 pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Action> {
     ctx.caches_ready().await?;
-    let namespace = inst
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = inst.name_any();
-    let client = &ctx.client;
-    let api: Api<Installation> = Api::namespaced(client.clone(), &namespace);
-    let now = status::now();
-
-    // Dereference.
+    // Dereference: the key once, then the Capsule, bundles and region.
+    let key = ObjectKey::of(&inst)?;
     let capsules = ctx.capsules.state();
     let resolved = capsules::resolve(&capsules, &inst.spec.capsule);
-    let capsule = resolved.found().map(Arc::as_ref);
-    let bundles = ctx.governing_bundles(&namespace);
+    let bundles = ctx.governing_bundles(&key.namespace);
     let region = active_region(&inst);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
 
-    // Validate.
+    // Decide (pure): may the Capsule run here, under these bundles?
     let decision = may_install(&inst, &resolved, &bundles, &region);
-    let mut current_revision = inst.status.as_ref().and_then(|s| s.current_revision);
 
-    // Build and apply, unless blocked or paused.
-    let mut refused: Option<String> = None;
-    let mut failed: Option<Error> = None;
-    let mut record_revision = None;
-    if let (CapsuleUse::Allowed(eval), Some(capsule), false) = (&decision, capsule, inst.spec.paused) {
-        let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-        let effective = Effective::combine(bundles.iter().zip(&names).map(|(b, n)| Bundle {
-            name: n,
-            spec: &b.spec,
-        }));
-        let owner = owner_reference(inst.as_ref())?;
-        let children = render::render(&render::Input {
-            installation: &inst,
-            owner: owner.clone(),
-            capsule: &capsule.spec,
-            region: &region,
-            stopped: !eval.kill_switch.is_empty(),
-            max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
-            max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
-        });
-        match provision(&ctx, &inst, &namespace, &children).await {
-            Ok(()) => record_revision = Some((owner, children.revision_hash, capsule)),
-            // Reported in status (and as an Event) below; no revision is
-            // recorded for what was not applied.
-            Err(e @ Error::ChildRefused { .. }) => refused = Some(e.to_string()),
-            // Shown too, then retried with backoff.
-            Err(e @ Error::ChildFailed { .. }) => failed = Some(e),
-            Err(e) => return Err(e),
+    // Build (pure) and apply, unless blocked or paused.
+    let applied = match (&decision, resolved.found(), inst.spec.paused) {
+        (CapsuleUse::Allowed(eval), Some(capsule), false) => {
+            let owner = owner_reference(inst.as_ref())?;
+            let children = build(&inst, &key, owner.clone(), &capsule.spec, &region, eval, &bundles)?;
+            apply_children(&ctx, &inst, &key, &owner, &capsule.spec, &children).await?
         }
-    }
-    if let Some((owner, revision_hash, capsule)) = record_revision {
-        let (number, created) =
-            revisions::record(client, &inst, &owner, &revision_hash, &capsule.spec.image).await?;
-        if created {
-            ctx.event(
-                inst.as_ref(),
-                EventType::Normal,
-                "RevisionCreated",
-                "Provision",
-                format!(
-                    "revision {number}: {} {}",
-                    capsule.spec.package, capsule.spec.version
-                ),
-            )
-            .await;
-        }
-        current_revision = Some(number);
-    }
-
-    // Assess.
-    let deployment = deployments.get_opt(&name).await?;
-    let workload = Workload::from_deployment(deployment.as_ref());
-    let previous_available = inst.status.as_ref().and_then(|s| s.available_revision);
-    let was_available = conditions::find(inst.conditions(), "Available").is_some_and(|c| c.status == "True");
-    let mut assessment = assess(&decision, &workload, inst.spec.paused, was_available);
-    if let Some(why) = &refused {
-        assessment.refused(why);
-    }
-    if let Some(e) = &failed {
-        assessment.failed(&e.to_string());
-    }
-    let available_revision = match (&decision, workload.rolled_out() && workload.available) {
-        (CapsuleUse::Allowed(_), true) => current_revision,
-        _ => previous_available,
+        _ => Applied::default(),
     };
 
-    // Automatic rollback of a revision that never became Available.
-    let mut last_rollback = inst
-        .annotations()
-        .get(LAST_ROLLBACK_ANNOTATION)
-        .and_then(|a| serde_json::from_str::<RollbackRecord>(a).ok())
-        .or_else(|| inst.status.as_ref().and_then(|s| s.last_rollback.clone()));
-    let auto = inst.spec.upgrade.as_ref().is_some_and(|u| u.auto_rollback);
-    // Only a verdict on the current Deployment spec counts.
-    let stalled = workload.observed && workload.deadline_exceeded && !workload.rolled_out();
-    if let (true, true, Some(current), Some(target)) = (auto, stalled, current_revision, previous_available)
-        && target != current
-        && !inst.spec.paused
-        && !already_rolled_back(last_rollback.as_ref(), current, target)
-    {
-        {
-            let deadline = inst
-                .spec
-                .upgrade
-                .as_ref()
-                .map(|u| u.progress_deadline_seconds)
-                .unwrap_or(600);
-            let reason = format!(
-                "revision {current} ({} {}) was not Available within {deadline}s; rolled back to revision {target}",
-                inst.spec.capsule.package, inst.spec.capsule.version
-            );
-            let record = rollback(client, &inst, target, "Automatic", &reason).await?;
-            ctx.event(
-                inst.as_ref(),
-                EventType::Warning,
-                "RolledBack",
-                "Rollback",
-                reason,
-            )
-            .await;
-            last_rollback = Some(record);
-        }
+    // Assess (pure) what the Deployment reports.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let workload = Workload::from_deployment(deployments.get_opt(&key.name).await?.as_ref());
+    let assessment = assess_applied(&inst, &decision, &workload, &applied);
+    let current_revision = applied
+        .revision
+        .or(inst.status.as_ref().and_then(|s| s.current_revision));
+    let previous_available = inst.status.as_ref().and_then(|s| s.available_revision);
+
+    // Act on the automatic-rollback decision (pure).
+    let mut last_rollback = last_rollback(&inst);
+    let plan = rollback_decision(
+        &inst.spec,
+        &workload,
+        current_revision,
+        previous_available,
+        last_rollback.as_ref(),
+    );
+    if let Some(plan) = plan {
+        last_rollback = Some(roll_back(&ctx, &inst, &key, plan).await?);
     }
 
-    // Events on transitions a person cares about.
-    let merged = conditions::merge(
-        inst.conditions(),
-        &assessment.conditions,
-        inst.metadata.generation,
-        &now,
-    );
-    announce(&ctx, &inst, &merged).await;
-
-    let body = json!({
-        "observedGeneration": inst.metadata.generation,
-        "phase": assessment.phase,
-        "conditions": merged,
-        "currentRevision": current_revision,
-        "readyReplicas": workload.ready,
-        "activeRegion": region,
-        "availableRevision": available_revision,
-        "lastRollback": last_rollback,
-    });
-    status::apply_if_changed(&api, inst.as_ref(), inst.status.as_ref(), body).await?;
-    if let Some(e) = failed {
+    // Report: Events on transitions a person cares about, and status.
+    let observed = InstallationStatus {
+        observed_generation: inst.metadata.generation,
+        phase: Some(assessment.phase),
+        conditions: vec![], // the assessment's, merged by `report`
+        current_revision,
+        ready_replicas: Some(workload.ready),
+        available_revision: available_revision(&decision, &workload, current_revision, previous_available),
+        active_region: Some(region),
+        last_rollback,
+    };
+    report(&ctx, &inst, &key, &assessment.conditions, observed).await?;
+    if let Some(e) = applied.failed {
         return Err(e);
     }
     // While a rollout is under way, look again soon; otherwise rely on watches.
-    let next = if assessment.phase == InstallationPhase::Ready || refused.is_some() {
+    let next = if assessment.phase == InstallationPhase::Ready || applied.refused.is_some() {
         300
     } else {
         10
@@ -490,19 +435,216 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(Duration::from_secs(next)))
 }
 
+/// Pure: the children wanted for `capsule`, within the ceilings of the
+/// governing `bundles`; none run while a kill switch is engaged.
+fn build(
+    inst: &Installation,
+    key: &ObjectKey,
+    owner: OwnerReference,
+    capsule: &CapsuleSpec,
+    region: &str,
+    eval: &Evaluation,
+    bundles: &[Arc<PolicyBundle>],
+) -> Result<render::Children> {
+    let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
+    let effective = Effective::combine(bundles.iter().zip(&names).map(|(b, n)| Bundle {
+        name: n,
+        spec: &b.spec,
+    }));
+    render::render(&render::Input {
+        installation: inst,
+        key,
+        owner,
+        capsule,
+        region,
+        stopped: !eval.kill_switch.is_empty(),
+        max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
+        max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
+    })
+}
+
+/// Applies the children and records the revision of what was applied
+/// (with an Event when it is new). A refused or failed child is kept to
+/// report; any other error ends the reconcile.
+async fn apply_children(
+    ctx: &Context,
+    inst: &Installation,
+    key: &ObjectKey,
+    owner: &OwnerReference,
+    capsule: &CapsuleSpec,
+    children: &render::Children,
+) -> Result<Applied> {
+    match provision(ctx, key, children).await {
+        Ok(()) => {}
+        // Reported in status (and as an Event); no revision is recorded
+        // for what was not applied.
+        Err(e @ Error::ChildRefused { .. }) => {
+            return Ok(Applied {
+                refused: Some(e.to_string()),
+                ..Applied::default()
+            });
+        }
+        // Shown too, then retried with backoff.
+        Err(e @ Error::ChildFailed { .. }) => {
+            return Ok(Applied {
+                failed: Some(e),
+                ..Applied::default()
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let (number, created) = revisions::record(
+        &ctx.client,
+        inst,
+        key,
+        owner,
+        &children.revision_hash,
+        &capsule.image,
+    )
+    .await?;
+    if created {
+        let note = format!("revision {number}: {} {}", capsule.package, capsule.version);
+        ctx.event(inst, EventType::Normal, "RevisionCreated", "Provision", note)
+            .await;
+    }
+    Ok(Applied {
+        revision: Some(number),
+        ..Applied::default()
+    })
+}
+
 /// Applies every wanted child and prunes the optional ones no longer wanted.
-async fn provision(ctx: &Context, inst: &Installation, namespace: &str, c: &render::Children) -> Result<()> {
-    let client = &ctx.client;
-    let name = inst.name_any();
-    let uid = inst.uid().ok_or(Error::MissingField("metadata.uid"))?;
-    apply::apply::<ServiceAccount>(client, namespace, &c.service_account).await?;
-    apply::apply::<ConfigMap>(client, namespace, &c.config_map).await?;
-    apply::apply::<NetworkPolicy>(client, namespace, &c.network_policy).await?;
-    apply_or_prune::<Service>(ctx, namespace, &name, &uid, c.service.as_ref()).await?;
-    apply::apply::<Deployment>(client, namespace, &c.deployment).await?;
-    apply_or_prune::<HorizontalPodAutoscaler>(ctx, namespace, &name, &uid, c.autoscaler.as_ref()).await?;
-    apply_or_prune::<PodDisruptionBudget>(ctx, namespace, &name, &uid, c.disruption_budget.as_ref()).await?;
+async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) -> Result<()> {
+    // Destructured without `..` on purpose (Stackable's KubernetesResources
+    // pattern): a child added to `Children` but not applied here is a
+    // compile error, so no rendered child can be forgotten.
+    let render::Children {
+        service_account,
+        config_map,
+        deployment,
+        service,
+        network_policy,
+        autoscaler,
+        disruption_budget,
+        revision_hash: _,
+    } = children;
+    let (client, namespace) = (&ctx.client, key.namespace.as_str());
+    apply::apply_object(client, namespace, service_account).await?;
+    apply::apply_object(client, namespace, config_map).await?;
+    apply::apply_object(client, namespace, network_policy).await?;
+    apply_or_prune(ctx, key, service.as_ref()).await?;
+    apply::apply_object(client, namespace, deployment).await?;
+    apply_or_prune(ctx, key, autoscaler.as_ref()).await?;
+    apply_or_prune(ctx, key, disruption_budget.as_ref()).await?;
     Ok(())
+}
+
+/// Applies an optional child (named after the Installation) when wanted,
+/// deletes it (if ours) when not.
+async fn apply_or_prune<K>(ctx: &Context, key: &ObjectKey, child: Option<&K>) -> Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+{
+    match child {
+        Some(obj) => {
+            apply::apply_object(&ctx.client, &key.namespace, obj).await?;
+        }
+        None => {
+            if apply::delete_if_owned::<K>(&ctx.client, &key.namespace, &key.name, &key.uid).await? {
+                tracing::info!(kind = %K::kind(&()), name = %key.name, "pruned a child that is no longer wanted");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pure: the assessment, with what applying the children met.
+fn assess_applied(
+    inst: &Installation,
+    decision: &CapsuleUse,
+    workload: &Workload,
+    applied: &Applied,
+) -> Assessment {
+    let was_available = conditions::find(inst.conditions(), "Available").is_some_and(|c| c.status == "True");
+    let mut assessment = assess(decision, workload, inst.spec.paused, was_available);
+    if let Some(why) = &applied.refused {
+        assessment.refused(why);
+    }
+    if let Some(e) = &applied.failed {
+        assessment.failed(&e.to_string());
+    }
+    assessment
+}
+
+/// Pure: the newest revision fully rolled out and Available: the current
+/// one once it is, else the one recorded before.
+pub fn available_revision(
+    decision: &CapsuleUse,
+    workload: &Workload,
+    current: Option<i64>,
+    previous_available: Option<i64>,
+) -> Option<i64> {
+    match (decision, workload.rolled_out() && workload.available) {
+        (CapsuleUse::Allowed(_), true) => current,
+        _ => previous_available,
+    }
+}
+
+/// The last rollback: the record a rollback wrote with the restored spec,
+/// else the one status holds.
+pub fn last_rollback(inst: &Installation) -> Option<RollbackRecord> {
+    inst.annotations()
+        .get(LAST_ROLLBACK_ANNOTATION)
+        .and_then(|a| serde_json::from_str::<RollbackRecord>(a).ok())
+        .or_else(|| inst.status.as_ref().and_then(|s| s.last_rollback.clone()))
+}
+
+/// An automatic rollback to make: from the current revision, which never
+/// became Available, to the last one that was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RollbackPlan {
+    pub from: i64,
+    pub to: i64,
+    /// Why, for people (the rollback record and the `RolledBack` Event).
+    pub reason: String,
+}
+
+/// Pure: whether to roll `current` back automatically, and where to. Only
+/// when `spec` asks for it and is not paused, the rollout of the current
+/// Deployment spec (`workload.observed`) stalled past its deadline, an
+/// earlier revision was Available, and the last rollback did not already
+/// go there from an earlier revision.
+pub fn rollback_decision(
+    spec: &InstallationSpec,
+    workload: &Workload,
+    current: Option<i64>,
+    previous_available: Option<i64>,
+    last: Option<&RollbackRecord>,
+) -> Option<RollbackPlan> {
+    let auto = spec.upgrade.as_ref().is_some_and(|u| u.auto_rollback);
+    // Only a verdict on the current Deployment spec counts.
+    let stalled = workload.observed && workload.deadline_exceeded && !workload.rolled_out();
+    let (current, target) = (current?, previous_available?);
+    if !auto || !stalled || spec.paused || target == current || already_rolled_back(last, current, target) {
+        return None;
+    }
+    let deadline = spec
+        .upgrade
+        .as_ref()
+        .map(|u| u.progress_deadline_seconds)
+        .unwrap_or(600);
+    Some(RollbackPlan {
+        from: current,
+        to: target,
+        reason: format!(
+            "revision {current} ({} {}) was not Available within {deadline}s; rolled back to revision {target}",
+            spec.capsule.package, spec.capsule.version
+        ),
+    })
 }
 
 /// True when the last rollback already went to `target` and `current` came
@@ -512,32 +654,37 @@ pub fn already_rolled_back(last: Option<&RollbackRecord>, current: i64, target: 
     last.is_some_and(|r| r.to_revision == target && current > r.from_revision)
 }
 
-/// Applies an optional child when wanted, deletes it (if ours) when not.
-async fn apply_or_prune<K>(
+/// Makes the automatic rollback `plan` and says so in a `RolledBack` Event.
+async fn roll_back(
     ctx: &Context,
-    namespace: &str,
-    name: &str,
-    owner_uid: &str,
-    manifest: Option<&serde_json::Value>,
-) -> Result<()>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-{
-    match manifest {
-        Some(m) => {
-            apply::apply::<K>(&ctx.client, namespace, m).await?;
-        }
-        None => {
-            if apply::delete_if_owned::<K>(&ctx.client, namespace, name, owner_uid).await? {
-                tracing::info!(kind = %K::kind(&()), %name, "pruned a child that is no longer wanted");
-            }
-        }
-    }
-    Ok(())
+    inst: &Installation,
+    key: &ObjectKey,
+    plan: RollbackPlan,
+) -> Result<RollbackRecord> {
+    let record = restore(&ctx.client, key, plan.to, "Automatic", &plan.reason).await?;
+    ctx.event(inst, EventType::Warning, "RolledBack", "Rollback", plan.reason)
+        .await;
+    Ok(record)
+}
+
+/// Writes the status: `observed` with the conditions of the assessment
+/// merged into the current ones; Events for the transitions among them.
+async fn report(
+    ctx: &Context,
+    inst: &Installation,
+    key: &ObjectKey,
+    conditions: &[Desired],
+    mut observed: InstallationStatus,
+) -> Result<()> {
+    observed.conditions = conditions::merge(
+        inst.conditions(),
+        conditions,
+        inst.metadata.generation,
+        &status::now(),
+    );
+    announce(ctx, inst, &observed.conditions).await;
+    let api: Api<Installation> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    status::apply_if_changed(&api, inst, inst.status.as_ref(), serde_json::to_value(&observed)?).await
 }
 
 /// Restores the spec recorded in revision `target` (a new revision follows,
@@ -549,7 +696,18 @@ pub async fn rollback(
     trigger: &str,
     reason: &str,
 ) -> Result<RollbackRecord> {
-    let history = revisions::list(client, inst).await?;
+    restore(client, &ObjectKey::of(inst)?, target, trigger, reason).await
+}
+
+/// [`rollback`] of the Installation `key`.
+async fn restore(
+    client: &kube::Client,
+    key: &ObjectKey,
+    target: i64,
+    trigger: &str,
+    reason: &str,
+) -> Result<RollbackRecord> {
+    let history = revisions::list(client, key).await?;
     let Some(data) = history
         .iter()
         .find(|r| r.number == target)
@@ -557,9 +715,8 @@ pub async fn rollback(
     else {
         return Err(Error::RevisionNotFound(target));
     };
-    let namespace = inst.namespace().unwrap_or_default();
-    let api: Api<Installation> = Api::namespaced(client.clone(), &namespace);
-    let mut latest = api.get(&inst.name_any()).await?;
+    let api: Api<Installation> = Api::namespaced(client.clone(), &key.namespace);
+    let mut latest = api.get(&key.name).await?;
     let from = latest
         .status
         .as_ref()
@@ -582,7 +739,7 @@ pub async fn rollback(
         field_manager: Some(crate::FIELD_MANAGER.into()),
         ..Default::default()
     };
-    api.replace(&inst.name_any(), &params, &latest).await?;
+    api.replace(&key.name, &params, &latest).await?;
     Ok(record)
 }
 
@@ -617,5 +774,7 @@ async fn announce(
     }
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

@@ -3,15 +3,18 @@
 //! A rollback restores the spec a revision recorded, which then becomes a new
 //! revision (as Helm does).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use somastack_crds::Installation;
 use somastack_crds::installation::InstallationSpec;
 
+use super::ObjectKey;
 use crate::{INSTALLATION_LABEL, MANAGED_BY, Result};
 
 pub const REVISION_HASH_LABEL: &str = "somastack.io/revision-hash";
@@ -76,63 +79,70 @@ pub fn plan(existing: &[Revision], hash: &str, limit: i32) -> Plan {
     }
 }
 
-pub fn revision_name(inst: &Installation, number: i64) -> String {
-    format!("{}-{number}", inst.name_any())
+pub fn revision_name(key: &ObjectKey, number: i64) -> String {
+    format!("{}-{number}", key.name)
 }
 
-/// The ControllerRevision object for revision `number`.
-pub fn manifest(inst: &Installation, owner: &OwnerReference, number: i64, hash: &str, image: &str) -> Value {
+/// The ControllerRevision object for revision `number` of the Installation
+/// `key` with `spec`.
+pub fn manifest(
+    key: &ObjectKey,
+    spec: &InstallationSpec,
+    owner: &OwnerReference,
+    number: i64,
+    hash: &str,
+    image: &str,
+) -> Result<ControllerRevision> {
     let data = RevisionData {
-        spec: inst.spec.clone(),
+        spec: spec.clone(),
         image: image.to_string(),
     };
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "ControllerRevision",
-        "metadata": {
-            "name": revision_name(inst, number),
-            "namespace": inst.namespace(),
-            "labels": {
-                INSTALLATION_LABEL: inst.name_any(),
-                REVISION_HASH_LABEL: hash,
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-            },
-            "ownerReferences": [owner],
+    Ok(ControllerRevision {
+        metadata: ObjectMeta {
+            name: Some(revision_name(key, number)),
+            namespace: Some(key.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (INSTALLATION_LABEL.to_string(), key.name.clone()),
+                (REVISION_HASH_LABEL.to_string(), hash.to_string()),
+                ("app.kubernetes.io/managed-by".to_string(), MANAGED_BY.to_string()),
+            ])),
+            owner_references: Some(vec![owner.clone()]),
+            ..Default::default()
         },
-        "revision": number,
-        "data": data,
+        revision: Some(number),
+        data: RawExtension(serde_json::to_value(data)?),
     })
 }
 
-/// The Installation's revisions, read from the cluster.
-pub async fn list(client: &kube::Client, inst: &Installation) -> Result<Vec<Revision>> {
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &inst.namespace().unwrap_or_default());
-    let uid = inst.uid().unwrap_or_default();
+/// The revisions of the Installation `key`, read from the cluster.
+pub async fn list(client: &kube::Client, key: &ObjectKey) -> Result<Vec<Revision>> {
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &key.namespace);
     let crs = api
-        .list(&ListParams::default().labels(&format!("{INSTALLATION_LABEL}={}", inst.name_any())))
+        .list(&ListParams::default().labels(&format!("{INSTALLATION_LABEL}={}", key.name)))
         .await?;
     Ok(crs
         .iter()
-        .filter(|cr| cr.owner_references().iter().any(|o| o.uid == uid))
+        .filter(|cr| cr.owner_references().iter().any(|o| o.uid == key.uid))
         .map(Revision::from_object)
         .collect())
 }
 
-/// Records the workload with `hash` in the history and prunes it; returns
-/// the current revision number and whether it was created now.
+/// Records the workload with `hash` of `inst` (whose key is `key`) in the
+/// history and prunes it; returns the current revision number and whether
+/// it was created now.
 pub async fn record(
     client: &kube::Client,
     inst: &Installation,
+    key: &ObjectKey,
     owner: &OwnerReference,
     hash: &str,
     image: &str,
 ) -> Result<(i64, bool)> {
-    let namespace = inst.namespace().unwrap_or_default();
-    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
-    let existing = list(client, inst).await?;
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &key.namespace);
+    let existing = list(client, key).await?;
     let plan = plan(&existing, hash, inst.spec.revision_history_limit);
     if let Some(number) = plan.create {
-        let cr: ControllerRevision = serde_json::from_value(manifest(inst, owner, number, hash, image))?;
+        let cr = manifest(key, &inst.spec, owner, number, hash, image)?;
         match api.create(&PostParams::default(), &cr).await {
             Ok(_) => {}
             // Created by an earlier, interrupted reconcile: the same revision.

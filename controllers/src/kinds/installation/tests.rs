@@ -1,11 +1,14 @@
-//! Unit tests of the pure parts: decide and assess.
+//! Unit tests of the pure parts: the key, decide, assess, the rollback
+//! decision and the status written.
 
 use super::*;
 use crate::domain::capsules::{Resolved, may_use};
 use crate::domain::review::DECISION_ANNOTATION;
 use crate::testing::{capsule, installation};
-use somastack_crds::installation::ACTIVE_REGION_ANNOTATION;
+use serde_json::json;
+use somastack_crds::installation::{ACTIVE_REGION_ANNOTATION, UpgradePolicy};
 use somastack_crds::policy::{KillSwitch, Limits, PolicyBundleSpec, Residency, ResidencyRule};
+use somastack_crds::{Capsule, PolicyBundle};
 
 fn capsule_object() -> Capsule {
     let mut spec = capsule();
@@ -410,5 +413,250 @@ fn a_refused_child_blocks_and_says_which() {
     assert_eq!(
         ready.message,
         "could not write Service app: range is full; retrying"
+    );
+}
+
+mod rollback {
+    //! The automatic-rollback decision.
+    use super::*;
+
+    /// An Installation that asks for automatic rollback within 120s.
+    fn watched() -> InstallationSpec {
+        let mut spec = installation(Some(2), None).spec;
+        spec.upgrade = Some(UpgradePolicy {
+            auto_rollback: true,
+            progress_deadline_seconds: 120,
+        });
+        spec
+    }
+
+    /// The Deployment controller saw the current spec and gave up on it:
+    /// one of two replicas updated, past the deadline.
+    fn stalled() -> Workload {
+        Workload {
+            exists: true,
+            observed: true,
+            desired: 2,
+            total: 3,
+            updated: 1,
+            ready: 2,
+            available: true,
+            deadline_exceeded: true,
+        }
+    }
+
+    fn record(from: i64, to: i64) -> RollbackRecord {
+        RollbackRecord {
+            from_revision: from,
+            to_revision: to,
+            trigger: "Automatic".into(),
+            reason: String::new(),
+            time: crate::status::now(),
+        }
+    }
+
+    #[test]
+    fn a_stalled_revision_rolls_back_to_the_last_available_one() {
+        assert_eq!(
+            rollback_decision(&watched(), &stalled(), Some(3), Some(2), None),
+            Some(RollbackPlan {
+                from: 3,
+                to: 2,
+                reason:
+                    "revision 3 (summarizer 1.4.2) was not Available within 120s; rolled back to revision 2"
+                        .into(),
+            })
+        );
+        // A rollback to an earlier target does not stop a later one.
+        assert!(rollback_decision(&watched(), &stalled(), Some(5), Some(4), Some(&record(2, 1))).is_some());
+    }
+
+    #[test]
+    fn not_while_paused() {
+        let mut spec = watched();
+        spec.paused = true;
+        assert_eq!(rollback_decision(&spec, &stalled(), Some(3), Some(2), None), None);
+    }
+
+    #[test]
+    fn not_unless_asked_for() {
+        let mut spec = watched();
+        spec.upgrade = Some(UpgradePolicy {
+            auto_rollback: false,
+            progress_deadline_seconds: 120,
+        });
+        assert_eq!(rollback_decision(&spec, &stalled(), Some(3), Some(2), None), None);
+        spec.upgrade = None;
+        assert_eq!(rollback_decision(&spec, &stalled(), Some(3), Some(2), None), None);
+    }
+
+    #[test]
+    fn not_before_the_deadline_nor_on_a_verdict_about_an_older_deployment_spec() {
+        let in_time = Workload {
+            deadline_exceeded: false,
+            ..stalled()
+        };
+        assert_eq!(
+            rollback_decision(&watched(), &in_time, Some(3), Some(2), None),
+            None
+        );
+        let old_verdict = Workload {
+            observed: false,
+            ..stalled()
+        };
+        assert_eq!(
+            rollback_decision(&watched(), &old_verdict, Some(3), Some(2), None),
+            None
+        );
+        let rolled_out = Workload {
+            total: 2,
+            updated: 2,
+            ..stalled()
+        };
+        assert_eq!(
+            rollback_decision(&watched(), &rolled_out, Some(3), Some(2), None),
+            None
+        );
+    }
+
+    #[test]
+    fn not_twice_to_the_same_target() {
+        // Revision 4 is the rollback from 3 to 2: it failed too.
+        assert_eq!(
+            rollback_decision(&watched(), &stalled(), Some(4), Some(2), Some(&record(3, 2))),
+            None
+        );
+    }
+
+    #[test]
+    fn not_without_an_earlier_available_revision() {
+        assert_eq!(
+            rollback_decision(&watched(), &stalled(), Some(1), None, None),
+            None
+        );
+        assert_eq!(
+            rollback_decision(&watched(), &stalled(), Some(2), Some(2), None),
+            None
+        );
+        assert_eq!(
+            rollback_decision(&watched(), &stalled(), None, Some(2), None),
+            None
+        );
+    }
+}
+
+#[test]
+fn the_key_is_namespace_name_and_uid_or_says_what_is_missing() {
+    let inst = installation(Some(1), None);
+    assert_eq!(
+        ObjectKey::of(&inst).unwrap(),
+        ObjectKey {
+            namespace: "tenant".into(),
+            name: "summarizer".into(),
+            uid: "uid-1".into(),
+        }
+    );
+    let mut nowhere = inst.clone();
+    nowhere.metadata.namespace = None;
+    assert!(matches!(
+        ObjectKey::of(&nowhere),
+        Err(Error::MissingField("metadata.namespace"))
+    ));
+    let mut unsaved = inst;
+    unsaved.metadata.uid = None;
+    assert!(matches!(
+        ObjectKey::of(&unsaved),
+        Err(Error::MissingField("metadata.uid"))
+    ));
+}
+
+#[test]
+fn the_last_rollback_is_the_annotation_else_status() {
+    let mut inst = installation(Some(1), None);
+    assert_eq!(last_rollback(&inst), None);
+    let mut from_status = RollbackRecord {
+        from_revision: 2,
+        to_revision: 1,
+        trigger: "Manual".into(),
+        reason: "manual rollback to revision 1".into(),
+        time: crate::status::now(),
+    };
+    inst.status = Some(InstallationStatus {
+        last_rollback: Some(from_status.clone()),
+        ..Default::default()
+    });
+    assert_eq!(last_rollback(&inst), Some(from_status.clone()));
+    from_status.from_revision = 4;
+    inst.annotations_mut().insert(
+        LAST_ROLLBACK_ANNOTATION.into(),
+        serde_json::to_string(&from_status).unwrap(),
+    );
+    assert_eq!(last_rollback(&inst).map(|r| r.from_revision), Some(4));
+}
+
+#[test]
+fn the_available_revision_moves_only_when_the_current_one_is_rolled_out_and_available() {
+    let allowed = CapsuleUse::Allowed(Evaluation::default());
+    let done = Workload {
+        exists: true,
+        observed: true,
+        desired: 2,
+        total: 2,
+        updated: 2,
+        ready: 2,
+        available: true,
+        deadline_exceeded: false,
+    };
+    assert_eq!(available_revision(&allowed, &done, Some(3), Some(2)), Some(3));
+    let rolling = Workload {
+        updated: 1,
+        ..done.clone()
+    };
+    assert_eq!(available_revision(&allowed, &rolling, Some(3), Some(2)), Some(2));
+    assert_eq!(
+        available_revision(&CapsuleUse::CapsuleNotFound, &done, Some(3), Some(2)),
+        Some(2)
+    );
+}
+
+#[test]
+fn the_typed_status_has_the_wire_format_of_the_json_it_replaced() {
+    // What the status looked like when it was written as JSON: every field,
+    // the absent ones null, nulls then dropped before the write.
+    let conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: "WorkloadReady".into(),
+        message: "2/2 replica(s) updated, 2 ready".into(),
+        observed_generation: Some(4),
+        last_transition_time: crate::status::now(),
+    }];
+    let before = json!({
+        "observedGeneration": 4,
+        "phase": InstallationPhase::Ready,
+        "conditions": conditions,
+        "currentRevision": 3,
+        "readyReplicas": 2,
+        "activeRegion": "eu-west-1",
+        "availableRevision": null,
+        "lastRollback": null,
+    });
+    let serde_json::Value::Object(before) = before else {
+        panic!("an object")
+    };
+    let before: serde_json::Map<_, _> = before.into_iter().filter(|(_, v)| !v.is_null()).collect();
+    let typed = InstallationStatus {
+        observed_generation: Some(4),
+        phase: Some(InstallationPhase::Ready),
+        conditions,
+        current_revision: Some(3),
+        ready_replicas: Some(2),
+        active_region: Some("eu-west-1".into()),
+        available_revision: None,
+        last_rollback: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&typed).unwrap(),
+        serde_json::Value::Object(before)
     );
 }
