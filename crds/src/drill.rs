@@ -160,17 +160,64 @@ pub enum Verdict {
     Fail,
 }
 
+/// A step of a drill run, in the order a run takes them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum DrillStep {
+    /// Check the target and the failover region before anything is touched.
+    Validate,
+    /// Record what a restore must put back.
+    Snapshot,
+    /// Make the outage.
+    Inject,
+    /// Point the Installation at its failover region.
+    Failover,
+    /// Wait for the workload to be Available again (the RTO ends here).
+    Verify,
+    /// Undo the outage (and the failover, unless `restore: false`).
+    Restore,
+    /// Record the verdict.
+    Report,
+}
+
+impl DrillStep {
+    /// The name on the wire (`Validate` .. `Report`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillStep::Validate => "Validate",
+            DrillStep::Snapshot => "Snapshot",
+            DrillStep::Inject => "Inject",
+            DrillStep::Failover => "Failover",
+            DrillStep::Verify => "Verify",
+            DrillStep::Restore => "Restore",
+            DrillStep::Report => "Report",
+        }
+    }
+}
+
+impl std::fmt::Display for DrillStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a step of the timeline went.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StepOutcome {
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
 /// One step of a drill run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TimelineEntry {
-    /// `Validate`, `Snapshot`, `Inject`, `Failover`, `Verify`, `Restore`, `Report`.
-    pub step: String,
+    pub step: DrillStep,
     pub start: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<Time>,
-    /// `Running`, `Succeeded`, `Failed`, `Skipped`.
-    pub outcome: String,
+    pub outcome: StepOutcome,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
@@ -198,8 +245,8 @@ pub struct ActiveRun {
     /// The schedule time this run stands for (scheduled drills).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<Time>,
-    /// The step in progress: `Validate` .. `Report`.
-    pub step: String,
+    /// The step in progress.
+    pub step: DrillStep,
     /// Region taken down.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub target_region: String,
@@ -246,7 +293,8 @@ pub struct DrDrillStatus {
     #[schemars(schema_with = "common::conditions")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_step: Option<String>,
+    /// The step of the run in progress.
+    pub current_step: Option<DrillStep>,
     /// Steps of the current or last run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
@@ -267,4 +315,62 @@ pub struct DrDrillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub history: Vec<DrillRun>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A status written before the step and outcome were typed: the same
+    /// strings, read back and written again unchanged.
+    #[test]
+    fn a_status_written_with_string_steps_reads_and_writes_the_same() {
+        let old = json!({
+            "phase": "Running",
+            "currentStep": "Verify",
+            "timeline": [
+                { "step": "Validate", "start": "2026-11-23T10:00:00Z", "end": "2026-11-23T10:00:01Z", "outcome": "Succeeded", "message": "ok" },
+                { "step": "Snapshot", "start": "2026-11-23T10:00:01Z", "end": "2026-11-23T10:00:01Z", "outcome": "Succeeded" },
+                { "step": "Inject", "start": "2026-11-23T10:00:01Z", "end": "2026-11-23T10:00:02Z", "outcome": "Succeeded" },
+                { "step": "Failover", "start": "2026-11-23T10:00:02Z", "end": "2026-11-23T10:00:02Z", "outcome": "Skipped" },
+                { "step": "Verify", "start": "2026-11-23T10:00:02Z", "outcome": "Running" },
+                { "step": "Restore", "start": "2026-11-23T10:00:03Z", "outcome": "Failed" },
+                { "step": "Report", "start": "2026-11-23T10:00:03Z", "outcome": "Succeeded" }
+            ],
+            "run": { "start": "2026-11-23T10:00:00Z", "step": "Verify", "replicas": 2 }
+        });
+        let status: DrDrillStatus = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(status.current_step, Some(DrillStep::Verify));
+        assert_eq!(status.run.as_ref().map(|r| r.step), Some(DrillStep::Verify));
+        let steps: Vec<(DrillStep, StepOutcome)> =
+            status.timeline.iter().map(|e| (e.step, e.outcome)).collect();
+        assert_eq!(
+            steps,
+            [
+                (DrillStep::Validate, StepOutcome::Succeeded),
+                (DrillStep::Snapshot, StepOutcome::Succeeded),
+                (DrillStep::Inject, StepOutcome::Succeeded),
+                (DrillStep::Failover, StepOutcome::Skipped),
+                (DrillStep::Verify, StepOutcome::Running),
+                (DrillStep::Restore, StepOutcome::Failed),
+                (DrillStep::Report, StepOutcome::Succeeded),
+            ]
+        );
+        assert_eq!(serde_json::to_value(&status).unwrap(), old);
+        let named: Vec<String> = status.timeline.iter().map(|e| e.step.to_string()).collect();
+        assert_eq!(
+            named,
+            [
+                "Validate", "Snapshot", "Inject", "Failover", "Verify", "Restore", "Report"
+            ]
+        );
+    }
+
+    #[test]
+    fn steps_are_ordered_as_a_run_takes_them() {
+        assert!(DrillStep::Validate < DrillStep::Snapshot);
+        assert!(DrillStep::Verify < DrillStep::Restore);
+        assert!(DrillStep::Restore < DrillStep::Report);
+    }
 }

@@ -3,8 +3,9 @@
 //!
 //! Every step is written to `status.run` and `status.timeline` before it
 //! acts, so an operator restarted at any point resumes the run or restores.
-//! The pure decisions (schedule, validation, recovery, verdict, summary) are
-//! in [`plan`]; this module applies them.
+//! The pure decisions are in [`logic`] (schedule, validation, recovery,
+//! verdict, summary) and [`steps`] (the transitions, [`steps::next`]); this
+//! module reads what they look at and performs the effects they ask for.
 //!
 //! How an outage is made:
 //! - `RegionOutage`, `scope: Installation`: the Installation is annotated
@@ -22,7 +23,8 @@
 //! annotations. The drill's annotations are written with a field manager of
 //! its own, which is also the lock: one drill acts on an Installation at a time.
 
-pub mod plan;
+pub mod logic;
+pub mod steps;
 #[cfg(test)]
 mod tests;
 
@@ -33,15 +35,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::drill::{
-    ActiveRun, DISRUPT_VERB, DrDrillStatus, DrillPhase, DrillRun, REQUESTER_ANNOTATION, Scenario, Scope,
-    Verdict,
+    ActiveRun, DISRUPT_VERB, DrDrillStatus, DrillPhase, DrillRun, REQUESTER_ANNOTATION, Verdict,
 };
 use somastack_crds::installation::{
     ACTIVE_REGION_ANNOTATION, DRILL_LOCK_ANNOTATION, UNAVAILABLE_REGIONS_ANNOTATION,
@@ -55,23 +56,27 @@ use crate::domain::regions::REGION_LABEL;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
 use crate::{Error, INSTALLATION_LABEL, Result};
+use logic::PodView;
+use steps::{Acted, Effect, Finished, Observations, Then, Transition};
 
 /// Held while a run may have changed something that must be restored.
 pub const FINALIZER: &str = "somastack.io/drill-restore";
 /// Taint key of a `scope: Region` outage; the value is the drill's uid.
 pub const TAINT_KEY: &str = "somastack.io/drill-outage";
-/// How often a run in progress is looked at.
-const TICK: Duration = Duration::from_secs(1);
-/// Longest a restore waits for the workload to be back home.
-const RESTORE_WAIT_SECS: f64 = 120.0;
 
-/// Re-reconciles drills when the Installation they target changes.
-pub fn wire(ctl: Controller<DrDrill>, ctx: &Arc<Context>) -> Controller<DrDrill> {
+/// The DrDrill controller, for the drills of this operator's shard
+/// (`--drill-selector`): reconciled on their own changes and when the
+/// Installation they target changes.
+pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<DrDrill>> {
+    let shard = ctx.shards.drills.clone();
     let drills = ctx.caches.drills.clone();
-    ctl.watches(
-        Api::<Installation>::all(ctx.client.clone()),
-        watcher::Config::default(),
-        move |inst| {
+    let events = &ctx.caches;
+    Ok(ctx
+        .controller(&events.drills, move |d| {
+            shard.as_ref().is_none_or(|s| s.matches(d.labels()))
+        })
+        .await?
+        .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
             let ns = inst.namespace();
             drills
                 .state()
@@ -79,8 +84,7 @@ pub fn wire(ctl: Controller<DrDrill>, ctx: &Arc<Context>) -> Controller<DrDrill>
                 .filter(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
-        },
-    )
+        }))
 }
 
 /// The field manager of one drill's writes to its Installation.
@@ -102,97 +106,184 @@ enum Lock {
     Stale(String, String),
 }
 
-/// Everything one reconcile works with.
-struct Run<'a> {
+/// Everything one reconcile of a drill works with: what the API server
+/// always sets on the drill, dereferenced once, and the status being written.
+struct DrillReconcile<'a> {
     drill: &'a DrDrill,
     ctx: &'a Context,
     namespace: String,
+    /// The drill's uid: the value of its `scope: Region` taint.
+    uid: String,
+    created: Timestamp,
     installations: Api<Installation>,
     status: DrDrillStatus,
     now: Timestamp,
 }
 
 pub async fn reconcile(drill: Arc<DrDrill>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx
+        .shards
+        .drills
+        .as_ref()
+        .is_none_or(|s| s.matches(drill.labels()))
+    {
+        // Another operator's shard.
+        return Ok(Action::await_change());
+    }
     ctx.caches_ready().await?;
-    let namespace = drill
-        .namespace()
-        .ok_or(Error::MissingField("metadata.namespace"))?;
-    let mut run = Run {
-        drill: drill.as_ref(),
-        ctx: ctx.as_ref(),
-        installations: Api::namespaced(ctx.client.clone(), &namespace),
-        namespace,
-        status: drill.status.clone().unwrap_or_default(),
-        now: Timestamp::now(),
+    let mut drill_reconcile = DrillReconcile::new(&drill, &ctx)?;
+    let action = match drill_reconcile.status.run.clone() {
+        Some(run) => drill_reconcile.advance(run).await,
+        None if drill_reconcile.deleting() => Ok(Action::await_change()),
+        None => drill_reconcile.maybe_start().await,
     };
-    let action = run.step().await;
-    run.write_status().await?;
+    drill_reconcile.write_status().await?;
     let action = action?;
-    if run.status.run.is_none() && drill.finalizers().iter().any(|f| f == FINALIZER) {
-        run.finalizer(false).await?;
+    if drill_reconcile.status.run.is_none() && drill.finalizers().iter().any(|f| f == FINALIZER) {
+        drill_reconcile.finalizer(false).await?;
     }
     Ok(action)
 }
 
-impl Run<'_> {
-    /// Advances the state machine by what can be done now.
-    async fn step(&mut self) -> Result<Action> {
-        let deleting = self.drill.metadata.deletion_timestamp.is_some();
-        let Some(mut active) = self.status.run.clone() else {
-            if deleting {
-                return Ok(Action::await_change());
-            }
-            return self.maybe_start().await;
-        };
-
-        // Abort: deleted, suspended, or out of time. Restore follows.
-        if active.abort.is_none() && plan_index(&active.step) < plan_index(plan::RESTORE) {
-            let elapsed = plan::seconds(active.start.0, self.now);
-            let why = if deleting {
-                Some("the drill was deleted".to_string())
-            } else if self.drill.spec.suspend {
-                Some("the drill was suspended".to_string())
-            } else if elapsed > f64::from(self.drill.spec.timeout_seconds) {
-                Some(format!(
-                    "timed out after {}s in step {}",
-                    self.drill.spec.timeout_seconds, active.step
-                ))
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                plan::finish(&mut self.status.timeline, "Failed", self.now, Some(why.clone()));
-                active.abort = Some(why);
-                active.step = plan::RESTORE.into();
-                self.status.run = Some(active.clone());
-            }
-        }
-
-        match active.step.as_str() {
-            plan::VALIDATE => self.validate(active).await,
-            plan::SNAPSHOT | plan::INJECT => self.inject(active).await,
-            plan::FAILOVER => self.failover(active).await,
-            plan::VERIFY => self.verify(active).await,
-            plan::RESTORE => self.restore(active).await,
-            _ => self.report(active, None).await,
-        }
-    }
-
-    fn created(&self) -> Timestamp {
-        self.drill
+impl<'a> DrillReconcile<'a> {
+    /// Dereferences what the API server always sets on a drill.
+    fn new(drill: &'a DrDrill, ctx: &'a Context) -> Result<Self> {
+        let namespace = drill
+            .namespace()
+            .ok_or(Error::MissingField("metadata.namespace"))?;
+        let uid = drill.uid().ok_or(Error::MissingField("metadata.uid"))?;
+        let created = drill
             .metadata
             .creation_timestamp
             .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(self.now)
+            .ok_or(Error::MissingField("metadata.creationTimestamp"))?
+            .0;
+        Ok(DrillReconcile {
+            drill,
+            ctx,
+            installations: Api::namespaced(ctx.client.clone(), &namespace),
+            namespace,
+            uid,
+            created,
+            status: drill.status.clone().unwrap_or_default(),
+            now: Timestamp::now(),
+        })
+    }
+
+    fn deleting(&self) -> bool {
+        self.drill.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Advances a run in progress by what can be done now: reads what
+    /// [`steps::next`] looks at, records its decision, performs its effects;
+    /// a step that acted looks again once, in this reconcile.
+    async fn advance(&mut self, mut run: ActiveRun) -> Result<Action> {
+        let mut acted = Acted::Nothing;
+        for _ in 0..2 {
+            let t = self.decide(&run, acted).await?;
+            self.status.timeline = t.timeline;
+            if let Some(wait) = t.waiting {
+                self.set_phase(DrillPhase::Running, Status::Unknown, "WaitingForTarget", wait);
+            }
+            if let Some(rto) = t.measured_rto_seconds {
+                self.status.measured_rto_seconds = Some(rto);
+            }
+            run = t.run;
+            self.status.run = Some(run.clone());
+            acted = self.perform(t.effects).await?;
+            if let Some(finished) = t.finished {
+                self.conclude(&run, finished).await;
+            }
+            if let Then::Requeue(after) = t.then {
+                return Ok(Action::requeue(after));
+            }
+        }
+        Ok(Action::requeue(Duration::ZERO))
+    }
+
+    /// Reads what [`steps::next`] looks at for `run`, and asks it.
+    async fn decide(&self, run: &ActiveRun, acted: Acted) -> Result<Transition> {
+        let spec = &self.drill.spec;
+        let reads = steps::reads(run, spec, self.deleting(), &acted, self.now);
+        let installation = match reads.installation {
+            true => self.installations.get_opt(&spec.installation_ref.name).await?,
+            false => None,
+        };
+        let pods = match reads.pods {
+            true => self.pods().await?,
+            false => vec![],
+        };
+        let (bundles, capsules) = match &installation {
+            Some(_) => (
+                self.ctx.governing_bundles(&self.namespace),
+                self.ctx.capsules.state(),
+            ),
+            None => (vec![], vec![]),
+        };
+        let judge = |region: &str| match &installation {
+            Some(inst) => may_install(
+                inst,
+                &capsules::resolve(&capsules, &inst.spec.capsule),
+                &bundles,
+                region,
+            ),
+            None => CapsuleUse::CapsuleNotFound,
+        };
+        let seen = Observations {
+            spec,
+            drill_created: self.created,
+            deleting: self.deleting(),
+            timeline: &self.status.timeline,
+            installation: installation.as_ref(),
+            judge: &judge,
+            pods: &pods,
+            acted,
+        };
+        Ok(steps::next(run, &seen, self.now))
+    }
+
+    /// Performs a transition's effects, in order.
+    async fn perform(&self, effects: Vec<Effect>) -> Result<Acted> {
+        let mut acted = Acted::Done;
+        for effect in effects {
+            match effect {
+                Effect::Finding(finding) => {
+                    self.ctx
+                        .event(
+                            self.drill,
+                            EventType::Warning,
+                            "DrillFinding",
+                            "Validate",
+                            finding,
+                        )
+                        .await
+                }
+                Effect::Annotate {
+                    unavailable,
+                    active_region,
+                } => {
+                    self.annotate(unavailable.as_deref(), active_region.as_deref())
+                        .await?
+                }
+                Effect::Taint(region) => self.taint_region(&region).await?,
+                Effect::DeletePods(names) => self.delete_pods(&names).await?,
+                Effect::Failover { unavailable, to } => {
+                    if let Err(e) = self.annotate(unavailable.as_deref(), Some(&to)).await {
+                        acted = Acted::FailoverRefused(e.to_string());
+                    }
+                }
+                Effect::Untaint => self.untaint().await?,
+                Effect::Unlock { active_region } => self.unlock(active_region.as_deref()).await?,
+            }
+        }
+        Ok(acted)
     }
 
     async fn maybe_start(&mut self) -> Result<Action> {
-        let created = self.created();
         let last = self.status.last_run_time.as_ref().map(|t| t.0);
-        let start = plan::should_start(
+        let start = logic::should_start(
             &self.drill.spec,
-            created,
+            self.created,
             last,
             !self.status.history.is_empty(),
             self.now,
@@ -202,7 +293,7 @@ impl Run<'_> {
                 self.set_phase(DrillPhase::Failed, Status::False, "InvalidSchedule", e);
                 Ok(Action::await_change())
             }
-            Ok(plan::Start::Never) => {
+            Ok(logic::Start::Never) => {
                 if self.drill.spec.suspend {
                     self.set_phase(
                         DrillPhase::Suspended,
@@ -214,8 +305,8 @@ impl Run<'_> {
                 }
                 Ok(Action::await_change())
             }
-            Ok(plan::Start::At(next)) => {
-                self.status.next_run_time = Some(plan::time(next));
+            Ok(logic::Start::At(next)) => {
+                self.status.next_run_time = Some(logic::time(next));
                 if self.status.history.is_empty() {
                     self.set_phase(
                         DrillPhase::Scheduled,
@@ -226,35 +317,40 @@ impl Run<'_> {
                 } else {
                     self.status.phase = Some(DrillPhase::Scheduled);
                 }
-                let wait = plan::seconds(self.now, next).clamp(1.0, 3600.0);
+                let wait = logic::seconds(self.now, next).clamp(1.0, 3600.0);
                 Ok(Action::requeue(Duration::from_secs_f64(wait)))
             }
-            Ok(plan::Start::Now { scheduled_for }) => {
-                if let Err(why) = self.authorized().await? {
-                    if self
-                        .drill
-                        .conditions()
-                        .iter()
-                        .all(|c| c.reason != "NotAuthorized")
-                    {
-                        self.ctx
-                            .event(
-                                self.drill,
-                                EventType::Warning,
-                                "NotAuthorized",
-                                "Start",
-                                why.clone(),
-                            )
-                            .await;
-                    }
-                    self.set_phase(DrillPhase::Failed, Status::False, "NotAuthorized", why);
-                    self.status.next_run_time = None;
+            Ok(logic::Start::Now { scheduled_for }) => match self.authorized().await? {
+                Ok(()) => self.start(scheduled_for).await,
+                Err(why) => {
+                    self.not_authorized(why).await;
                     // A change of the spec records a new requester.
-                    return Ok(Action::await_change());
+                    Ok(Action::await_change())
                 }
-                self.start(scheduled_for).await
-            }
+            },
         }
+    }
+
+    /// Says why no run starts (with an Event the first time).
+    async fn not_authorized(&mut self, why: String) {
+        if self
+            .drill
+            .conditions()
+            .iter()
+            .all(|c| c.reason != "NotAuthorized")
+        {
+            self.ctx
+                .event(
+                    self.drill,
+                    EventType::Warning,
+                    "NotAuthorized",
+                    "Start",
+                    why.clone(),
+                )
+                .await;
+        }
+        self.set_phase(DrillPhase::Failed, Status::False, "NotAuthorized", why);
+        self.status.next_run_time = None;
     }
 
     /// Whether the user who asked for this drill (stamped at admission) may
@@ -297,13 +393,14 @@ impl Run<'_> {
     /// Takes the Installation's lock and opens a run.
     async fn start(&mut self, scheduled_for: Option<Timestamp>) -> Result<Action> {
         let target = &self.drill.spec.installation_ref.name;
-        if self.installations.get_opt(target).await?.is_none()
-            && let Some(wait) = plan::settling(&self.drill.spec, None, self.created(), self.now)
+        let installation = self.installations.get_opt(target).await?;
+        if installation.is_none()
+            && let Some(wait) = logic::settling(&self.drill.spec, None, self.created, self.now)
         {
             self.set_phase(DrillPhase::Waiting, Status::Unknown, "WaitingForTarget", wait);
-            return Ok(Action::requeue(Duration::from_secs(2)));
+            return Ok(Action::requeue(steps::SETTLE_TICK));
         }
-        let lock = self.lock_state().await?;
+        let lock = self.lock_state(installation.as_ref()).await?;
         if let Lock::Held(holder) = &lock {
             self.set_phase(
                 DrillPhase::Waiting,
@@ -315,14 +412,10 @@ impl Run<'_> {
         }
         // The finalizer comes before anything can be injected.
         self.finalizer(true).await?;
-        let stale = match &lock {
-            Lock::Stale(holder, version) => Some((holder.clone(), version.clone())),
-            _ => None,
-        };
-        if !self.lock(stale.as_ref().map(|(_, v)| v.as_str())).await? {
+        if !self.lock(installation.as_ref(), &lock).await? {
             return Ok(Action::requeue(Duration::from_secs(2)));
         }
-        if let Some((holder, _)) = stale {
+        if let Lock::Stale(holder, _) = &lock {
             self.ctx
                 .event(
                     self.drill,
@@ -335,32 +428,7 @@ impl Run<'_> {
                 )
                 .await;
         }
-        self.status.timeline.clear();
-        self.status.measured_rto_seconds = None;
-        self.status.verdict = None;
-        self.status.last_run_time = Some(plan::time(scheduled_for.unwrap_or(self.now)));
-        self.status.next_run_time = None;
-        self.status.run = Some(ActiveRun {
-            start: plan::time(self.now),
-            scheduled_for: scheduled_for.map(plan::time),
-            step: plan::VALIDATE.into(),
-            target_region: String::new(),
-            failover_region: None,
-            home_region: String::new(),
-            previous_active_region: None,
-            replicas: 0,
-            injected_at: None,
-            recovered_at: None,
-            abort: None,
-            finding: None,
-            lost_pods: vec![],
-        });
-        plan::begin(
-            &mut self.status.timeline,
-            plan::VALIDATE,
-            self.now,
-            format!("checking Installation {target}"),
-        );
+        steps::open(&mut self.status, target, scheduled_for, self.now);
         self.set_phase(
             DrillPhase::Running,
             Status::Unknown,
@@ -385,301 +453,19 @@ impl Run<'_> {
         Ok(Action::requeue(Duration::ZERO))
     }
 
-    async fn validate(&mut self, mut active: ActiveRun) -> Result<Action> {
-        let inst = self
-            .installations
-            .get_opt(&self.drill.spec.installation_ref.name)
-            .await?;
-        // A target that exists but is still rolling out (the lock is held):
-        // wait in Validate, bounded by timeoutSeconds. A missing one was
-        // waited for before the run opened (`start`).
-        let settling = inst
-            .as_ref()
-            .and_then(|i| plan::settling(&self.drill.spec, Some(i), self.created(), self.now));
-        if let Some(wait) = settling {
-            self.set_phase(DrillPhase::Running, Status::Unknown, "WaitingForTarget", wait);
-            self.status.run = Some(active);
-            return Ok(Action::requeue(Duration::from_secs(2)));
-        }
-        let bundles = self.ctx.governing_bundles(&self.namespace);
-        let capsules = self.ctx.capsules.state();
-        let result = plan::validate(&self.drill.spec, inst.as_ref(), |region| {
-            let Some(inst) = inst.as_ref() else {
-                return CapsuleUse::CapsuleNotFound;
-            };
-            may_install(
-                inst,
-                &capsules::resolve(&capsules, &inst.spec.capsule),
-                &bundles,
-                region,
-            )
-        });
-        match result {
-            Ok(t) => {
-                let msg = match &t.failover_region {
-                    Some(f) => format!("outage of {} then failover to {f}: allowed", t.target_region),
-                    None => format!("pods of the Installation in {} will be deleted", t.target_region),
-                };
-                plan::finish(&mut self.status.timeline, "Succeeded", self.now, Some(msg));
-                active.target_region = t.target_region;
-                active.failover_region = t.failover_region;
-                active.home_region = t.home_region;
-                active.previous_active_region = t.previous_active_region;
-                active.replicas = t.replicas;
-                plan::begin(
-                    &mut self.status.timeline,
-                    plan::SNAPSHOT,
-                    self.now,
-                    format!(
-                        "home region {}, active-region annotation {}, {} replica(s)",
-                        active.home_region,
-                        active.previous_active_region.as_deref().unwrap_or("unset"),
-                        active.replicas
-                    ),
-                );
-                active.step = plan::SNAPSHOT.into();
-                self.status.run = Some(active);
-                Ok(Action::requeue(Duration::ZERO))
-            }
-            Err(finding) => {
-                plan::finish(
-                    &mut self.status.timeline,
-                    "Failed",
-                    self.now,
-                    Some(finding.clone()),
-                );
-                self.ctx
-                    .event(
-                        self.drill,
-                        EventType::Warning,
-                        "DrillFinding",
-                        "Validate",
-                        finding.clone(),
-                    )
-                    .await;
-                active.finding = Some(finding);
-                active.step = plan::RESTORE.into();
-                self.status.run = Some(active);
-                Ok(Action::requeue(Duration::ZERO))
-            }
-        }
-    }
-
-    /// Snapshot is recorded; now inject. The injection time is written
-    /// first, so a restart redoes the (idempotent) injection.
-    async fn inject(&mut self, mut active: ActiveRun) -> Result<Action> {
-        if active.step == plan::SNAPSHOT {
-            plan::begin(
-                &mut self.status.timeline,
-                plan::INJECT,
-                self.now,
-                inject_message(&self.drill.spec.scenario, self.drill.spec.scope, &active),
-            );
-            active.step = plan::INJECT.into();
-            active.injected_at = Some(plan::micro(self.now));
-            if self.drill.spec.scenario == Scenario::PodLoss {
-                active.lost_pods = self.pods().await?.into_iter().map(|p| p.name).collect();
-            }
-            self.status.run = Some(active);
-            // Persist the intent before acting.
-            return Ok(Action::requeue(Duration::ZERO));
-        }
-        match (self.drill.spec.scenario, self.drill.spec.scope) {
-            (Scenario::RegionOutage, Scope::Installation) => {
-                self.annotate(
-                    Some(&active.target_region),
-                    active.previous_active_region.as_deref(),
-                )
-                .await?;
-            }
-            (Scenario::RegionOutage, Scope::Region) => {
-                self.annotate(None, active.previous_active_region.as_deref())
-                    .await?;
-                self.taint_region(&active.target_region).await?;
-            }
-            (Scenario::PodLoss, _) => {
-                self.delete_pods(&active.lost_pods).await?;
-            }
-        }
-        // The outage is in effect only once the Installation has no pod
-        // left where it struck (the lost pods gone, for PodLoss); before
-        // that, a failover could overtake it and nothing would have been
-        // proven. The injection time, and so the RTO, stays where it was.
-        let pods = self.pods().await?;
-        let remaining = match self.drill.spec.scenario {
-            Scenario::RegionOutage => pods
-                .iter()
-                .filter(|p| p.region.as_deref() == Some(active.target_region.as_str()))
-                .count(),
-            Scenario::PodLoss => pods.iter().filter(|p| active.lost_pods.contains(&p.name)).count(),
-        };
-        if remaining > 0 {
-            return Ok(Action::requeue(TICK));
-        }
-        plan::finish(&mut self.status.timeline, "Succeeded", self.now, None);
-        let next = match self.drill.spec.scenario {
-            Scenario::RegionOutage => plan::FAILOVER,
-            Scenario::PodLoss => plan::VERIFY,
-        };
-        if next == plan::VERIFY {
-            plan::skipped(
-                &mut self.status.timeline,
-                plan::FAILOVER,
-                self.now,
-                "PodLoss recovers in place",
-            );
-        }
-        plan::begin(&mut self.status.timeline, next, self.now, String::new());
-        active.step = next.into();
-        self.status.run = Some(active);
-        self.status.current_step = Some(next.into());
-        Ok(Action::requeue(Duration::ZERO))
-    }
-
-    async fn failover(&mut self, mut active: ActiveRun) -> Result<Action> {
-        let Some(to) = active.failover_region.clone() else {
-            active.step = plan::VERIFY.into();
-            self.status.run = Some(active);
-            return Ok(Action::requeue(Duration::ZERO));
-        };
-        let unavailable = match self.drill.spec.scope {
-            Scope::Installation => Some(active.target_region.as_str()),
-            Scope::Region => None,
-        };
-        if let Err(e) = self.annotate(unavailable, Some(&to)).await {
-            let why = format!("failover to {to} was refused: {e}");
-            plan::finish(&mut self.status.timeline, "Failed", self.now, Some(why.clone()));
-            active.finding = Some(why);
-            active.step = plan::RESTORE.into();
-            self.status.run = Some(active);
-            return Ok(Action::requeue(Duration::ZERO));
-        }
-        plan::finish(
-            &mut self.status.timeline,
-            "Succeeded",
-            self.now,
-            Some(format!("active region set to {to}")),
-        );
-        plan::begin(
-            &mut self.status.timeline,
-            plan::VERIFY,
-            self.now,
-            format!("waiting for {} ready replica(s) in {to}", active.replicas),
-        );
-        active.step = plan::VERIFY.into();
-        self.status.run = Some(active);
-        Ok(Action::requeue(Duration::ZERO))
-    }
-
-    async fn verify(&mut self, mut active: ActiveRun) -> Result<Action> {
-        let injected = active.injected_at.as_ref().map(|t| t.0).unwrap_or(self.now);
-        let pods = self.pods().await?;
-        let region = active.failover_region.clone();
-        let Some(at) = plan::recovered_at(
-            &pods,
-            region.as_deref(),
-            active.replicas,
-            injected,
-            &active.lost_pods,
-        ) else {
-            return Ok(Action::requeue(TICK));
-        };
-        // Kubernetes records Ready in whole seconds (`at` is that second);
-        // the operator saw it at `now`. The recovery happened in between:
-        // take when it was seen, bounded by the end of the recorded second
-        // (which matters when the operator was down and resumes late).
-        let seen = self
-            .now
-            .min(at + jiff::SignedDuration::from_secs(1))
-            .max(injected);
-        active.recovered_at = Some(plan::micro(seen));
-        let rto = plan::rto(&active).unwrap_or_default();
-        self.status.measured_rto_seconds = Some(rto);
-        plan::finish(
-            &mut self.status.timeline,
-            "Succeeded",
-            self.now,
-            Some(format!(
-                "{} replica(s) ready{}; RTO {rto:.1}s",
-                active.replicas,
-                region.map(|r| format!(" in {r}")).unwrap_or_default()
-            )),
-        );
-        active.step = plan::RESTORE.into();
-        self.status.run = Some(active);
-        Ok(Action::requeue(Duration::ZERO))
-    }
-
-    /// Idempotent: removes this drill's taints and annotations (keeping the
-    /// failover when `restore: false` and the run was not aborted), then
-    /// waits for the workload to be back.
-    async fn restore(&mut self, mut active: ActiveRun) -> Result<Action> {
-        let opened = self
-            .status
-            .timeline
-            .last()
-            .is_some_and(|e| e.step == plan::RESTORE && e.end.is_none());
-        let go_home = self.drill.spec.restore || active.abort.is_some() || active.finding.is_some();
-        if !opened {
-            plan::begin(
-                &mut self.status.timeline,
-                plan::RESTORE,
-                self.now,
-                if active.injected_at.is_none() {
-                    "nothing was injected; releasing the drill lock".into()
-                } else if go_home {
-                    format!("returning to {}", home(&active))
-                } else {
-                    "restore: false; removing the outage, staying failed over".into()
-                },
-            );
-            self.status.run = Some(active);
-            return Ok(Action::requeue(Duration::ZERO));
-        }
-        self.untaint().await?;
-        let keep_failover = (!go_home).then_some(active.failover_region.clone()).flatten();
-        let active_region = keep_failover.clone().or(active.previous_active_region.clone());
-        self.annotate(None, active_region.as_deref()).await?;
-        let final_region = active_region.clone();
-
-        // Back when the pods run where they should again (nothing to wait
-        // for when nothing was injected).
-        if active.injected_at.is_some() {
-            let region = active_region.unwrap_or_else(|| active.home_region.clone());
-            let pods = self.pods().await?;
-            let started = self.status.timeline.last().map(|e| e.start.0).unwrap_or(self.now);
-            let back = plan::back_in(&pods, &region, active.replicas);
-            if !back {
-                if plan::seconds(started, self.now) < RESTORE_WAIT_SECS {
-                    return Ok(Action::requeue(TICK));
-                }
-                let why = format!("the workload was not back in {region} within {RESTORE_WAIT_SECS}s");
-                plan::finish(&mut self.status.timeline, "Failed", self.now, Some(why.clone()));
-                self.unlock(final_region.as_deref()).await?;
-                return self.report(active, Some(why)).await;
-            }
-        }
-        plan::finish(&mut self.status.timeline, "Succeeded", self.now, None);
-        self.unlock(final_region.as_deref()).await?;
-        active.step = plan::REPORT.into();
-        self.status.run = Some(active.clone());
-        self.report(active, None).await
-    }
-
-    async fn report(&mut self, active: ActiveRun, restore_failed: Option<String>) -> Result<Action> {
-        let (verdict, message) = plan::verdict(
-            &active,
-            self.drill.spec.objectives.rto_seconds,
-            restore_failed.as_deref(),
-        );
-        plan::begin(&mut self.status.timeline, plan::REPORT, self.now, message.clone());
-        plan::finish(&mut self.status.timeline, "Succeeded", self.now, None);
-        let rto = plan::rto(&active);
-        plan::push_history(
+    /// Records a finished run: its history entry, verdict and RTO, the
+    /// drill's condition, a metric and an Event.
+    async fn conclude(&mut self, run: &ActiveRun, finished: Finished) {
+        let Finished {
+            verdict,
+            message,
+            rto_seconds: rto,
+        } = finished;
+        logic::push_history(
             &mut self.status.history,
             DrillRun {
-                start: active.start.clone(),
-                end: Some(plan::time(self.now)),
+                start: run.start.clone(),
+                end: Some(logic::time(self.now)),
                 verdict: Some(verdict),
                 measured_rto_seconds: rto,
                 message: message.clone(),
@@ -712,8 +498,6 @@ impl Run<'_> {
             rto,
         );
         self.ctx.event(self.drill, event, reason, "Report", message).await;
-        // A scheduled drill waits for its next time; the next reconcile says when.
-        Ok(Action::requeue(Duration::ZERO))
     }
 
     fn set_phase(&mut self, phase: DrillPhase, st: Status, reason: &'static str, message: String) {
@@ -723,7 +507,7 @@ impl Run<'_> {
             self.drill.conditions(),
             &desired,
             self.drill.metadata.generation,
-            &plan::time(self.now),
+            &logic::time(self.now),
         );
     }
 
@@ -733,7 +517,7 @@ impl Run<'_> {
             self.status.conditions = self.drill.conditions().to_vec();
         }
         if let Some(r) = &self.status.run {
-            self.status.current_step = Some(r.step.clone());
+            self.status.current_step = Some(r.step);
         }
         let api: Api<DrDrill> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let body = serde_json::to_value(&self.status)?;
@@ -745,9 +529,9 @@ impl Run<'_> {
     /// (its restore finalizer, set before it locks, or `status.run`); one
     /// naming a missing or finished drill, or written by someone else, is
     /// stale and never blocks a drill.
-    async fn lock_state(&self) -> Result<Lock> {
+    async fn lock_state(&self, installation: Option<&Installation>) -> Result<Lock> {
         let target = &self.drill.spec.installation_ref.name;
-        let Some(inst) = self.installations.get_opt(target).await? else {
+        let Some(inst) = installation else {
             return Ok(Lock::Free);
         };
         let Some(holder) = inst.annotations().get(DRILL_LOCK_ANNOTATION).cloned() else {
@@ -771,18 +555,21 @@ impl Run<'_> {
         Ok(if live {
             Lock::Held(holder)
         } else {
-            Lock::Stale(holder, inst.resource_version().unwrap_or_default())
+            let version = inst
+                .resource_version()
+                .ok_or(Error::MissingField("metadata.resourceVersion"))?;
+            Lock::Stale(holder, version)
         })
     }
 
     /// Takes the lock: the annotation, applied without force, so another
     /// drill's manager holding it makes this a conflict. Over a stale lock
-    /// ([`Run::lock_state`]) it is forced, but only on the Installation as it
-    /// was seen (`stale_version`): of two drills taking over at once, one
+    /// ([`DrillReconcile::lock_state`]) it is forced, but only on the
+    /// Installation as it was seen: of two drills taking over at once, one
     /// gets a conflict.
-    async fn lock(&self, stale_version: Option<&str>) -> Result<bool> {
+    async fn lock(&self, installation: Option<&Installation>, state: &Lock) -> Result<bool> {
         let name = &self.drill.spec.installation_ref.name;
-        if self.installations.get_opt(name).await?.is_none() {
+        if installation.is_none() {
             // Nothing to lock: validation reports the missing target.
             return Ok(true);
         }
@@ -791,7 +578,7 @@ impl Run<'_> {
             "metadata": { "name": name, "annotations": { DRILL_LOCK_ANNOTATION: self.drill.name_any() } },
         });
         let mut params = PatchParams::apply(&manager(self.drill));
-        if let Some(version) = stale_version {
+        if let Lock::Stale(_, version) = state {
             patch["metadata"]["resourceVersion"] = json!(version);
             params.force = true;
         }
@@ -878,10 +665,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn taint_value(&self) -> String {
-        self.drill.uid().unwrap_or_default()
-    }
-
     async fn taint_region(&self, region: &str) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
         let lp = ListParams::default().labels(&format!("{REGION_LABEL}={region}"));
@@ -896,7 +679,7 @@ impl Run<'_> {
             }
             taints.push(k8s_openapi::api::core::v1::Taint {
                 key: TAINT_KEY.into(),
-                value: Some(self.taint_value()),
+                value: Some(self.uid.clone()),
                 effect: "NoExecute".into(),
                 time_added: None,
             });
@@ -908,7 +691,6 @@ impl Run<'_> {
     /// Removes this drill's taint from every node that carries it.
     async fn untaint(&self) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
-        let value = self.taint_value();
         for node in nodes.list(&ListParams::default()).await? {
             let taints = node
                 .spec
@@ -917,7 +699,7 @@ impl Run<'_> {
                 .unwrap_or_default();
             let kept: Vec<_> = taints
                 .iter()
-                .filter(|t| !(t.key == TAINT_KEY && t.value.as_deref() == Some(value.as_str())))
+                .filter(|t| !(t.key == TAINT_KEY && t.value.as_deref() == Some(self.uid.as_str())))
                 .cloned()
                 .collect();
             if kept.len() != taints.len() {
@@ -960,7 +742,7 @@ impl Run<'_> {
     }
 
     /// The Installation's pods, with the region of their node.
-    async fn pods(&self) -> Result<Vec<plan::PodView>> {
+    async fn pods(&self) -> Result<Vec<PodView>> {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let nodes: Api<Node> = Api::all(self.ctx.client.clone());
         let lp = ListParams::default().labels(&format!(
@@ -976,8 +758,7 @@ impl Run<'_> {
                 Some((n.name_any(), region))
             })
             .collect();
-        Ok(pods
-            .list(&lp)
+        pods.list(&lp)
             .await?
             .into_iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -989,19 +770,19 @@ impl Run<'_> {
                     .and_then(|s| s.conditions.as_ref())
                     .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
                     .and_then(|c| c.last_transition_time.as_ref().map(|t| t.0));
-                plan::PodView {
+                let created = p
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .ok_or(Error::MissingField("metadata.creationTimestamp"))?;
+                Ok(PodView {
                     name: p.name_any(),
                     region: node.and_then(|n| regions.get(&n).cloned()),
-                    created: p
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0)
-                        .unwrap_or(Timestamp::UNIX_EPOCH),
+                    created: created.0,
                     ready_since,
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -1017,40 +798,4 @@ fn annotations_patch(
         metadata["annotations"] = serde_json::Value::Object(annotations);
     }
     json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Installation", "metadata": metadata })
-}
-
-fn home(active: &ActiveRun) -> String {
-    active
-        .previous_active_region
-        .clone()
-        .unwrap_or_else(|| active.home_region.clone())
-}
-
-fn plan_index(step: &str) -> usize {
-    [
-        plan::VALIDATE,
-        plan::SNAPSHOT,
-        plan::INJECT,
-        plan::FAILOVER,
-        plan::VERIFY,
-        plan::RESTORE,
-        plan::REPORT,
-    ]
-    .iter()
-    .position(|s| *s == step)
-    .unwrap_or(0)
-}
-
-fn inject_message(scenario: &Scenario, scope: Scope, active: &ActiveRun) -> String {
-    match (scenario, scope) {
-        (Scenario::RegionOutage, Scope::Installation) => format!(
-            "region {} unavailable to the Installation: its pods there stop and cannot return",
-            active.target_region
-        ),
-        (Scenario::RegionOutage, Scope::Region) => format!(
-            "every node of {} tainted {TAINT_KEY}:NoExecute; the taint manager evicts their pods",
-            active.target_region
-        ),
-        (Scenario::PodLoss, _) => "the Installation's pods are deleted".into(),
-    }
 }

@@ -1,15 +1,16 @@
-//! Unit tests of the pure drill logic (plan.rs).
+//! Unit tests of the pure drill logic (logic.rs) and its step transitions (steps.rs).
 
 use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use somastack_crds::drill::{
-    ActiveRun, DrDrillSpec, DrDrillStatus, DrillRun, LocalRef, Objectives, Scenario, Scope, Verdict,
+    ActiveRun, DrDrillSpec, DrDrillStatus, DrillRun, DrillStep, LocalRef, Objectives, Scenario, Scope,
+    StepOutcome, Verdict,
 };
 use somastack_crds::{Capsule, DrDrill};
 
-use super::plan::*;
+use super::logic::*;
 use crate::domain::capsules::{CapsuleUse, Resolved, may_install};
 use crate::domain::drills::{beyond_tenant_bounds, shortest_gap};
 use crate::testing::{capsule, installation};
@@ -247,7 +248,7 @@ fn finished(rto_secs: Option<i64>) -> ActiveRun {
     ActiveRun {
         start: time(injected),
         scheduled_for: None,
-        step: REPORT.into(),
+        step: DrillStep::Report,
         target_region: "eu-west-1".into(),
         failover_region: Some("eu-central-1".into()),
         home_region: "eu-west-1".into(),
@@ -280,18 +281,18 @@ fn verdicts() {
 fn the_timeline_opens_and_closes_steps() {
     let mut t = Vec::new();
     let now = ts("2026-11-23T10:00:00Z");
-    begin(&mut t, VALIDATE, now, "checking".into());
-    begin(&mut t, VALIDATE, now, "again".into()); // already open: no duplicate
-    begin(&mut t, SNAPSHOT, now, String::new());
-    finish(&mut t, "Failed", now, Some("boom".into()));
-    skipped(&mut t, FAILOVER, now, "n/a");
-    let steps: Vec<(&str, &str)> = t.iter().map(|e| (e.step.as_str(), e.outcome.as_str())).collect();
+    begin(&mut t, DrillStep::Validate, now, "checking".into());
+    begin(&mut t, DrillStep::Validate, now, "again".into()); // already open: no duplicate
+    begin(&mut t, DrillStep::Snapshot, now, String::new());
+    finish(&mut t, StepOutcome::Failed, now, Some("boom".into()));
+    skipped(&mut t, DrillStep::Failover, now, "n/a");
+    let steps: Vec<(DrillStep, StepOutcome)> = t.iter().map(|e| (e.step, e.outcome)).collect();
     assert_eq!(
         steps,
         [
-            ("Validate", "Succeeded"),
-            ("Snapshot", "Failed"),
-            ("Failover", "Skipped")
+            (DrillStep::Validate, StepOutcome::Succeeded),
+            (DrillStep::Snapshot, StepOutcome::Failed),
+            (DrillStep::Failover, StepOutcome::Skipped)
         ]
     );
     assert!(t.iter().all(|e| e.end.is_some()));
@@ -409,4 +410,609 @@ fn tenant_bounds_name_each_option_that_needs_the_disrupt_verb() {
     // Two runs a minute apart once a day are as disruptive as every minute.
     assert_eq!(shortest_gap("0,1 3 * * *", now, 500), Some(60));
     assert_eq!(shortest_gap("not cron", now, 500), None);
+}
+
+// The step transitions (steps.rs), driven the way the shell drives them.
+
+use std::time::Duration;
+
+use somastack_crds::drill::TimelineEntry;
+
+use super::steps::{self, Acted, Effect, Finished, Observations, RESTORE_WAIT_SECS, TICK, Then, Transition};
+
+fn at(secs: i64) -> Timestamp {
+    ts("2026-11-23T10:00:00Z") + jiff::SignedDuration::from_secs(secs)
+}
+
+/// A drill whose run opened at `at(0)`, as its status holds it.
+struct Drill {
+    spec: DrDrillSpec,
+    status: DrDrillStatus,
+    deleting: bool,
+}
+
+impl Drill {
+    fn opened(spec: DrDrillSpec) -> Drill {
+        let mut status = DrDrillStatus::default();
+        steps::open(&mut status, "summarizer", None, at(0));
+        Drill {
+            spec,
+            status,
+            deleting: false,
+        }
+    }
+
+    fn run(&self) -> &ActiveRun {
+        self.status.run.as_ref().unwrap()
+    }
+
+    /// What `next` decides on these observations (the status is not changed).
+    fn decide(
+        &self,
+        inst: Option<&somastack_crds::Installation>,
+        pods: &[PodView],
+        acted: Acted,
+        now: Timestamp,
+    ) -> Transition {
+        let judge = |region: &str| match inst {
+            Some(i) => judge(i, &[])(region),
+            None => CapsuleUse::CapsuleNotFound,
+        };
+        let seen = Observations {
+            spec: &self.spec,
+            drill_created: at(-60),
+            deleting: self.deleting,
+            timeline: &self.status.timeline,
+            installation: inst,
+            judge: &judge,
+            pods,
+            acted,
+        };
+        steps::next(self.run(), &seen, now)
+    }
+
+    /// `decide`, then record the transition in the status as the shell does.
+    fn step(
+        &mut self,
+        inst: Option<&somastack_crds::Installation>,
+        pods: &[PodView],
+        acted: Acted,
+        now: Timestamp,
+    ) -> Transition {
+        let t = self.decide(inst, pods, acted, now);
+        self.status.timeline = t.timeline.clone();
+        self.status.run = Some(t.run.clone());
+        t
+    }
+
+    fn step_is(&self) -> DrillStep {
+        self.run().step
+    }
+}
+
+fn outcomes(timeline: &[TimelineEntry]) -> Vec<(DrillStep, StepOutcome)> {
+    timeline.iter().map(|e| (e.step, e.outcome)).collect()
+}
+
+fn messages(timeline: &[TimelineEntry]) -> Vec<&str> {
+    timeline.iter().map(|e| e.message.as_str()).collect()
+}
+
+fn named(name: &str, region: &str, created: Timestamp, ready: Option<Timestamp>) -> PodView {
+    PodView {
+        name: name.into(),
+        region: Some(region.into()),
+        created,
+        ready_since: ready,
+    }
+}
+
+const NOW: Then = Then::Requeue(Duration::ZERO);
+
+#[test]
+fn a_region_outage_runs_through_every_step_and_passes_within_its_rto() {
+    let inst = ready(installation(Some(2), None));
+    let mut d = Drill::opened(spec(Scenario::RegionOutage));
+    assert_eq!(d.step_is(), DrillStep::Validate);
+    assert_eq!(messages(&d.status.timeline), ["checking Installation summarizer"]);
+
+    // Validate: the target is healthy and may fail over; the snapshot is recorded.
+    let t = d.step(Some(&inst), &[], Acted::Nothing, at(1));
+    assert_eq!((t.then, t.effects.clone()), (NOW, vec![]));
+    assert_eq!(d.step_is(), DrillStep::Snapshot);
+    assert_eq!(
+        (d.run().target_region.as_str(), d.run().failover_region.as_deref()),
+        ("eu-west-1", Some("eu-central-1"))
+    );
+
+    // Snapshot: the injection time is written before anything is injected.
+    let t = d.step(None, &[], Acted::Nothing, at(2));
+    assert_eq!((t.then, t.effects.clone()), (NOW, vec![]));
+    assert_eq!(d.step_is(), DrillStep::Inject);
+    assert_eq!(d.run().injected_at, Some(micro(at(2))));
+
+    // Inject: the region is made unavailable to the Installation...
+    let t = d.step(None, &[], Acted::Nothing, at(3));
+    assert_eq!(t.then, Then::Recheck);
+    assert_eq!(
+        t.effects,
+        [Effect::Annotate {
+            unavailable: Some("eu-west-1".into()),
+            active_region: None
+        }]
+    );
+    // ... and is in effect once no pod is left there.
+    let old = named("old", "eu-west-1", at(-3600), Some(at(-3600)));
+    let t = d.step(None, &[old], Acted::Done, at(3));
+    assert_eq!(t.then, Then::Requeue(TICK));
+    assert_eq!(d.step_is(), DrillStep::Inject);
+    let t = d.step(None, &[], Acted::Done, at(4));
+    assert_eq!(t.then, NOW);
+    assert_eq!(d.step_is(), DrillStep::Failover);
+
+    // Failover: the active region is set; then Verify waits for it.
+    let t = d.step(None, &[], Acted::Nothing, at(5));
+    assert_eq!(t.then, Then::Recheck);
+    assert_eq!(
+        t.effects,
+        [Effect::Failover {
+            unavailable: Some("eu-west-1".into()),
+            to: "eu-central-1".into()
+        }]
+    );
+    d.step(None, &[], Acted::Done, at(5));
+    assert_eq!(d.step_is(), DrillStep::Verify);
+
+    // Verify: two new pods Ready in eu-central-1, the last at 14 s.
+    let first = named("a", "eu-central-1", at(6), Some(at(9)));
+    let second = named("b", "eu-central-1", at(6), Some(at(14)));
+    let t = d.step(None, std::slice::from_ref(&first), Acted::Nothing, at(10));
+    assert_eq!(t.then, Then::Requeue(TICK));
+    let t = d.step(None, &[first, second], Acted::Nothing, at(14));
+    assert_eq!(t.then, NOW);
+    assert_eq!(t.measured_rto_seconds, Some(12.0));
+    assert_eq!(d.step_is(), DrillStep::Restore);
+
+    // Restore: opened, then the outage and the failover are removed...
+    let t = d.step(None, &[], Acted::Nothing, at(15));
+    assert_eq!((t.then, t.effects.clone()), (NOW, vec![]));
+    let t = d.step(None, &[], Acted::Nothing, at(16));
+    assert_eq!(t.then, Then::Recheck);
+    assert_eq!(
+        t.effects,
+        [
+            Effect::Untaint,
+            Effect::Annotate {
+                unavailable: None,
+                active_region: None
+            }
+        ]
+    );
+    // ... and once the workload is back home, the lock goes and the run ends.
+    let home = [
+        named("c", "eu-west-1", at(17), Some(at(18))),
+        named("d", "eu-west-1", at(17), Some(at(18))),
+    ];
+    let t = d.step(None, &home, Acted::Done, at(20));
+    assert_eq!(t.then, NOW);
+    assert_eq!(t.effects, [Effect::Unlock { active_region: None }]);
+    assert_eq!(
+        t.finished,
+        Some(Finished {
+            verdict: Verdict::Pass,
+            message: "recovered in 12.0s, within the 60s objective".into(),
+            rto_seconds: Some(12.0),
+        })
+    );
+    use DrillStep::*;
+    use StepOutcome::*;
+    assert_eq!(
+        outcomes(&t.timeline),
+        [
+            (Validate, Succeeded),
+            (Snapshot, Succeeded),
+            (Inject, Succeeded),
+            (Failover, Succeeded),
+            (Verify, Succeeded),
+            (Restore, Succeeded),
+            (Report, Succeeded)
+        ]
+    );
+    assert_eq!(
+        messages(&t.timeline),
+        [
+            "outage of eu-west-1 then failover to eu-central-1: allowed",
+            "home region eu-west-1, active-region annotation unset, 2 replica(s)",
+            "region eu-west-1 unavailable to the Installation: its pods there stop and cannot return",
+            "active region set to eu-central-1",
+            "2 replica(s) ready in eu-central-1; RTO 12.0s",
+            "returning to eu-west-1",
+            "recovered in 12.0s, within the 60s objective",
+        ]
+    );
+    assert!(t.timeline.iter().all(|e| e.end.is_some()));
+}
+
+#[test]
+fn a_region_scoped_outage_taints_the_region() {
+    let mut s = spec(Scenario::RegionOutage);
+    s.scope = Scope::Region;
+    let mut d = Drill::opened(s);
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    d.step(None, &[], Acted::Nothing, at(2));
+    assert_eq!(
+        d.status.timeline.last().map(|e| e.message.as_str()),
+        Some(
+            "every node of eu-west-1 tainted somastack.io/drill-outage:NoExecute; the taint manager evicts their pods"
+        )
+    );
+    let t = d.step(None, &[], Acted::Nothing, at(3));
+    assert_eq!(
+        t.effects,
+        [
+            Effect::Annotate {
+                unavailable: None,
+                active_region: None
+            },
+            Effect::Taint("eu-west-1".into())
+        ]
+    );
+    d.step(None, &[], Acted::Done, at(3));
+    let t = d.step(None, &[], Acted::Nothing, at(4));
+    assert_eq!(
+        t.effects,
+        [Effect::Failover {
+            unavailable: None,
+            to: "eu-central-1".into()
+        }]
+    );
+}
+
+#[test]
+fn a_pod_loss_deletes_the_pods_it_saw_and_recovers_in_place() {
+    let mut d = Drill::opened(spec(Scenario::PodLoss));
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    let before = [
+        named("p1", "eu-west-1", at(-3600), Some(at(-3600))),
+        named("p2", "eu-west-1", at(-3600), Some(at(-3600))),
+    ];
+    d.step(None, &before, Acted::Nothing, at(2));
+    assert_eq!(d.run().lost_pods, ["p1", "p2"]);
+    let t = d.step(None, &[], Acted::Nothing, at(3));
+    assert_eq!(t.effects, [Effect::DeletePods(vec!["p1".into(), "p2".into()])]);
+    // A lost pod still there: the outage is not in effect yet.
+    let t = d.step(None, &before[..1], Acted::Done, at(3));
+    assert_eq!(t.then, Then::Requeue(TICK));
+    let new = [
+        named("p3", "eu-west-1", at(3), None),
+        named("p4", "eu-west-1", at(3), None),
+    ];
+    d.step(None, &new, Acted::Done, at(4));
+    assert_eq!(d.step_is(), DrillStep::Verify);
+    assert_eq!(
+        outcomes(&d.status.timeline)[3..],
+        [
+            (DrillStep::Failover, StepOutcome::Skipped),
+            (DrillStep::Verify, StepOutcome::Running)
+        ]
+    );
+    assert_eq!(d.status.timeline[3].message, "PodLoss recovers in place");
+    let ready_pods = [
+        named("p3", "eu-west-1", at(3), Some(at(7))),
+        named("p4", "eu-west-1", at(3), Some(at(8))),
+    ];
+    let t = d.step(None, &ready_pods, Acted::Nothing, at(8));
+    assert_eq!(t.measured_rto_seconds, Some(6.0));
+    assert_eq!(
+        d.status.timeline.last().map(|e| e.message.as_str()),
+        Some("2 replica(s) ready; RTO 6.0s")
+    );
+}
+
+/// A RegionOutage drill in Verify, 10 s into its run.
+fn verifying() -> Drill {
+    let mut d = Drill::opened(spec(Scenario::RegionOutage));
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    d.step(None, &[], Acted::Nothing, at(2));
+    d.step(None, &[], Acted::Done, at(3));
+    d.step(None, &[], Acted::Done, at(4));
+    d.step(None, &[], Acted::Done, at(5));
+    assert_eq!(d.step_is(), DrillStep::Verify);
+    d
+}
+
+#[test]
+fn a_run_out_of_time_fails_its_step_and_restores() {
+    let d = verifying();
+    // Within timeoutSeconds (900): Verify goes on waiting.
+    assert_eq!(
+        d.decide(None, &[], Acted::Nothing, at(900)).then,
+        Then::Requeue(TICK)
+    );
+    let t = d.decide(None, &[], Acted::Nothing, at(901));
+    assert_eq!(t.run.step, DrillStep::Restore);
+    assert_eq!(
+        t.run.abort.as_deref(),
+        Some("timed out after 900s in step Verify")
+    );
+    let last_two: Vec<_> = t.timeline[t.timeline.len() - 2..]
+        .iter()
+        .map(|e| (e.step, e.outcome, e.message.as_str()))
+        .collect();
+    assert_eq!(
+        last_two,
+        [
+            (
+                DrillStep::Verify,
+                StepOutcome::Failed,
+                "timed out after 900s in step Verify"
+            ),
+            (DrillStep::Restore, StepOutcome::Running, "returning to eu-west-1"),
+        ]
+    );
+    assert_eq!((t.then, t.effects), (NOW, vec![]));
+}
+
+#[test]
+fn deleting_or_suspending_a_drill_mid_run_restores_and_fails_it() {
+    let mut d = verifying();
+    d.deleting = true;
+    let t = d.step(None, &[], Acted::Nothing, at(20));
+    assert_eq!(t.run.abort.as_deref(), Some("the drill was deleted"));
+    assert_eq!(t.run.step, DrillStep::Restore);
+    // Restore goes home even though the drill asked to stay failed over.
+    d.spec.restore = false;
+    let t = d.step(None, &[], Acted::Nothing, at(21));
+    assert_eq!(
+        t.effects,
+        [
+            Effect::Untaint,
+            Effect::Annotate {
+                unavailable: None,
+                active_region: None
+            }
+        ]
+    );
+    let home = [
+        named("c", "eu-west-1", at(21), Some(at(22))),
+        named("d", "eu-west-1", at(21), Some(at(22))),
+    ];
+    let t = d.step(None, &home, Acted::Done, at(23));
+    assert_eq!(
+        t.finished.map(|f| (f.verdict, f.message, f.rto_seconds)),
+        Some((Verdict::Fail, "aborted: the drill was deleted".into(), None))
+    );
+
+    let mut d = verifying();
+    d.spec.suspend = true;
+    let t = d.decide(None, &[], Acted::Nothing, at(20));
+    assert_eq!(t.run.abort.as_deref(), Some("the drill was suspended"));
+    d.step(None, &[], Acted::Nothing, at(20));
+    // Once restoring, nothing aborts it again.
+    d.deleting = true;
+    let t = d.decide(None, &[], Acted::Nothing, at(2000));
+    assert_eq!(t.run.abort.as_deref(), Some("the drill was suspended"));
+    assert_eq!(t.then, Then::Recheck);
+}
+
+#[test]
+fn a_missing_or_unhealthy_target_is_a_finding_and_nothing_is_injected() {
+    for (inst, finding) in [
+        (None, "Installation summarizer does not exist"),
+        (
+            Some(installation(Some(2), None)),
+            "Installation summarizer is not Ready; a drill needs a healthy target",
+        ),
+    ] {
+        let mut d = Drill::opened(spec(Scenario::RegionOutage));
+        let t = d.step(inst.as_ref(), &[], Acted::Nothing, at(1));
+        assert_eq!(t.effects, [Effect::Finding(finding.into())]);
+        assert_eq!(t.run.finding.as_deref(), Some(finding));
+        assert_eq!(t.run.step, DrillStep::Restore);
+        assert_eq!(
+            outcomes(&t.timeline),
+            [(DrillStep::Validate, StepOutcome::Failed)]
+        );
+        d.step(None, &[], Acted::Nothing, at(2));
+        assert_eq!(
+            d.status.timeline.last().map(|e| e.message.as_str()),
+            Some("nothing was injected; releasing the drill lock")
+        );
+        d.step(None, &[], Acted::Nothing, at(2));
+        // Nothing to wait for: the lock goes and the verdict is Fail.
+        let t = d.step(None, &[], Acted::Done, at(2));
+        assert_eq!(t.effects, [Effect::Unlock { active_region: None }]);
+        assert_eq!(
+            t.finished,
+            Some(Finished {
+                verdict: Verdict::Fail,
+                message: format!("finding: {finding}"),
+                rto_seconds: None,
+            })
+        );
+    }
+}
+
+#[test]
+fn a_target_still_rolling_out_is_waited_for_in_validate() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let mut inst = installation(Some(2), None);
+    inst.metadata.creation_timestamp = Some(Time(at(-20)));
+    let d = Drill::opened(spec(Scenario::PodLoss));
+    let t = d.decide(Some(&inst), &[], Acted::Nothing, at(1));
+    assert_eq!(t.then, Then::Requeue(steps::SETTLE_TICK));
+    assert_eq!(
+        t.waiting.as_deref(),
+        Some("waiting for Installation summarizer, created 21s ago, to become Ready")
+    );
+    assert_eq!(t.run.step, DrillStep::Validate);
+}
+
+#[test]
+fn a_refused_failover_is_a_finding() {
+    let mut d = Drill::opened(spec(Scenario::RegionOutage));
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    d.step(None, &[], Acted::Nothing, at(2));
+    d.step(None, &[], Acted::Done, at(3));
+    let refusal = Acted::FailoverRefused("denied by the admission webhook".into());
+    let t = d.step(None, &[], refusal, at(4));
+    let why = "failover to eu-central-1 was refused: denied by the admission webhook";
+    assert_eq!(t.run.finding.as_deref(), Some(why));
+    assert_eq!(t.run.step, DrillStep::Restore);
+    assert_eq!(
+        t.timeline.last().map(|e| (e.step, e.outcome)),
+        Some((DrillStep::Failover, StepOutcome::Failed))
+    );
+}
+
+#[test]
+fn a_workload_not_back_home_in_time_fails_the_restore() {
+    let mut d = verifying();
+    let recovered = [
+        named("a", "eu-central-1", at(6), Some(at(9))),
+        named("b", "eu-central-1", at(6), Some(at(9))),
+    ];
+    d.step(None, &recovered, Acted::Nothing, at(10));
+    d.step(None, &[], Acted::Nothing, at(11)); // Restore opens at 11 s
+    let t = d.decide(None, &recovered, Acted::Done, at(130));
+    assert_eq!(t.then, Then::Requeue(TICK));
+    assert_eq!(t.finished, None);
+    let t = d.decide(None, &recovered, Acted::Done, at(131));
+    let why = format!("the workload was not back in eu-west-1 within {RESTORE_WAIT_SECS}s");
+    assert_eq!(why, "the workload was not back in eu-west-1 within 120s");
+    assert_eq!(t.effects, [Effect::Unlock { active_region: None }]);
+    assert_eq!(
+        t.timeline
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| (e.step, e.outcome, e.message.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (
+                DrillStep::Report,
+                StepOutcome::Succeeded,
+                format!("restore failed: {why}").as_str()
+            ),
+            (DrillStep::Restore, StepOutcome::Failed, why.as_str()),
+        ]
+    );
+    assert_eq!(
+        t.finished,
+        Some(Finished {
+            verdict: Verdict::Fail,
+            message: format!("restore failed: {why}"),
+            rto_seconds: Some(8.0),
+        })
+    );
+}
+
+#[test]
+fn restore_false_stays_failed_over_and_reports_the_rto() {
+    let mut s = spec(Scenario::RegionOutage);
+    s.restore = false;
+    s.objectives.rto_seconds = 2;
+    let mut d = Drill::opened(s);
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    d.step(None, &[], Acted::Nothing, at(2));
+    d.step(None, &[], Acted::Done, at(3));
+    d.step(None, &[], Acted::Done, at(4));
+    d.step(None, &[], Acted::Done, at(5));
+    let away = [
+        named("a", "eu-central-1", at(6), Some(at(9))),
+        named("b", "eu-central-1", at(6), Some(at(9))),
+    ];
+    d.step(None, &away, Acted::Nothing, at(10));
+    d.step(None, &[], Acted::Nothing, at(11));
+    assert_eq!(
+        d.status.timeline.last().map(|e| e.message.as_str()),
+        Some("restore: false; removing the outage, staying failed over")
+    );
+    let kept = Some("eu-central-1".to_string());
+    let t = d.step(None, &[], Acted::Nothing, at(12));
+    assert_eq!(
+        t.effects,
+        [
+            Effect::Untaint,
+            Effect::Annotate {
+                unavailable: None,
+                active_region: kept.clone()
+            }
+        ]
+    );
+    let t = d.step(None, &away, Acted::Done, at(12));
+    assert_eq!(t.effects, [Effect::Unlock { active_region: kept }]);
+    // Injected at 2 s; both pods Ready in the second of 9 s, seen at 10 s:
+    // 8 s, over a 2 s objective.
+    let finished = t.finished.unwrap();
+    assert_eq!(
+        (finished.verdict, finished.message.as_str(), finished.rto_seconds),
+        (
+            Verdict::Fail,
+            "recovered in 8.0s, over the 2s objective",
+            Some(8.0)
+        )
+    );
+}
+
+#[test]
+fn each_step_reads_only_what_it_decides_on() {
+    use steps::{Reads, reads};
+    let nothing = Reads::default();
+    let pods = Reads {
+        installation: false,
+        pods: true,
+    };
+    let mut d = Drill::opened(spec(Scenario::PodLoss));
+    let r = |d: &Drill, acted: Acted, now: Timestamp| reads(d.run(), &d.spec, d.deleting, &acted, now);
+    assert_eq!(
+        r(&d, Acted::Nothing, at(1)),
+        Reads {
+            installation: true,
+            pods: false
+        }
+    );
+    // Past its timeout the run restores without looking at the target.
+    assert_eq!(r(&d, Acted::Nothing, at(901)), nothing);
+    d.step(
+        Some(&ready(installation(Some(2), None))),
+        &[],
+        Acted::Nothing,
+        at(1),
+    );
+    // Snapshot: PodLoss records the pods it will delete.
+    assert_eq!(r(&d, Acted::Nothing, at(2)), pods);
+    d.step(None, &[], Acted::Nothing, at(2));
+    // Inject: the pods are looked at once the outage is made.
+    assert_eq!(r(&d, Acted::Nothing, at(3)), nothing);
+    assert_eq!(r(&d, Acted::Done, at(3)), pods);
+    d.step(None, &[], Acted::Done, at(3));
+    assert_eq!(r(&d, Acted::Nothing, at(4)), pods);
+    d.deleting = true;
+    assert_eq!(r(&d, Acted::Nothing, at(4)), nothing);
 }

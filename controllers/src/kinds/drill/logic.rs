@@ -6,21 +6,14 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
-use somastack_crds::drill::{ActiveRun, DrDrillSpec, DrillRun, Scenario, TimelineEntry, Verdict};
+use somastack_crds::drill::{
+    ActiveRun, DrDrillSpec, DrillRun, DrillStep, Scenario, StepOutcome, TimelineEntry, Verdict,
+};
 use somastack_crds::{DrDrill, Installation};
 
 use crate::domain::capsules::CapsuleUse;
 use crate::domain::drills::next_after;
 use crate::domain::regions::active_region;
-
-/// Steps of a run, in order.
-pub const VALIDATE: &str = "Validate";
-pub const SNAPSHOT: &str = "Snapshot";
-pub const INJECT: &str = "Inject";
-pub const FAILOVER: &str = "Failover";
-pub const VERIFY: &str = "Verify";
-pub const RESTORE: &str = "Restore";
-pub const REPORT: &str = "Report";
 
 /// Most entries a timeline holds (the CRD's bound).
 pub const MAX_TIMELINE: usize = 32;
@@ -170,51 +163,7 @@ pub fn validate(
                     spec.installation_ref.name
                 ));
             }
-            let candidates: Vec<&String> = match &spec.failover_region {
-                Some(r) => vec![r],
-                None => inst
-                    .spec
-                    .failover_regions
-                    .iter()
-                    .filter(|r| **r != target)
-                    .collect(),
-            };
-            if candidates.is_empty() {
-                return Err(format!(
-                    "Installation {} has no failoverRegions to fail over to",
-                    spec.installation_ref.name
-                ));
-            }
-            let mut refusals = Vec::new();
-            let mut chosen = None;
-            for region in candidates {
-                if !inst.spec.failover_regions.contains(region) && *region != inst.spec.region {
-                    refusals.push(format!(
-                        "failover region {region} is not one of the Installation's failoverRegions"
-                    ));
-                    continue;
-                }
-                match judge(region) {
-                    CapsuleUse::Allowed(_) => {
-                        chosen = Some(region.clone());
-                        break;
-                    }
-                    CapsuleUse::Blocked(eval) => refusals.push(format!(
-                        "failover to {region} refused by policy: {}",
-                        eval.blocking
-                            .iter()
-                            .map(|v| v.message.as_str())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )),
-                    CapsuleUse::CapsuleNotFound => refusals.push("the Capsule is not published".into()),
-                    CapsuleUse::CapsuleUnusable(why) => refusals.push(why),
-                }
-            }
-            match chosen {
-                Some(r) => Some(r),
-                None => return Err(refusals.join("; ")),
-            }
+            Some(failover_region(spec, inst, &target, judge)?)
         }
     };
     Ok(Targets {
@@ -229,6 +178,55 @@ pub fn validate(
             .cloned(),
         replicas: expected_replicas(inst),
     })
+}
+
+/// The region a RegionOutage fails over to: the drill's `failoverRegion`,
+/// else the first of the Installation's failoverRegions (other than
+/// `target`) that policy allows; `Err` says why none may be used.
+fn failover_region(
+    spec: &DrDrillSpec,
+    inst: &Installation,
+    target: &str,
+    judge: impl Fn(&str) -> CapsuleUse,
+) -> Result<String, String> {
+    let candidates: Vec<&String> = match &spec.failover_region {
+        Some(r) => vec![r],
+        None => inst
+            .spec
+            .failover_regions
+            .iter()
+            .filter(|r| **r != target)
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return Err(format!(
+            "Installation {} has no failoverRegions to fail over to",
+            spec.installation_ref.name
+        ));
+    }
+    let mut refusals = Vec::new();
+    for region in candidates {
+        if !inst.spec.failover_regions.contains(region) && *region != inst.spec.region {
+            refusals.push(format!(
+                "failover region {region} is not one of the Installation's failoverRegions"
+            ));
+            continue;
+        }
+        match judge(region) {
+            CapsuleUse::Allowed(_) => return Ok(region.clone()),
+            CapsuleUse::Blocked(eval) => refusals.push(format!(
+                "failover to {region} refused by policy: {}",
+                eval.blocking
+                    .iter()
+                    .map(|v| v.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            CapsuleUse::CapsuleNotFound => refusals.push("the Capsule is not published".into()),
+            CapsuleUse::CapsuleUnusable(why) => refusals.push(why),
+        }
+    }
+    Err(refusals.join("; "))
 }
 
 /// A pod of the Installation, as recovery sees it.
@@ -313,30 +311,30 @@ pub fn verdict(run: &ActiveRun, rto_objective: i32, restore_failed: Option<&str>
 }
 
 /// Opens `step` in the timeline (closing any step still running as Succeeded).
-pub fn begin(timeline: &mut Vec<TimelineEntry>, step: &str, now: Timestamp, message: String) {
+pub fn begin(timeline: &mut Vec<TimelineEntry>, step: DrillStep, now: Timestamp, message: String) {
     if timeline.last().is_some_and(|e| e.step == step && e.end.is_none()) {
         return;
     }
-    finish(timeline, "Succeeded", now, None);
+    finish(timeline, StepOutcome::Succeeded, now, None);
     if timeline.len() >= MAX_TIMELINE {
         timeline.remove(0);
     }
     timeline.push(TimelineEntry {
-        step: step.into(),
+        step,
         start: time(now),
         end: None,
-        outcome: "Running".into(),
+        outcome: StepOutcome::Running,
         message,
     });
 }
 
 /// Closes the running step with `outcome` (and a new message, if given).
-pub fn finish(timeline: &mut [TimelineEntry], outcome: &str, now: Timestamp, message: Option<String>) {
+pub fn finish(timeline: &mut [TimelineEntry], outcome: StepOutcome, now: Timestamp, message: Option<String>) {
     if let Some(last) = timeline.last_mut()
         && last.end.is_none()
     {
         last.end = Some(time(now));
-        last.outcome = outcome.into();
+        last.outcome = outcome;
         if let Some(m) = message {
             last.message = m;
         }
@@ -344,9 +342,9 @@ pub fn finish(timeline: &mut [TimelineEntry], outcome: &str, now: Timestamp, mes
 }
 
 /// Records a step that did not apply.
-pub fn skipped(timeline: &mut Vec<TimelineEntry>, step: &str, now: Timestamp, message: &str) {
+pub fn skipped(timeline: &mut Vec<TimelineEntry>, step: DrillStep, now: Timestamp, message: &str) {
     begin(timeline, step, now, message.into());
-    finish(timeline, "Skipped", now, None);
+    finish(timeline, StepOutcome::Skipped, now, None);
 }
 
 /// Adds a finished run in front of `history`, keeping at most `limit`.
