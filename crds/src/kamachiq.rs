@@ -230,12 +230,25 @@ pub struct TaskCounts {
     pub failed: i32,
 }
 
+/// Where one task of a project stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum TaskPhase {
+    /// Waiting for dependencies or a free slot (or never to run: a dependency failed).
+    Pending,
+    /// An attempt or its review is running (or suspended).
+    Running,
+    /// An attempt was accepted.
+    Succeeded,
+    /// Every attempt allowed failed or was rejected.
+    Failed,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TaskState {
     pub name: String,
     /// `Pending`, `Running`, `Succeeded`, `Failed`.
-    pub phase: String,
+    pub phase: TaskPhase,
     #[serde(default)]
     pub attempts: i32,
     /// The task's latest Job.

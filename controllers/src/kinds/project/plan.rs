@@ -9,13 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task, TaskCounts, TaskState};
-
-/// Phase names of a task, as status lists them.
-pub const PENDING: &str = "Pending";
-pub const RUNNING: &str = "Running";
-pub const SUCCEEDED: &str = "Succeeded";
-pub const FAILED: &str = "Failed";
+use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task, TaskCounts, TaskPhase, TaskState};
 
 pub use somastack_crds::kamachiq::{
     MAX_PLAN_BYTES, MAX_TASK_DEPENDENCIES as MAX_DEPENDENCIES, MAX_TASK_INPUT_BYTES as MAX_INPUT_BYTES,
@@ -231,37 +225,38 @@ pub enum JobState {
     Failed(String),
 }
 
-/// The operator's judgement of a finished task Job, from its annotations.
+/// The operator's judgement of a finished task attempt (from its own end,
+/// or its review's), as the task Job's annotations record it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum TaskVerdict {
     Accepted,
     Rejected(String),
     Failed(String),
 }
 
-impl Verdict {
+impl TaskVerdict {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Verdict::Accepted => "accepted",
-            Verdict::Rejected(_) => "rejected",
-            Verdict::Failed(_) => "failed",
+            TaskVerdict::Accepted => "accepted",
+            TaskVerdict::Rejected(_) => "rejected",
+            TaskVerdict::Failed(_) => "failed",
         }
     }
 
     pub fn reason(&self) -> &str {
         match self {
-            Verdict::Accepted => "",
-            Verdict::Rejected(r) | Verdict::Failed(r) => r,
+            TaskVerdict::Accepted => "",
+            TaskVerdict::Rejected(r) | TaskVerdict::Failed(r) => r,
         }
     }
 
     /// From the annotation values (`verdict`, `reason`).
-    pub fn parse(verdict: Option<&str>, reason: Option<&str>) -> Option<Verdict> {
+    pub fn parse(verdict: Option<&str>, reason: Option<&str>) -> Option<TaskVerdict> {
         let reason = reason.unwrap_or_default().to_string();
         match verdict? {
-            "accepted" => Some(Verdict::Accepted),
-            "rejected" => Some(Verdict::Rejected(reason)),
-            "failed" => Some(Verdict::Failed(reason)),
+            "accepted" => Some(TaskVerdict::Accepted),
+            "rejected" => Some(TaskVerdict::Rejected(reason)),
+            "failed" => Some(TaskVerdict::Failed(reason)),
             _ => None,
         }
     }
@@ -277,7 +272,7 @@ pub struct JobView {
     /// The retry round it was created in.
     pub round: String,
     pub state: JobState,
-    pub verdict: Option<Verdict>,
+    pub verdict: Option<TaskVerdict>,
     /// The attempt's output has been read (awaiting its review).
     pub has_output: bool,
 }
@@ -354,7 +349,7 @@ pub struct Step {
 /// The name of the accepted Job of every succeeded task, by task.
 pub fn accepted_jobs(jobs: &[JobView]) -> BTreeMap<&str, &str> {
     jobs.iter()
-        .filter(|j| j.role == Role::Task && j.verdict == Some(Verdict::Accepted))
+        .filter(|j| j.role == Role::Task && j.verdict == Some(TaskVerdict::Accepted))
         .map(|j| (j.task.as_str(), j.name.as_str()))
         .collect()
 }
@@ -383,20 +378,20 @@ pub fn step(input: &Input<'_>) -> Step {
         let mut jobs: Vec<&JobView> = by_task.get(task.name.as_str()).cloned().unwrap_or_default();
         jobs.sort_by_key(|j| j.attempt);
         let attempts = jobs.len() as i32;
-        let state = |phase: &str, job: Option<&str>, message: String| TaskState {
+        let state = |phase: TaskPhase, job: Option<&str>, message: String| TaskState {
             name: task.name.clone(),
-            phase: phase.to_string(),
+            phase,
             attempts,
             job: job.map(str::to_string),
             // Agents' and Kubernetes' words: made safe to print.
             message: crate::text::bounded(&message, 512),
         };
-        if let Some(done) = jobs.iter().find(|j| j.verdict == Some(Verdict::Accepted)) {
-            states.push(state(SUCCEEDED, Some(&done.name), String::new()));
+        if let Some(done) = jobs.iter().find(|j| j.verdict == Some(TaskVerdict::Accepted)) {
+            states.push(state(TaskPhase::Succeeded, Some(&done.name), String::new()));
             continue;
         }
         let Some(latest) = jobs.last() else {
-            states.push(state(PENDING, None, String::new()));
+            states.push(state(TaskPhase::Pending, None, String::new()));
             continue;
         };
         match &latest.verdict {
@@ -448,7 +443,7 @@ pub fn step(input: &Input<'_>) -> Step {
                         },
                     },
                 }
-                states.push(state(RUNNING, Some(&latest.name), message));
+                states.push(state(TaskPhase::Running, Some(&latest.name), message));
             }
             Some(verdict) => {
                 let in_round = jobs.iter().filter(|j| j.round == input.round).count() as i32;
@@ -460,10 +455,14 @@ pub fn step(input: &Input<'_>) -> Step {
                 );
                 if in_round < 1 + task.retries {
                     retry_next.insert(task.name.as_str(), latest.attempt + 1);
-                    states.push(state(PENDING, Some(&latest.name), format!("{why}; will retry")));
+                    states.push(state(
+                        TaskPhase::Pending,
+                        Some(&latest.name),
+                        format!("{why}; will retry"),
+                    ));
                 } else {
                     states.push(state(
-                        FAILED,
+                        TaskPhase::Failed,
                         Some(&latest.name),
                         format!(
                             "failed after {attempts} attempt{}; {why}",
@@ -475,13 +474,10 @@ pub fn step(input: &Input<'_>) -> Step {
         }
     }
 
-    let phase_of: BTreeMap<&str, &str> = states
-        .iter()
-        .map(|s| (s.name.as_str(), s.phase.as_str()))
-        .collect();
-    let running = states.iter().filter(|s| s.phase == RUNNING).count() as i32;
-    let any_failed = states.iter().any(|s| s.phase == FAILED);
-    let all_succeeded = states.iter().all(|s| s.phase == SUCCEEDED);
+    let phase_of: BTreeMap<&str, TaskPhase> = states.iter().map(|s| (s.name.as_str(), s.phase)).collect();
+    let running = states.iter().filter(|s| s.phase == TaskPhase::Running).count() as i32;
+    let any_failed = states.iter().any(|s| s.phase == TaskPhase::Failed);
+    let all_succeeded = states.iter().all(|s| s.phase == TaskPhase::Succeeded);
 
     let mut spawn = Vec::new();
     if input.gates.spawn && !input.gates.stop && !input.gates.deadline_passed {
@@ -493,13 +489,13 @@ pub fn step(input: &Input<'_>) -> Step {
                 if free <= 0 {
                     break;
                 }
-                if phase_of.get(task.name.as_str()) != Some(&PENDING) {
+                if phase_of.get(task.name.as_str()) != Some(&TaskPhase::Pending) {
                     continue;
                 }
                 let ready = task
                     .depends_on
                     .iter()
-                    .all(|d| phase_of.get(d.as_str()) == Some(&SUCCEEDED));
+                    .all(|d| phase_of.get(d.as_str()) == Some(&TaskPhase::Succeeded));
                 if !ready {
                     continue;
                 }
@@ -524,7 +520,7 @@ pub fn step(input: &Input<'_>) -> Step {
     } else if input.gates.deadline_passed {
         let unfinished = states
             .iter()
-            .filter(|s| s.phase != SUCCEEDED)
+            .filter(|s| s.phase != TaskPhase::Succeeded)
             .map(|s| {
                 (
                     s.name.clone(),
@@ -537,7 +533,7 @@ pub fn step(input: &Input<'_>) -> Step {
         Outcome::Failed(
             states
                 .iter()
-                .filter(|s| s.phase == FAILED)
+                .filter(|s| s.phase == TaskPhase::Failed)
                 .map(|s| (s.name.clone(), s.message.clone()))
                 .collect(),
         )
@@ -557,27 +553,27 @@ pub fn step(input: &Input<'_>) -> Step {
 
 /// Counts by phase.
 pub fn counts(tasks: &[TaskState]) -> TaskCounts {
-    let n = |p: &str| tasks.iter().filter(|t| t.phase == p).count() as i32;
+    let n = |p: TaskPhase| tasks.iter().filter(|t| t.phase == p).count() as i32;
     TaskCounts {
         total: tasks.len() as i32,
-        pending: n(PENDING),
-        running: n(RUNNING),
-        succeeded: n(SUCCEEDED),
-        failed: n(FAILED),
+        pending: n(TaskPhase::Pending),
+        running: n(TaskPhase::Running),
+        succeeded: n(TaskPhase::Succeeded),
+        failed: n(TaskPhase::Failed),
     }
 }
 
 /// The tasks status lists: failed first, then running, pending, succeeded
 /// (plan order within each), at most [`MAX_LISTED_TASKS`].
 pub fn listed(tasks: &[TaskState]) -> Vec<TaskState> {
-    let rank = |p: &str| match p {
-        FAILED => 0,
-        RUNNING => 1,
-        PENDING => 2,
-        _ => 3,
+    let rank = |p: TaskPhase| match p {
+        TaskPhase::Failed => 0,
+        TaskPhase::Running => 1,
+        TaskPhase::Pending => 2,
+        TaskPhase::Succeeded => 3,
     };
     let mut out: Vec<&TaskState> = tasks.iter().collect();
-    out.sort_by_key(|t| rank(&t.phase));
+    out.sort_by_key(|t| rank(t.phase));
     out.into_iter().take(MAX_LISTED_TASKS).cloned().collect()
 }
 

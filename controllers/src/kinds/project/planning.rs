@@ -156,7 +156,8 @@ impl Calls {
         request: &PlanRequest,
         timeout: Duration,
     ) {
-        let namespace = project.namespace.clone().unwrap_or_default();
+        // The project's namespace, as the reconcile read it (never a default).
+        let namespace = request.project.namespace.clone();
         let slots = match self.namespaces.lock() {
             Ok(mut m) => m
                 .entry(namespace)

@@ -4,8 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use serde_json::{Value, json};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EmptyDirVolumeSource, EnvVar, PodSpec, PodTemplateSpec, ServiceAccount, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use serde_json::json;
 use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::kamachiq::{
     ATTEMPT_LABEL, PROJECT_LABEL, PROJECT_UID_LABEL, ROLE_LABEL, ROUND_ANNOTATION, TASK_LABEL, Task,
@@ -25,6 +32,8 @@ pub const EGRESS_LABEL: &str = "kamachiq.somastack.io/egress";
 pub const PLAN_INPUT_ANNOTATION: &str = "kamachiq.somastack.io/plan-input";
 /// Annotation on the plan ConfigMap: the plan's digest.
 pub const PLAN_DIGEST_ANNOTATION: &str = "kamachiq.somastack.io/plan-digest";
+/// Annotation on a results ConfigMap: which shard of how many (`1 of 2`).
+pub const SHARD_ANNOTATION: &str = "kamachiq.somastack.io/shard";
 /// Key of the plan in its ConfigMap.
 pub const PLAN_KEY: &str = "plan.json";
 /// Key of the plan ConfigMap when the planner's plan was refused (too large
@@ -69,13 +78,26 @@ impl Project<'_> {
         ])
     }
 
-    fn metadata(&self, name: &str) -> Value {
-        json!({
-            "name": name,
-            "namespace": self.namespace,
-            "labels": self.labels(),
-            "ownerReferences": [self.owner],
-        })
+    fn metadata(&self, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(self.namespace.into()),
+            labels: Some(self.labels()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// [`Self::metadata`] with `annotations`.
+    fn annotated(&self, name: &str, annotations: &[(&str, &str)]) -> ObjectMeta {
+        let annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ObjectMeta {
+            annotations: Some(annotations),
+            ..self.metadata(name)
+        }
     }
 
     /// The agents' ServiceAccount.
@@ -109,59 +131,91 @@ impl Project<'_> {
 
     /// The ServiceAccount agents run as: no API token, no rights; tenants may
     /// bind more to it (e.g. a workload identity).
-    pub fn service_account(&self) -> Value {
-        json!({
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": self.metadata(&self.service_account_name()),
-            "automountServiceAccountToken": false,
-        })
+    pub fn service_account(&self) -> ServiceAccount {
+        ServiceAccount {
+            metadata: self.metadata(&self.service_account_name()),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        }
     }
 
     /// Agent pods accept no connection; only those whose capsule has the
     /// `network-egress` capability may open any (a second policy, since
     /// NetworkPolicies add up).
-    pub fn network_policies(&self) -> [Value; 2] {
-        let all = json!({ PROJECT_UID_LABEL: self.uid });
-        let egress = json!({ PROJECT_UID_LABEL: self.uid, EGRESS_LABEL: "true" });
+    pub fn network_policies(&self) -> [NetworkPolicy; 2] {
+        let selector = |labels: &[(&str, &str)]| {
+            Some(LabelSelector {
+                match_labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..LabelSelector::default()
+            })
+        };
+        let types = |types: &[&str]| Some(types.iter().map(|t| t.to_string()).collect());
         [
-            json!({
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": self.metadata(&bounded_name(self.name, "-agents", 253)),
-                "spec": { "podSelector": { "matchLabels": all }, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": [] },
-            }),
-            json!({
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": self.metadata(&bounded_name(self.name, "-agents-egress", 253)),
-                "spec": { "podSelector": { "matchLabels": egress }, "policyTypes": ["Egress"], "egress": [{}] },
-            }),
+            NetworkPolicy {
+                metadata: self.metadata(&bounded_name(self.name, "-agents", 253)),
+                spec: Some(NetworkPolicySpec {
+                    pod_selector: selector(&[(PROJECT_UID_LABEL, self.uid)]),
+                    policy_types: types(&["Ingress", "Egress"]),
+                    ingress: Some(vec![]),
+                    egress: Some(vec![]),
+                }),
+            },
+            NetworkPolicy {
+                metadata: self.metadata(&bounded_name(self.name, "-agents-egress", 253)),
+                spec: Some(NetworkPolicySpec {
+                    pod_selector: selector(&[(PROJECT_UID_LABEL, self.uid), (EGRESS_LABEL, "true")]),
+                    policy_types: types(&["Egress"]),
+                    ingress: None,
+                    egress: Some(vec![NetworkPolicyEgressRule::default()]),
+                }),
+            },
         ]
     }
 
     /// The plan ConfigMap: `plan.json` (the tasks), its digest, and what
     /// it was made from.
-    pub fn plan_config_map(&self, tasks: &[Task], digest: &str, made_from: &str) -> Value {
+    pub fn plan_config_map(&self, tasks: &[Task], digest: &str, made_from: &str) -> ConfigMap {
         let plan = serde_json::to_string_pretty(tasks).unwrap_or_default();
-        let mut meta = self.metadata(&self.plan_config_map_name());
-        meta["annotations"] = json!({ PLAN_DIGEST_ANNOTATION: digest, PLAN_INPUT_ANNOTATION: made_from });
-        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": { PLAN_KEY: plan } })
+        let annotations = [
+            (PLAN_DIGEST_ANNOTATION, digest),
+            (PLAN_INPUT_ANNOTATION, made_from),
+        ];
+        ConfigMap {
+            metadata: self.annotated(&self.plan_config_map_name(), &annotations),
+            data: Some(BTreeMap::from([(PLAN_KEY.to_string(), plan)])),
+            ..ConfigMap::default()
+        }
     }
 
     /// The plan ConfigMap when the planner's plan cannot be stored: the
     /// reason instead of the plan, for the same input.
-    pub fn refused_plan_config_map(&self, why: &str, made_from: &str) -> Value {
-        let mut meta = self.metadata(&self.plan_config_map_name());
-        meta["annotations"] = json!({ PLAN_INPUT_ANNOTATION: made_from });
-        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": { REFUSED_KEY: why } })
+    pub fn refused_plan_config_map(&self, why: &str, made_from: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: self.annotated(
+                &self.plan_config_map_name(),
+                &[(PLAN_INPUT_ANNOTATION, made_from)],
+            ),
+            data: Some(BTreeMap::from([(REFUSED_KEY.to_string(), why.to_string())])),
+            ..ConfigMap::default()
+        }
     }
 
     /// One results ConfigMap: task name -> accepted output.
-    pub fn results_config_map(&self, shard: usize, of: usize, data: &BTreeMap<String, String>) -> Value {
-        let mut meta = self.metadata(&self.results_config_map_name(shard));
-        meta["annotations"] = json!({ "kamachiq.somastack.io/shard": format!("{} of {of}", shard + 1) });
-        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data })
+    pub fn results_config_map(&self, shard: usize, of: usize, data: &BTreeMap<String, String>) -> ConfigMap {
+        let which = format!("{} of {of}", shard + 1);
+        ConfigMap {
+            metadata: self.annotated(
+                &self.results_config_map_name(shard),
+                &[(SHARD_ANNOTATION, which.as_str())],
+            ),
+            data: Some(data.clone()),
+            ..ConfigMap::default()
+        }
     }
 }
 
@@ -195,9 +249,8 @@ pub const ENV_DEPENDENCIES: &str = "SOMASTACK_TASK_DEPENDENCIES";
 /// A Job for one attempt of a task, or for its review. It never restarts a
 /// failed pod (`backoffLimit: 0`): each attempt is its own Job, so every
 /// attempt stays visible and a restart cannot run one twice.
-pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
+pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Job {
     let task = input.task;
-    let name = project.job_name(&task.name, input.attempt, input.role);
     let role = match input.role {
         Role::Task => "task",
         Role::Review => "review",
@@ -210,12 +263,89 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
     if input.capsule.capabilities.iter().any(|c| c == EGRESS_CAPABILITY) {
         pod_labels.insert(EGRESS_LABEL.into(), "true".into());
     }
-    let mut env: Vec<Value> = input
-        .capsule
-        .env
-        .iter()
-        .map(|e| json!({ "name": e.name, "value": e.value }))
-        .collect();
+    let name = project.job_name(&task.name, input.attempt, input.role);
+    Job {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..project.annotated(&name, &[(ROUND_ANNOTATION, input.round)])
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(i64::from(task.timeout_seconds)),
+            suspend: Some(false),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(project, input)),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
+}
+
+/// The pod of a task or review Job: the agent container, restricted, on
+/// the project's placement and region.
+fn pod_spec(project: &Project<'_>, input: &JobInput<'_>) -> PodSpec {
+    let agent = Container {
+        name: "agent".into(),
+        image: Some(input.capsule.image.clone()),
+        env: Some(env(project, input)),
+        resources: Some(container_resources(
+            input.capsule,
+            input.max_cpu,
+            input.max_memory,
+        )),
+        // The agent writes its result to /dev/termination-log; if it
+        // crashes without writing one, the end of its log is used.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let mut pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(project.service_account_name()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(restricted_pod_security(false)),
+        containers: vec![agent],
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".into())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    if let Some(placement) = project.placement {
+        place(&mut pod, placement);
+    }
+    if let Some(region) = project.region {
+        pod.node_selector
+            .get_or_insert_with(BTreeMap::new)
+            .insert(REGION_LABEL.into(), region.into());
+    }
+    pod
+}
+
+/// The agent's environment: the capsule's own, then what every agent gets.
+fn env(project: &Project<'_>, input: &JobInput<'_>) -> Vec<EnvVar> {
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    let task = input.task;
+    let mut env: Vec<EnvVar> = input.capsule.env.iter().map(|e| var(&e.name, &e.value)).collect();
     for (k, v) in [
         (ENV_GOAL, project.goal),
         (ENV_PROJECT, project.name),
@@ -223,58 +353,13 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Value {
         (ENV_INPUT, task.input.as_str()),
         (ENV_ATTEMPT, &input.attempt.to_string()),
     ] {
-        env.push(json!({ "name": k, "value": v }));
+        env.push(var(k, v));
     }
     if let Some(out) = input.output {
-        env.push(json!({ "name": ENV_OUTPUT, "value": out }));
+        env.push(var(ENV_OUTPUT, out));
     }
     if !input.dependencies.is_empty() {
-        env.push(json!({ "name": ENV_DEPENDENCIES, "value": json!(input.dependencies).to_string() }));
+        env.push(var(ENV_DEPENDENCIES, &json!(input.dependencies).to_string()));
     }
-    let mut pod_spec = json!({
-        "restartPolicy": "Never",
-        "serviceAccountName": project.service_account_name(),
-        "automountServiceAccountToken": false,
-        "enableServiceLinks": false,
-        "securityContext": json!(restricted_pod_security(false)),
-        "containers": [{
-            "name": "agent",
-            "image": input.capsule.image,
-            "env": env,
-            "resources": json!(container_resources(input.capsule, input.max_cpu, input.max_memory)),
-            // The agent writes its result to /dev/termination-log; if it
-            // crashes without writing one, the end of its log is used.
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": json!(restricted_container_security()),
-            "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
-        }],
-        "volumes": [{ "name": "tmp", "emptyDir": { "sizeLimit": "256Mi" } }],
-    });
-    if let Some(placement) = project.placement {
-        let mut placed = k8s_openapi::api::core::v1::PodSpec::default();
-        place(&mut placed, placement);
-        for (k, v) in placed.node_selector.unwrap_or_default() {
-            pod_spec["nodeSelector"][k] = json!(v);
-        }
-        if let Some(t) = placed.tolerations {
-            pod_spec["tolerations"] = json!(t);
-        }
-    }
-    if let Some(region) = project.region {
-        pod_spec["nodeSelector"][REGION_LABEL] = json!(region);
-    }
-    let mut meta = project.metadata(&name);
-    meta["labels"] = json!(labels);
-    meta["annotations"] = json!({ ROUND_ANNOTATION: input.round });
-    json!({
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": meta,
-        "spec": {
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": task.timeout_seconds,
-            "suspend": false,
-            "template": { "metadata": { "labels": pod_labels }, "spec": pod_spec },
-        },
-    })
+    env
 }

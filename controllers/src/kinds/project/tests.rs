@@ -1,15 +1,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::ResourceExt;
 use somastack_crds::common::{CapsuleRef, DataClassification};
 use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task};
 use somastack_crds::policy::{Residency, ResidencyRule};
 use somastack_crds::{Capsule, PolicyBundle, PolicyBundleSpec};
 
-use super::plan::{self, Gates, Input, JobState, JobView, Judge, Outcome, Role, Spawn, Verdict};
+use super::gates::check_capsules;
+use super::plan::{self, Gates, Input, JobState, JobView, Judge, Outcome, Role, Spawn, TaskVerdict};
 use super::render::{self, Project};
-use super::{check_capsules, service_url};
+use super::service_url;
 use crate::testing::capsule_spec;
 
 fn task(name: &str, deps: &[&str]) -> Task {
@@ -35,7 +38,7 @@ fn diamond() -> Vec<Task> {
     ]
 }
 
-fn job(task: &str, attempt: u32, state: JobState, verdict: Option<Verdict>) -> JobView {
+fn job(task: &str, attempt: u32, state: JobState, verdict: Option<TaskVerdict>) -> JobView {
     JobView {
         name: format!("p-{task}-{attempt}"),
         task: task.into(),
@@ -145,7 +148,7 @@ fn the_diamond_runs_in_dependency_order_within_parallelism() {
     let running = [job("a", 1, JobState::Active, None)];
     assert!(step(&tasks, &running, 1, open()).spawn.is_empty());
     // Root accepted: both middles are ready, parallelism decides how many start.
-    let a_done = [job("a", 1, JobState::Succeeded, Some(Verdict::Accepted))];
+    let a_done = [job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted))];
     assert_eq!(spawned(&step(&tasks, &a_done, 1, open())), vec![("b", 1)]);
     assert_eq!(
         spawned(&step(&tasks, &a_done, 2, open())),
@@ -153,18 +156,18 @@ fn the_diamond_runs_in_dependency_order_within_parallelism() {
     );
     // d waits for both.
     let b_done = [
-        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
-        job("b", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
+        job("b", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
         job("c", 1, JobState::Active, None),
     ];
     let s = step(&tasks, &b_done, 2, open());
     assert!(s.spawn.is_empty());
     assert_eq!(s.outcome, Outcome::Running);
     let all = [
-        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
-        job("b", 1, JobState::Succeeded, Some(Verdict::Accepted)),
-        job("c", 1, JobState::Succeeded, Some(Verdict::Accepted)),
-        job("d", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
+        job("b", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
+        job("c", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
+        job("d", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
     ];
     let s = step(&tasks, &all, 2, open());
     assert_eq!(s.outcome, Outcome::Succeeded);
@@ -195,7 +198,7 @@ fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
         "a",
         1,
         JobState::Failed("x".into()),
-        Some(Verdict::Failed("exit 1".into())),
+        Some(TaskVerdict::Failed("exit 1".into())),
     )];
     let s = step(&tasks, &once, 4, open());
     assert_eq!(spawned(&s), vec![("a", 2)]);
@@ -206,7 +209,7 @@ fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
             "a",
             2,
             JobState::Failed("x".into()),
-            Some(Verdict::Failed("exit 1".into())),
+            Some(TaskVerdict::Failed("exit 1".into())),
         ),
     ];
     let s = step(&tasks, &twice, 4, open());
@@ -227,18 +230,18 @@ fn a_failing_task_is_retried_then_fails_the_project_naming_it() {
 fn a_new_retry_round_reruns_only_the_failed_tasks() {
     let tasks = vec![task("a", &[]), task("b", &[]), task("c", &["b"])];
     let jobs = [
-        job("a", 1, JobState::Succeeded, Some(Verdict::Accepted)),
+        job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted)),
         job(
             "b",
             1,
             JobState::Failed("x".into()),
-            Some(Verdict::Failed("x".into())),
+            Some(TaskVerdict::Failed("x".into())),
         ),
         job(
             "b",
             2,
             JobState::Failed("x".into()),
-            Some(Verdict::Failed("x".into())),
+            Some(TaskVerdict::Failed("x".into())),
         ),
     ];
     let old_round = step(&tasks, &jobs, 4, open());
@@ -337,20 +340,27 @@ fn with_a_review_capsule_the_review_decides() {
 fn status_lists_failed_tasks_first_and_stays_capped() {
     let tasks: Vec<Task> = (0..1000).map(|i| task(&format!("t{i}"), &[])).collect();
     let mut jobs: Vec<JobView> = (0..998)
-        .map(|i| job(&format!("t{i}"), 1, JobState::Succeeded, Some(Verdict::Accepted)))
+        .map(|i| {
+            job(
+                &format!("t{i}"),
+                1,
+                JobState::Succeeded,
+                Some(TaskVerdict::Accepted),
+            )
+        })
         .collect();
     for i in [998, 999] {
         jobs.push(job(
             &format!("t{i}"),
             1,
             JobState::Failed("x".into()),
-            Some(Verdict::Failed("x".into())),
+            Some(TaskVerdict::Failed("x".into())),
         ));
         jobs.push(job(
             &format!("t{i}"),
             2,
             JobState::Failed("x".into()),
-            Some(Verdict::Failed("x".into())),
+            Some(TaskVerdict::Failed("x".into())),
         ));
     }
     let s = step(&tasks, &jobs, 100, open());
@@ -431,41 +441,58 @@ fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
             max_memory: None,
         },
     );
-    assert_eq!(job["metadata"]["name"], "market-brief-gather-3");
-    assert_eq!(job["metadata"]["ownerReferences"][0]["uid"], "0000-1111");
+    assert_eq!(job.name_any(), "market-brief-gather-3");
+    assert_eq!(job.owner_references()[0].uid, "0000-1111");
     assert_eq!(
-        job["metadata"]["annotations"]["kamachiq.somastack.io/round"],
-        "r1"
+        job.annotations()
+            .get("kamachiq.somastack.io/round")
+            .map(String::as_str),
+        Some("r1")
     );
-    assert_eq!(job["spec"]["backoffLimit"], 0);
-    assert_eq!(job["spec"]["activeDeadlineSeconds"], 600);
-    let pod = &job["spec"]["template"]["spec"];
-    assert_eq!(pod["serviceAccountName"], "market-brief-agent");
-    assert_eq!(pod["automountServiceAccountToken"], false);
-    assert_eq!(pod["restartPolicy"], "Never");
+    let spec = job.spec.clone().unwrap_or_default();
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert_eq!(spec.active_deadline_seconds, Some(600));
+    let pod = spec.template.spec.clone().unwrap_or_default();
+    assert_eq!(pod.service_account_name.as_deref(), Some("market-brief-agent"));
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(
-        pod["nodeSelector"]["topology.kubernetes.io/region"],
-        "eu-central-1"
+        pod.node_selector
+            .unwrap_or_default()
+            .get("topology.kubernetes.io/region")
+            .map(String::as_str),
+        Some("eu-central-1")
+    );
+    let pod_labels = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    assert_eq!(
+        pod_labels.get("kamachiq.somastack.io/egress").map(String::as_str),
+        Some("true")
     );
     assert_eq!(
-        job["spec"]["template"]["metadata"]["labels"]["kamachiq.somastack.io/egress"],
-        "true"
+        env_value(&job, "SOMASTACK_TASK_INPUT").as_deref(),
+        Some("do gather")
     );
-    let env = pod["containers"][0]["env"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let get = |k: &str| env.iter().find(|e| e["name"] == k).map(|e| e["value"].clone());
-    assert_eq!(get("SOMASTACK_TASK_INPUT"), Some("do gather".into()));
-    assert_eq!(get("SOMASTACK_TASK_ATTEMPT"), Some("3".into()));
-    assert_eq!(pod["containers"][0]["image"], capsule.image.as_str());
+    assert_eq!(env_value(&job, "SOMASTACK_TASK_ATTEMPT").as_deref(), Some("3"));
+    assert_eq!(pod.containers[0].image.as_deref(), Some(capsule.image.as_str()));
     // The manifest is a Job the API accepts in shape.
-    assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job).is_ok());
-    assert_eq!(p.service_account()["automountServiceAccountToken"], false);
+    let sent = serde_json::to_value(&job).unwrap_or_default();
+    assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(sent).is_ok());
+    assert_eq!(p.service_account().automount_service_account_token, Some(false));
+}
+
+/// The value of the agent container's environment variable `name`.
+fn env_value(job: &Job, name: &str) -> Option<String> {
+    let pod = job.spec.as_ref()?.template.spec.as_ref()?;
+    pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
 }
 
 /// The Job of a task's first attempt, with an internal capsule.
-fn first_attempt(p: &Project, t: &Task, dependencies: &BTreeMap<String, String>) -> serde_json::Value {
+fn first_attempt(p: &Project, t: &Task, dependencies: &BTreeMap<String, String>) -> Job {
     let capsule = capsule_spec(DataClassification::Internal);
     render::job(
         p,
@@ -500,16 +527,21 @@ fn placement_reaches_the_job_pods_and_the_region_stays_the_projects() {
         ..project()
     };
     let job = first_attempt(&p, &task("gather", &[]), &BTreeMap::new());
-    let pod = &job["spec"]["template"]["spec"];
+    let pod = job.spec.and_then(|s| s.template.spec).unwrap_or_default();
     assert_eq!(
-        pod["nodeSelector"],
-        serde_json::json!({ "somastack.io/real-node": "true", "topology.kubernetes.io/region": "eu-central-1" })
+        pod.node_selector,
+        Some(BTreeMap::from([
+            ("somastack.io/real-node".to_string(), "true".to_string()),
+            (
+                "topology.kubernetes.io/region".to_string(),
+                "eu-central-1".to_string()
+            ),
+        ]))
     );
     assert_eq!(
-        pod["tolerations"],
+        serde_json::to_value(&pod.tolerations).unwrap_or_default(),
         serde_json::json!([{ "key": "node.somastack.io/real", "operator": "Exists" }])
     );
-    assert!(serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(job).is_ok());
 }
 
 #[test]
@@ -590,12 +622,8 @@ fn a_task_receives_its_dependencies_latest_accepted_outputs() {
         ])
     );
     let job = first_attempt(&p, &t, &deps);
-    let env = job["spec"]["template"]["spec"]["containers"][0]["env"].clone();
-    let value = env
-        .as_array()
-        .and_then(|e| e.iter().find(|v| v["name"] == "SOMASTACK_TASK_DEPENDENCIES"))
-        .and_then(|v| v["value"].as_str())
-        .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap());
+    let value = env_value(&job, "SOMASTACK_TASK_DEPENDENCIES")
+        .map(|v| serde_json::from_str::<serde_json::Value>(&v).unwrap());
     assert_eq!(
         value,
         Some(serde_json::json!({ "solar": "Solar rose.", "wind": "Wind fell." }))
@@ -618,4 +646,79 @@ fn a_planner_capsule_is_called_at_its_services_cluster_ip() {
     assert_eq!(service_url("None", 8080), None);
     assert_eq!(service_url("", 8080), None);
     assert_eq!(service_url("planner.ns.svc", 8080), None);
+}
+
+/// A finished task (or review) Job of the project, as the cache shows it.
+fn judged_job(
+    task: &str,
+    attempt: u32,
+    role: &str,
+    verdict: &str,
+    output: &str,
+    round: &str,
+    created: i64,
+) -> Arc<Job> {
+    let mut job = Job::default();
+    job.metadata.name = Some(format!("p-{task}-{attempt}"));
+    job.metadata.labels = Some(BTreeMap::from([
+        ("kamachiq.somastack.io/task".to_string(), task.to_string()),
+        ("kamachiq.somastack.io/attempt".to_string(), attempt.to_string()),
+        ("kamachiq.somastack.io/role".to_string(), role.to_string()),
+    ]));
+    job.metadata.annotations = Some(BTreeMap::from([
+        ("kamachiq.somastack.io/verdict".to_string(), verdict.to_string()),
+        ("kamachiq.somastack.io/output".to_string(), output.to_string()),
+        ("kamachiq.somastack.io/round".to_string(), round.to_string()),
+    ]));
+    job.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::from_second(created).unwrap(),
+    ));
+    Arc::new(job)
+}
+
+#[test]
+fn results_hold_each_tasks_accepted_output_in_plan_order() {
+    let tasks = vec![task("b", &[]), task("a", &[]), task("c", &[])];
+    let jobs = vec![
+        judged_job("a", 1, "task", "rejected", "wrong", "", 1),
+        judged_job("a", 2, "task", "accepted", "A", "", 2),
+        judged_job("b", 1, "task", "accepted", "B", "", 3),
+        judged_job("c", 1, "review", "accepted", "not a task's", "", 4),
+    ];
+    assert_eq!(
+        super::reconcile::accepted_outputs(&tasks, &jobs),
+        vec![
+            ("b".to_string(), "B".to_string()),
+            ("a".to_string(), "A".to_string())
+        ]
+    );
+    let accepted = super::reconcile::accepted_attempts(&jobs);
+    assert_eq!(
+        accepted,
+        vec![
+            plan::Accepted {
+                task: "a",
+                attempt: 2,
+                output: "A"
+            },
+            plan::Accepted {
+                task: "b",
+                attempt: 1,
+                output: "B"
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_run_starts_with_the_first_job_of_its_round() {
+    let jobs = vec![
+        judged_job("a", 1, "task", "failed", "", "", 10),
+        judged_job("a", 2, "task", "failed", "", "r1", 30),
+        judged_job("b", 1, "task", "accepted", "B", "r1", 20),
+    ];
+    let start = |round: &str| super::reconcile::run_start(&jobs, round).map(|t| t.0.as_second());
+    assert_eq!(start(""), Some(10));
+    assert_eq!(start("r1"), Some(20));
+    assert_eq!(start("r2"), None);
 }
