@@ -115,14 +115,23 @@ mod tests {
         Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
     }
 
+    /// One merge: a condition (type, status, reason, message), the object's
+    /// generation, and the time.
+    type Step<'a> = (&'static str, Status, &'static str, &'a str, Option<i64>, i64);
+
+    /// The conditions after merging `steps` one after another into none.
+    fn merged(steps: &[Step]) -> Vec<Condition> {
+        let mut out = vec![];
+        for &(type_, status, reason, message, generation, now) in steps {
+            let desired = Desired::new(type_, status, reason, message);
+            out = merge(&out, &[desired], generation, &at(now));
+        }
+        out
+    }
+
     #[test]
     fn new_condition_gets_now() {
-        let out = merge(
-            &[],
-            &[Desired::new("Ready", Status::Unknown, "Reconciling", "m")],
-            Some(3),
-            &at(100),
-        );
+        let out = merged(&[("Ready", Status::Unknown, "Reconciling", "m", Some(3), 100)]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].status, "Unknown");
         assert_eq!(out[0].observed_generation, Some(3));
@@ -131,18 +140,10 @@ mod tests {
 
     #[test]
     fn unchanged_status_keeps_transition_time_but_updates_reason_and_message() {
-        let first = merge(
-            &[],
-            &[Desired::new("Ready", Status::False, "Waiting", "a")],
-            Some(1),
-            &at(100),
-        );
-        let second = merge(
-            &first,
-            &[Desired::new("Ready", Status::False, "StillWaiting", "b")],
-            Some(2),
-            &at(200),
-        );
+        let second = merged(&[
+            ("Ready", Status::False, "Waiting", "a", Some(1), 100),
+            ("Ready", Status::False, "StillWaiting", "b", Some(2), 200),
+        ]);
         assert_eq!(second[0].last_transition_time, at(100));
         assert_eq!(second[0].reason, "StillWaiting");
         assert_eq!(second[0].message, "b");
@@ -151,35 +152,19 @@ mod tests {
 
     #[test]
     fn flipped_status_moves_transition_time() {
-        let first = merge(
-            &[],
-            &[Desired::new("Ready", Status::False, "Waiting", "")],
-            None,
-            &at(100),
-        );
-        let second = merge(
-            &first,
-            &[Desired::new("Ready", Status::True, "Available", "")],
-            None,
-            &at(200),
-        );
+        let second = merged(&[
+            ("Ready", Status::False, "Waiting", "", None, 100),
+            ("Ready", Status::True, "Available", "", None, 200),
+        ]);
         assert_eq!(second[0].last_transition_time, at(200));
     }
 
     #[test]
     fn other_types_are_kept_and_output_is_sorted() {
-        let first = merge(
-            &[],
-            &[Desired::new("Verified", Status::True, "SignatureValid", "")],
-            None,
-            &at(1),
-        );
-        let second = merge(
-            &first,
-            &[Desired::new("Approved", Status::False, "Rejected", "")],
-            None,
-            &at(2),
-        );
+        let second = merged(&[
+            ("Verified", Status::True, "SignatureValid", "", None, 1),
+            ("Approved", Status::False, "Rejected", "", None, 2),
+        ]);
         let types: Vec<_> = second.iter().map(|c| c.type_.as_str()).collect();
         assert_eq!(types, ["Approved", "Verified"]);
         assert_eq!(

@@ -425,6 +425,21 @@ mod tests {
         format!("http://{addr}")
     }
 
+    /// A test server (base URL and counters) and a client.
+    async fn started() -> (Counters, String, PlannerClient) {
+        let counters = Counters::default();
+        let base = server(counters.clone()).await;
+        (counters, base, PlannerClient::new())
+    }
+
+    /// A client that does not retry.
+    fn single_attempt() -> PlannerClient {
+        PlannerClient {
+            attempts: 1,
+            ..PlannerClient::new()
+        }
+    }
+
     fn request(goal: &str, max_tasks: i32) -> PlanRequest {
         PlanRequest {
             api_version: PLANNER_API_VERSION.to_string(),
@@ -444,14 +459,24 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    /// Plans goal "g" (at most 10 tasks) at `url`.
+    async fn plan_g(client: &PlannerClient, url: &str) -> Result<Vec<Task>, PlanFailure> {
+        client.plan(url, &request("g", 10), T).await
+    }
+
+    /// Checks that `err` is a `reason` failure whose message starts with
+    /// `start`; returns the message.
+    fn failure(err: &PlanFailure, reason: &str, start: &str) -> String {
+        assert_eq!(err.reason(), reason);
+        let msg = err.to_string();
+        assert!(msg.starts_with(start), "{msg}");
+        msg
+    }
+
     #[tokio::test]
     async fn planner_good_answer_is_the_plan() {
-        let base = server(Counters::default()).await;
-        let client = PlannerClient::new();
-        let tasks = client
-            .plan(&format!("{base}/good"), &request("g", 10), T)
-            .await
-            .unwrap();
+        let (_, base, client) = started().await;
+        let tasks = plan_g(&client, &format!("{base}/good")).await.unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[1].name, "brief");
         assert_eq!(tasks[1].depends_on, ["a"]);
@@ -461,8 +486,7 @@ mod tests {
 
     #[tokio::test]
     async fn planner_reference_planner_speaks_the_contract() {
-        let base = server(Counters::default()).await;
-        let client = PlannerClient::new();
+        let (_, base, client) = started().await;
         let url = format!("{base}/reference/plan");
         let tasks = client
             .plan(&url, &request("2 x gather sources; write the brief", 10), T)
@@ -490,22 +514,15 @@ mod tests {
 
     #[tokio::test]
     async fn planner_garbage_is_invalid() {
-        let base = server(Counters::default()).await;
-        let client = PlannerClient::new();
+        let (_, base, client) = started().await;
         let url = format!("{base}/garbage");
-        let err = client.plan(&url, &request("g", 10), T).await.unwrap_err();
-        assert_eq!(err.reason(), "PlannerAnswerInvalid");
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!(
-                "planner {url} answered 200, but the answer is not a plan: "
-            )),
-            "{msg}"
-        );
+        let err = plan_g(&client, &url).await.unwrap_err();
+        let start = format!("planner {url} answered 200, but the answer is not a plan: ");
+        let msg = failure(&err, "PlannerAnswerInvalid", &start);
         assert!(msg.contains("EOF while parsing"), "{msg}");
 
         let url = format!("{base}/no-tasks");
-        let err = client.plan(&url, &request("g", 10), T).await.unwrap_err();
+        let err = plan_g(&client, &url).await.unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -513,33 +530,23 @@ mod tests {
             )
         );
 
-        let err = client
-            .plan(&format!("{base}/v9"), &request("g", 10), T)
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "PlannerAnswerInvalid");
-        assert!(
-            err.to_string().contains("apiVersion \"planner.somastack.io/v9\""),
-            "{err}"
-        );
-
-        let err = client
-            .plan(&format!("{base}/huge"), &request("g", 10), T)
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "PlannerAnswerInvalid");
-        assert!(
-            err.to_string()
-                .ends_with("the answer is larger than 4 MiB, the most the operator reads"),
-            "{err}"
-        );
+        type Check = fn(&str) -> bool;
+        let checks: [(&str, Check); 2] = [
+            ("v9", |msg| msg.contains("apiVersion \"planner.somastack.io/v9\"")),
+            ("huge", |msg| {
+                msg.ends_with("the answer is larger than 4 MiB, the most the operator reads")
+            }),
+        ];
+        for (path, check) in checks {
+            let err = plan_g(&client, &format!("{base}/{path}")).await.unwrap_err();
+            assert_eq!(err.reason(), "PlannerAnswerInvalid");
+            assert!(check(&err.to_string()), "{err}");
+        }
     }
 
     #[tokio::test]
     async fn planner_422_is_refused_without_retry() {
-        let counters = Counters::default();
-        let base = server(counters.clone()).await;
-        let client = PlannerClient::new();
+        let (counters, base, client) = started().await;
         let url = format!("{base}/refuse");
         let err = client.plan(&url, &request("g", 3), T).await.unwrap_err();
         assert_eq!(
@@ -567,14 +574,9 @@ mod tests {
 
     #[tokio::test]
     async fn planner_500_then_200_is_retried() {
-        let counters = Counters::default();
-        let base = server(counters.clone()).await;
-        let client = PlannerClient::new();
+        let (counters, base, client) = started().await;
         let started = Instant::now();
-        let tasks = client
-            .plan(&format!("{base}/flaky"), &request("g", 10), T)
-            .await
-            .unwrap();
+        let tasks = plan_g(&client, &format!("{base}/flaky")).await.unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(counters.flaky.load(Ordering::SeqCst), 2);
         assert!(started.elapsed() >= FIRST_RETRY_DELAY, "{:?}", started.elapsed());
@@ -582,12 +584,10 @@ mod tests {
 
     #[tokio::test]
     async fn planner_5xx_every_time_is_unavailable_after_3_attempts() {
-        let counters = Counters::default();
-        let base = server(counters.clone()).await;
-        let client = PlannerClient::new();
+        let (counters, base, client) = started().await;
         let url = format!("{base}/down");
         let started = Instant::now();
-        let err = client.plan(&url, &request("g", 10), T).await.unwrap_err();
+        let err = plan_g(&client, &url).await.unwrap_err();
         assert_eq!(counters.down.load(Ordering::SeqCst), 3);
         // 200 ms, then 400 ms.
         assert!(
@@ -612,25 +612,16 @@ mod tests {
         };
         let client = PlannerClient::new();
         let url = format!("http://127.0.0.1:{port}/plan");
-        let err = client.plan(&url, &request("g", 10), T).await.unwrap_err();
-        assert_eq!(err.reason(), "PlannerUnavailable");
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!(
-                "planner {url} is unavailable after 3 attempts: error sending request: "
-            )),
-            "{msg}"
-        );
+        let err = plan_g(&client, &url).await.unwrap_err();
+        let start = format!("planner {url} is unavailable after 3 attempts: error sending request: ");
+        let msg = failure(&err, "PlannerUnavailable", &start);
         assert!(msg.to_lowercase().contains("connection refused"), "{msg}");
     }
 
     #[tokio::test]
     async fn planner_timeout_is_unavailable() {
         let base = server(Counters::default()).await;
-        let client = PlannerClient {
-            attempts: 1,
-            ..PlannerClient::new()
-        };
+        let client = single_attempt();
         let url = format!("{base}/slow");
         let started = Instant::now();
         let err = client
@@ -642,28 +633,17 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(err.reason(), "PlannerUnavailable");
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!("planner {url} is unavailable after 1 attempt: ")),
-            "{msg}"
-        );
+        let start = format!("planner {url} is unavailable after 1 attempt: ");
+        let msg = failure(&err, "PlannerUnavailable", &start);
         assert!(msg.contains("timed out"), "{msg}");
     }
 
     #[tokio::test]
     async fn planner_url_that_cannot_be_called_is_refused() {
         let client = PlannerClient::new();
-        let err = client
-            .plan("ftp://planner/plan", &request("g", 10), T)
-            .await
-            .unwrap_err();
-        assert_eq!(err.reason(), "PlannerRefused");
-        assert!(
-            err.to_string()
-                .starts_with("planner ftp://planner/plan refused the goal: cannot call it"),
-            "{err}"
-        );
+        let err = plan_g(&client, "ftp://planner/plan").await.unwrap_err();
+        let start = "planner ftp://planner/plan refused the goal: cannot call it";
+        failure(&err, "PlannerRefused", start);
     }
 
     #[tokio::test]
@@ -671,20 +651,11 @@ mod tests {
         // TLS is compiled in and set up: https to a plain-http server fails the
         // handshake (retried as unavailable), instead of "scheme not supported".
         let base = server(Counters::default()).await;
-        let client = PlannerClient {
-            attempts: 1,
-            ..PlannerClient::new()
-        };
+        let client = single_attempt();
         let url = format!("{}/good", base.replace("http://", "https://"));
-        let err = client.plan(&url, &request("g", 10), T).await.unwrap_err();
-        assert_eq!(err.reason(), "PlannerUnavailable");
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!(
-                "planner {url} is unavailable after 1 attempt: error sending request: "
-            )),
-            "{msg}"
-        );
+        let err = plan_g(&client, &url).await.unwrap_err();
+        let start = format!("planner {url} is unavailable after 1 attempt: error sending request: ");
+        let msg = failure(&err, "PlannerUnavailable", &start);
         assert!(!msg.contains("scheme"), "{msg}");
     }
 

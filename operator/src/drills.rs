@@ -1,38 +1,26 @@
 //! `somastack-operator drills`: the disaster-drill summary, from the runs
 //! the DrDrills keep in their status.
 
-use kube::Api;
 use kube::api::ListParams;
-use somastack_controllers::kinds::drill::plan::{SummaryRow, summary};
+use somastack_controllers::kinds::drill::logic::{SummaryRow, summary};
 use somastack_crds::DrDrill;
 
-use crate::cli::{Output, SummaryArgs};
-use crate::error::{Error, Result};
+use crate::cli::SummaryArgs;
+use crate::cluster::scoped;
+use crate::error::Result;
+use crate::summary::{percent, secs};
 
 pub fn summary_command(args: SummaryArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let rows = runtime.block_on(async {
-        let client = crate::cluster::client(&args.cluster).await?;
-        let api: Api<DrDrill> = match &args.namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        };
-        Ok::<_, Error>(summary(&api.list(&ListParams::default()).await?.items))
-    })?;
-    match args.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| Error::Render(e.to_string()))?
-        ),
-        Output::Table => print!("{}", table(&rows)),
-    }
-    Ok(())
-}
-
-fn secs(v: Option<f64>) -> String {
-    v.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
+    crate::summary::print(
+        &args,
+        async |client, namespace| {
+            let drills = scoped::<DrDrill>(client, namespace)
+                .list(&ListParams::default())
+                .await?;
+            Ok(summary(&drills.items))
+        },
+        |rows| table(rows),
+    )
 }
 
 /// The summary as a table, one Installation per line.
@@ -48,9 +36,7 @@ pub fn table(rows: &[SummaryRow]) -> String {
             r.installation,
             r.drills,
             r.runs,
-            r.pass_rate
-                .map(|p| format!("{:.0}%", p * 100.0))
-                .unwrap_or_else(|| "-".into()),
+            percent(r.pass_rate),
             r.last_run
                 .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_else(|| "-".into()),

@@ -23,6 +23,7 @@ mod payload;
 mod projects;
 mod revisions;
 mod run;
+mod summary;
 mod telemetry;
 mod webhook;
 

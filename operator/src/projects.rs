@@ -11,43 +11,32 @@ use somastack_controllers::kinds::project::summary::{Summary, summary};
 use somastack_crds::KamachiqProject;
 use somastack_crds::kamachiq::{PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION};
 
-use crate::cli::{Output, RetryFailedArgs, SummaryArgs};
+use crate::cli::{RetryFailedArgs, SummaryArgs};
+use crate::cluster::scoped;
 use crate::error::{Error, Result};
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+use crate::summary::{percent, secs};
 
 pub fn summary_command(args: SummaryArgs) -> Result<()> {
-    let summary = runtime()?.block_on(async {
-        let client = crate::cluster::client(&args.cluster).await?;
-        let (projects, jobs): (Api<KamachiqProject>, Api<Job>) = match &args.namespace {
-            Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-            None => (Api::all(client.clone()), Api::all(client)),
-        };
-        let projects = projects.list(&ListParams::default()).await?.items;
-        let jobs = jobs
-            .list(&ListParams::default().labels(PROJECT_UID_LABEL))
-            .await?
-            .items;
-        Ok::<_, Error>(summary(&projects, &jobs))
-    })?;
-    match args.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&summary).map_err(|e| Error::Render(e.to_string()))?
-        ),
-        Output::Table => print!("{}", table(&summary)),
-    }
-    Ok(())
+    crate::summary::print(
+        &args,
+        async |client, namespace| {
+            let projects = scoped::<KamachiqProject>(client.clone(), namespace)
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let jobs = scoped::<Job>(client, namespace)
+                .list(&ListParams::default().labels(PROJECT_UID_LABEL))
+                .await?
+                .items;
+            Ok(summary(&projects, &jobs))
+        },
+        table,
+    )
 }
 
 pub fn retry_failed_command(args: RetryFailedArgs) -> Result<()> {
     let round = Timestamp::now().to_string();
-    runtime()?.block_on(async {
-        let client = crate::cluster::client(&args.cluster).await?;
+    crate::cluster::with_client(&args.cluster, async |client| {
         let api: Api<KamachiqProject> = Api::namespaced(client, &args.namespace);
         match api
             .patch(
@@ -75,15 +64,6 @@ pub fn retry_failed_command(args: RetryFailedArgs) -> Result<()> {
 /// The JSON merge patch that asks for retry round `round`.
 fn retry_patch(round: &str) -> serde_json::Value {
     json!({ "metadata": { "annotations": { RETRY_FAILED_ANNOTATION: round } } })
-}
-
-fn secs(v: Option<f64>) -> String {
-    v.map(|s| format!("{s:.1}s")).unwrap_or_else(|| "-".into())
-}
-
-fn percent(v: Option<f64>) -> String {
-    v.map(|p| format!("{:.0}%", p * 100.0))
-        .unwrap_or_else(|| "-".into())
 }
 
 /// The summary as a table, one project per line, then the totals.
@@ -126,8 +106,6 @@ pub fn table(summary: &Summary) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use somastack_controllers::kinds::project::summary::{ProjectRow, Summary, Totals};
 
     use super::*;
@@ -155,6 +133,25 @@ mod tests {
         }
     }
 
+    /// Totals of projects in `phases` (phase, projects), and tasks `counts`
+    /// (tasks, succeeded, failed).
+    fn totals(
+        phases: &[(&str, usize)],
+        counts: (i64, i64, i64),
+        rate: Option<f64>,
+        mean: Option<f64>,
+    ) -> Totals {
+        Totals {
+            projects: phases.iter().map(|(_, n)| n).sum(),
+            phases: phases.iter().map(|(p, n)| (p.to_string(), *n)).collect(),
+            tasks: counts.0,
+            succeeded: counts.1,
+            failed: counts.2,
+            success_rate: rate,
+            mean_task_seconds: mean,
+        }
+    }
+
     #[test]
     fn projects_table_has_one_line_per_project_and_totals() {
         let s = Summary {
@@ -170,19 +167,12 @@ mod tests {
                 ),
                 row("team-b", "fresh", "Pending", (0, 0, 0), None, None),
             ],
-            totals: Totals {
-                projects: 3,
-                phases: BTreeMap::from([
-                    ("Pending".to_string(), 1),
-                    ("Running".to_string(), 1),
-                    ("Succeeded".to_string(), 1),
-                ]),
-                tasks: 34,
-                succeeded: 32,
-                failed: 1,
-                success_rate: Some(32.0 / 33.0),
-                mean_task_seconds: Some(9.2),
-            },
+            totals: totals(
+                &[("Pending", 1), ("Running", 1), ("Succeeded", 1)],
+                (34, 32, 1),
+                Some(32.0 / 33.0),
+                Some(9.2),
+            ),
         };
         let expected = "\
 NAMESPACE        NAME                     PHASE            TASKS SUCCEEDED FAILED SUCCESS-RATE MEAN-TASK
@@ -201,15 +191,7 @@ mean task duration: 9.2s
     fn projects_table_of_nothing_says_so() {
         let s = Summary {
             projects: vec![],
-            totals: Totals {
-                projects: 0,
-                phases: BTreeMap::new(),
-                tasks: 0,
-                succeeded: 0,
-                failed: 0,
-                success_rate: None,
-                mean_task_seconds: None,
-            },
+            totals: totals(&[], (0, 0, 0), None, None),
         };
         let out = table(&s);
         let lines: Vec<&str> = out.lines().collect();
@@ -236,15 +218,7 @@ mean task duration: 9.2s
                 None,
                 None,
             )],
-            totals: Totals {
-                projects: 1,
-                phases: BTreeMap::from([("AwaitingApproval".to_string(), 1)]),
-                tasks: 100,
-                succeeded: 0,
-                failed: 0,
-                success_rate: None,
-                mean_task_seconds: None,
-            },
+            totals: totals(&[("AwaitingApproval", 1)], (100, 0, 0), None, None),
         };
         let out = table(&s);
         let lines: Vec<&str> = out.lines().collect();

@@ -656,6 +656,17 @@ mod tests {
         }
     }
 
+    fn with_trust(trust: Trust) -> PolicyBundleSpec {
+        PolicyBundleSpec {
+            trust: Some(trust),
+            ..bundle_spec()
+        }
+    }
+
+    fn bundle<'a>(name: &'a str, spec: &'a PolicyBundleSpec) -> Bundle<'a> {
+        Bundle { name, spec }
+    }
+
     fn rules(v: &[Violation]) -> BTreeSet<Rule> {
         v.iter().map(|v| v.rule).collect()
     }
@@ -670,7 +681,7 @@ mod tests {
             residency: residency(DataClassification::Confidential, &["eu-central-1", "us-east-1"]),
             ..bundle_spec()
         };
-        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
+        let bundles = [bundle("a", &a), bundle("b", &b)];
         let eff = Effective::combine(bundles);
         assert_eq!(
             eff.allowed_regions(DataClassification::Confidential).cloned(),
@@ -703,23 +714,16 @@ mod tests {
 
     #[test]
     fn lowest_ceilings_win() {
-        let a = PolicyBundleSpec {
+        let ceilings = |replicas: i32, cpu: &str| PolicyBundleSpec {
             limits: Some(Limits {
-                max_replicas: Some(10),
-                max_cpu: Some(Quantity("2".into())),
+                max_replicas: Some(replicas),
+                max_cpu: Some(Quantity(cpu.into())),
                 max_memory: None,
             }),
             ..bundle_spec()
         };
-        let b = PolicyBundleSpec {
-            limits: Some(Limits {
-                max_replicas: Some(3),
-                max_cpu: Some(Quantity("500m".into())),
-                max_memory: None,
-            }),
-            ..bundle_spec()
-        };
-        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
+        let (a, b) = (ceilings(10, "2"), ceilings(3, "500m"));
+        let bundles = [bundle("a", &a), bundle("b", &b)];
         let c = capsule(DataClassification::Public, &[], Some("750m"));
         let result = evaluate(&bundles, &request(&c, "us-east-1", 4));
         assert_eq!(
@@ -748,7 +752,7 @@ mod tests {
             }),
             ..bundle_spec()
         };
-        let bundles = [Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }];
+        let bundles = [bundle("a", &a), bundle("b", &b)];
         let c = capsule(DataClassification::Public, &["network-egress"], None);
         let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
         assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Capabilities]));
@@ -769,10 +773,7 @@ mod tests {
             }),
             ..bundle_spec()
         };
-        let bundles = [Bundle {
-            name: "audit",
-            spec: &audit,
-        }];
+        let bundles = [bundle("audit", &audit)];
         let c = capsule(DataClassification::Public, &[], None);
         let result = evaluate(&bundles, &request(&c, "us-east-1", 5));
         assert!(result.compliant());
@@ -796,16 +797,7 @@ mod tests {
             }),
             ..bundle_spec()
         };
-        let bundles = [
-            Bundle {
-                name: "off",
-                spec: &off,
-            },
-            Bundle {
-                name: "on",
-                spec: &on,
-            },
-        ];
+        let bundles = [bundle("off", &off), bundle("on", &on)];
         let c = capsule(DataClassification::Public, &[], None);
         let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
         assert_eq!(
@@ -816,34 +808,16 @@ mod tests {
 
     #[test]
     fn unsigned_capsule_is_refused_only_when_a_bundle_requires_signatures() {
-        let requires = PolicyBundleSpec {
-            trust: Some(Trust {
-                require_signature: true,
-                ..Default::default()
-            }),
-            ..bundle_spec()
-        };
+        let requires = with_trust(Trust {
+            require_signature: true,
+            ..Default::default()
+        });
         let relaxed = bundle_spec();
         let c = capsule(DataClassification::Public, &[], None);
-        let result = evaluate(
-            &[Bundle {
-                name: "strict",
-                spec: &requires,
-            }],
-            &request(&c, "us-east-1", 1),
-        );
+        let result = evaluate(&[bundle("strict", &requires)], &request(&c, "us-east-1", 1));
         assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Signature]));
         assert!(result.blocking[0].message.contains("is not signed"));
-        assert!(
-            evaluate(
-                &[Bundle {
-                    name: "relaxed",
-                    spec: &relaxed
-                }],
-                &request(&c, "us-east-1", 1)
-            )
-            .compliant()
-        );
+        assert!(evaluate(&[bundle("relaxed", &relaxed)], &request(&c, "us-east-1", 1)).compliant());
     }
 
     #[test]
@@ -876,34 +850,13 @@ mod tests {
         };
         let (a, b) = (trusting(&signer.public_pem), trusting(&other.public_pem));
         // Alone, the bundle holding the signer's key accepts the signature.
-        let alone = [Bundle {
-            name: "a-first",
-            spec: &a,
-        }];
+        let alone = [bundle("a-first", &a)];
         assert!(evaluate(&alone, &request(&c, "us-east-1", 1)).compliant());
         // Adding a bundle that names k1 with another key never relaxes:
         // the signature must satisfy it too, whatever the order.
         for bundles in [
-            [
-                Bundle {
-                    name: "a-first",
-                    spec: &a,
-                },
-                Bundle {
-                    name: "b-second",
-                    spec: &b,
-                },
-            ],
-            [
-                Bundle {
-                    name: "b-second",
-                    spec: &b,
-                },
-                Bundle {
-                    name: "a-first",
-                    spec: &a,
-                },
-            ],
+            [bundle("a-first", &a), bundle("b-second", &b)],
+            [bundle("b-second", &b), bundle("a-first", &a)],
         ] {
             let result = evaluate(&bundles, &request(&c, "us-east-1", 1));
             assert_eq!(rules(&result.blocking), BTreeSet::from([Rule::Signature]));
@@ -916,32 +869,17 @@ mod tests {
             );
         }
         // Two bundles holding the same key are one check.
-        let same = [
-            Bundle {
-                name: "a-first",
-                spec: &a,
-            },
-            Bundle {
-                name: "a-again",
-                spec: &a,
-            },
-        ];
+        let same = [bundle("a-first", &a), bundle("a-again", &a)];
         assert!(evaluate(&same, &request(&c, "us-east-1", 1)).compliant());
     }
 
     #[test]
     fn approval_is_required_when_any_bundle_says_so() {
-        let requires = PolicyBundleSpec {
-            trust: Some(Trust {
-                require_approval: true,
-                ..Default::default()
-            }),
-            ..bundle_spec()
-        };
-        let bundles = [Bundle {
-            name: "review",
-            spec: &requires,
-        }];
+        let requires = with_trust(Trust {
+            require_approval: true,
+            ..Default::default()
+        });
+        let bundles = [bundle("review", &requires)];
         let c = capsule(DataClassification::Public, &[], None);
         let mut req = request(&c, "us-east-1", 1);
         assert_eq!(
@@ -993,39 +931,14 @@ mod tests {
         let a = allowing(&["http://planner.platform.svc:8080/"], Enforcement::Enforce);
         let b = allowing(&["https://other.example/"], Enforcement::Enforce);
         let audit = allowing(&["https://other.example/"], Enforcement::Audit);
-        assert_eq!(
-            planner_url_allowed(&[Bundle { name: "a", spec: &a }], url),
-            Ok(vec![])
-        );
-        let both = planner_url_allowed(
-            &[Bundle { name: "a", spec: &a }, Bundle { name: "b", spec: &b }],
-            url,
-        );
+        assert_eq!(planner_url_allowed(&[bundle("a", &a)], url), Ok(vec![]));
+        let both = planner_url_allowed(&[bundle("a", &a), bundle("b", &b)], url);
         assert!(both.unwrap_err().contains("of PolicyBundle b"));
-        let warned = planner_url_allowed(
-            &[
-                Bundle { name: "a", spec: &a },
-                Bundle {
-                    name: "c",
-                    spec: &audit,
-                },
-            ],
-            url,
-        )
-        .unwrap_or_default();
+        let warned = planner_url_allowed(&[bundle("a", &a), bundle("c", &audit)], url).unwrap_or_default();
         assert_eq!(warned.len(), 1);
         assert!(warned[0].starts_with("audit: ") && warned[0].contains("PolicyBundle c"));
         // An Audit bundle alone allows nothing it does not list.
-        assert!(
-            planner_url_allowed(
-                &[Bundle {
-                    name: "c",
-                    spec: &audit
-                }],
-                url
-            )
-            .is_err()
-        );
+        assert!(planner_url_allowed(&[bundle("c", &audit)], url).is_err());
     }
 
     #[test]
@@ -1105,6 +1018,37 @@ mod tests {
         }
     }
 
+    /// Bundles, and an approved request to judge under them.
+    #[derive(Debug)]
+    struct Case {
+        specs: Vec<PolicyBundleSpec>,
+        capsule: CapsuleSpec,
+        region: &'static str,
+        replicas: i32,
+    }
+
+    impl Case {
+        fn request(&self) -> Request<'_> {
+            Request {
+                capsule: &self.capsule,
+                approved: true,
+                region: self.region,
+                replicas: self.replicas,
+            }
+        }
+    }
+
+    prop_compose! {
+        fn arb_case(bundles: std::ops::Range<usize>)(
+            specs in proptest::collection::vec(arb_bundle(), bundles),
+            capsule in arb_capsule(),
+            region in proptest::sample::select(REGIONS.to_vec()),
+            replicas in 0..15i32,
+        ) -> Case {
+            Case { specs, capsule, region, replicas }
+        }
+    }
+
     fn named(specs: &[PolicyBundleSpec]) -> Vec<Bundle<'_>> {
         const NAMES: [&str; 6] = ["b0", "b1", "b2", "b3", "b4", "b5"];
         specs
@@ -1131,14 +1075,9 @@ mod tests {
         /// bundle breaks it: the combination is the most restrictive, never
         /// stricter than its parts.
         #[test]
-        fn combined_violations_are_the_union_of_each_bundles(
-            specs in proptest::collection::vec(arb_bundle(), 0..5),
-            capsule in arb_capsule(),
-            region in proptest::sample::select(REGIONS.to_vec()),
-            replicas in 0..15i32,
-        ) {
-            let bundles = named(&specs);
-            let req = Request { capsule: &capsule, approved: true, region, replicas };
+        fn combined_violations_are_the_union_of_each_bundles(case in arb_case(0..5)) {
+            let bundles = named(&case.specs);
+            let req = case.request();
             let combined = rules(&violations(&Effective::combine(bundles.iter().copied()), &req));
             let mut union = BTreeSet::new();
             for b in &bundles {
@@ -1149,36 +1088,27 @@ mod tests {
 
         /// Adding a bundle can only add restrictions.
         #[test]
-        fn adding_a_bundle_never_relaxes(
-            specs in proptest::collection::vec(arb_bundle(), 1..5),
-            capsule in arb_capsule(),
-            region in proptest::sample::select(REGIONS.to_vec()),
-            replicas in 0..15i32,
-        ) {
-            let bundles = named(&specs);
-            let req = Request { capsule: &capsule, approved: true, region, replicas };
+        fn adding_a_bundle_never_relaxes(case in arb_case(1..5)) {
+            let bundles = named(&case.specs);
+            let req = case.request();
             let fewer = evaluate(&bundles[..bundles.len() - 1], &req);
             let more = evaluate(&bundles, &req);
             prop_assert!(rules(&fewer.blocking).is_subset(&rules(&more.blocking)));
             prop_assert!(fewer.kill_switch.keys().all(|k| more.kill_switch.contains_key(k)));
-            if let Some(cls) = Effective::combine(bundles[..bundles.len() - 1].iter().copied()).allowed_regions(capsule.data_classification) {
+            let class = case.capsule.data_classification;
+            if let Some(cls) = Effective::combine(bundles[..bundles.len() - 1].iter().copied()).allowed_regions(class) {
                 let all = Effective::combine(bundles.iter().copied());
-                let now = all.allowed_regions(capsule.data_classification).cloned().unwrap_or_default();
+                let now = all.allowed_regions(class).cloned().unwrap_or_default();
                 prop_assert!(now.is_subset(cls));
             }
         }
 
         /// Audit-only bundles never block, and their findings are reported.
         #[test]
-        fn audit_never_blocks(
-            specs in proptest::collection::vec(arb_bundle(), 0..5),
-            capsule in arb_capsule(),
-            region in proptest::sample::select(REGIONS.to_vec()),
-            replicas in 0..15i32,
-        ) {
-            let audit: Vec<PolicyBundleSpec> = specs.into_iter().map(|s| PolicyBundleSpec { enforcement: Enforcement::Audit, ..s }).collect();
+        fn audit_never_blocks(case in arb_case(0..5)) {
+            let audit: Vec<PolicyBundleSpec> = case.specs.iter().map(|s| PolicyBundleSpec { enforcement: Enforcement::Audit, ..s.clone() }).collect();
             let bundles = named(&audit);
-            let req = Request { capsule: &capsule, approved: true, region, replicas };
+            let req = case.request();
             let result = evaluate(&bundles, &req);
             prop_assert!(result.blocking.is_empty());
             prop_assert_eq!(rules(&result.warnings), rules(&violations(&Effective::combine(bundles.iter().copied()), &req)));

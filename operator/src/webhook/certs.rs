@@ -274,8 +274,18 @@ mod tests {
         )
     }
 
+    /// The plan for `current` at `now`, for [`sans`] and [`LIFE`].
+    fn plan_at(current: Option<&Material>, now: i64) -> Plan {
+        plan(current, &sans(), now, LIFE)
+    }
+
+    /// What `plan` issues for `current` at `now`, as [`plan_at`].
+    fn issue_at(plan: &Plan, current: Option<&Material>, now: i64) -> Material {
+        issue(plan, current, &sans(), now, LIFE).unwrap()
+    }
+
     fn fresh() -> Material {
-        issue(&Plan::NewCa("test".into()), None, &sans(), NOW, LIFE).unwrap()
+        issue_at(&Plan::NewCa("test".into()), None, NOW)
     }
 
     #[test]
@@ -303,19 +313,16 @@ mod tests {
     fn keeps_until_renewal_is_due() {
         let m = fresh();
         let due = NOW + LIFE.validity_secs - LIFE.renew_before_secs;
-        assert_eq!(plan(Some(&m), &sans(), NOW, LIFE), Plan::Keep { recheck_at: due });
-        assert!(matches!(
-            plan(Some(&m), &sans(), due, LIFE),
-            Plan::IssueServing(_)
-        ));
+        assert_eq!(plan_at(Some(&m), NOW), Plan::Keep { recheck_at: due });
+        assert!(matches!(plan_at(Some(&m), due), Plan::IssueServing(_)));
     }
 
     #[test]
     fn renewal_keeps_the_ca_and_moves_expiry() {
         let m = fresh();
         let later = NOW + 340 * DAY;
-        let p = plan(Some(&m), &sans(), later, LIFE);
-        let renewed = issue(&p, Some(&m), &sans(), later, LIFE).unwrap();
+        let p = plan_at(Some(&m), later);
+        let renewed = issue_at(&p, Some(&m), later);
         assert_eq!(renewed.ca_cert, m.ca_cert);
         assert_ne!(renewed.tls_key, m.tls_key);
         assert_eq!(
@@ -335,9 +342,9 @@ mod tests {
     fn an_ageing_ca_is_replaced_and_the_old_one_stays_in_the_bundle() {
         let m = fresh();
         let late = NOW + 4 * LIFE.validity_secs; // CA has one lifetime left
-        let p = plan(Some(&m), &sans(), late, LIFE);
+        let p = plan_at(Some(&m), late);
         assert!(matches!(p, Plan::NewCa(_)), "{p:?}");
-        let next = issue(&p, Some(&m), &sans(), late, LIFE).unwrap();
+        let next = issue_at(&p, Some(&m), late);
         assert_ne!(next.ca_cert, m.ca_cert);
         assert_eq!(next.previous_ca_cert.as_deref(), Some(m.ca_cert.as_str()));
         let bundle = next.ca_bundle(late);
@@ -348,16 +355,13 @@ mod tests {
 
     #[test]
     fn unusable_content_starts_over() {
-        assert!(matches!(plan(None, &sans(), NOW, LIFE), Plan::NewCa(_)));
+        assert!(matches!(plan_at(None, NOW), Plan::NewCa(_)));
         let mut m = fresh();
         m.ca_key = None;
-        assert!(matches!(plan(Some(&m), &sans(), NOW, LIFE), Plan::NewCa(_)));
+        assert!(matches!(plan_at(Some(&m), NOW), Plan::NewCa(_)));
         let mut m = fresh();
         m.tls_cert = "garbage".into();
-        assert!(matches!(
-            plan(Some(&m), &sans(), NOW, LIFE),
-            Plan::IssueServing(_)
-        ));
+        assert!(matches!(plan_at(Some(&m), NOW), Plan::IssueServing(_)));
     }
 
     #[test]

@@ -53,16 +53,16 @@ use tracing::Instrument;
 
 pub use tls::serve;
 
-/// Webhook names, as in the webhook configurations and the metrics (the
+/// Webhooks, named as in the webhook configurations and the metrics (the
 /// review webhooks are named `<plural>.somastack.io`, see [`review_webhook`]).
-pub const INSTALLATIONS_WEBHOOK: &str = "installations.somastack.io";
+const INSTALLATIONS_WEBHOOK: Hook = Hook::validating("installations.somastack.io");
 /// The mutating webhook stamping a drill's requester.
-pub const DRDRILLS_WEBHOOK: &str = "drdrills.somastack.io";
+const DRDRILLS_WEBHOOK: Hook = Hook::mutating("drdrills.somastack.io");
 /// Validating webhooks, named after what they check (kubectl shows the name).
-pub const DRILL_AUTHORITY_WEBHOOK: &str = "drill-authority.somastack.io";
-pub const CAPSULE_VERSIONS_WEBHOOK: &str = "capsule-versions.somastack.io";
-pub const PROJECT_POLICY_WEBHOOK: &str = "project-policy.somastack.io";
-pub const POLICYBUNDLES_WEBHOOK: &str = "policybundles.somastack.io";
+const DRILL_AUTHORITY_WEBHOOK: Hook = Hook::validating("drill-authority.somastack.io");
+const CAPSULE_VERSIONS_WEBHOOK: Hook = Hook::validating("capsule-versions.somastack.io");
+const PROJECT_POLICY_WEBHOOK: Hook = Hook::validating("project-policy.somastack.io");
+const POLICYBUNDLES_WEBHOOK: Hook = Hook::validating("policybundles.somastack.io");
 
 /// How long a request waits for the caches of a replica that just started.
 const CACHE_WAIT: Duration = Duration::from_secs(3);
@@ -96,6 +96,29 @@ enum Unreadable {
     /// is checked, and the schema then refuses it with its own, clearer
     /// message (e.g. an unknown enum value).
     Allow,
+}
+
+/// A webhook: its name, and what it answers to an object it cannot read.
+#[derive(Clone, Copy)]
+struct Hook<'a> {
+    name: &'a str,
+    unreadable: Unreadable,
+}
+
+impl<'a> Hook<'a> {
+    const fn validating(name: &'a str) -> Self {
+        Hook {
+            name,
+            unreadable: Unreadable::Deny,
+        }
+    }
+
+    const fn mutating(name: &'a str) -> Self {
+        Hook {
+            name,
+            unreadable: Unreadable::Allow,
+        }
+    }
 }
 
 /// Parses an AdmissionReview of `K`; on failure, the response to send (with
@@ -195,19 +218,21 @@ fn span<K: Resource>(webhook: &str, req: &AdmissionRequest<K>) -> tracing::Span 
 
 type Reply = axum::Json<AdmissionReview<kube::core::DynamicObject>>;
 
-/// Parses the request, runs `judge` on it inside an `admission` span and
-/// answers: a verdict, or (`Err`) a request that could not be judged.
+/// Parses the request and answers it, inside an `admission` span: creates
+/// and updates with `judge`'s verdict on the object written (and the one it
+/// replaces), or (`Err`) as a request that could not be judged; anything
+/// else is allowed.
 async fn respond<K>(
     state: &AppState,
     body: Bytes,
-    unreadable: Unreadable,
-    webhook: &str,
-    judge: impl AsyncFnOnce(&AdmissionRequest<K>) -> Result<Verdict, String>,
+    hook: Hook<'_>,
+    judge: impl AsyncFnOnce(&AppState, Write<'_, K>) -> Result<Verdict, String>,
 ) -> Reply
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
-    let req = match parse::<K>(&body, unreadable) {
+    let webhook = hook.name;
+    let req = match parse::<K>(&body, hook.unreadable) {
         Ok(r) => r,
         Err(res) => {
             state.metrics.webhook(webhook, WebhookDecision::Error);
@@ -216,7 +241,11 @@ where
     };
     let span = span(webhook, &req);
     let res = async {
-        match judge(&req).await {
+        let verdict = match written(&req) {
+            Some(write) => judge(state, write).await,
+            None => Ok(Verdict::default()),
+        };
+        match verdict {
             Ok(verdict) => answer(&req, verdict, &state.metrics, webhook),
             Err(why) => error(&req, &state.metrics, webhook, why),
         }
@@ -226,33 +255,35 @@ where
     reply(res)
 }
 
-/// The object of a create or update, and the object it replaces.
-fn written<K: Resource>(req: &AdmissionRequest<K>) -> Option<(&K, Option<&K>)> {
+/// A create or update to judge.
+struct Write<'a, K: Resource> {
+    req: &'a AdmissionRequest<K>,
+    /// The object written.
+    new: &'a K,
+    /// The object it replaces (updates).
+    old: Option<&'a K>,
+}
+
+/// The create or update a request asks for (`None` for anything else).
+fn written<K: Resource>(req: &AdmissionRequest<K>) -> Option<Write<'_, K>> {
     match (&req.operation, req.object.as_ref()) {
-        (Operation::Create | Operation::Update, Some(new)) => Some((new, req.old_object.as_ref())),
+        (Operation::Create | Operation::Update, Some(new)) => Some(Write {
+            req,
+            new,
+            old: req.old_object.as_ref(),
+        }),
         _ => None,
     }
 }
 
+/// `/validate/installations`: Installations against the PolicyBundles
+/// governing their namespace.
 async fn installations(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Deny,
-        INSTALLATIONS_WEBHOOK,
-        async |req| judge_installation(&state, req).await,
-    )
-    .await
+    respond(&state, body, INSTALLATIONS_WEBHOOK, judge_installation).await
 }
 
-async fn judge_installation(
-    state: &AppState,
-    req: &AdmissionRequest<Installation>,
-) -> Result<Verdict, String> {
-    let Some((new, old)) = written(req) else {
-        return Ok(Verdict::default());
-    };
-    if !admission::installation_needs_check(new, old) {
+async fn judge_installation(state: &AppState, w: Write<'_, Installation>) -> Result<Verdict, String> {
+    if !admission::installation_needs_check(w.new, w.old) {
         return Ok(Verdict::default());
     }
     state
@@ -260,14 +291,14 @@ async fn judge_installation(
         .wait_ready(CACHE_WAIT)
         .await
         .map_err(|e| format!("{e}; retry shortly"))?;
-    let bundles = governing_bundles(state, req.namespace.as_deref().unwrap_or_default()).await?;
+    let bundles = governing_bundles(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
     // Capsules come from the cache, or from the API server when the one
     // named was published a moment ago.
     let mut capsules = state.caches.capsules.state();
-    if find_capsule(&capsules, &new.spec.capsule).is_none() {
+    if find_capsule(&capsules, &w.new.spec.capsule).is_none() {
         capsules = list_capsules(state).await?;
     }
-    Ok(admission::installation(new, old, &capsules, &bundles))
+    Ok(admission::installation(w.new, w.old, &capsules, &bundles))
 }
 
 /// The PolicyBundles governing `namespace`. Read from the API server, not
@@ -321,81 +352,53 @@ where
     K: Resource<DynamicType = ()> + ResourceExt + DeserializeOwned + Clone + Send + Sync + 'static,
 {
     let webhook = review_webhook::<K>();
-    respond(
-        &state,
-        body,
-        Unreadable::Allow,
-        &webhook,
-        async |req: &AdmissionRequest<K>| judge_review(&state, req).await,
-    )
-    .await
+    respond(&state, body, Hook::mutating(&webhook), judge_review::<K>).await
+}
+
+async fn judge_review<K>(state: &AppState, w: Write<'_, K>) -> Result<Verdict, String>
+where
+    K: Resource<DynamicType = ()> + ResourceExt + Clone,
+{
+    let user = w.req.user_info.username.clone().unwrap_or_default();
+    let may_review = if admission::review_changed(w.new, w.old) {
+        Some(may(&state.client, w.req, APPROVE_VERB).await?)
+    } else {
+        None
+    };
+    Ok(admission::review(w.new, w.old, &user, may_review))
 }
 
 /// `/validate/capsules`: a package version is published once.
 async fn capsules(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Deny,
-        CAPSULE_VERSIONS_WEBHOOK,
-        async |req: &AdmissionRequest<Capsule>| {
-            let Some((new, old)) = written(req) else {
-                return Ok(Verdict::default());
-            };
-            // Only a new package version is judged (not the operator's own
-            // finalizer writes, not review annotations).
-            if old.is_some_and(|o| o.spec.package == new.spec.package && o.spec.version == new.spec.version) {
-                return Ok(Verdict::default());
-            }
-            let existing = list_capsules(&state).await?;
-            Ok(Verdict {
-                denied: admission::capsule_duplicate(new, old, &existing),
-                ..Verdict::default()
-            })
-        },
-    )
-    .await
+    respond(&state, body, CAPSULE_VERSIONS_WEBHOOK, judge_capsule).await
+}
+
+async fn judge_capsule(state: &AppState, w: Write<'_, Capsule>) -> Result<Verdict, String> {
+    let Write { new, old, .. } = w;
+    // Only a new package version is judged (not the operator's own
+    // finalizer writes, not review annotations).
+    if old.is_some_and(|o| o.spec.package == new.spec.package && o.spec.version == new.spec.version) {
+        return Ok(Verdict::default());
+    }
+    let existing = list_capsules(state).await?;
+    Ok(Verdict {
+        denied: admission::capsule_duplicate(new, old, &existing),
+        ..Verdict::default()
+    })
 }
 
 /// `/validate/kamachiqprojects`: planner URLs only where policy allows;
 /// plans that fit.
 async fn projects(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Deny,
-        PROJECT_POLICY_WEBHOOK,
-        async |req: &AdmissionRequest<KamachiqProject>| {
-            let Some((new, old)) = written(req) else {
-                return Ok(Verdict::default());
-            };
-            if old.is_some_and(|o| o.spec == new.spec) {
-                return Ok(Verdict::default());
-            }
-            let bundles = governing_bundles(&state, req.namespace.as_deref().unwrap_or_default()).await?;
-            Ok(admission::project(new, old, &bundles))
-        },
-    )
-    .await
+    respond(&state, body, PROJECT_POLICY_WEBHOOK, judge_project).await
 }
 
-async fn judge_review<K>(state: &AppState, req: &AdmissionRequest<K>) -> Result<Verdict, String>
-where
-    K: Resource<DynamicType = ()> + ResourceExt + Clone,
-{
-    let Some((new, old)) = written(req) else {
+async fn judge_project(state: &AppState, w: Write<'_, KamachiqProject>) -> Result<Verdict, String> {
+    if w.old.is_some_and(|o| o.spec == w.new.spec) {
         return Ok(Verdict::default());
-    };
-    let user = req.user_info.username.clone().unwrap_or_default();
-    let may_review = if admission::review_changed(new, old) {
-        let allowed = may(&state.client, req, APPROVE_VERB)
-            .await
-            .map_err(|e| format!("SubjectAccessReview failed: {e}"))?;
-        Some(allowed)
-    } else {
-        None
-    };
-    Ok(admission::review(new, old, &user, may_review))
+    }
+    let bundles = governing_bundles(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
+    Ok(admission::project(w.new, w.old, &bundles))
 }
 
 fn requester<K: Resource>(req: &AdmissionRequest<K>) -> Requester {
@@ -407,66 +410,40 @@ fn requester<K: Resource>(req: &AdmissionRequest<K>) -> Requester {
 
 /// `/mutate/drdrills`: the requester stamped.
 async fn drill_requesters(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Allow,
-        DRDRILLS_WEBHOOK,
-        async |req: &AdmissionRequest<DrDrill>| {
-            Ok(written(req)
-                .map(|(new, old)| admission::drill_requester(new, old, &requester(req)))
-                .unwrap_or_default())
-        },
-    )
+    respond(&state, body, DRDRILLS_WEBHOOK, async |_, w| {
+        Ok(admission::drill_requester(w.new, w.old, &requester(w.req)))
+    })
     .await
 }
 
 /// `/validate/drdrills`: drills beyond the tenant bounds only by users
 /// allowed `disrupt`.
 async fn drills(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Deny,
-        DRILL_AUTHORITY_WEBHOOK,
-        async |req: &AdmissionRequest<DrDrill>| {
-            let Some((new, old)) = written(req) else {
-                return Ok(Verdict::default());
-            };
-            let now = jiff::Timestamp::now();
-            let may_disrupt = if admission::drill_needs_authority(new, old, now).is_empty() {
-                None
-            } else {
-                let allowed = may(&state.client, req, somastack_crds::drill::DISRUPT_VERB)
-                    .await
-                    .map_err(|e| format!("SubjectAccessReview failed: {e}"))?;
-                Some(allowed)
-            };
-            Ok(admission::drill(new, old, &requester(req), may_disrupt, now))
-        },
-    )
-    .await
+    respond(&state, body, DRILL_AUTHORITY_WEBHOOK, judge_drill).await
+}
+
+async fn judge_drill(state: &AppState, w: Write<'_, DrDrill>) -> Result<Verdict, String> {
+    let Write { req, new, old } = w;
+    let now = jiff::Timestamp::now();
+    let may_disrupt = if admission::drill_needs_authority(new, old, now).is_empty() {
+        None
+    } else {
+        Some(may(&state.client, req, somastack_crds::drill::DISRUPT_VERB).await?)
+    };
+    Ok(admission::drill(new, old, &requester(req), may_disrupt, now))
 }
 
 /// `/validate/policybundles`: keys, selectors and ceilings the operator can use.
 async fn bundles(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(
-        &state,
-        body,
-        Unreadable::Deny,
-        POLICYBUNDLES_WEBHOOK,
-        async |req: &AdmissionRequest<PolicyBundle>| {
-            Ok(written(req)
-                .map(|(new, old)| admission::bundle(new, old))
-                .unwrap_or_default())
-        },
-    )
+    respond(&state, body, POLICYBUNDLES_WEBHOOK, async |_, w| {
+        Ok(admission::bundle(w.new, w.old))
+    })
     .await
 }
 
 /// Asks the API server whether the requesting user may `verb` this object,
 /// as Kubernetes does for CertificateSigningRequest approval.
-async fn may<K>(client: &Client, req: &AdmissionRequest<K>, verb: &str) -> Result<bool, kube::Error>
+async fn may<K>(client: &Client, req: &AdmissionRequest<K>, verb: &str) -> Result<bool, String>
 where
     K: Resource<DynamicType = ()>,
 {
@@ -488,4 +465,5 @@ where
         action,
     )
     .await
+    .map_err(|e| format!("SubjectAccessReview failed: {e}"))
 }

@@ -10,7 +10,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
@@ -104,18 +104,34 @@ struct Keeper {
     life: Lifetimes,
 }
 
-/// Webhook names and their current CA bundles.
-fn hooks(
-    webhooks: impl Iterator<
-        Item = (
-            String,
-            k8s_openapi::api::admissionregistration::v1::WebhookClientConfig,
-        ),
-    >,
-) -> Vec<(String, Vec<u8>)> {
-    webhooks
-        .map(|(name, cc)| (name, cc.ca_bundle.map(|b| b.0).unwrap_or_default()))
-        .collect()
+/// A webhook configuration kind, whose webhooks carry a CA bundle.
+trait WebhookConfiguration:
+    kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug
+{
+    /// Its webhooks' names and client configs.
+    fn client_configs(self) -> Vec<(String, WebhookClientConfig)>;
+
+    /// Webhook names and their current CA bundles.
+    fn bundles(self) -> Vec<(String, Vec<u8>)> {
+        self.client_configs()
+            .into_iter()
+            .map(|(name, cc)| (name, cc.ca_bundle.map(|b| b.0).unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl WebhookConfiguration for ValidatingWebhookConfiguration {
+    fn client_configs(self) -> Vec<(String, WebhookClientConfig)> {
+        let hooks = self.webhooks.unwrap_or_default().into_iter();
+        hooks.map(|h| (h.name, h.client_config)).collect()
+    }
+}
+
+impl WebhookConfiguration for MutatingWebhookConfiguration {
+    fn client_configs(self) -> Vec<(String, WebhookClientConfig)> {
+        let hooks = self.webhooks.unwrap_or_default().into_iter();
+        hooks.map(|h| (h.name, h.client_config)).collect()
+    }
 }
 
 fn now() -> i64 {
@@ -221,49 +237,18 @@ impl Keeper {
     /// Sets `caBundle` on every webhook of both configurations, when it
     /// differs (server-side apply of just that field).
     async fn patch_ca_bundle(&self, bundle: &str) -> Result<()> {
-        let validating: Api<ValidatingWebhookConfiguration> = Api::all(self.client.clone());
-        let current = validating
-            .get_opt(&self.args.webhook_configuration)
-            .await?
-            .map(|c| {
-                hooks(
-                    c.webhooks
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.client_config)),
-                )
-            });
-        self.set_bundle(&validating, current, bundle).await?;
-        let mutating: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
-        let current = mutating
-            .get_opt(&self.args.webhook_configuration)
-            .await?
-            .map(|c| {
-                hooks(
-                    c.webhooks
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|h| (h.name, h.client_config)),
-                )
-            });
-        self.set_bundle(&mutating, current, bundle).await
+        self.set_bundle::<ValidatingWebhookConfiguration>(bundle).await?;
+        self.set_bundle::<MutatingWebhookConfiguration>(bundle).await
     }
 
-    /// Applies `bundle` to the webhooks of one configuration (`current`:
-    /// webhook name and its bundle; `None` when the configuration is missing).
-    async fn set_bundle<K>(
-        &self,
-        api: &Api<K>,
-        current: Option<Vec<(String, Vec<u8>)>>,
-        bundle: &str,
-    ) -> Result<()>
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
+    /// Applies `bundle` to the webhooks of one configuration (none when the
+    /// configuration is missing).
+    async fn set_bundle<K: WebhookConfiguration>(&self, bundle: &str) -> Result<()> {
         use base64::Engine;
+        let api: Api<K> = Api::all(self.client.clone());
         let name = &self.args.webhook_configuration;
         let kind = K::kind(&());
-        let Some(hooks) = current else {
+        let Some(hooks) = api.get_opt(name).await?.map(K::bundles) else {
             tracing::warn!(configuration = %name, %kind, "webhook configuration not found; the API server will not call this webhook");
             return Ok(());
         };
