@@ -6,7 +6,6 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::{Error, FIELD_MANAGER, Result};
 
@@ -15,30 +14,6 @@ pub fn owner_reference<K: Resource<DynamicType = ()>>(owner: &K) -> Result<Owner
     owner
         .controller_owner_ref(&())
         .ok_or(Error::MissingField("metadata.uid"))
-}
-
-/// Server-side applies `manifest` (a complete object with apiVersion, kind,
-/// metadata.name) in `namespace`, forcing ownership of the fields it sets.
-/// A refusal for good is [`Error::ChildRefused`], naming the object.
-pub async fn apply<K>(client: &kube::Client, namespace: &str, manifest: &Value) -> Result<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let name = manifest["metadata"]["name"]
-        .as_str()
-        .ok_or(Error::MissingField("metadata.name"))?;
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(manifest),
-    )
-    .await
-    .map_err(|e| Error::refusing(e, &K::kind(&()), name))
 }
 
 /// Server-side applies a typed child `obj` (its `metadata.name` set) in

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use somastack_crds::{Capsule, Installation, PolicyBundle};
+use somastack_crds::PolicyBundle;
 use tracing::Instrument;
 
 use crate::Error;
@@ -29,10 +28,6 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    pub capsules: Store<Capsule>,
-    pub bundles: Store<PolicyBundle>,
-    pub installations: Store<Installation>,
-    pub namespaces: Store<Namespace>,
     pub caches: Caches,
     /// The drills and projects this operator acts on.
     pub shards: crate::Shards,
@@ -50,10 +45,6 @@ impl Context {
             client,
             recorder,
             metrics,
-            capsules: caches.capsules.store(),
-            bundles: caches.bundles.store(),
-            installations: caches.installations.store(),
-            namespaces: caches.namespaces.store(),
             caches,
             shards,
             backoff: Backoff::default(),
@@ -90,11 +81,13 @@ impl Context {
     /// The PolicyBundles (from the cache) that govern `namespace`, by its labels.
     pub fn governing_bundles(&self, namespace: &str) -> Vec<Arc<PolicyBundle>> {
         let labels = self
+            .caches
             .namespaces
             .get(&ObjectRef::new(namespace))
             .map(|ns| ns.labels().clone())
             .unwrap_or_default();
-        self.bundles
+        self.caches
+            .bundles
             .state()
             .into_iter()
             .filter(|b| crate::domain::policy::governs(&b.spec, &labels))

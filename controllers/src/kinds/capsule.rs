@@ -35,8 +35,8 @@ pub const FINALIZER: &str = "somastack.io/capsule-protection";
 /// trust change in any PolicyBundle, and those an Installation names when it
 /// appears or goes (the count in status).
 pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
-    let all = ctx.capsules.clone();
-    let capsules = ctx.capsules.clone();
+    let all = ctx.caches.capsules.clone();
+    let capsules = ctx.caches.capsules.clone();
     let events = &ctx.caches;
     Ok(ctx
         .controller(&events.capsules, |_| true)
@@ -375,15 +375,15 @@ pub async fn reconcile(capsule: Arc<Capsule>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
-    let bundles = ctx.bundles.state();
+    let bundles = ctx.caches.bundles.state();
     let now = status::now();
     let mut decision = decide(capsule, &bundles, &now);
-    let capsules = ctx.capsules.state();
+    let capsules = ctx.caches.capsules.state();
     if let Some(ready) = unusable(capsule, &capsules) {
         decision.conditions.retain(|c| c.type_ != "Ready");
         decision.conditions.push(ready);
     }
-    let users = users(capsule, &capsules, &ctx.installations.state());
+    let users = users(capsule, &capsules, &ctx.caches.installations.state());
     let merged = conditions::merge(
         capsule.conditions(),
         &decision.conditions,
@@ -421,7 +421,11 @@ fn ready_changed<'a>(before: &[Condition], after: &'a [Condition]) -> Option<(Ev
 }
 
 async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
-    let users = users(capsule, &ctx.capsules.state(), &ctx.installations.state());
+    let users = users(
+        capsule,
+        &ctx.caches.capsules.state(),
+        &ctx.caches.installations.state(),
+    );
     if users.is_empty() {
         return Ok(Action::await_change());
     }

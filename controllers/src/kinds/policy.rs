@@ -30,7 +30,11 @@ use crate::status::{self, HasConditions};
 /// Installations, Capsules or Namespaces change (a relabelled namespace
 /// changes what a bundle governs).
 pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<PolicyBundle>> {
-    let (a, b, c) = (ctx.bundles.clone(), ctx.bundles.clone(), ctx.bundles.clone());
+    let (a, b, c) = (
+        ctx.caches.bundles.clone(),
+        ctx.caches.bundles.clone(),
+        ctx.caches.bundles.clone(),
+    );
     let all = move |store: &kube::runtime::reflector::Store<PolicyBundle>| {
         store
             .state()
@@ -150,9 +154,9 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     // Dereference (caches) and decide (pure).
     let audit = audit(
         &bundle,
-        &ctx.namespaces.state(),
-        &ctx.installations.state(),
-        &ctx.capsules.state(),
+        &ctx.caches.namespaces.state(),
+        &ctx.caches.installations.state(),
+        &ctx.caches.capsules.state(),
     );
     let ready = readiness(&bundle.spec, &audit);
     let previous_count = bundle.status.as_ref().and_then(|s| s.violation_count);

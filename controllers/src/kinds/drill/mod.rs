@@ -216,7 +216,7 @@ impl<'a> DrillReconcile<'a> {
         let (bundles, capsules) = match &installation {
             Some(_) => (
                 self.ctx.governing_bundles(&self.namespace),
-                self.ctx.capsules.state(),
+                self.ctx.caches.capsules.state(),
             ),
             None => (vec![], vec![]),
         };

@@ -43,7 +43,7 @@ pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 /// manages), those that name a Capsule when it changes, and all of them when
 /// any PolicyBundle changes (a kill switch must act within seconds).
 pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> {
-    let (users, all) = (ctx.installations.clone(), ctx.installations.clone());
+    let (users, all) = (ctx.caches.installations.clone(), ctx.caches.installations.clone());
     let events = &ctx.caches;
     Ok(ctx
         .controller(&events.installations, |_| true)
@@ -371,7 +371,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
     ctx.caches_ready().await?;
     // Dereference: the key once, then the Capsule, bundles and region.
     let key = ObjectKey::of(&inst)?;
-    let capsules = ctx.capsules.state();
+    let capsules = ctx.caches.capsules.state();
     let resolved = capsules::resolve(&capsules, &inst.spec.capsule);
     let bundles = ctx.governing_bundles(&key.namespace);
     let region = active_region(&inst);

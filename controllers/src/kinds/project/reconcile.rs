@@ -418,6 +418,7 @@ impl<'a> ProjectReconcile<'a> {
         let namespace = self.project.namespace;
         let inst = self
             .ctx
+            .caches
             .installations
             .state()
             .into_iter()
@@ -429,7 +430,7 @@ impl<'a> ProjectReconcile<'a> {
                     capsule.package, capsule.version
                 )
             })?;
-        let capsules = self.ctx.capsules.state();
+        let capsules = self.ctx.caches.capsules.state();
         let port = capsules::find(&capsules, capsule)
             .and_then(|c| c.spec.ports.first().map(|p| p.port))
             .ok_or_else(|| {
@@ -496,7 +497,7 @@ impl<'a> ProjectReconcile<'a> {
         effective: &Effective,
         now: jiff::Timestamp,
     ) -> Decision {
-        let capsules = self.ctx.capsules.state();
+        let capsules = self.ctx.caches.capsules.state();
         let plan_config_map = self.project.plan_config_map_name();
         gates::decide(&Observed {
             project: self.obj,
@@ -697,7 +698,7 @@ impl<'a> ProjectReconcile<'a> {
         for np in self.project.network_policies() {
             apply_object(client, namespace, &np).await?;
         }
-        let capsules = self.ctx.capsules.state();
+        let capsules = self.ctx.caches.capsules.state();
         let accepted = accepted_attempts(own_jobs);
         let api: Api<Job> = Api::namespaced(client.clone(), namespace);
         for s in spawns {
