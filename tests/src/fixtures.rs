@@ -172,6 +172,15 @@ pub async fn published(client: &Client, ns: &TestNamespace, prefix: &str, class:
     (package, cap)
 }
 
+/// [`crate::setup`] plus a fresh Capsule of `class` published in it
+/// ([`published`], package `<prefix>-<suffix>`): the client, the namespace
+/// and the package name.
+pub async fn setup_published(prefix: &str, class: &str) -> (Client, TestNamespace, String) {
+    let (client, ns) = crate::setup(prefix).await;
+    let (package, _) = published(&client, &ns, prefix, class).await;
+    (client, ns, package)
+}
+
 /// A PolicyBundle that governs only `namespace` (labelled as the tests' own).
 pub fn bundle(name: &str, namespace: &str, spec: Value) -> Value {
     let mut spec = spec;

@@ -57,6 +57,15 @@ pub async fn client() -> Client {
     Client::try_from(config).expect("client builds")
 }
 
+/// What nearly every test starts with: a client for the test cluster
+/// ([`client`]) and a namespace of its own named after `prefix`
+/// ([`TestNamespace::create`]).
+pub async fn setup(prefix: &str) -> (Client, TestNamespace) {
+    let client = client().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (client, ns)
+}
+
 /// A client acting as `user` in `groups`: the test cluster's admin
 /// impersonating them (`kubectl --as USER --as-group GROUP`), so the API
 /// server authorizes, and webhooks see, that user.

@@ -12,7 +12,7 @@ use somastack_tests::fixtures::{
     signed, wait_condition, wait_refused,
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, User, user};
-use somastack_tests::{TestNamespace, api_for, client, unique_suffix};
+use somastack_tests::{TestNamespace, api_for, client, setup, unique_suffix};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -26,8 +26,7 @@ async fn publisher_and_reviewer(client: &Client) -> (User, User) {
 
 #[tokio::test]
 async fn signatures_valid_invalid_unknown_and_unsigned() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "sig").await;
+    let (client, ns) = setup("sig").await;
     let dir = Scratch::new("sig");
     let s = unique_suffix();
     let ec = Key::ecdsa(&dir, "ec");
@@ -302,8 +301,7 @@ async fn only_an_authorized_reviewer_other_than_the_submitter_may_approve() {
 
 #[tokio::test]
 async fn an_installed_capsule_cannot_disappear_until_its_installations_go() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "protect").await;
+    let (client, ns) = setup("protect").await;
     let (package, doc) = published(&client, &ns, "keep", "public").await;
     let api = api_for(&client, &doc).await;
     let inst = installation(&ns.name, "user", &package, "1.0.0", "us-east-1", 1);

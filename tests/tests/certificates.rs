@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use somastack_tests::{TestNamespace, client, free_port, http_get, spawn_operator, unique_suffix, wait_for};
+use somastack_tests::{free_port, http_get, setup, spawn_operator, unique_suffix, wait_for};
 
 async fn expiry_metric(port: u16) -> Option<f64> {
     let (_, body) = http_get(port, "/metrics").await?;
@@ -18,8 +18,7 @@ async fn expiry_metric(port: u16) -> Option<f64> {
 
 #[tokio::test]
 async fn the_serving_certificate_is_rotated_before_expiry_and_reloaded() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "certs").await;
+    let (client, ns) = setup("certs").await;
     let port = free_port();
     let secret_name = format!("webhook-tls-{}", unique_suffix());
     let metrics = format!("127.0.0.1:{port}");

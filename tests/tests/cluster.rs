@@ -14,7 +14,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use somastack_tests::{TestNamespace, client, wait_for};
+use somastack_tests::{TestNamespace, client, setup, wait_for};
 
 const REGION: &str = "topology.kubernetes.io/region";
 const ZONE: &str = "topology.kubernetes.io/zone";
@@ -51,9 +51,18 @@ async fn nodes_span_three_regions_with_zones() {
     );
 }
 
-/// Creates `manifest`, an object of kind `K`, in a namespace of its own:
-/// the namespace and the API of `K` there.
-async fn created<K>(client: &Client, prefix: &str, manifest: Value) -> (TestNamespace, Api<K>)
+/// A manifest named `name` with `spec`, whose pod template (`template`:
+/// its metadata and spec) runs one pause container `container` (kwok plays
+/// it).
+fn pause_workload(name: &str, mut spec: Value, mut template: Value, container: &str) -> Value {
+    template["spec"]["containers"] = json!([{ "name": container, "image": "registry.k8s.io/pause:3.10" }]);
+    spec["template"] = template;
+    json!({ "metadata": { "name": name }, "spec": spec })
+}
+
+/// Creates `manifest`, an object of kind `K`, in a namespace of its own
+/// ([`setup`]): the client, the namespace and the API of `K` there.
+async fn created<K>(prefix: &str, manifest: Value) -> (Client, TestNamespace, Api<K>)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -61,30 +70,25 @@ where
         + Serialize
         + std::fmt::Debug,
 {
-    let ns = TestNamespace::create(client, prefix).await;
+    let (client, ns) = setup(prefix).await;
     let api: Api<K> = Api::namespaced(client.clone(), &ns.name);
     let object: K = serde_json::from_value(manifest).expect("a manifest of its kind");
     api.create(&PostParams::default(), &object)
         .await
         .expect("created");
-    (ns, api)
+    (client, ns, api)
 }
 
 #[tokio::test]
 async fn a_plain_deployment_becomes_available() {
-    let client = client().await;
-    let manifest = json!({
-        "metadata": { "name": "web" },
-        "spec": {
-            "replicas": 3,
-            "selector": { "matchLabels": { "app": "web" } },
-            "template": {
-                "metadata": { "labels": { "app": "web" } },
-                "spec": { "containers": [{ "name": "web", "image": "registry.k8s.io/pause:3.10" }] }
-            }
-        }
-    });
-    let (ns, api) = created::<Deployment>(&client, "deploy", manifest).await;
+    let labels = json!({ "app": "web" });
+    let manifest = pause_workload(
+        "web",
+        json!({ "replicas": 3, "selector": { "matchLabels": labels } }),
+        json!({ "metadata": { "labels": labels } }),
+        "web",
+    );
+    let (client, ns, api) = created::<Deployment>("deploy", manifest).await;
 
     wait_for(
         "deployment web to be Available with 3 ready replicas",
@@ -128,18 +132,13 @@ async fn a_plain_deployment_becomes_available() {
 
 #[tokio::test]
 async fn a_job_completes() {
-    let client = client().await;
-    let manifest = json!({
-        "metadata": { "name": "once" },
-        "spec": {
-            "backoffLimit": 0,
-            "template": { "spec": {
-                "restartPolicy": "Never",
-                "containers": [{ "name": "work", "image": "registry.k8s.io/pause:3.10" }]
-            } }
-        }
-    });
-    let (ns, api) = created::<Job>(&client, "job", manifest).await;
+    let manifest = pause_workload(
+        "once",
+        json!({ "backoffLimit": 0 }),
+        json!({ "spec": { "restartPolicy": "Never" } }),
+        "work",
+    );
+    let (_, ns, api) = created::<Job>("job", manifest).await;
     wait_for("job once to complete", Duration::from_secs(90), || async {
         let j = api.get("once").await.ok()?;
         let done = j

@@ -11,10 +11,10 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    agent_capsule, bundle, capsule, installation, on_real_nodes, published, put, put_api, put_policy,
+    agent_capsule, bundle, capsule, installation, on_real_nodes, put, put_api, put_policy, setup_published,
     wait_condition,
 };
-use somastack_tests::{TestNamespace, api_for, client, spawn_shard_operator, unique_suffix, wait_for};
+use somastack_tests::{TestNamespace, api_for, setup, spawn_shard_operator, unique_suffix, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 const STEPS: [&str; 7] = [
@@ -31,51 +31,44 @@ struct Target {
 }
 
 impl Target {
-    async fn new(client: &Client, prefix: &str, region: &str, failover: &str, ready_path: &str) -> Target {
+    /// The client and the target: what every kwok drill test starts with.
+    async fn new(prefix: &str, region: &str, failover: &str, ready_path: &str) -> (Client, Target) {
         let capsule_of = |package: &str| {
             let mut cap = capsule(package, package, "1.0.0", "confidential");
             cap["spec"]["readyPath"] = json!(ready_path);
             cap
         };
-        Target::start(
-            client,
-            prefix,
-            region,
-            failover,
-            capsule_of,
-            std::convert::identity,
-        )
-        .await
+        Target::start(prefix, region, failover, capsule_of, std::convert::identity).await
     }
 
     /// The same on the real nodes: the reference agent, whose readiness
     /// a real probe checks (tests in `real_node`).
-    async fn real(client: &Client, prefix: &str, region: &str, failover: &str) -> Target {
+    async fn real(prefix: &str, region: &str, failover: &str) -> (Client, Target) {
         let capsule_of = |package: &str| agent_capsule(package, package, "1.0.0", "confidential", &[]);
-        Target::start(client, prefix, region, failover, capsule_of, on_real_nodes).await
+        Target::start(prefix, region, failover, capsule_of, on_real_nodes).await
     }
 
     /// `capsule_of(package)` gives the Capsule; `place` adjusts the Installation.
     async fn start(
-        client: &Client,
         prefix: &str,
         region: &str,
         failover: &str,
         capsule_of: impl FnOnce(&str) -> Value,
         place: impl FnOnce(Value) -> Value,
-    ) -> Target {
-        let ns = TestNamespace::create(client, prefix).await;
+    ) -> (Client, Target) {
+        let (client, ns) = setup(prefix).await;
         let package = format!("{prefix}-{}", unique_suffix());
-        put(client, ns.owns(&capsule_of(&package))).await;
+        put(&client, ns.owns(&capsule_of(&package))).await;
         let mut inst = place(installation(&ns.name, "app", &package, "1.0.0", region, 2));
         inst["spec"]["failoverRegions"] = json!([failover]);
-        let api = put_api(client, &inst).await;
+        let api = put_api(&client, &inst).await;
         wait_condition(&api, "app", "Ready", "True", None, T).await;
-        Target {
+        let target = Target {
             ns,
             installation: inst,
             region: region.into(),
-        }
+        };
+        (client, target)
     }
 
     /// Applies the drill `name` of `spec` on the Installation; the DrDrills' API.
@@ -224,9 +217,8 @@ fn steps(status: &Value) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_too_tight_rto_objective_fails_the_verdict() {
-    let client = client().await;
     // Replacement pods take 6 s to get ready (hack/kwok-stages.yaml).
-    let t = Target::new(&client, "tight", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let (client, t) = Target::new("tight", "eu-west-1", "eu-central-1", "/slow-ready").await;
     let api = t.start_drill(&client, "tight", scenario("RegionOutage", 2)).await;
     let status = wait_drill(&api, "tight", "finished", finished).await;
     assert_eq!(status["verdict"], "Fail", "{status:#}");
@@ -241,8 +233,7 @@ async fn a_too_tight_rto_objective_fails_the_verdict() {
 
 #[tokio::test]
 async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
-    let client = client().await;
-    let t = Target::new(&client, "refused", "eu-west-1", "us-east-1", "/readyz").await;
+    let (client, t) = Target::new("refused", "eu-west-1", "us-east-1", "/readyz").await;
     let s = unique_suffix();
     let policy = bundle(
         &format!("drill-res-{s}"),
@@ -287,9 +278,8 @@ async fn a_failover_region_residency_forbids_is_a_finding_never_executed() {
 
 #[tokio::test]
 async fn scope_region_taints_the_region_and_untaints_it() {
-    let client = client().await;
     // ap-south-1 is reserved for this test (hack/nodes.sh).
-    let t = Target::new(&client, "region", "ap-south-1", "eu-central-1", "/readyz").await;
+    let (client, t) = Target::new("region", "ap-south-1", "eu-central-1", "/readyz").await;
     let mut spec = scenario("RegionOutage", 120);
     spec["scope"] = json!("Region");
     let api = t.start_drill(&client, "region", spec).await;
@@ -322,9 +312,7 @@ async fn scope_region_taints_the_region_and_untaints_it() {
 /// waits for its target to exist and become Ready instead of failing.
 #[tokio::test]
 async fn a_drill_applied_before_its_installation_waits_for_it() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "together").await;
-    let (package, _) = published(&client, &ns, "together", "confidential").await;
+    let (client, ns, package) = setup_published("together", "confidential").await;
     let drill = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
         "metadata": { "name": "early", "namespace": ns.name },
         "spec": { "installationRef": { "name": "app" }, "scenario": "PodLoss",
@@ -359,8 +347,7 @@ async fn a_drill_applied_before_its_installation_waits_for_it() {
 
 #[tokio::test]
 async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
-    let client = client().await;
-    let t = Target::new(&client, "abort", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let (client, t) = Target::new("abort", "eu-west-1", "eu-central-1", "/slow-ready").await;
     let api = t
         .start_drill(&client, "first", scenario("RegionOutage", 120))
         .await;
@@ -412,8 +399,7 @@ async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
 
 #[tokio::test]
 async fn an_operator_killed_mid_drill_resumes_and_restores() {
-    let client = client().await;
-    let t = Target::new(&client, "crash", "eu-west-1", "eu-central-1", "/slow-ready").await;
+    let (client, t) = Target::new("crash", "eu-west-1", "eu-central-1", "/slow-ready").await;
     let shard = format!("crash-{}", unique_suffix());
     let selector = format!("somastack.io/drill-shard={shard}");
     let start = || spawn_shard_operator(&selector, "somastack.io/project-shard=none");
@@ -448,8 +434,7 @@ async fn an_operator_killed_mid_drill_resumes_and_restores() {
 
 #[tokio::test]
 async fn a_schedule_makes_runs_that_never_overlap() {
-    let client = client().await;
-    let t = Target::new(&client, "cron", "us-east-1", "eu-central-1", "/readyz").await;
+    let (client, t) = Target::new("cron", "us-east-1", "eu-central-1", "/readyz").await;
     let mut spec = scenario("PodLoss", 60);
     spec["schedule"] = json!("* * * * *");
     spec["historyLimit"] = json!(3);
@@ -487,8 +472,7 @@ mod real_node {
 
     #[tokio::test]
     async fn region_outage_passes_with_a_measured_rto_and_a_full_timeline() {
-        let client = client().await;
-        let t = Target::real(&client, "outage", "eu-west-1", "eu-central-1").await;
+        let (client, t) = Target::real("outage", "eu-west-1", "eu-central-1").await;
         let before = pods_on_real_nodes(&client, &t.ns.name, APP).await;
         assert!(
             before.iter().all(|p| node_of(p) == "real-eu-west-1"),
@@ -579,8 +563,7 @@ mod real_node {
 
     #[tokio::test]
     async fn pod_loss_recovers_in_place() {
-        let client = client().await;
-        let t = Target::real(&client, "podloss", "eu-central-1", "eu-west-1").await;
+        let (client, t) = Target::real("podloss", "eu-central-1", "eu-west-1").await;
         pods_on_real_nodes(&client, &t.ns.name, APP).await;
         let before: Vec<String> = pod_regions(&client, &t.ns.name)
             .await

@@ -13,47 +13,40 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    bundle, capsule, condition, condition_with, denied, installation, message, published, put, put_api,
-    put_policy, wait_condition, wait_refused,
+    bundle, capsule, condition, condition_with, denied, installation, message, put, put_api, put_policy,
+    setup_published, wait_condition, wait_refused,
 };
 use somastack_tests::{
-    TestNamespace, api_for, client, operator_cli, operator_cli_ok, unique_suffix, wait_event, wait_for,
+    TestNamespace, api_for, operator_cli, operator_cli_ok, setup, unique_suffix, wait_event, wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
 
 /// A namespace, a fresh capsule `<prefix>-<suffix>` of `class`, and the
 /// PolicyBundle of the same name, with `spec`, governing the namespace
-/// (reconciled): the namespace, the package (and bundle) name, the bundle.
-async fn governed(client: &Client, prefix: &str, class: &str, spec: Value) -> (TestNamespace, String, Value) {
-    let ns = TestNamespace::create(client, prefix).await;
-    let (package, _) = published(client, &ns, prefix, class).await;
+/// (reconciled): the client, the namespace, the package (and bundle) name,
+/// the bundle.
+async fn governed(prefix: &str, class: &str, spec: Value) -> (Client, TestNamespace, String, Value) {
+    let (client, ns, package) = setup_published(prefix, class).await;
     let policy = bundle(&package, &ns.name, spec);
-    put_policy(client, ns.owns(&policy)).await;
-    (ns, package, policy)
+    put_policy(&client, ns.owns(&policy)).await;
+    (client, ns, package, policy)
 }
 
 /// A namespace with a Ready Installation `app` (2 replicas in us-east-1)
 /// of a fresh public capsule `<prefix>-<suffix>`: the namespace, the
-/// Installation's manifest and its API.
-async fn running(
-    client: &Client,
-    prefix: &str,
-    name: &str,
-) -> (TestNamespace, Value, Api<kube::api::DynamicObject>) {
-    let ns = TestNamespace::create(client, prefix).await;
-    let (package, _) = published(client, &ns, prefix, "public").await;
+/// Installation's manifest and its API (and the client).
+async fn running(prefix: &str, name: &str) -> (Client, TestNamespace, Value, Api<kube::api::DynamicObject>) {
+    let (client, ns, package) = setup_published(prefix, "public").await;
     let inst = installation(&ns.name, name, &package, "1.0.0", "us-east-1", 2);
-    let api = put_api(client, &inst).await;
+    let api = put_api(&client, &inst).await;
     wait_condition(&api, name, "Ready", "True", None, T).await;
-    (ns, inst, api)
+    (client, ns, inst, api)
 }
 
 #[tokio::test]
 async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
-    let client = client().await;
-    let (ns, package, policy) = governed(
-        &client,
+    let (client, ns, package, policy) = governed(
         "res",
         "confidential",
         json!({
@@ -137,8 +130,7 @@ async fn residency_refuses_a_region_and_pods_land_only_in_the_allowed_one() {
 
 #[tokio::test]
 async fn ceilings_and_capabilities_are_refused() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "ceil").await;
+    let (client, ns) = setup("ceil").await;
     let s = unique_suffix();
     let policy = bundle(
         &format!("ceil-{s}"),
@@ -204,14 +196,8 @@ async fn ceilings_and_capabilities_are_refused() {
 
 #[tokio::test]
 async fn kill_switch_stops_and_release_restores() {
-    let client = client().await;
-    let (ns, package, mut policy) = governed(
-        &client,
-        "kill",
-        "public",
-        json!({ "killSwitch": { "engaged": false } }),
-    )
-    .await;
+    let (client, ns, package, mut policy) =
+        governed("kill", "public", json!({ "killSwitch": { "engaged": false } })).await;
     let inst = installation(&ns.name, "svc", &package, "1.0.0", "eu-west-1", 2);
     let api = put_api(&client, &inst).await;
     wait_condition(&api, "svc", "Ready", "True", None, T).await;
@@ -264,8 +250,7 @@ async fn deployment_image(client: &kube::Client, ns: &str, name: &str) -> String
 
 #[tokio::test]
 async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "upgrade").await;
+    let (client, ns) = setup("upgrade").await;
     let package = format!("up-{}", unique_suffix());
     let v1 = capsule(&format!("{package}-1"), &package, "1.0.0", "internal");
     let v2 = capsule(&format!("{package}-2"), &package, "2.0.0", "internal");
@@ -350,8 +335,7 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
 
 #[tokio::test]
 async fn deleting_an_installation_removes_every_child() {
-    let client = client().await;
-    let (ns, _, api) = running(&client, "del", "gone").await;
+    let (client, ns, _, api) = running("del", "gone").await;
     let n = ns.name.clone();
     let c = client.clone();
     let present = move || {
@@ -393,9 +377,7 @@ async fn deleting_an_installation_removes_every_child() {
 
 #[tokio::test]
 async fn audit_bundles_report_without_blocking() {
-    let client = client().await;
-    let (ns, package, policy) = governed(
-        &client,
+    let (client, ns, package, policy) = governed(
         "aud",
         "public",
         json!({
@@ -443,8 +425,7 @@ async fn audit_bundles_report_without_blocking() {
 
 #[tokio::test]
 async fn paused_leaves_children_alone() {
-    let client = client().await;
-    let (ns, mut inst, api) = running(&client, "pause", "app").await;
+    let (client, ns, mut inst, api) = running("pause", "app").await;
 
     inst["spec"]["paused"] = json!(true);
     inst["spec"]["replicas"] = json!(3);
@@ -497,8 +478,7 @@ mod real_node {
     /// every 50 ms, all succeed.
     #[tokio::test]
     async fn a_never_ready_release_is_rolled_back_while_every_request_to_the_service_succeeds() {
-        let client = client().await;
-        let ns = TestNamespace::create(&client, "real-rb").await;
+        let (client, ns) = setup("real-rb").await;
         let package = format!("rrb-{}", unique_suffix());
         let good = agent_capsule(&format!("{package}-1"), &package, "1.0.0", "internal", &[]);
         let broken = agent_capsule(
@@ -637,9 +617,7 @@ mod real_node {
 
 #[tokio::test]
 async fn a_child_refused_by_a_quota_shows_on_the_installation_and_as_a_warning() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "quota").await;
-    let (package, _) = published(&client, &ns, "quota", "public").await;
+    let (client, ns, package) = setup_published("quota", "public").await;
     // Something real runs out: the namespace may hold no Service.
     let quota = json!({ "apiVersion": "v1", "kind": "ResourceQuota",
         "metadata": { "name": "no-services", "namespace": ns.name },

@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use somastack_tests::fixtures::{bundle, capsule, installation, put};
-use somastack_tests::{
-    TestNamespace, client, create_dry_run, http_get, metrics_port, unique_suffix, wait_for,
-};
+use somastack_tests::{create_dry_run, http_get, metrics_port, setup, unique_suffix, wait_for};
 
 /// One sample: metric name, labels, value.
 #[derive(Debug)]
@@ -83,10 +81,9 @@ async fn metrics_health_and_readiness_are_served() {
 
     // Make the capsule webhook deny something, without storing anything:
     // submitting an already approved Capsule is self-approval.
-    let client = client().await;
     // Objects of three kinds, so their reconciles are counted even when this
     // test runs alone on a fresh cluster.
-    let ns = TestNamespace::create(&client, "metrics").await;
+    let (client, ns) = setup("metrics").await;
     let own = format!("metrics-obj-{}", unique_suffix());
     let docs = [
         bundle(&own, &ns.name, json!({})),

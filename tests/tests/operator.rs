@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use somastack_tests::fixtures::wait_condition;
 use somastack_tests::process::sigterm;
 use somastack_tests::{
-    TEST_LABEL, TEST_MANAGER, TestNamespace, api_for, apply, client, kubeconfig_path, unique_suffix,
-    wait_for, workspace_binary,
+    TEST_LABEL, TEST_MANAGER, api_for, apply, client, kubeconfig_path, setup, unique_suffix, wait_for,
+    workspace_binary,
 };
 
 fn objects(ns: &str, suffix: &str) -> Vec<Value> {
@@ -60,8 +60,7 @@ async fn observed(api: &kube::Api<DynamicObject>, name: &str, generation: i64) -
 
 #[tokio::test]
 async fn operator_observes_every_kind_and_stops_on_sigterm() {
-    let client = client().await;
-    let ns = TestNamespace::create(&client, "operator").await;
+    let (client, ns) = setup("operator").await;
     let suffix = unique_suffix();
 
     let log_path = std::env::temp_dir().join(format!("somastack-operator-test-{suffix}.log"));

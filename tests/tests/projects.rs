@@ -21,7 +21,7 @@ use somastack_tests::fixtures::{
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
-    TestNamespace, api_for, client, free_port, http_get, kubectl, operator_cli_ok, spawn_shard_operator,
+    TestNamespace, api_for, free_port, http_get, kubectl, operator_cli_ok, setup, spawn_shard_operator,
     unique_suffix, wait_for, workspace_binary,
 };
 
@@ -36,10 +36,11 @@ struct Env {
 }
 
 impl Env {
-    async fn new(client: &Client, prefix: &str) -> Env {
-        let ns = TestNamespace::create(client, prefix).await;
-        let (package, _) = published(client, &ns, "agent", "internal").await;
-        Env { ns, package }
+    /// The client and the environment: what every kwok project test starts with.
+    async fn new(prefix: &str) -> (Client, Env) {
+        let (client, ns) = setup(prefix).await;
+        let (package, _) = published(&client, &ns, "agent", "internal").await;
+        (client, Env { ns, package })
     }
 
     /// Lets this namespace's projects call the planner on loopback `port`.
@@ -50,6 +51,11 @@ impl Env {
     fn task(&self, name: &str, deps: &[&str], input: &str) -> Value {
         json!({ "name": name, "capsule": { "package": self.package, "version": "1.0.0" },
                 "dependsOn": deps, "input": input })
+    }
+
+    /// A project `name` with goal "g" that runs exactly the listed `tasks`.
+    fn listed(&self, name: &str, tasks: Vec<Value>) -> Value {
+        self.project(name, json!({ "goal": "g", "tasks": tasks }))
     }
 
     fn project(&self, name: &str, spec: Value) -> Value {
@@ -119,8 +125,7 @@ fn interval(job: &Job) -> (i64, i64) {
 
 #[tokio::test]
 async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-diamond").await;
+    let (client, env) = Env::new("kp-diamond").await;
     let doc = env.project(
         "diamond",
         json!({
@@ -258,13 +263,9 @@ async fn a_diamond_runs_in_dependency_order_within_parallelism_and_is_reviewed()
 
 #[tokio::test]
 async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-invalid").await;
+    let (client, env) = Env::new("kp-invalid").await;
     // An unknown dependency: the API server refuses it (CEL rule).
-    let unknown = env.project(
-        "unknown",
-        json!({ "goal": "g", "tasks": [env.task("a", &["ghost"], "")] }),
-    );
+    let unknown = env.listed("unknown", vec![env.task("a", &["ghost"], "")]);
     let err = somastack_tests::apply(&client, &unknown)
         .await
         .err()
@@ -275,11 +276,14 @@ async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
         "{err:?}"
     );
     // A cycle: only the operator can see it; it says so and starts nothing.
-    let cycle = env.project(
+    let cycle = env.listed(
         "cycle",
-        json!({ "goal": "g", "tasks": [
-            env.task("a", &["c"], ""), env.task("b", &["a"], ""), env.task("c", &["b"], ""), env.task("d", &[], ""),
-        ] }),
+        vec![
+            env.task("a", &["c"], ""),
+            env.task("b", &["a"], ""),
+            env.task("c", &["b"], ""),
+            env.task("d", &[], ""),
+        ],
     );
     let api = put_api(&client, &cycle).await;
     let obj = finished(&api, "cycle", "False", "InvalidPlan").await;
@@ -313,8 +317,7 @@ async fn start_planner(port: u16) -> tokio::process::Child {
 
 #[tokio::test]
 async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until_it_is_back() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-planner").await;
+    let (client, env) = Env::new("kp-planner").await;
     let port = free_port();
     env.allow_planner(&client, port).await;
     let doc = env.project(
@@ -372,8 +375,7 @@ async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until
 
 #[tokio::test]
 async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-approve").await;
+    let (client, env) = Env::new("kp-approve").await;
     let suffix = unique_suffix();
     let author = user(&client, &format!("kp-author-{suffix}"), &[PUBLISHER_ROLE]).await;
     let reviewer = user(&client, &format!("kp-reviewer-{suffix}"), &[REVIEWER_ROLE]).await;
@@ -466,13 +468,16 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
 
 #[tokio::test]
 async fn retrying_runs_only_the_failed_tasks() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-retry").await;
+    let (client, env) = Env::new("kp-retry").await;
     let mut flaky = env.task("flaky", &[], "kwok:fail-first");
     flaky["retries"] = json!(0);
-    let doc = env.project(
+    let doc = env.listed(
         "retried",
-        json!({ "goal": "g", "tasks": [env.task("good", &[], "fine"), flaky, env.task("after", &["flaky"], "")] }),
+        vec![
+            env.task("good", &[], "fine"),
+            flaky,
+            env.task("after", &["flaky"], ""),
+        ],
     );
     let api = put_api(&client, &doc).await;
     let failed = finished(&api, "retried", "False", "TasksFailed").await;
@@ -529,12 +534,11 @@ async fn retrying_runs_only_the_failed_tasks() {
 
 #[tokio::test]
 async fn a_task_timeout_fails_the_attempt_and_the_duration_budget_stops_the_project() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-budget").await;
+    let (client, env) = Env::new("kp-budget").await;
     let mut slow = env.task("slow", &[], "kwok:run=60s");
     slow["timeoutSeconds"] = json!(2);
     slow["retries"] = json!(0);
-    let timed = env.project("timed", json!({ "goal": "g", "tasks": [slow] }));
+    let timed = env.listed("timed", vec![slow]);
     let budgeted = env.project(
         "budgeted",
         json!({ "goal": "g", "budget": { "maxDurationSeconds": 4 },
@@ -581,13 +585,13 @@ async fn live_pods(client: &Client, ns: &str) -> usize {
 
 #[tokio::test]
 async fn suspending_stops_running_jobs_and_resuming_continues() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-suspend").await;
-    let doc = env.project(
+    let (client, env) = Env::new("kp-suspend").await;
+    let doc = env.listed(
         "paused",
-        json!({ "goal": "g", "tasks": [
-            env.task("long", &[], "kwok:run=6s"), env.task("next", &["long"], ""),
-        ] }),
+        vec![
+            env.task("long", &[], "kwok:run=6s"),
+            env.task("next", &["long"], ""),
+        ],
     );
     let api = put_api(&client, &doc).await;
     wait_for("the first task's pod to run", T, || async {
@@ -637,12 +641,8 @@ async fn suspending_stops_running_jobs_and_resuming_continues() {
 
 #[tokio::test]
 async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-kill").await;
-    let doc = env.project(
-        "halted",
-        json!({ "goal": "g", "tasks": [env.task("long", &[], "kwok:run=120s")] }),
-    );
+    let (client, env) = Env::new("kp-kill").await;
+    let doc = env.listed("halted", vec![env.task("long", &[], "kwok:run=120s")]);
     let api = put_api(&client, &doc).await;
     wait_for("the task's pod to run", T, || async {
         (live_pods(&client, &env.ns.name).await == 1).then_some(())
@@ -673,8 +673,7 @@ async fn an_engaged_kill_switch_halts_the_project_and_stops_its_jobs() {
 
 #[tokio::test]
 async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-crash").await;
+    let (client, env) = Env::new("kp-crash").await;
     let shard = format!("crash-{}", unique_suffix());
     let selector = format!("somastack.io/project-shard={shard}");
     let start = || spawn_shard_operator("somastack.io/drill-shard=none", &selector);
@@ -708,8 +707,7 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
 
 #[tokio::test]
 async fn a_500_task_project_completes_with_a_small_status() {
-    let client = client().await;
-    let env = Env::new(&client, "kp-large").await;
+    let (client, env) = Env::new("kp-large").await;
     let port = free_port();
     env.allow_planner(&client, port).await;
     let mut planner = start_planner(port).await;
@@ -786,15 +784,15 @@ mod real_node {
 
     /// A namespace with the reference agent as capsule `package` 1.0.0,
     /// configured with `env`.
-    async fn agent_env(client: &Client, prefix: &str, env: &[(&str, &str)]) -> Env {
-        let ns = TestNamespace::create(client, prefix).await;
+    async fn agent_env(prefix: &str, env: &[(&str, &str)]) -> (Client, Env) {
+        let (client, ns) = setup(prefix).await;
         let package = format!("agent-{}", unique_suffix());
         put(
-            client,
+            &client,
             ns.owns(&agent_capsule(&package, &package, "1.0.0", "internal", env)),
         )
         .await;
-        Env { ns, package }
+        (client, Env { ns, package })
     }
 
     fn lines(s: &str) -> Vec<&str> {
@@ -811,8 +809,7 @@ mod real_node {
     /// then fails naming the task and the agent's own words.
     #[tokio::test]
     async fn agents_compute_results_from_inputs_and_upstream_outputs_and_a_failing_agent_fails_the_project() {
-        let client = client().await;
-        let env = agent_env(&client, "kp-real", &[]).await;
+        let (client, env) = agent_env("kp-real", &[]).await;
         let failing = format!("failing-{}", unique_suffix());
         let fail_always = [("AGENT_FAIL", "always")];
         let failing_capsule = agent_capsule(&failing, &failing, "1.0.0", "internal", &fail_always);
@@ -835,10 +832,8 @@ mod real_node {
         let mut bad = json!({ "name": "bad", "capsule": { "package": failing, "version": "1.0.0" },
                               "input": REGULATION, "retries": 1 });
         bad["dependsOn"] = json!([]);
-        let fails = on_real_nodes(env.project(
-            "failing",
-            json!({ "goal": "g", "tasks": [bad, env.task("after", &["bad"], "never runs")] }),
-        ));
+        let fails =
+            on_real_nodes(env.listed("failing", vec![bad, env.task("after", &["bad"], "never runs")]));
         put(&client, &doc).await;
         put(&client, &fails).await;
         let api = api_for(&client, &doc).await;
@@ -911,8 +906,7 @@ mod real_node {
     /// operator calls it through its Service, and the planned tasks run.
     #[tokio::test]
     async fn a_planner_capsule_plans_through_its_service_and_the_plan_runs() {
-        let client = client().await;
-        let env = agent_env(&client, "kp-planner-real", &[]).await;
+        let (client, env) = agent_env("kp-planner-real", &[]).await;
         let planner = format!("planner-{}", unique_suffix());
         let image = std::env::var("SOMASTACK_PLANNER_IMAGE")
             .expect("SOMASTACK_PLANNER_IMAGE (hack/test.sh builds and loads the planner image)");

@@ -16,12 +16,13 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
     Key, Scratch, allow_planners, bundle, capsule, condition, denied, image, installation, message,
-    published, put, put_api, put_policy, signed, wait_condition, wait_succeeded,
+    published, put, put_api, put_policy, setup_published, signed, wait_condition, wait_succeeded,
 };
 use somastack_tests::http::{Reply, Server};
 use somastack_tests::users::{PUBLISHER_ROLE, User, tenant, user};
 use somastack_tests::{
-    TestNamespace, api_for, apply_as, client, create_dry_run, kubectl, unique_suffix, wait_event, wait_for,
+    TestNamespace, api_for, apply_as, client, create_dry_run, kubectl, setup, unique_suffix, wait_event,
+    wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
@@ -277,8 +278,7 @@ async fn a_package_version_is_published_once_and_never_shadowed() {
 
 #[tokio::test]
 async fn a_key_id_two_bundles_trust_with_different_keys_must_verify_with_both() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-trust").await;
+    let (admin, ns) = setup("tn-trust").await;
     let dir = Scratch::new("tn-trust");
     let (signer, other) = (Key::ecdsa(&dir, "signer"), Key::ecdsa(&dir, "other"));
     let sfx = unique_suffix();
@@ -454,9 +454,7 @@ async fn quantities_are_checked_where_they_are_written() {
 
 #[tokio::test]
 async fn what_the_api_server_would_refuse_is_refused_first_or_reported() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-silent").await;
-    let (package, _) = published(&admin, &ns, "silent", "public").await;
+    let (admin, ns, package) = setup_published("tn-silent", "public").await;
     let inst = |name: &str| installation(&ns.name, name, &package, "1.0.0", "eu-west-1", 1);
 
     // Known before anything is made: refused by the schema or the webhook.
@@ -553,9 +551,7 @@ async fn a_drill_lock_naming_no_running_drill_is_stale() {
 
 #[tokio::test]
 async fn planned_tasks_keep_the_bounds_of_listed_tasks() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-bounds").await;
-    let (package, _) = published(&admin, &ns, "bounded", "internal").await;
+    let (admin, ns, package) = setup_published("tn-bounds", "internal").await;
     let agent = json!({ "package": package, "version": "1.0.0" });
     let planner = Server::start({
         let agent = agent.clone();
@@ -589,8 +585,7 @@ async fn planned_tasks_keep_the_bounds_of_listed_tasks() {
 
 #[tokio::test]
 async fn planner_credentials_never_reach_status_or_events() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-secret").await;
+    let (admin, ns) = setup("tn-secret").await;
     // A port nothing listens on: the call fails and the URL is reported.
     let port = somastack_tests::free_port();
     allow_planners(&admin, &ns, &[format!("http://127.0.0.1:{port}/")]).await;
@@ -668,8 +663,7 @@ async fn a_hanging_planner_does_not_hold_other_tenants_projects() {
 
 #[tokio::test]
 async fn control_characters_from_a_planner_are_escaped() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-ctrl").await;
+    let (admin, ns) = setup("tn-ctrl").await;
     let planner = Server::start(|_| {
         Reply::json(
             422,
@@ -726,8 +720,7 @@ async fn a_bundle_whose_selector_selects_nothing_is_refused() {
 
 #[tokio::test]
 async fn a_plan_too_large_to_store_is_refused_once() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-large").await;
+    let (admin, ns) = setup("tn-large").await;
     let package = format!("large-{}", unique_suffix());
     let agent = json!({ "package": package, "version": "1.0.0" });
     // A 5,000-task chain within maxTasks: about 1.8 MB as the operator stores it.
@@ -769,8 +762,7 @@ async fn a_plan_too_large_to_store_is_refused_once() {
 
 #[tokio::test]
 async fn capsule_events_do_not_call_planners_again() {
-    let admin = client().await;
-    let ns = TestNamespace::create(&admin, "tn-churn").await;
+    let (admin, ns) = setup("tn-churn").await;
     let planner = Server::start(|_| Reply::json(422, &json!({ "error": "goal too vague" }))).await;
     allow_planners(&admin, &ns, &[planner.url("/")]).await;
     let doc = planned(&ns.name, "vague", &planner.url("/plan"), "agent");
