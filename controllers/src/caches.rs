@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
@@ -29,12 +29,20 @@ const EVENT_BUFFER: usize = 4096;
 /// first full list.
 #[derive(Clone)]
 pub struct Caches {
+    /// Every Capsule (cluster-scoped): capsule lookups, Capsule controller.
     pub capsules: Cache<Capsule>,
+    /// Every PolicyBundle (cluster-scoped): the policy of each namespace.
     pub bundles: Cache<PolicyBundle>,
+    /// Every Installation: the Installation controller, Capsule usage
+    /// counts, bundle audits, drill targets, planner capsules.
     pub installations: Cache<Installation>,
+    /// Every Namespace: their labels decide which bundles govern them.
     pub namespaces: Cache<Namespace>,
+    /// Every DrDrill (each operator acts on its shard of them).
     pub drills: Cache<DrDrill>,
+    /// Every KamachiqProject (each operator acts on its shard of them).
     pub projects: Cache<KamachiqProject>,
+    /// Raised once every cache has had its first full list.
     ready: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -67,6 +75,17 @@ where
     /// The store, to keep.
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// References to the cached objects `keep` selects: what a controller
+    /// reconciles when an object of another kind changes.
+    pub fn refs(&self, keep: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>> {
+        self.store
+            .state()
+            .iter()
+            .filter(|o| keep(o))
+            .map(|o| ObjectRef::from_obj(o.as_ref()))
+            .collect()
     }
 
     /// A new stream of the watch's events ([`Subscription::subscribe`]).

@@ -60,6 +60,12 @@ impl LabelSelector {
     }
 }
 
+/// Whether an operator with `shard` (none: every object) acts on an object
+/// with `labels`.
+pub fn admits(shard: Option<&LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+    shard.is_none_or(|s| s.matches(labels))
+}
+
 /// `text` split at the commas outside parentheses.
 fn split_top_level(text: &str) -> Vec<&str> {
     let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);

@@ -8,6 +8,7 @@
 //! SIGTERM the leader releases the Lease so a follower takes over without
 //! waiting for it to expire.
 
+use somastack_controllers::apply::ApiResultExt;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -116,11 +117,8 @@ pub async fn try_hold(api: &Api<Lease>, cfg: &Config) -> Result<bool, kube::Erro
                 .map(|_| ())
         }
     };
-    match result {
-        Ok(()) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e),
-    }
+    // A conflict: another replica wrote the Lease first.
+    Ok(result.ok_if_conflict()?.is_some())
 }
 
 /// Waits until this replica holds the Lease.

@@ -55,8 +55,13 @@ pub fn review_record(
 pub fn is_approved(capsule: &Capsule) -> bool {
     let digest = signing::payload_digest(&capsule.spec);
     let previous = capsule.status.as_ref().and_then(|s| s.review.as_ref());
-    review_record(capsule.annotations(), previous, &digest, &crate::status::now())
-        .is_some_and(|r| r.decision == "approve" && r.payload_digest.as_deref() == Some(digest.as_str()))
+    review_record(
+        capsule.annotations(),
+        previous,
+        &digest,
+        &Time(jiff::Timestamp::now()),
+    )
+    .is_some_and(|r| r.decision == "approve" && r.payload_digest.as_deref() == Some(digest.as_str()))
 }
 
 /// Whether an enforced PolicyBundle requires every project's plan to be approved.

@@ -13,7 +13,6 @@ use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::capsule::{CapsuleSpec, CapsuleStatus, ReviewRecord};
@@ -41,21 +40,11 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
     Ok(ctx
         .controller(&events.capsules, |_| true)
         .await?
-        .watches_shared_stream(events.bundles.subscribe().await?, move |_| {
-            all.state()
-                .iter()
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        .watches_shared_stream(events.bundles.subscribe().await?, move |_| all.refs(|_| true))
         .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
-            capsules
-                .state()
-                .iter()
-                .filter(|c| {
-                    c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
-                })
-                .map(|c| ObjectRef::from_obj(c.as_ref()))
-                .collect::<Vec<_>>()
+            capsules.refs(|c| {
+                c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
+            })
         }))
 }
 

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use somastack_crds::policy::{
     Enforcement, MAX_LISTED_VIOLATIONS, PolicyBundleSpec, PolicyBundleStatus, Violation,
@@ -35,20 +34,13 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<PolicyBundle>> 
         ctx.caches.bundles.clone(),
         ctx.caches.bundles.clone(),
     );
-    let all = move |store: &kube::runtime::reflector::Store<PolicyBundle>| {
-        store
-            .state()
-            .iter()
-            .map(|b| ObjectRef::from_obj(b.as_ref()))
-            .collect::<Vec<_>>()
-    };
     let events = &ctx.caches;
     Ok(ctx
         .controller(&events.bundles, |_| true)
         .await?
-        .watches_shared_stream(events.installations.subscribe().await?, move |_| all(&a))
-        .watches_shared_stream(events.capsules.subscribe().await?, move |_| all(&b))
-        .watches_shared_stream(events.namespaces.subscribe().await?, move |_| all(&c)))
+        .watches_shared_stream(events.installations.subscribe().await?, move |_| a.refs(|_| true))
+        .watches_shared_stream(events.capsules.subscribe().await?, move |_| b.refs(|_| true))
+        .watches_shared_stream(events.namespaces.subscribe().await?, move |_| c.refs(|_| true)))
 }
 
 /// What one bundle governs and which running Installations break it.

@@ -77,10 +77,15 @@ pub fn should_start(
 /// Where a run acts, as validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
+    /// The region the outage hits (where the workload runs now).
     pub target_region: String,
+    /// Where the workload fails over to (none for PodLoss).
     pub failover_region: Option<String>,
+    /// The Installation's home region, where a restore brings it back.
     pub home_region: String,
+    /// The active-region annotation before the run, put back by a restore.
     pub previous_active_region: Option<String>,
+    /// Ready replicas that count as recovered.
     pub replicas: i32,
 }
 
@@ -232,8 +237,11 @@ fn failover_region(
 /// A pod of the Installation, as recovery sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodView {
+    /// The pod's name (PodLoss remembers which pods it deleted).
     pub name: String,
+    /// The region of its node, once scheduled.
     pub region: Option<String>,
+    /// Its creation time: only pods created after the injection count.
     pub created: Timestamp,
     /// When it became Ready (its Ready condition's transition), if it is.
     pub ready_since: Option<Timestamp>,
@@ -357,13 +365,19 @@ pub fn push_history(history: &mut Vec<DrillRun>, run: DrillRun, limit: i32) {
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SummaryRow {
+    /// The namespace of the Installation.
     pub namespace: String,
+    /// The Installation the drills target.
     pub installation: String,
+    /// DrDrills targeting it.
     pub drills: usize,
+    /// Finished runs in their histories.
     pub runs: usize,
+    /// Runs whose verdict is Pass.
     pub passed: usize,
     /// Passed runs / runs, 0..1 (absent without runs).
     pub pass_rate: Option<f64>,
+    /// When the latest run started.
     pub last_run: Option<Timestamp>,
     pub median_rto_seconds: Option<f64>,
     pub worst_rto_seconds: Option<f64>,

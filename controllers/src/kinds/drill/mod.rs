@@ -38,7 +38,6 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::drill::{
@@ -50,10 +49,12 @@ use somastack_crds::installation::{
 use somastack_crds::{DrDrill, Installation};
 
 use crate::access::{self, Requester};
+use crate::apply::ApiResultExt;
 use crate::conditions::{self, Desired, Status};
 use crate::domain::capsules::{self, CapsuleUse, may_install};
 use crate::domain::regions::REGION_LABEL;
 use crate::runtime::Context;
+use crate::shards::admits;
 use crate::status::{self, HasConditions};
 use crate::{Error, INSTALLATION_LABEL, Result};
 use logic::PodView;
@@ -72,18 +73,11 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<DrDrill>> {
     let drills = ctx.caches.drills.clone();
     let events = &ctx.caches;
     Ok(ctx
-        .controller(&events.drills, move |d| {
-            shard.as_ref().is_none_or(|s| s.matches(d.labels()))
-        })
+        .controller(&events.drills, move |d| admits(shard.as_ref(), d.labels()))
         .await?
         .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
             let ns = inst.namespace();
-            drills
-                .state()
-                .iter()
-                .filter(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
-                .map(|d| ObjectRef::from_obj(d.as_ref()))
-                .collect::<Vec<_>>()
+            drills.refs(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
         }))
 }
 
@@ -121,12 +115,7 @@ struct DrillReconcile<'a> {
 }
 
 pub async fn reconcile(drill: Arc<DrDrill>, ctx: Arc<Context>) -> Result<Action> {
-    if !ctx
-        .shards
-        .drills
-        .as_ref()
-        .is_none_or(|s| s.matches(drill.labels()))
-    {
+    if !admits(ctx.shards.drills.as_ref(), drill.labels()) {
         // Another operator's shard.
         return Ok(Action::await_change());
     }
@@ -582,15 +571,12 @@ impl<'a> DrillReconcile<'a> {
             patch["metadata"]["resourceVersion"] = json!(version);
             params.force = true;
         }
-        match self
+        Ok(self
             .installations
             .patch(name, &params, &Patch::Apply(&patch))
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+            .ok_if_conflict()?
+            .is_some())
     }
 
     /// Releases the lock, leaving only the active region the run ends with
@@ -732,11 +718,9 @@ impl<'a> DrillReconcile<'a> {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         for name in names {
             // An outage does not honour disruption budgets: delete, not evict.
-            match pods.delete(name, &DeleteParams::default().grace_period(0)).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            pods.delete(name, &DeleteParams::default().grace_period(0))
+                .await
+                .ok_if_not_found()?;
         }
         Ok(())
     }

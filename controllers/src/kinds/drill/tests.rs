@@ -488,6 +488,46 @@ impl Drill {
     fn step_is(&self) -> DrillStep {
         self.run().step
     }
+
+    /// Validate at 1 s, on a Ready target of two replicas.
+    fn validate(&mut self) -> Transition {
+        self.step(
+            Some(&ready(installation(Some(2), None))),
+            &[],
+            Acted::Nothing,
+            at(1),
+        )
+    }
+
+    /// A step at `secs` s that asks the shell for `effects` and to
+    /// recheck once they are done.
+    fn acts(&mut self, secs: i64, effects: &[Effect]) {
+        let t = self.step(None, &[], Acted::Nothing, at(secs));
+        assert_eq!(t.then, Then::Recheck);
+        assert_eq!(t.effects, effects);
+    }
+
+    /// Restore, from its opening: the outage and the failover are removed
+    /// at `removed` s, leaving the active region at `kept`; once the
+    /// workload is back (`pods`, seen at `back` s) the lock goes, again
+    /// leaving `kept`. Returns the transition that ends the run.
+    fn come_home(&mut self, kept: Option<&str>, removed: i64, pods: &[PodView], back: i64) -> Transition {
+        let kept = kept.map(String::from);
+        self.acts(
+            removed,
+            &[
+                Effect::Untaint,
+                Effect::Annotate {
+                    unavailable: None,
+                    active_region: kept.clone(),
+                },
+            ],
+        );
+        let t = self.step(None, pods, Acted::Done, at(back));
+        assert_eq!(t.then, NOW);
+        assert_eq!(t.effects, [Effect::Unlock { active_region: kept }]);
+        t
+    }
 }
 
 fn outcomes(timeline: &[TimelineEntry]) -> Vec<(DrillStep, StepOutcome)> {
@@ -507,17 +547,26 @@ fn named(name: &str, region: &str, created: Timestamp, ready: Option<Timestamp>)
     }
 }
 
+/// Two pods in `region`, created at `created` s and Ready from `ready` s.
+fn two(names: [&str; 2], region: &str, created: i64, ready: Option<i64>) -> [PodView; 2] {
+    names.map(|name| named(name, region, at(created), ready.map(at)))
+}
+
+/// The two pods of the failed-over workload, Ready in eu-central-1 at 9 s.
+fn recovered() -> [PodView; 2] {
+    two(["a", "b"], "eu-central-1", 6, Some(9))
+}
+
 const NOW: Then = Then::Requeue(Duration::ZERO);
 
 #[test]
 fn a_region_outage_runs_through_every_step_and_passes_within_its_rto() {
-    let inst = ready(installation(Some(2), None));
     let mut d = Drill::opened(spec(Scenario::RegionOutage));
     assert_eq!(d.step_is(), DrillStep::Validate);
     assert_eq!(messages(&d.status.timeline), ["checking Installation summarizer"]);
 
     // Validate: the target is healthy and may fail over; the snapshot is recorded.
-    let t = d.step(Some(&inst), &[], Acted::Nothing, at(1));
+    let t = d.validate();
     assert_eq!((t.then, t.effects.clone()), (NOW, vec![]));
     assert_eq!(d.step_is(), DrillStep::Snapshot);
     assert_eq!(
@@ -532,14 +581,12 @@ fn a_region_outage_runs_through_every_step_and_passes_within_its_rto() {
     assert_eq!(d.run().injected_at, Some(micro(at(2))));
 
     // Inject: the region is made unavailable to the Installation...
-    let t = d.step(None, &[], Acted::Nothing, at(3));
-    assert_eq!(t.then, Then::Recheck);
-    assert_eq!(
-        t.effects,
-        [Effect::Annotate {
+    d.acts(
+        3,
+        &[Effect::Annotate {
             unavailable: Some("eu-west-1".into()),
-            active_region: None
-        }]
+            active_region: None,
+        }],
     );
     // ... and is in effect once no pod is left there.
     let old = named("old", "eu-west-1", at(-3600), Some(at(-3600)));
@@ -551,14 +598,12 @@ fn a_region_outage_runs_through_every_step_and_passes_within_its_rto() {
     assert_eq!(d.step_is(), DrillStep::Failover);
 
     // Failover: the active region is set; then Verify waits for it.
-    let t = d.step(None, &[], Acted::Nothing, at(5));
-    assert_eq!(t.then, Then::Recheck);
-    assert_eq!(
-        t.effects,
-        [Effect::Failover {
+    d.acts(
+        5,
+        &[Effect::Failover {
             unavailable: Some("eu-west-1".into()),
-            to: "eu-central-1".into()
-        }]
+            to: "eu-central-1".into(),
+        }],
     );
     d.step(None, &[], Acted::Done, at(5));
     assert_eq!(d.step_is(), DrillStep::Verify);
@@ -576,26 +621,9 @@ fn a_region_outage_runs_through_every_step_and_passes_within_its_rto() {
     // Restore: opened, then the outage and the failover are removed...
     let t = d.step(None, &[], Acted::Nothing, at(15));
     assert_eq!((t.then, t.effects.clone()), (NOW, vec![]));
-    let t = d.step(None, &[], Acted::Nothing, at(16));
-    assert_eq!(t.then, Then::Recheck);
-    assert_eq!(
-        t.effects,
-        [
-            Effect::Untaint,
-            Effect::Annotate {
-                unavailable: None,
-                active_region: None
-            }
-        ]
-    );
     // ... and once the workload is back home, the lock goes and the run ends.
-    let home = [
-        named("c", "eu-west-1", at(17), Some(at(18))),
-        named("d", "eu-west-1", at(17), Some(at(18))),
-    ];
-    let t = d.step(None, &home, Acted::Done, at(20));
-    assert_eq!(t.then, NOW);
-    assert_eq!(t.effects, [Effect::Unlock { active_region: None }]);
+    let home = two(["c", "d"], "eu-west-1", 17, Some(18));
+    let t = d.come_home(None, 16, &home, 20);
     assert_eq!(
         t.finished,
         Some(Finished {
@@ -638,12 +666,7 @@ fn a_region_scoped_outage_taints_the_region() {
     let mut s = spec(Scenario::RegionOutage);
     s.scope = Scope::Region;
     let mut d = Drill::opened(s);
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
+    d.validate();
     d.step(None, &[], Acted::Nothing, at(2));
     assert_eq!(
         d.status.timeline.last().map(|e| e.message.as_str()),
@@ -651,52 +674,38 @@ fn a_region_scoped_outage_taints_the_region() {
             "every node of eu-west-1 tainted somastack.io/drill-outage:NoExecute; the taint manager evicts their pods"
         )
     );
-    let t = d.step(None, &[], Acted::Nothing, at(3));
-    assert_eq!(
-        t.effects,
-        [
+    d.acts(
+        3,
+        &[
             Effect::Annotate {
                 unavailable: None,
-                active_region: None
+                active_region: None,
             },
-            Effect::Taint("eu-west-1".into())
-        ]
+            Effect::Taint("eu-west-1".into()),
+        ],
     );
     d.step(None, &[], Acted::Done, at(3));
-    let t = d.step(None, &[], Acted::Nothing, at(4));
-    assert_eq!(
-        t.effects,
-        [Effect::Failover {
+    d.acts(
+        4,
+        &[Effect::Failover {
             unavailable: None,
-            to: "eu-central-1".into()
-        }]
+            to: "eu-central-1".into(),
+        }],
     );
 }
 
 #[test]
 fn a_pod_loss_deletes_the_pods_it_saw_and_recovers_in_place() {
     let mut d = Drill::opened(spec(Scenario::PodLoss));
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
-    let before = [
-        named("p1", "eu-west-1", at(-3600), Some(at(-3600))),
-        named("p2", "eu-west-1", at(-3600), Some(at(-3600))),
-    ];
+    d.validate();
+    let before = two(["p1", "p2"], "eu-west-1", -3600, Some(-3600));
     d.step(None, &before, Acted::Nothing, at(2));
     assert_eq!(d.run().lost_pods, ["p1", "p2"]);
-    let t = d.step(None, &[], Acted::Nothing, at(3));
-    assert_eq!(t.effects, [Effect::DeletePods(vec!["p1".into(), "p2".into()])]);
+    d.acts(3, &[Effect::DeletePods(vec!["p1".into(), "p2".into()])]);
     // A lost pod still there: the outage is not in effect yet.
     let t = d.step(None, &before[..1], Acted::Done, at(3));
     assert_eq!(t.then, Then::Requeue(TICK));
-    let new = [
-        named("p3", "eu-west-1", at(3), None),
-        named("p4", "eu-west-1", at(3), None),
-    ];
+    let new = two(["p3", "p4"], "eu-west-1", 3, None);
     d.step(None, &new, Acted::Done, at(4));
     assert_eq!(d.step_is(), DrillStep::Verify);
     assert_eq!(
@@ -719,20 +728,35 @@ fn a_pod_loss_deletes_the_pods_it_saw_and_recovers_in_place() {
     );
 }
 
-/// A RegionOutage drill in Verify, 10 s into its run.
-fn verifying() -> Drill {
-    let mut d = Drill::opened(spec(Scenario::RegionOutage));
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
+/// A drill validated, snapshot and injected (at 3 s), about to fail over.
+fn failing_over(spec: DrDrillSpec) -> Drill {
+    let mut d = Drill::opened(spec);
+    d.validate();
     d.step(None, &[], Acted::Nothing, at(2));
     d.step(None, &[], Acted::Done, at(3));
+    d
+}
+
+/// A drill of `spec` in Verify, 5 s into its run.
+fn verifying_with(spec: DrDrillSpec) -> Drill {
+    let mut d = failing_over(spec);
     d.step(None, &[], Acted::Done, at(4));
     d.step(None, &[], Acted::Done, at(5));
     assert_eq!(d.step_is(), DrillStep::Verify);
+    d
+}
+
+/// A RegionOutage drill in Verify, 5 s into its run.
+fn verifying() -> Drill {
+    verifying_with(spec(Scenario::RegionOutage))
+}
+
+/// A drill of `spec` that recovered (`recovered()`, seen at 10 s) and
+/// opened its Restore at 11 s.
+fn restoring(spec: DrDrillSpec) -> Drill {
+    let mut d = verifying_with(spec);
+    d.step(None, &recovered(), Acted::Nothing, at(10));
+    d.step(None, &[], Acted::Nothing, at(11));
     d
 }
 
@@ -777,22 +801,8 @@ fn deleting_or_suspending_a_drill_mid_run_restores_and_fails_it() {
     assert_eq!(t.run.step, DrillStep::Restore);
     // Restore goes home even though the drill asked to stay failed over.
     d.spec.restore = false;
-    let t = d.step(None, &[], Acted::Nothing, at(21));
-    assert_eq!(
-        t.effects,
-        [
-            Effect::Untaint,
-            Effect::Annotate {
-                unavailable: None,
-                active_region: None
-            }
-        ]
-    );
-    let home = [
-        named("c", "eu-west-1", at(21), Some(at(22))),
-        named("d", "eu-west-1", at(21), Some(at(22))),
-    ];
-    let t = d.step(None, &home, Acted::Done, at(23));
+    let home = two(["c", "d"], "eu-west-1", 21, Some(22));
+    let t = d.come_home(None, 21, &home, 23);
     assert_eq!(
         t.finished.map(|f| (f.verdict, f.message, f.rto_seconds)),
         Some((Verdict::Fail, "aborted: the drill was deleted".into(), None))
@@ -865,15 +875,7 @@ fn a_target_still_rolling_out_is_waited_for_in_validate() {
 
 #[test]
 fn a_refused_failover_is_a_finding() {
-    let mut d = Drill::opened(spec(Scenario::RegionOutage));
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
-    d.step(None, &[], Acted::Nothing, at(2));
-    d.step(None, &[], Acted::Done, at(3));
+    let mut d = failing_over(spec(Scenario::RegionOutage));
     let refusal = Acted::FailoverRefused("denied by the admission webhook".into());
     let t = d.step(None, &[], refusal, at(4));
     let why = "failover to eu-central-1 was refused: denied by the admission webhook";
@@ -887,13 +889,8 @@ fn a_refused_failover_is_a_finding() {
 
 #[test]
 fn a_workload_not_back_home_in_time_fails_the_restore() {
-    let mut d = verifying();
-    let recovered = [
-        named("a", "eu-central-1", at(6), Some(at(9))),
-        named("b", "eu-central-1", at(6), Some(at(9))),
-    ];
-    d.step(None, &recovered, Acted::Nothing, at(10));
-    d.step(None, &[], Acted::Nothing, at(11)); // Restore opens at 11 s
+    let d = restoring(spec(Scenario::RegionOutage)); // Restore opens at 11 s
+    let recovered = recovered();
     let t = d.decide(None, &recovered, Acted::Done, at(130));
     assert_eq!(t.then, Then::Requeue(TICK));
     assert_eq!(t.finished, None);
@@ -932,41 +929,12 @@ fn restore_false_stays_failed_over_and_reports_the_rto() {
     let mut s = spec(Scenario::RegionOutage);
     s.restore = false;
     s.objectives.rto_seconds = 2;
-    let mut d = Drill::opened(s);
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
-    d.step(None, &[], Acted::Nothing, at(2));
-    d.step(None, &[], Acted::Done, at(3));
-    d.step(None, &[], Acted::Done, at(4));
-    d.step(None, &[], Acted::Done, at(5));
-    let away = [
-        named("a", "eu-central-1", at(6), Some(at(9))),
-        named("b", "eu-central-1", at(6), Some(at(9))),
-    ];
-    d.step(None, &away, Acted::Nothing, at(10));
-    d.step(None, &[], Acted::Nothing, at(11));
+    let mut d = restoring(s);
     assert_eq!(
         d.status.timeline.last().map(|e| e.message.as_str()),
         Some("restore: false; removing the outage, staying failed over")
     );
-    let kept = Some("eu-central-1".to_string());
-    let t = d.step(None, &[], Acted::Nothing, at(12));
-    assert_eq!(
-        t.effects,
-        [
-            Effect::Untaint,
-            Effect::Annotate {
-                unavailable: None,
-                active_region: kept.clone()
-            }
-        ]
-    );
-    let t = d.step(None, &away, Acted::Done, at(12));
-    assert_eq!(t.effects, [Effect::Unlock { active_region: kept }]);
+    let t = d.come_home(Some("eu-central-1"), 12, &recovered(), 12);
     // Injected at 2 s; both pods Ready in the second of 9 s, seen at 10 s:
     // 8 s, over a 2 s objective.
     let finished = t.finished.unwrap();
@@ -999,12 +967,7 @@ fn each_step_reads_only_what_it_decides_on() {
     );
     // Past its timeout the run restores without looking at the target.
     assert_eq!(r(&d, Acted::Nothing, at(901)), nothing);
-    d.step(
-        Some(&ready(installation(Some(2), None))),
-        &[],
-        Acted::Nothing,
-        at(1),
-    );
+    d.validate();
     // Snapshot: PodLoss records the pods it will delete.
     assert_eq!(r(&d, Acted::Nothing, at(2)), pods);
     d.step(None, &[], Acted::Nothing, at(2));

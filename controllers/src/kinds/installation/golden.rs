@@ -140,7 +140,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn owner() -> OwnerReference {
+/// The owner reference of the Installation `summarizer` (uid `uid-1`),
+/// shared with the unit tests of `render`.
+pub(super) fn owner() -> OwnerReference {
     OwnerReference {
         api_version: "somastack.io/v1alpha1".into(),
         kind: "Installation".into(),

@@ -19,7 +19,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use somastack_crds::capsule::CapsuleSpec;
@@ -55,22 +54,12 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> 
                 .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
         )
         .watches_shared_stream(events.capsules.subscribe().await?, move |capsule| {
-            users
-                .state()
-                .iter()
-                .filter(|i| {
-                    i.spec.capsule.package == capsule.spec.package
-                        && i.spec.capsule.version == capsule.spec.version
-                })
-                .map(|i| ObjectRef::from_obj(i.as_ref()))
-                .collect::<Vec<_>>()
+            users.refs(|i| {
+                i.spec.capsule.package == capsule.spec.package
+                    && i.spec.capsule.version == capsule.spec.version
+            })
         })
-        .watches_shared_stream(events.bundles.subscribe().await?, move |_| {
-            all.state()
-                .iter()
-                .map(|i| ObjectRef::from_obj(i.as_ref()))
-                .collect::<Vec<_>>()
-        }))
+        .watches_shared_stream(events.bundles.subscribe().await?, move |_| all.refs(|_| true)))
 }
 
 /// What the Deployment reports, reduced to what status needs.
@@ -138,26 +127,24 @@ impl Assessment {
     /// that may still run from before.
     pub fn refused(&mut self, why: &str) {
         self.phase = InstallationPhase::Blocked;
-        self.conditions.retain(|c| c.type_ != "Ready");
-        self.conditions.push(Desired::new(
-            "Ready",
-            Status::False,
+        self.not_ready(
             "ChildRejected",
             format!("{why}; fix the Installation (or what conflicts with it) and it is applied again"),
-        ));
+        );
     }
 
     /// Writing a child failed in a way that may pass (`why`): `Ready=False`
     /// says so while the write is retried; the phase stays what the
     /// workload shows.
     pub fn failed(&mut self, why: &str) {
+        self.not_ready("ApplyFailed", format!("{why}; retrying"));
+    }
+
+    /// Replaces the `Ready` condition with `Ready=False` for `reason`.
+    fn not_ready(&mut self, reason: &'static str, message: String) {
         self.conditions.retain(|c| c.type_ != "Ready");
-        self.conditions.push(Desired::new(
-            "Ready",
-            Status::False,
-            "ApplyFailed",
-            format!("{why}; retrying"),
-        ));
+        self.conditions
+            .push(Desired::new("Ready", Status::False, reason, message));
     }
 }
 
@@ -408,7 +395,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
         last_rollback.as_ref(),
     );
     if let Some(plan) = plan {
-        last_rollback = Some(roll_back(&ctx, &inst, &key, plan).await?);
+        last_rollback = Some(roll_back(&ctx, &inst, plan).await?);
     }
 
     // Report: Events on transitions a person cares about, and status.
@@ -655,13 +642,8 @@ pub fn already_rolled_back(last: Option<&RollbackRecord>, current: i64, target: 
 }
 
 /// Makes the automatic rollback `plan` and says so in a `RolledBack` Event.
-async fn roll_back(
-    ctx: &Context,
-    inst: &Installation,
-    key: &ObjectKey,
-    plan: RollbackPlan,
-) -> Result<RollbackRecord> {
-    let record = restore(&ctx.client, key, plan.to, "Automatic", &plan.reason).await?;
+async fn roll_back(ctx: &Context, inst: &Installation, plan: RollbackPlan) -> Result<RollbackRecord> {
+    let record = rollback(&ctx.client, inst, plan.to, "Automatic", &plan.reason).await?;
     ctx.event(inst, EventType::Warning, "RolledBack", "Rollback", plan.reason)
         .await;
     Ok(record)
@@ -696,17 +678,7 @@ pub async fn rollback(
     trigger: &str,
     reason: &str,
 ) -> Result<RollbackRecord> {
-    restore(client, &ObjectKey::of(inst)?, target, trigger, reason).await
-}
-
-/// [`rollback`] of the Installation `key`.
-async fn restore(
-    client: &kube::Client,
-    key: &ObjectKey,
-    target: i64,
-    trigger: &str,
-    reason: &str,
-) -> Result<RollbackRecord> {
+    let key = &ObjectKey::of(inst)?;
     let history = revisions::list(client, key).await?;
     let Some(data) = history
         .iter()

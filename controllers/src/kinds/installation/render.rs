@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use somastack_crds::Installation;
-use somastack_crds::capsule::{CapsuleSpec, Protocol};
+use somastack_crds::capsule::{CapsulePort, CapsuleSpec, Protocol};
 
 use super::ObjectKey;
 use crate::domain::pods::{
@@ -145,24 +145,23 @@ fn probe(path: &Option<String>, port: Option<i32>, period: i32) -> Option<Probe>
     })
 }
 
+/// The capsule's ports, each as `T`.
+fn each_port<T>(capsule: &CapsuleSpec, as_t: impl Fn(&CapsulePort) -> T) -> Option<Vec<T>> {
+    Some(capsule.ports.iter().map(as_t).collect())
+}
+
 fn container(input: &Input<'_>) -> Container {
     let capsule = input.capsule;
     let first_port = capsule.ports.first().map(|p| p.port);
     Container {
         name: capsule.package.clone(),
         image: Some(capsule.image.clone()),
-        ports: Some(
-            capsule
-                .ports
-                .iter()
-                .map(|p| ContainerPort {
-                    name: Some(p.name.clone()),
-                    container_port: p.port,
-                    protocol: protocol(p.protocol),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
+        ports: each_port(capsule, |p| ContainerPort {
+            name: Some(p.name.clone()),
+            container_port: p.port,
+            protocol: protocol(p.protocol),
+            ..Default::default()
+        }),
         env: Some(
             capsule
                 .env
@@ -360,19 +359,13 @@ pub fn render(input: &Input<'_>) -> Result<Children> {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector(n)),
-            ports: Some(
-                capsule
-                    .ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: Some(p.name.clone()),
-                        port: p.port,
-                        target_port: Some(IntOrString::String(p.name.clone())),
-                        protocol: protocol(p.protocol),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            ports: each_port(capsule, |p| ServicePort {
+                name: Some(p.name.clone()),
+                port: p.port,
+                target_port: Some(IntOrString::String(p.name.clone())),
+                protocol: protocol(p.protocol),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         status: None,
@@ -387,17 +380,11 @@ pub fn render(input: &Input<'_>) -> Result<Children> {
         vec![]
     } else {
         vec![NetworkPolicyIngressRule {
-            ports: Some(
-                capsule
-                    .ports
-                    .iter()
-                    .map(|p| NetworkPolicyPort {
-                        port: Some(IntOrString::Int(p.port)),
-                        protocol: protocol(p.protocol),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            ports: each_port(capsule, |p| NetworkPolicyPort {
+                port: Some(IntOrString::Int(p.port)),
+                protocol: protocol(p.protocol),
+                ..Default::default()
+            }),
             ..Default::default()
         }]
     };
@@ -498,14 +485,7 @@ mod tests {
         Input {
             installation: inst,
             key,
-            owner: OwnerReference {
-                api_version: "somastack.io/v1alpha1".into(),
-                kind: "Installation".into(),
-                name: "summarizer".into(),
-                uid: "uid-1".into(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            },
+            owner: crate::kinds::installation::golden::owner(),
             capsule,
             region,
             stopped,

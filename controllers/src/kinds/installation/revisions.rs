@@ -15,6 +15,7 @@ use somastack_crds::Installation;
 use somastack_crds::installation::InstallationSpec;
 
 use super::ObjectKey;
+use crate::apply::ApiResultExt;
 use crate::{INSTALLATION_LABEL, MANAGED_BY, Result};
 
 pub const REVISION_HASH_LABEL: &str = "somastack.io/revision-hash";
@@ -143,19 +144,13 @@ pub async fn record(
     let plan = plan(&existing, hash, inst.spec.revision_history_limit);
     if let Some(number) = plan.create {
         let cr = manifest(key, &inst.spec, owner, number, hash, image)?;
-        match api.create(&PostParams::default(), &cr).await {
-            Ok(_) => {}
-            // Created by an earlier, interrupted reconcile: the same revision.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
+        // Already there: created by an earlier, interrupted reconcile (the same revision).
+        api.create(&PostParams::default(), &cr).await.ok_if_conflict()?;
     }
     for name in &plan.prune {
-        match api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        api.delete(name, &DeleteParams::background())
+            .await
+            .ok_if_not_found()?;
     }
     Ok((plan.current, plan.create.is_some()))
 }

@@ -10,6 +10,25 @@ use somastack_crds::installation::{ACTIVE_REGION_ANNOTATION, UpgradePolicy};
 use somastack_crds::policy::{KillSwitch, Limits, PolicyBundleSpec, Residency, ResidencyRule};
 use somastack_crds::{Capsule, PolicyBundle};
 
+/// A Deployment of `replicas` replicas, all updated, Ready and Available.
+fn rolled_out(replicas: i32) -> Workload {
+    Workload {
+        exists: true,
+        observed: true,
+        desired: replicas,
+        total: replicas,
+        updated: replicas,
+        ready: replicas,
+        available: true,
+        deadline_exceeded: false,
+    }
+}
+
+/// What `may_install` decides for `inst` running the published `cap`.
+fn found(inst: &Installation, cap: &Capsule, bundles: &[Arc<PolicyBundle>], region: &str) -> CapsuleUse {
+    may_install(inst, &Resolved::Found(&Arc::new(cap.clone())), bundles, region)
+}
+
 fn capsule_object() -> Capsule {
     let mut spec = capsule();
     spec.data_classification = somastack_crds::common::DataClassification::Confidential;
@@ -51,20 +70,10 @@ fn residency_decides_where_it_may_run() {
     let inst = installation(Some(1), None);
     let cap = capsule_object();
     assert!(matches!(
-        may_install(
-            &inst,
-            &Resolved::Found(&Arc::new(cap.clone())),
-            &[eu_only()],
-            "eu-west-1"
-        ),
+        found(&inst, &cap, &[eu_only()], "eu-west-1"),
         CapsuleUse::Allowed(_)
     ));
-    let CapsuleUse::Blocked(eval) = may_install(
-        &inst,
-        &Resolved::Found(&Arc::new(cap.clone())),
-        &[eu_only()],
-        "us-east-1",
-    ) else {
+    let CapsuleUse::Blocked(eval) = found(&inst, &cap, &[eu_only()], "us-east-1") else {
         panic!("blocked")
     };
     assert!(eval.blocking[0].message.contains("region us-east-1"));
@@ -81,22 +90,8 @@ fn blocked_keeps_the_running_workload_and_says_so() {
             ..Default::default()
         })
     });
-    let decision = may_install(
-        &inst,
-        &Resolved::Found(&Arc::new(cap.clone())),
-        &[tight],
-        "eu-west-1",
-    );
-    let running = Workload {
-        exists: true,
-        observed: true,
-        desired: 4,
-        total: 4,
-        updated: 4,
-        ready: 4,
-        available: true,
-        deadline_exceeded: false,
-    };
+    let decision = found(&inst, &cap, &[tight], "eu-west-1");
+    let running = rolled_out(4);
     let a = assess(&decision, &running, false, true);
     assert_eq!(a.phase, InstallationPhase::Blocked);
     let compliant = a
@@ -127,12 +122,7 @@ fn kill_switch_suspends() {
             reason: Some("incident".into()),
         })
     });
-    let decision = may_install(
-        &inst,
-        &Resolved::Found(&Arc::new(cap.clone())),
-        &[stop],
-        "eu-west-1",
-    );
+    let decision = found(&inst, &cap, &[stop], "eu-west-1");
     let a = assess(
         &decision,
         &Workload {
@@ -153,14 +143,9 @@ fn kill_switch_suspends() {
 fn ready_only_when_rolled_out_and_available() {
     let decision = CapsuleUse::Allowed(Evaluation::default());
     let rolling = Workload {
-        exists: true,
-        observed: true,
-        desired: 3,
         total: 4,
         updated: 1,
-        ready: 3,
-        available: true,
-        deadline_exceeded: false,
+        ..rolled_out(3)
     };
     let a = assess(&decision, &rolling, false, true);
     assert_eq!(a.phase, InstallationPhase::Progressing);
@@ -219,7 +204,7 @@ fn rejected_capsule_is_unusable() {
     cap.annotations_mut()
         .insert(DECISION_ANNOTATION.into(), "reject".into());
     assert!(matches!(
-        may_install(&inst, &Resolved::Found(&Arc::new(cap.clone())), &[], "eu-west-1"),
+        found(&inst, &cap, &[], "eu-west-1"),
         CapsuleUse::CapsuleUnusable(_)
     ));
 }
@@ -434,14 +419,10 @@ mod rollback {
     /// one of two replicas updated, past the deadline.
     fn stalled() -> Workload {
         Workload {
-            exists: true,
-            observed: true,
-            desired: 2,
             total: 3,
             updated: 1,
-            ready: 2,
-            available: true,
             deadline_exceeded: true,
+            ..rolled_out(2)
         }
     }
 
@@ -492,31 +473,36 @@ mod rollback {
 
     #[test]
     fn not_before_the_deadline_nor_on_a_verdict_about_an_older_deployment_spec() {
-        let in_time = Workload {
-            deadline_exceeded: false,
-            ..stalled()
-        };
-        assert_eq!(
-            rollback_decision(&watched(), &in_time, Some(3), Some(2), None),
-            None
-        );
-        let old_verdict = Workload {
-            observed: false,
-            ..stalled()
-        };
-        assert_eq!(
-            rollback_decision(&watched(), &old_verdict, Some(3), Some(2), None),
-            None
-        );
-        let rolled_out = Workload {
-            total: 2,
-            updated: 2,
-            ..stalled()
-        };
-        assert_eq!(
-            rollback_decision(&watched(), &rolled_out, Some(3), Some(2), None),
-            None
-        );
+        for (why, workload) in [
+            (
+                "in time",
+                Workload {
+                    deadline_exceeded: false,
+                    ..stalled()
+                },
+            ),
+            (
+                "an old verdict",
+                Workload {
+                    observed: false,
+                    ..stalled()
+                },
+            ),
+            (
+                "rolled out",
+                Workload {
+                    total: 2,
+                    updated: 2,
+                    ..stalled()
+                },
+            ),
+        ] {
+            assert_eq!(
+                rollback_decision(&watched(), &workload, Some(3), Some(2), None),
+                None,
+                "{why}"
+            );
+        }
     }
 
     #[test]
@@ -530,18 +516,13 @@ mod rollback {
 
     #[test]
     fn not_without_an_earlier_available_revision() {
-        assert_eq!(
-            rollback_decision(&watched(), &stalled(), Some(1), None, None),
-            None
-        );
-        assert_eq!(
-            rollback_decision(&watched(), &stalled(), Some(2), Some(2), None),
-            None
-        );
-        assert_eq!(
-            rollback_decision(&watched(), &stalled(), None, Some(2), None),
-            None
-        );
+        for (current, last_available) in [(Some(1), None), (Some(2), Some(2)), (None, Some(2))] {
+            assert_eq!(
+                rollback_decision(&watched(), &stalled(), current, last_available, None),
+                None,
+                "current {current:?}, last available {last_available:?}"
+            );
+        }
     }
 }
 
@@ -597,16 +578,7 @@ fn the_last_rollback_is_the_annotation_else_status() {
 #[test]
 fn the_available_revision_moves_only_when_the_current_one_is_rolled_out_and_available() {
     let allowed = CapsuleUse::Allowed(Evaluation::default());
-    let done = Workload {
-        exists: true,
-        observed: true,
-        desired: 2,
-        total: 2,
-        updated: 2,
-        ready: 2,
-        available: true,
-        deadline_exceeded: false,
-    };
+    let done = rolled_out(2);
     assert_eq!(available_revision(&allowed, &done, Some(3), Some(2)), Some(3));
     let rolling = Workload {
         updated: 1,

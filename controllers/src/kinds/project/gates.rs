@@ -570,30 +570,15 @@ mod tests {
 
     use jiff::{SignedDuration, Timestamp};
     use somastack_crds::PolicyBundleSpec;
-    use somastack_crds::common::DataClassification;
     use somastack_crds::kamachiq::{Approval as ApprovalSpec, Budget, KamachiqProjectSpec};
-    use somastack_crds::policy::{ProjectRules, Residency, ResidencyRule};
+    use somastack_crds::policy::ProjectRules;
 
     use super::*;
     use crate::domain::review::{REASON_ANNOTATION, REVIEWER_ANNOTATION};
-    use crate::testing::capsule_spec;
+    use crate::kinds::project::fixtures::{bundle, capsules, eu_only, task};
 
     const DIGEST: &str = "sha256:aaaa";
     const PLAN_CM: &str = "market-brief-plan";
-
-    fn task(name: &str) -> Task {
-        Task {
-            name: name.into(),
-            capsule: CapsuleRef {
-                package: "summarizer".into(),
-                version: "1.4.2".into(),
-            },
-            depends_on: vec![],
-            input: String::new(),
-            timeout_seconds: 600,
-            retries: 1,
-        }
-    }
 
     fn project() -> KamachiqProject {
         let mut p = KamachiqProject::new(
@@ -601,7 +586,7 @@ mod tests {
             KamachiqProjectSpec {
                 goal: "g".into(),
                 planner: None,
-                tasks: vec![task("a")],
+                tasks: vec![task("a", &[])],
                 parallelism: 4,
                 budget: None,
                 approval: None,
@@ -629,34 +614,6 @@ mod tests {
             (REASON_ANNOTATION.to_string(), "too costly".to_string()),
         ]));
         p
-    }
-
-    fn capsules() -> Vec<Arc<Capsule>> {
-        let mut spec = capsule_spec(DataClassification::Confidential);
-        spec.package = "summarizer".into();
-        spec.version = "1.4.2".into();
-        vec![Arc::new(Capsule::new("summarizer-1-4-2", spec))]
-    }
-
-    fn bundle(name: &str, spec: PolicyBundleSpec) -> Arc<PolicyBundle> {
-        let mut b = PolicyBundle::new(name, spec);
-        b.metadata.name = Some(name.into());
-        Arc::new(b)
-    }
-
-    fn eu_only() -> Arc<PolicyBundle> {
-        bundle(
-            "eu-only",
-            PolicyBundleSpec {
-                residency: Some(Residency {
-                    rules: vec![ResidencyRule {
-                        data_classification: DataClassification::Confidential,
-                        allowed_regions: vec!["eu-central-1".into()],
-                    }],
-                }),
-                ..PolicyBundleSpec::default()
-            },
-        )
     }
 
     fn condition(reason: &str) -> Condition {
@@ -687,7 +644,7 @@ mod tests {
         fn of(project: KamachiqProject) -> Self {
             World {
                 project,
-                tasks: vec![task("a")],
+                tasks: vec![task("a", &[])],
                 capsules: capsules(),
                 bundles: vec![eu_only()],
                 kill_switch: None,
@@ -730,6 +687,17 @@ mod tests {
         events.iter().map(|e| e.reason).collect()
     }
 
+    /// The report of a gate holding the project in `phase` with `reason` and
+    /// `message`, after checking it and that `events` are what is published.
+    fn held(g: &Gated, phase: ProjectPhase, reason: &str, message: &str, events: Vec<EventIntent>) -> Report {
+        let report = g.report.clone().unwrap_or_else(|| panic!("a report"));
+        assert_eq!(report.phase, phase);
+        assert_eq!(report.succeeded.reason, reason);
+        assert_eq!(report.succeeded.message, message);
+        assert_eq!(g.events, events);
+        report
+    }
+
     #[test]
     fn without_any_gate_the_step_spawns_and_reports_nothing_itself() {
         let g = World::of(project()).gated();
@@ -754,26 +722,25 @@ mod tests {
     fn a_plan_awaiting_approval_starts_nothing_and_says_how_to_approve() {
         let g = World::of(needing_approval()).gated();
         assert!(!g.gates.spawn && !g.gates.stop);
-        let report = g.report.unwrap_or_else(|| panic!("a report"));
-        assert_eq!(report.phase, ProjectPhase::AwaitingApproval);
-        assert_eq!(report.succeeded.status, Status::Unknown);
-        assert_eq!(report.requeue, RUNNING_RESYNC);
         let message = format!(
             "approval required by spec.approval.required: a reviewer must approve plan {DIGEST} (annotate the project {DECISION_ANNOTATION}=approve {DIGEST_ANNOTATION}={DIGEST}; the plan is in ConfigMap {PLAN_CM})"
         );
-        assert_eq!(report.succeeded.message, message);
+        let report = held(
+            &g,
+            ProjectPhase::AwaitingApproval,
+            "AwaitingApproval",
+            &message,
+            vec![EventIntent::normal(
+                "AwaitingApproval",
+                "Approve",
+                message.clone(),
+            )],
+        );
+        assert_eq!(report.succeeded.status, Status::Unknown);
+        assert_eq!(report.requeue, RUNNING_RESYNC);
         assert_eq!(
             g.approved,
-            Some(Desired::new(
-                APPROVED,
-                Status::False,
-                "AwaitingApproval",
-                message.clone()
-            ))
-        );
-        assert_eq!(
-            g.events,
-            vec![EventIntent::normal("AwaitingApproval", "Approve", message)]
+            Some(Desired::new(APPROVED, Status::False, "AwaitingApproval", message))
         );
         // The Event is published once: the condition remembers it.
         let again = World {
@@ -860,14 +827,13 @@ mod tests {
         };
         let g = w.gated();
         assert!(!g.gates.spawn && !g.gates.stop);
-        let report = g.report.unwrap_or_else(|| panic!("a report"));
-        assert_eq!(report.phase, ProjectPhase::Pending);
-        assert_eq!(report.succeeded.reason, "CapsuleNotFound");
         let message = "Capsule summarizer version 1.4.2 is not published; no task runs until it is";
-        assert_eq!(report.succeeded.message, message);
-        assert_eq!(
-            g.events,
-            vec![EventIntent::warning("CapsuleNotFound", "Spawn", message)]
+        let report = held(
+            &g,
+            ProjectPhase::Pending,
+            "CapsuleNotFound",
+            message,
+            vec![EventIntent::warning("CapsuleNotFound", "Spawn", message)],
         );
         assert_eq!(report.requeue, RUNNING_RESYNC);
     }
@@ -932,14 +898,13 @@ mod tests {
         };
         let g = w.gated();
         assert!(g.gates.stop);
-        let report = g.report.unwrap_or_else(|| panic!("a report"));
-        assert_eq!(report.phase, ProjectPhase::Halted);
-        assert_eq!(report.succeeded.reason, "KillSwitchEngaged");
         let message = "kill switch engaged by PolicyBundle halt (incident 42): running task Jobs are stopped and nothing new starts until it is released";
-        assert_eq!(report.succeeded.message, message);
-        assert_eq!(
-            g.events,
-            vec![EventIntent::warning("KillSwitchEngaged", "Halt", message)]
+        held(
+            &g,
+            ProjectPhase::Halted,
+            "KillSwitchEngaged",
+            message,
+            vec![EventIntent::warning("KillSwitchEngaged", "Halt", message)],
         );
         // Running Jobs are suspended.
         let step = plan::step(&plan::Input {
@@ -969,15 +934,14 @@ mod tests {
         p.spec.suspend = true;
         let g = World::of(p).gated();
         assert!(g.gates.stop);
-        let report = g.report.unwrap_or_else(|| panic!("a report"));
-        assert_eq!(report.phase, ProjectPhase::Suspended);
-        assert_eq!(report.succeeded.reason, "Suspended");
-        assert_eq!(
-            report.succeeded.message,
-            "spec.suspend is true: running task Jobs are suspended (their pods stopped) and nothing new starts; set it to false to resume"
+        let report = held(
+            &g,
+            ProjectPhase::Suspended,
+            "Suspended",
+            "spec.suspend is true: running task Jobs are suspended (their pods stopped) and nothing new starts; set it to false to resume",
+            vec![],
         );
         assert_eq!(report.requeue, SETTLED_RESYNC);
-        assert!(g.events.is_empty());
     }
 
     #[test]

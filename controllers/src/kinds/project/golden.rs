@@ -6,14 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde::Serialize;
 use somastack_crds::capsule::{CapsuleSpec, EnvVar, ResourceAmounts, ResourceRequirements};
-use somastack_crds::common::{
-    CapsuleRef, DataClassification, Placement, TaintEffect, Toleration, TolerationOperator,
-};
-use somastack_crds::kamachiq::Task;
+use somastack_crds::common::{DataClassification, Placement, TaintEffect, Toleration, TolerationOperator};
 
+use super::fixtures::{job_input, project, task};
 use super::plan::Role;
 use super::render::{self, JobInput, Project};
 use crate::testing::capsule_spec;
@@ -48,43 +45,6 @@ fn assert_golden<T: Serialize>(name: &str, obj: &T) {
     }
 }
 
-fn owner() -> OwnerReference {
-    OwnerReference {
-        api_version: "somastack.io/v1alpha1".into(),
-        kind: "KamachiqProject".into(),
-        name: "market-brief".into(),
-        uid: "0000-1111".into(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
-}
-
-fn project() -> Project<'static> {
-    Project {
-        name: "market-brief",
-        namespace: "tenant-acme",
-        uid: "0000-1111",
-        goal: "Brief the market on energy prices",
-        owner: owner(),
-        region: Some("eu-central-1"),
-        placement: None,
-    }
-}
-
-fn task(name: &str, deps: &[&str]) -> Task {
-    Task {
-        name: name.into(),
-        capsule: CapsuleRef {
-            package: "summarizer".into(),
-            version: "1.4.2".into(),
-        },
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        input: format!("do {name}"),
-        timeout_seconds: 600,
-        retries: 1,
-    }
-}
-
 /// A capsule with its own environment and resources.
 fn capsule() -> CapsuleSpec {
     let mut c = capsule_spec(DataClassification::Internal);
@@ -109,24 +69,6 @@ fn capsule() -> CapsuleSpec {
     c
 }
 
-fn input<'a>(
-    task: &'a Task,
-    capsule: &'a CapsuleSpec,
-    dependencies: &'a BTreeMap<String, String>,
-) -> JobInput<'a> {
-    JobInput {
-        task,
-        role: Role::Task,
-        attempt: 1,
-        round: "",
-        capsule,
-        output: None,
-        dependencies,
-        max_cpu: None,
-        max_memory: None,
-    }
-}
-
 #[test]
 fn task_and_review_jobs_render_byte_for_byte() {
     let none = BTreeMap::new();
@@ -138,7 +80,7 @@ fn task_and_review_jobs_render_byte_for_byte() {
     let first = JobInput {
         max_cpu: Some("2"),
         max_memory: Some("1Gi"),
-        ..input(&gather, &c, &none)
+        ..job_input(&gather, &c, &none)
     };
     assert_golden("job-task-first-attempt", &render::job(&p, &first));
 
@@ -148,7 +90,7 @@ fn task_and_review_jobs_render_byte_for_byte() {
         attempt: 2,
         round: "r1",
         output: Some("Prices rose 4%.\nDetails follow."),
-        ..input(&gather, &c, &none)
+        ..job_input(&gather, &c, &none)
     };
     assert_golden("job-review", &render::job(&p, &review));
 
@@ -176,7 +118,7 @@ fn task_and_review_jobs_render_byte_for_byte() {
     };
     assert_golden(
         "job-placement-region",
-        &render::job(&placed, &input(&gather, &c, &none)),
+        &render::job(&placed, &job_input(&gather, &c, &none)),
     );
 
     // Dependencies' outputs, without a region.
@@ -192,13 +134,16 @@ fn task_and_review_jobs_render_byte_for_byte() {
     let plain = capsule_spec(DataClassification::Internal);
     assert_golden(
         "job-dependencies",
-        &render::job(&unplaced, &input(&brief, &plain, &deps)),
+        &render::job(&unplaced, &job_input(&brief, &plain, &deps)),
     );
 
     // A capsule that may reach the network.
     let mut egress = capsule_spec(DataClassification::Internal);
     egress.capabilities = vec!["network-egress".into()];
-    assert_golden("job-egress", &render::job(&p, &input(&gather, &egress, &none)));
+    assert_golden(
+        "job-egress",
+        &render::job(&p, &job_input(&gather, &egress, &none)),
+    );
 }
 
 #[test]

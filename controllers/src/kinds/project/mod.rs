@@ -19,6 +19,8 @@
 //!    `Approved`) conditions, counts and a capped task list, and the Events
 //!    the gates and the outcome asked for; per-task state stays in the Jobs.
 
+#[cfg(test)]
+mod fixtures;
 pub mod gates;
 #[cfg(test)]
 mod golden;
@@ -36,7 +38,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -50,6 +51,7 @@ use somastack_crds::kamachiq::{
 
 use self::plan::{JobState, JobView, Role, TaskVerdict};
 use crate::runtime::{CACHE_WAIT, Context, KindContext};
+use crate::shards::admits;
 use crate::{Error, Result};
 
 /// Condition types.
@@ -187,7 +189,7 @@ pub async fn controller(
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
     let shard = ctx.shards.projects.clone();
-    let in_shard = move |p: &KamachiqProject| shard.as_ref().is_none_or(|s| s.matches(p.labels()));
+    let in_shard = move |p: &KamachiqProject| admits(shard.as_ref(), p.labels());
     // Job events come from the reflector that fills `jobs`, after the store
     // has them: a reconcile triggered by a Job change always sees it.
     let (jobs, writer) = reflector::store_shared::<Job>(JOB_EVENTS_BUFFER);
@@ -233,19 +235,10 @@ pub async fn controller(
     let ctl = ctl
         .owns_shared_stream(job_events)
         .watches_shared_stream(ctx.caches.bundles.subscribe().await?, move |_| {
-            by_bundle
-                .state()
-                .iter()
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
+            by_bundle.refs(|_| true)
         })
         .watches_shared_stream(ctx.caches.capsules.subscribe().await?, move |c| {
-            by_capsule
-                .state()
-                .iter()
-                .filter(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
+            by_capsule.refs(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
         });
     let caches = async move {
         futures::join!(jobs_fill, jobs_readiness);

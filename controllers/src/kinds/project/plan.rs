@@ -339,10 +339,15 @@ pub enum Outcome {
 pub struct Step {
     /// Every task's state, in plan order.
     pub tasks: Vec<TaskState>,
+    /// Jobs to create, within parallelism.
     pub spawn: Vec<Spawn>,
+    /// Finished Jobs to judge (accept, reject, or count as failed).
     pub judge: Vec<Judge>,
+    /// Running Jobs to suspend (kill switch, suspend, budget).
     pub suspend: Vec<String>,
+    /// Suspended Jobs to resume.
     pub resume: Vec<String>,
+    /// Where the project stands after this step.
     pub outcome: Outcome,
 }
 

@@ -54,6 +54,19 @@ struct Entry {
     result: Option<(Result<Vec<Task>, PlanFailure>, Instant)>,
 }
 
+/// One planner call, as a reconcile asks for it.
+pub struct Call<'a> {
+    /// The project to reconcile again when the call ends.
+    pub project: ObjectRef<KamachiqProject>,
+    /// The project's uid, which keys its call.
+    pub uid: &'a str,
+    /// What the call is made from: another value means another call.
+    pub input: &'a str,
+    pub url: &'a str,
+    pub request: &'a PlanRequest,
+    pub timeout: Duration,
+}
+
 /// Planner calls of every project, keyed by project uid.
 pub struct Calls {
     client: PlannerClient,
@@ -104,22 +117,14 @@ impl Calls {
         self.triggers.lock().ok().and_then(|mut t| t.take())
     }
 
-    /// The state of `project`'s call for `input`, starting one when there is
-    /// none for this input or the last one failed longer ago than its retry
-    /// time. Never waits for the planner.
-    pub fn poll(
-        &self,
-        project: ObjectRef<KamachiqProject>,
-        uid: &str,
-        input: &str,
-        url: &str,
-        request: &PlanRequest,
-        timeout: Duration,
-    ) -> Poll {
+    /// The state of the project's `call`, starting it when there is none for
+    /// its input or the last one failed longer ago than its retry time.
+    /// Never waits for the planner.
+    pub fn poll(&self, call: Call<'_>) -> Poll {
         let Ok(mut entries) = self.entries.lock() else {
             return Poll::InFlight(Duration::ZERO);
         };
-        if let Some(e) = entries.get(uid).filter(|e| e.input == input) {
+        if let Some(e) = entries.get(call.uid).filter(|e| e.input == call.input) {
             match &e.result {
                 None => return Poll::InFlight(e.started.elapsed()),
                 Some((Ok(tasks), _)) => return Poll::Planned(tasks.clone()),
@@ -135,29 +140,21 @@ impl Calls {
             }
         }
         entries.insert(
-            uid.to_string(),
+            call.uid.to_string(),
             Entry {
-                input: input.to_string(),
+                input: call.input.to_string(),
                 started: Instant::now(),
                 result: None,
             },
         );
         drop(entries);
-        self.start(project, uid, input, url, request, timeout);
+        self.start(call);
         Poll::InFlight(Duration::ZERO)
     }
 
-    fn start(
-        &self,
-        project: ObjectRef<KamachiqProject>,
-        uid: &str,
-        input: &str,
-        url: &str,
-        request: &PlanRequest,
-        timeout: Duration,
-    ) {
+    fn start(&self, call: Call<'_>) {
         // The project's namespace, as the reconcile read it (never a default).
-        let namespace = request.project.namespace.clone();
+        let namespace = call.request.project.namespace.clone();
         let slots = match self.namespaces.lock() {
             Ok(mut m) => m
                 .entry(namespace)
@@ -167,6 +164,14 @@ impl Calls {
         };
         let client = self.client.clone();
         let trigger = self.trigger.clone();
+        let Call {
+            project,
+            uid,
+            input,
+            url,
+            request,
+            timeout,
+        } = call;
         let (uid, input, url, request) = (
             uid.to_string(),
             input.to_string(),
@@ -272,16 +277,16 @@ mod tests {
         assert!(calls.triggers().is_none(), "taken once");
         let url = format!("http://127.0.0.1:{}/plan", closed_port());
         let project = ObjectRef::<KamachiqProject>::new("p").within("t1");
-        let poll = || {
-            calls.poll(
-                project.clone(),
-                "uid-1",
-                "input-a",
-                &url,
-                &request(),
-                Duration::from_secs(2),
-            )
+        let request = request();
+        let call = |input| Call {
+            project: project.clone(),
+            uid: "uid-1",
+            input,
+            url: &url,
+            request: &request,
+            timeout: Duration::from_secs(2),
         };
+        let poll = || calls.poll(call("input-a"));
         // The first ask starts the call and returns at once.
         assert!(matches!(poll(), Poll::InFlight(_)));
         assert!(
@@ -297,17 +302,7 @@ mod tests {
         assert_eq!(failure.reason(), "PlannerUnavailable");
         assert!(retry_in <= retry_after(&failure) && retry_in > Duration::from_secs(5));
         // Another input is another call; forgetting drops it.
-        assert!(matches!(
-            calls.poll(
-                project.clone(),
-                "uid-1",
-                "input-b",
-                &url,
-                &request(),
-                Duration::from_secs(2)
-            ),
-            Poll::InFlight(_)
-        ));
+        assert!(matches!(calls.poll(call("input-b")), Poll::InFlight(_)));
         calls.forget("uid-1");
         assert!(calls.is_empty());
     }

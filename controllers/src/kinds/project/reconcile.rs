@@ -38,6 +38,7 @@ use crate::apply::{ApiResultExt, apply_object, owner_reference};
 use crate::conditions::{self, Status};
 use crate::domain::capsules;
 use crate::domain::policy::{self, Effective};
+use crate::shards::admits;
 use crate::status::{self, HasConditions};
 use crate::{Error, Result};
 
@@ -45,12 +46,7 @@ use crate::{Error, Result};
 type Planned = std::result::Result<Vec<Task>, Report>;
 
 pub async fn reconcile(obj: Arc<KamachiqProject>, ctx: Arc<ProjectContext>) -> Result<Action> {
-    if !ctx
-        .shards
-        .projects
-        .as_ref()
-        .is_none_or(|s| s.matches(obj.labels()))
-    {
+    if !admits(ctx.shards.projects.as_ref(), obj.labels()) {
         // Another operator's shard.
         return Ok(Action::await_change());
     }
@@ -344,14 +340,14 @@ impl<'a> ProjectReconcile<'a> {
         // The URL is part of the call's identity (a capsule planner's
         // Service may move); the stored plan's is not.
         let call_input = format!("{made_from} {url}");
-        let poll = self.ctx.planner.poll(
-            ObjectRef::from_obj(self.obj),
-            self.project.uid,
-            &call_input,
+        let poll = self.ctx.planner.poll(planning::Call {
+            project: ObjectRef::from_obj(self.obj),
+            uid: self.project.uid,
+            input: &call_input,
             url,
-            &request,
+            request: &request,
             timeout,
-        );
+        });
         match poll {
             planning::Poll::InFlight(since) => Ok(Err(Report::new(
                 ProjectPhase::Planning,
@@ -620,12 +616,7 @@ impl<'a> ProjectReconcile<'a> {
     ) -> Result<Option<(&'j str, TaskVerdict, Option<String>)>> {
         Ok(Some(match j {
             Judge::Failed { job, reason } => {
-                let detail = self
-                    .pod_message(job)
-                    .await?
-                    .map(|m| format!(" ({m})"))
-                    .unwrap_or_default();
-                let reason = truncate_bytes(&format!("{reason}{detail}"), 512);
+                let reason = self.told(reason, job, |m| format!(" ({m})")).await?;
                 (job.as_str(), TaskVerdict::Failed(reason), None)
             }
             Judge::ReadOutput { job } => {
@@ -649,15 +640,18 @@ impl<'a> ProjectReconcile<'a> {
             Judge::Reviewed {
                 job, review, reason, ..
             } => {
-                let said = self
-                    .pod_message(review)
-                    .await?
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default();
-                let why = truncate_bytes(&format!("review {review} rejected it ({reason}){said}"), 512);
+                let head = format!("review {review} rejected it ({reason})");
+                let why = self.told(&head, review, |m| format!(": {m}")).await?;
                 (job.as_str(), TaskVerdict::Rejected(why), None)
             }
         }))
+    }
+
+    /// `head` followed by what `job`'s pod said (as `said` puts it), cut to
+    /// the 512 bytes a verdict keeps.
+    async fn told(&self, head: &str, job: &str, said: impl FnOnce(String) -> String) -> Result<String> {
+        let said = self.pod_message(job).await?.map(said).unwrap_or_default();
+        Ok(truncate_bytes(&format!("{head}{said}"), 512))
     }
 
     /// The termination message of the Job's (last) pod's agent container.
@@ -706,11 +700,11 @@ impl<'a> ProjectReconcile<'a> {
                 continue;
             };
             let name = job.name_any();
-            match api.create(&PostParams::default(), &job).await {
-                Ok(_) => tracing::info!(job = %name, task = %s.task, attempt = s.attempt, "job created"),
-                Err(kube::Error::Api(e)) if e.code == 409 => {
-                    tracing::debug!(job = %name, "job already exists")
+            match api.create(&PostParams::default(), &job).await.ok_if_conflict() {
+                Ok(Some(_)) => {
+                    tracing::info!(job = %name, task = %s.task, attempt = s.attempt, "job created")
                 }
+                Ok(None) => tracing::debug!(job = %name, "job already exists"),
                 Err(e) => return Err(Error::refusing(e, "Job", &name)),
             }
             self.ctx.expectations.expect(self.project.uid, &name);

@@ -13,12 +13,17 @@ use somastack_crds::kamachiq::{PROJECT_UID_LABEL, ProjectPhase, ROLE_LABEL};
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProjectRow {
+    /// The project's namespace.
     pub namespace: String,
+    /// The project's name.
     pub name: String,
     /// The status phase (`Pending` for a project without one).
     pub phase: String,
+    /// Tasks in its plan.
     pub tasks: i32,
+    /// Tasks whose result was accepted.
     pub succeeded: i32,
+    /// Tasks that failed for good.
     pub failed: i32,
     /// Task Jobs (`role=task`) the project has run or runs.
     pub attempts: usize,
@@ -26,7 +31,9 @@ pub struct ProjectRow {
     pub success_rate: Option<f64>,
     /// Mean seconds of the project's finished task Jobs (absent when none).
     pub mean_task_seconds: Option<f64>,
+    /// The project's `status.startTime`: when its run (or retry) began.
     pub started: Option<Timestamp>,
+    /// The project's `status.completionTime`: when it succeeded or failed.
     pub finished: Option<Timestamp>,
 }
 

@@ -2,32 +2,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
-use somastack_crds::common::{CapsuleRef, DataClassification};
+use somastack_crds::common::DataClassification;
 use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task};
-use somastack_crds::policy::{Residency, ResidencyRule};
-use somastack_crds::{Capsule, PolicyBundle, PolicyBundleSpec};
 
+use super::fixtures::{capsules, eu_only, job_input, project, task};
 use super::gates::check_capsules;
 use super::plan::{self, Gates, Input, JobState, JobView, Judge, Outcome, Role, Spawn, TaskVerdict};
 use super::render::{self, Project};
 use super::service_url;
 use crate::testing::capsule_spec;
-
-fn task(name: &str, deps: &[&str]) -> Task {
-    Task {
-        name: name.into(),
-        capsule: CapsuleRef {
-            package: "summarizer".into(),
-            version: "1.4.2".into(),
-        },
-        depends_on: deps.iter().map(|d| d.to_string()).collect(),
-        input: format!("do {name}"),
-        timeout_seconds: 600,
-        retries: 1,
-    }
-}
 
 fn diamond() -> Vec<Task> {
     vec![
@@ -386,25 +370,6 @@ fn results_are_sharded_under_the_object_size_limit() {
     assert_eq!(plan::shard_results(&[]).len(), 1);
 }
 
-fn project() -> Project<'static> {
-    Project {
-        name: "market-brief",
-        namespace: "tenant-acme",
-        uid: "0000-1111",
-        goal: "g",
-        owner: OwnerReference {
-            api_version: "somastack.io/v1alpha1".into(),
-            kind: "KamachiqProject".into(),
-            name: "market-brief".into(),
-            uid: "0000-1111".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        },
-        region: Some("eu-central-1"),
-        placement: None,
-    }
-}
-
 #[test]
 fn job_names_are_deterministic_and_fit_63_characters() {
     let p = project();
@@ -430,15 +395,9 @@ fn a_job_runs_the_capsule_once_with_the_task_input_and_no_api_rights() {
     let job = render::job(
         &p,
         &render::JobInput {
-            task: &t,
-            role: Role::Task,
             attempt: 3,
             round: "r1",
-            capsule: &capsule,
-            output: None,
-            dependencies: &BTreeMap::new(),
-            max_cpu: None,
-            max_memory: None,
+            ..job_input(&t, &capsule, &BTreeMap::new())
         },
     );
     assert_eq!(job.name_any(), "market-brief-gather-3");
@@ -497,15 +456,8 @@ fn first_attempt(p: &Project, t: &Task, dependencies: &BTreeMap<String, String>)
     render::job(
         p,
         &render::JobInput {
-            task: t,
-            role: Role::Task,
-            attempt: 1,
             round: "r1",
-            capsule: &capsule,
-            output: None,
-            dependencies,
-            max_cpu: None,
-            max_memory: None,
+            ..job_input(t, &capsule, dependencies)
         },
     )
 }
@@ -547,24 +499,8 @@ fn placement_reaches_the_job_pods_and_the_region_stays_the_projects() {
 #[test]
 fn capsules_are_checked_against_residency_and_existence() {
     let tasks = vec![task("a", &[])];
-    let mut c = Capsule::new("summarizer-1-4-2", capsule_spec(DataClassification::Confidential));
-    c.spec.package = "summarizer".into();
-    c.spec.version = "1.4.2".into();
-    let capsules = vec![Arc::new(c)];
-    let mut bundle = PolicyBundle::new(
-        "eu-only",
-        PolicyBundleSpec {
-            residency: Some(Residency {
-                rules: vec![ResidencyRule {
-                    data_classification: DataClassification::Confidential,
-                    allowed_regions: vec!["eu-central-1".into()],
-                }],
-            }),
-            ..PolicyBundleSpec::default()
-        },
-    );
-    bundle.metadata.name = Some("eu-only".into());
-    let bundles = vec![Arc::new(bundle)];
+    let capsules = capsules();
+    let bundles = vec![eu_only()];
     assert_eq!(
         check_capsules(&tasks, None, &capsules, &bundles, Some("eu-central-1")),
         Ok(())
