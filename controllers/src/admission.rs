@@ -28,7 +28,7 @@ pub const APPROVE_VERB: &str = "approve";
 
 /// What a webhook answers.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Verdict {
+pub struct Answer {
     /// `Some(message)` denies the request with that message.
     pub denied: Option<String>,
     /// Shown by kubectl as `Warning: ...` on an admitted request.
@@ -37,11 +37,11 @@ pub struct Verdict {
     pub patch: Option<Patch>,
 }
 
-impl Verdict {
+impl Answer {
     fn deny(message: String) -> Self {
-        Verdict {
+        Answer {
             denied: Some(message),
-            ..Verdict::default()
+            ..Answer::default()
         }
     }
 }
@@ -67,13 +67,13 @@ pub fn installation(
     old: Option<&Installation>,
     capsules: &[Arc<Capsule>],
     bundles: &[Arc<PolicyBundle>],
-) -> Verdict {
+) -> Answer {
     if !installation_needs_check(new, old) {
-        return Verdict::default();
+        return Answer::default();
     }
     let config_bytes: usize = new.spec.config.iter().map(|(k, v)| k.len() + v.len()).sum();
     if config_bytes > MAX_CONFIG_BYTES {
-        return Verdict::deny(format!(
+        return Answer::deny(format!(
             "Installation {}: spec.config holds {} KiB; at most {} KiB fit the ConfigMap it becomes",
             new.name_any(),
             config_bytes.div_ceil(1024),
@@ -87,20 +87,20 @@ pub fn installation(
         bundles,
         &region,
     ) {
-        CapsuleUse::CapsuleNotFound => Verdict {
+        CapsuleUse::CapsuleNotFound => Answer {
             warnings: vec![format!(
                 "Capsule {} version {} is not published yet; the Installation waits for it",
                 new.spec.capsule.package, new.spec.capsule.version
             )],
-            ..Verdict::default()
+            ..Answer::default()
         },
-        CapsuleUse::CapsuleUnusable(why) => Verdict {
+        CapsuleUse::CapsuleUnusable(why) => Answer {
             warnings: vec![format!("{why}; the Installation will not run until that changes")],
-            ..Verdict::default()
+            ..Answer::default()
         },
         CapsuleUse::Blocked(eval) => {
             let problems: Vec<&str> = eval.blocking.iter().map(|v| v.message.as_str()).collect();
-            Verdict::deny(format!(
+            Answer::deny(format!(
                 "Installation {} violates enforced policy: {}",
                 new.name_any(),
                 problems.join("; ")
@@ -115,9 +115,9 @@ pub fn installation(
             warnings.extend(eval.kill_switch.iter().map(|(bundle, reason)| {
                 format!("kill switch engaged by PolicyBundle {bundle} ({reason}): the Installation is kept at zero replicas")
             }));
-            Verdict {
+            Answer {
                 warnings,
-                ..Verdict::default()
+                ..Answer::default()
             }
         }
     }
@@ -165,12 +165,12 @@ pub fn drill(
     requester: &crate::access::Requester,
     may_disrupt: Option<bool>,
     now: jiff::Timestamp,
-) -> Verdict {
+) -> Answer {
     let reasons = drill_needs_authority(new, old, now);
     if reasons.is_empty() || may_disrupt == Some(true) {
-        return Verdict::default();
+        return Answer::default();
     }
-    Verdict::deny(format!(
+    Answer::deny(format!(
         "user {} may not run DrDrill {} as written: {}; that needs the RBAC verb '{DISRUPT_VERB}' on drdrills.somastack.io in namespace {} (a platform admin grants it; within the tenant bounds, scope Installation, timeoutSeconds up to {}, at most hourly, no extra right is needed)",
         requester.user,
         new.name_any(),
@@ -183,11 +183,7 @@ pub fn drill(
 /// Stamps who asked for a drill: the requester whenever the spec is created
 /// or changed, the earlier one otherwise, so the client cannot set it. The
 /// controller acts within that user's authority.
-pub fn drill_requester(
-    new: &DrDrill,
-    old: Option<&DrDrill>,
-    requester: &crate::access::Requester,
-) -> Verdict {
+pub fn drill_requester(new: &DrDrill, old: Option<&DrDrill>, requester: &crate::access::Requester) -> Answer {
     let spec_changed = old.is_none_or(|o| o.spec != new.spec);
     let stamp = if spec_changed {
         Some(requester.annotation())
@@ -200,15 +196,15 @@ pub fn drill_requester(
 /// Judges a PolicyBundle create or update: refuses keys the operator cannot
 /// verify with, selectors that select nothing as written, and ceilings that
 /// are not sane quantities ([`crate::domain::bundle_checks`]).
-pub fn bundle(new: &PolicyBundle, old: Option<&PolicyBundle>) -> Verdict {
+pub fn bundle(new: &PolicyBundle, old: Option<&PolicyBundle>) -> Answer {
     if old.is_some_and(|o| o.spec == new.spec) {
-        return Verdict::default();
+        return Answer::default();
     }
     let problems = crate::domain::bundle_checks::check(&new.spec);
     if problems.is_empty() {
-        return Verdict::default();
+        return Answer::default();
     }
-    Verdict::deny(format!(
+    Answer::deny(format!(
         "PolicyBundle {} cannot be used: {}",
         new.name_any(),
         problems.all().join("; ")
@@ -223,13 +219,13 @@ pub fn project(
     new: &KamachiqProject,
     old: Option<&KamachiqProject>,
     bundles: &[Arc<PolicyBundle>],
-) -> Verdict {
+) -> Answer {
     if old.is_some_and(|o| o.spec == new.spec) {
-        return Verdict::default();
+        return Answer::default();
     }
     let bytes = crate::domain::plans::plan_bytes(&new.spec.tasks);
     if !new.spec.tasks.is_empty() && bytes > somastack_crds::kamachiq::MAX_PLAN_BYTES {
-        return Verdict::deny(format!(
+        return Answer::deny(format!(
             "KamachiqProject {}: spec.tasks is {} KiB as stored; at most {} KiB fit the plan ConfigMap: split the project or shorten the inputs",
             new.name_any(),
             bytes.div_ceil(1024),
@@ -244,26 +240,26 @@ pub fn project(
         .filter(|p| p.capsule.is_none())
         .and_then(|p| p.url.as_deref())
     else {
-        return Verdict::default();
+        return Answer::default();
     };
     if !new.spec.tasks.is_empty() {
         // Listed tasks are the plan: the planner is never called.
-        return Verdict::default();
+        return Answer::default();
     }
     let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
     match crate::domain::policy::planner_url_allowed(&crate::domain::policy::views(bundles, &names), url) {
-        Ok(warnings) => Verdict {
+        Ok(warnings) => Answer {
             warnings,
-            ..Verdict::default()
+            ..Answer::default()
         },
-        Err(why) => Verdict::deny(format!("KamachiqProject {}: {why}", new.name_any())),
+        Err(why) => Answer::deny(format!("KamachiqProject {}: {why}", new.name_any())),
     }
 }
 
 /// A patch setting (or, for `None`, removing) the given annotations,
 /// leaving the others as the client sent them; no patch when nothing
 /// changes.
-fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) -> Verdict {
+fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) -> Answer {
     let mut desired: BTreeMap<String, String> = obj.annotations().clone();
     for (key, value) in set {
         match value {
@@ -272,7 +268,7 @@ fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) ->
         };
     }
     if &desired == obj.annotations() {
-        return Verdict::default();
+        return Answer::default();
     }
     // One operation replacing the whole map: `add` on an existing member
     // replaces it, and it needs no escaping of the `/` in annotation keys.
@@ -280,9 +276,9 @@ fn annotations_patch<K: ResourceExt>(obj: &K, set: &[(&str, Option<String>)]) ->
         path: PointerBuf::from_tokens(["metadata", "annotations"]),
         value: serde_json::to_value(&desired).unwrap_or_default(),
     });
-    Verdict {
+    Answer {
         patch: Some(Patch(vec![op])),
-        ..Verdict::default()
+        ..Answer::default()
     }
 }
 
@@ -315,7 +311,7 @@ pub fn review_changed<K: ResourceExt>(new: &K, old: Option<&K>) -> bool {
 /// stamped from the authenticated user when the review changes and kept
 /// otherwise, so neither can be set by the client. A submitter may not
 /// review their own object.
-pub fn review<K>(new: &K, old: Option<&K>, user: &str, may_review: Option<bool>) -> Verdict
+pub fn review<K>(new: &K, old: Option<&K>, user: &str, may_review: Option<bool>) -> Answer
 where
     K: kube::Resource<DynamicType = ()> + ResourceExt,
 {
@@ -328,13 +324,13 @@ where
     };
     let reviewer = if review_changed(new, old) {
         if may_review != Some(true) {
-            return Verdict::deny(format!(
+            return Answer::deny(format!(
                 "user {user} may not review {kind}s: setting {DECISION_ANNOTATION} needs the RBAC verb \
                  '{APPROVE_VERB}' on {plural}.somastack.io"
             ));
         }
         if submitter.as_deref() == Some(user) {
-            return Verdict::deny(format!(
+            return Answer::deny(format!(
                 "user {user} submitted {kind} {} and may not review it; another reviewer must",
                 new.name_any()
             ));
@@ -369,7 +365,7 @@ mod tests {
         c
     }
 
-    fn patched(c: &Capsule, v: &Verdict) -> BTreeMap<String, String> {
+    fn patched(c: &Capsule, v: &Answer) -> BTreeMap<String, String> {
         let mut doc = serde_json::to_value(c).unwrap();
         if let Some(p) = &v.patch {
             json_patch::patch(&mut doc, p).unwrap();
@@ -458,7 +454,7 @@ mod tests {
         assert_eq!(a.get("team").map(String::as_str), Some("agents"));
         // Nothing to correct: no patch.
         let same = review(&old, Some(&old), "operator", None);
-        assert_eq!(same, Verdict::default());
+        assert_eq!(same, Answer::default());
     }
 
     #[test]
@@ -525,17 +521,17 @@ mod tests {
             denied.contains("'disrupt' on drdrills.somastack.io in namespace t1"),
             "{denied}"
         );
-        assert_eq!(drill(&region, None, &alice, Some(true), now), Verdict::default());
+        assert_eq!(drill(&region, None, &alice, Some(true), now), Answer::default());
         // A metadata-only update of such a drill needs no right.
         assert_eq!(
             drill(&region, Some(&region), &alice, None, now),
-            Verdict::default()
+            Answer::default()
         );
         let within = DrDrill::new("own", drill_spec(Scope::Installation));
-        assert_eq!(drill(&within, None, &alice, None, now), Verdict::default());
+        assert_eq!(drill(&within, None, &alice, None, now), Answer::default());
 
         // The requester: stamped on create and spec change, kept otherwise.
-        let stamped = |v: &Verdict, d: &DrDrill| {
+        let stamped = |v: &Answer, d: &DrDrill| {
             let mut doc = serde_json::to_value(d).unwrap();
             if let Some(p) = &v.patch {
                 json_patch::patch(&mut doc, p).unwrap();
@@ -584,7 +580,7 @@ mod tests {
                 .starts_with("PolicyBundle bad cannot be used: namespaceSelector")
         );
         // Unchanged specs are not judged again (status writes, labels).
-        assert_eq!(bundle(&bad, Some(&bad)), Verdict::default());
+        assert_eq!(bundle(&bad, Some(&bad)), Answer::default());
 
         let project: KamachiqProject = serde_json::from_value(serde_json::json!({
             "apiVersion": "somastack.io/v1alpha1", "kind": "KamachiqProject",
@@ -608,6 +604,6 @@ mod tests {
                 ..Default::default()
             },
         ));
-        assert_eq!(super::project(&project, None, &[allowing]), Verdict::default());
+        assert_eq!(super::project(&project, None, &[allowing]), Answer::default());
     }
 }

@@ -50,7 +50,7 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
 
 /// The status a Capsule should have.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
+pub struct DesiredStatus {
     pub conditions: Vec<Desired>,
     pub payload_digest: String,
     pub review: Option<ReviewRecord>,
@@ -216,7 +216,7 @@ pub fn approval(
 }
 
 /// The whole status, from the Capsule, all PolicyBundles and `now`.
-pub fn decide(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Time) -> Decision {
+pub fn desired_status(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Time) -> DesiredStatus {
     let digest = signing::payload_digest(&capsule.spec);
     let previous = capsule.status.as_ref().and_then(|s| s.review.as_ref());
     let review = review_record(capsule.annotations(), previous, &digest, now);
@@ -237,7 +237,7 @@ pub fn decide(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Time) -> D
         (Status::True, _) => Desired::new("Ready", Status::False, approved.reason, approved.message.clone()),
         _ => Desired::new("Ready", Status::False, verified.reason, verified.message.clone()),
     };
-    Decision {
+    DesiredStatus {
         conditions: vec![verified, approved, ready],
         payload_digest: digest,
         review,
@@ -366,7 +366,7 @@ pub async fn reconcile(capsule: Arc<Capsule>, ctx: Arc<Context>) -> Result<Actio
 async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<Action> {
     let bundles = ctx.caches.bundles.state();
     let now = status::now();
-    let mut decision = decide(capsule, &bundles, &now);
+    let mut decision = desired_status(capsule, &bundles, &now);
     let capsules = ctx.caches.capsules.state();
     if let Some(ready) = unusable(capsule, &capsules) {
         decision.conditions.retain(|c| c.type_ != "Ready");
@@ -491,13 +491,13 @@ mod tests {
         ))
     }
 
-    fn find<'a>(d: &'a Decision, type_: &str) -> &'a Desired {
+    fn find<'a>(d: &'a DesiredStatus, type_: &str) -> &'a Desired {
         d.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
 
     #[test]
     fn unsigned_without_requirements_is_installable() {
-        let d = decide(&capsule(None, &[]), &[bundle("open", None)], &now());
+        let d = desired_status(&capsule(None, &[]), &[bundle("open", None)], &now());
         assert_eq!(find(&d, "Verified").reason, "NotRequired");
         assert_eq!(find(&d, "Approved").reason, "NotRequired");
         assert_eq!(find(&d, "Ready").status, Status::True);
@@ -509,7 +509,7 @@ mod tests {
             require_signature: true,
             ..Default::default()
         };
-        let d = decide(&capsule(None, &[]), &[bundle("strict", Some(trust))], &now());
+        let d = desired_status(&capsule(None, &[]), &[bundle("strict", Some(trust))], &now());
         let v = find(&d, "Verified");
         assert_eq!((v.status, v.reason), (Status::False, "Unsigned"));
         assert!(v.message.contains("PolicyBundle strict requires signatures"));
@@ -523,7 +523,7 @@ mod tests {
             algorithm: SignatureAlgorithm::Ed25519,
             value: "AAAA".into(),
         };
-        let d = decide(&capsule(Some(sig.clone()), &[]), &[bundle("b", None)], &now());
+        let d = desired_status(&capsule(Some(sig.clone()), &[]), &[bundle("b", None)], &now());
         assert_eq!(find(&d, "Verified").reason, "UnknownKey");
 
         let pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
@@ -537,7 +537,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let d = decide(&capsule(Some(sig), &[]), &[bundle("b", Some(trust))], &now());
+        let d = desired_status(&capsule(Some(sig), &[]), &[bundle("b", Some(trust))], &now());
         let v = find(&d, "Verified");
         assert_eq!((v.status, v.reason), (Status::False, "SignatureInvalid"));
     }
@@ -549,7 +549,7 @@ mod tests {
             ..Default::default()
         };
         let bundles = [bundle("review", Some(trust))];
-        let waiting = decide(&capsule(None, &[]), &bundles, &now());
+        let waiting = desired_status(&capsule(None, &[]), &bundles, &now());
         assert_eq!(find(&waiting, "Approved").reason, "AwaitingReview");
 
         let mut approved = capsule(
@@ -560,7 +560,7 @@ mod tests {
                 (REASON_ANNOTATION, "looks good"),
             ],
         );
-        let d = decide(&approved, &bundles, &now());
+        let d = desired_status(&approved, &bundles, &now());
         assert_eq!(find(&d, "Approved").reason, "Approved");
         assert_eq!(find(&d, "Approved").message, "approved by alice: looks good");
         assert_eq!(find(&d, "Ready").status, Status::True);
@@ -573,7 +573,7 @@ mod tests {
             ..Default::default()
         });
         approved.spec.version = "1.0.1".into();
-        let d = decide(&approved, &bundles, &now());
+        let d = desired_status(&approved, &bundles, &now());
         let a = find(&d, "Approved");
         assert_eq!((a.status, a.reason), (Status::False, "ApprovalOutdated"));
         assert!(a.message.contains(&d.payload_digest));
@@ -597,7 +597,7 @@ mod tests {
 
     #[test]
     fn rejection_and_unknown_decisions() {
-        let d = decide(
+        let d = desired_status(
             &capsule(
                 None,
                 &[(DECISION_ANNOTATION, "reject"), (REVIEWER_ANNOTATION, "bob")],
@@ -611,7 +611,7 @@ mod tests {
             (Status::False, "Rejected", "rejected by bob")
         );
         assert_eq!(find(&d, "Ready").reason, "Rejected");
-        let d = decide(&capsule(None, &[(DECISION_ANNOTATION, "lgtm")]), &[], &now());
+        let d = desired_status(&capsule(None, &[(DECISION_ANNOTATION, "lgtm")]), &[], &now());
         assert_eq!(find(&d, "Approved").reason, "UnknownDecision");
     }
 

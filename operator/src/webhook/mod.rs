@@ -44,7 +44,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use somastack_controllers::Caches;
 use somastack_controllers::access::{self, Requester};
-use somastack_controllers::admission::{self, APPROVE_VERB, Verdict};
+use somastack_controllers::admission::{self, APPROVE_VERB, Answer};
 use somastack_controllers::domain::capsules::find as find_capsule;
 use somastack_controllers::domain::policy;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
@@ -152,7 +152,7 @@ where
 /// Turns a verdict into the response, counting it.
 fn answer<K: Resource>(
     req: &AdmissionRequest<K>,
-    verdict: Verdict,
+    verdict: Answer,
     metrics: &Metrics,
     webhook: &str,
 ) -> AdmissionResponse {
@@ -226,7 +226,7 @@ async fn respond<K>(
     state: &AppState,
     body: Bytes,
     hook: Hook<'_>,
-    judge: impl AsyncFnOnce(&AppState, Write<'_, K>) -> Result<Verdict, String>,
+    judge: impl AsyncFnOnce(&AppState, Write<'_, K>) -> Result<Answer, String>,
 ) -> Reply
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
@@ -243,7 +243,7 @@ where
     let res = async {
         let verdict = match written(&req) {
             Some(write) => judge(state, write).await,
-            None => Ok(Verdict::default()),
+            None => Ok(Answer::default()),
         };
         match verdict {
             Ok(verdict) => answer(&req, verdict, &state.metrics, webhook),
@@ -282,9 +282,9 @@ async fn installations(State(state): State<AppState>, body: Bytes) -> Reply {
     respond(&state, body, INSTALLATIONS_WEBHOOK, judge_installation).await
 }
 
-async fn judge_installation(state: &AppState, w: Write<'_, Installation>) -> Result<Verdict, String> {
+async fn judge_installation(state: &AppState, w: Write<'_, Installation>) -> Result<Answer, String> {
     if !admission::installation_needs_check(w.new, w.old) {
-        return Ok(Verdict::default());
+        return Ok(Answer::default());
     }
     state
         .caches
@@ -355,7 +355,7 @@ where
     respond(&state, body, Hook::mutating(&webhook), judge_review::<K>).await
 }
 
-async fn judge_review<K>(state: &AppState, w: Write<'_, K>) -> Result<Verdict, String>
+async fn judge_review<K>(state: &AppState, w: Write<'_, K>) -> Result<Answer, String>
 where
     K: Resource<DynamicType = ()> + ResourceExt + Clone,
 {
@@ -373,17 +373,17 @@ async fn capsules(State(state): State<AppState>, body: Bytes) -> Reply {
     respond(&state, body, CAPSULE_VERSIONS_WEBHOOK, judge_capsule).await
 }
 
-async fn judge_capsule(state: &AppState, w: Write<'_, Capsule>) -> Result<Verdict, String> {
+async fn judge_capsule(state: &AppState, w: Write<'_, Capsule>) -> Result<Answer, String> {
     let Write { new, old, .. } = w;
     // Only a new package version is judged (not the operator's own
     // finalizer writes, not review annotations).
     if old.is_some_and(|o| o.spec.package == new.spec.package && o.spec.version == new.spec.version) {
-        return Ok(Verdict::default());
+        return Ok(Answer::default());
     }
     let existing = list_capsules(state).await?;
-    Ok(Verdict {
+    Ok(Answer {
         denied: admission::capsule_duplicate(new, old, &existing),
-        ..Verdict::default()
+        ..Answer::default()
     })
 }
 
@@ -393,9 +393,9 @@ async fn projects(State(state): State<AppState>, body: Bytes) -> Reply {
     respond(&state, body, PROJECT_POLICY_WEBHOOK, judge_project).await
 }
 
-async fn judge_project(state: &AppState, w: Write<'_, KamachiqProject>) -> Result<Verdict, String> {
+async fn judge_project(state: &AppState, w: Write<'_, KamachiqProject>) -> Result<Answer, String> {
     if w.old.is_some_and(|o| o.spec == w.new.spec) {
-        return Ok(Verdict::default());
+        return Ok(Answer::default());
     }
     let bundles = governing_bundles(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
     Ok(admission::project(w.new, w.old, &bundles))
@@ -422,7 +422,7 @@ async fn drills(State(state): State<AppState>, body: Bytes) -> Reply {
     respond(&state, body, DRILL_AUTHORITY_WEBHOOK, judge_drill).await
 }
 
-async fn judge_drill(state: &AppState, w: Write<'_, DrDrill>) -> Result<Verdict, String> {
+async fn judge_drill(state: &AppState, w: Write<'_, DrDrill>) -> Result<Answer, String> {
     let Write { req, new, old } = w;
     let now = jiff::Timestamp::now();
     let may_disrupt = if admission::drill_needs_authority(new, old, now).is_empty() {

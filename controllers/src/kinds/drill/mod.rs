@@ -169,7 +169,7 @@ impl<'a> DrillReconcile<'a> {
     async fn advance(&mut self, mut run: ActiveRun) -> Result<Action> {
         let mut acted = Acted::Nothing;
         for _ in 0..2 {
-            let t = self.decide(&run, acted).await?;
+            let t = self.observe_and_step(&run, acted).await?;
             self.status.timeline = t.timeline;
             if let Some(wait) = t.waiting {
                 self.set_phase(DrillPhase::Running, Status::Unknown, "WaitingForTarget", wait);
@@ -191,7 +191,7 @@ impl<'a> DrillReconcile<'a> {
     }
 
     /// Reads what [`steps::next`] looks at for `run`, and asks it.
-    async fn decide(&self, run: &ActiveRun, acted: Acted) -> Result<Transition> {
+    async fn observe_and_step(&self, run: &ActiveRun, acted: Acted) -> Result<Transition> {
         let spec = &self.drill.spec;
         let reads = steps::reads(run, spec, self.deleting(), &acted, self.now);
         let installation = match reads.installation {

@@ -272,7 +272,7 @@ mod admission {
         let mut new = old.clone();
         new.metadata.labels = Some([("team".to_string(), "x".to_string())].into());
         let v = admit(&new, Some(&old), &[Arc::new(capsule_object())], &[eu_only()]);
-        assert_eq!(v, crate::admission::Verdict::default());
+        assert_eq!(v, crate::admission::Answer::default());
         // A spec change is.
         new.spec.replicas = Some(2);
         assert!(

@@ -338,7 +338,7 @@ pub struct Observed<'a> {
 
 /// What the gates decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum GateDecision {
     /// The plan was rejected: this report, and nothing else happens.
     Rejected(Report),
     /// The step runs within these gates.
@@ -361,7 +361,7 @@ pub struct Gated {
 }
 
 /// Decides the gates of one step. See the module documentation.
-pub fn decide(o: &Observed<'_>) -> Decision {
+pub fn check(o: &Observed<'_>) -> GateDecision {
     let mut gated = Gated {
         gates: Gates {
             spawn: o.caught_up,
@@ -375,7 +375,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
     match approval(o.project, o.bundles, o.digest, o.plan_config_map) {
         Approval::NotRequired => {}
         Approval::Approved(approved) => gated.approved = Some(approved),
-        Approval::Rejected(report) => return Decision::Rejected(report),
+        Approval::Rejected(report) => return GateDecision::Rejected(report),
         Approval::Awaiting {
             approved,
             report,
@@ -400,7 +400,7 @@ pub fn decide(o: &Observed<'_>) -> Decision {
         gated.report = Some(report);
     }
     gated.gates.deadline_passed = gated.deadline.is_some_and(|d| o.now >= d);
-    Decision::Proceed(gated)
+    GateDecision::Proceed(gated)
 }
 
 /// The capsules gate: the report (the project waits, `Pending`) and Event
@@ -655,8 +655,8 @@ mod tests {
             }
         }
 
-        fn decide(&self) -> Decision {
-            decide(&Observed {
+        fn check(&self) -> GateDecision {
+            check(&Observed {
                 project: &self.project,
                 tasks: &self.tasks,
                 digest: DIGEST,
@@ -672,9 +672,9 @@ mod tests {
         }
 
         fn gated(&self) -> Gated {
-            match self.decide() {
-                Decision::Proceed(g) => g,
-                Decision::Rejected(r) => panic!("expected the step to proceed, got {r:?}"),
+            match self.check() {
+                GateDecision::Proceed(g) => g,
+                GateDecision::Rejected(r) => panic!("expected the step to proceed, got {r:?}"),
             }
         }
     }
@@ -804,7 +804,7 @@ mod tests {
         let mut w = World::of(reviewed(needing_approval(), "reject", DIGEST));
         w.kill_switch = Some(("halt", "incident"));
         w.capsules.clear();
-        let Decision::Rejected(report) = w.decide() else {
+        let GateDecision::Rejected(report) = w.check() else {
             panic!("expected a rejection");
         };
         let message = "alice rejected the plan: too costly";

@@ -26,7 +26,7 @@ use somastack_crds::planner::{PLANNER_API_VERSION, PlanRequest, ProjectRef};
 use somastack_crds::{Capsule, KamachiqProject, KamachiqProjectStatus, PolicyBundle};
 
 use super::gates::{
-    self, Decision, EventIntent, Gated, Observed, Progress, Recorded, Report, SETTLED_RESYNC,
+    self, EventIntent, GateDecision, Gated, Observed, Progress, Recorded, Report, SETTLED_RESYNC,
 };
 use super::plan::{self, JobView, Judge, Role, Step, TaskVerdict};
 use super::render::{self, JobInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project, REFUSED_KEY};
@@ -150,8 +150,8 @@ impl<'a> ProjectReconcile<'a> {
         let effective = Effective::combine(policy::views(&self.bundles, &self.bundle_names()));
         let now = jiff::Timestamp::now();
         let gated = match self.gate(&tasks, &digest, &own, &effective, now) {
-            Decision::Rejected(report) => return Ok(report),
-            Decision::Proceed(gated) => gated,
+            GateDecision::Rejected(report) => return Ok(report),
+            GateDecision::Proceed(gated) => gated,
         };
         for event in &gated.events {
             self.publish(Some(event.clone())).await;
@@ -492,10 +492,10 @@ impl<'a> ProjectReconcile<'a> {
         own: &OwnJobs,
         effective: &Effective,
         now: jiff::Timestamp,
-    ) -> Decision {
+    ) -> GateDecision {
         let capsules = self.ctx.caches.capsules.state();
         let plan_config_map = self.project.plan_config_map_name();
-        gates::decide(&Observed {
+        gates::check(&Observed {
             project: self.obj,
             tasks,
             digest,
