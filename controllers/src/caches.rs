@@ -3,26 +3,26 @@
 //! and the controllers (on the leader) read them and are triggered by their
 //! events, so no kind is watched twice.
 //!
-//! As in kube's `shared_stream_controllers` example: one watcher per kind
-//! feeds a shared store ([`reflector::store_shared`]), and every controller
-//! that reacts to that kind subscribes to the store's event stream
-//! ([`Cache::subscribe`]) instead of opening a watch of its own.
+//! As in kube's `shared_stream_controllers` example, one watcher per kind
+//! fills one store, and every controller that reacts to that kind subscribes
+//! to its events ([`Cache::applied`], [`Cache::touched`]) instead of opening
+//! a watch of its own (`Controller::for_shared_stream`,
+//! `watches_shared_stream`).
 
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::Error;
-
-/// Events a subscriber may lag behind before the watch waits for it.
-const EVENT_BUFFER: usize = 4096;
 
 /// Read-only caches of the objects the operator looks up, each with the
 /// event stream of its watch, and a flag raised once every cache has had its
@@ -49,7 +49,7 @@ pub struct Caches {
 /// The one watch of `K`: its store (what it derefs to) and its events.
 pub struct Cache<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     store: Store<K>,
-    events: Subscription<K>,
+    events: Subscribers<K>,
 }
 
 impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Clone for Cache<K> {
@@ -88,9 +88,17 @@ where
             .collect()
     }
 
-    /// A new stream of the watch's events ([`Subscription::subscribe`]).
-    pub async fn subscribe(&self) -> Result<ReflectHandle<K>, Error> {
-        self.events.subscribe().await
+    /// From now on, every object the watch applies (created, changed, or
+    /// listed again), as the store has it: what triggers a controller of `K`.
+    pub fn applied(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.events.subscribe(false)
+    }
+
+    /// [`Cache::applied`] and the objects the watch deletes: what triggers a
+    /// controller that depends on objects of `K` (a deleted PolicyBundle
+    /// changes what its namespaces may run).
+    pub fn touched(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.events.subscribe(true)
     }
 }
 
@@ -107,58 +115,61 @@ pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// Hands out event streams of one shared watch, at any time.
-///
-/// A subscriber that is never read would stop the watch (the shared
-/// reflector waits for its slowest subscriber), and a follower replica runs
-/// no controllers: so one task always reads a subscription of its own and
-/// clones it for whoever asks. A clone sees the events from then on; a
-/// controller started late (on becoming leader) reconciles everything once
-/// (`reconcile_all_on`) to make up for what it did not see.
-pub struct Subscription<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
-    requests: mpsc::UnboundedSender<oneshot::Sender<ReflectHandle<K>>>,
+/// One event of a watch, after the store has applied it.
+enum Change<K> {
+    Applied(Arc<K>),
+    Deleted(Arc<K>),
 }
 
-impl<K: kube::Resource<DynamicType = ()> + Clone + 'static> Clone for Subscription<K> {
+/// The subscribers of one watch: each gets every change from the moment it
+/// subscribes, on a channel of its own, so a subscriber never holds up the
+/// watch nor the others, and a replica with no controller (a follower) has
+/// no subscriber at all. A controller started late (on becoming leader)
+/// reconciles everything once (`reconcile_all_on`) for what came before.
+///
+/// Not kube's shared reflector (`store_shared`/`ReflectHandle`): its handle
+/// returns `Pending` without a waker when an event's object was deleted
+/// before the handle read it, and a subscriber stalled that way holds up
+/// the watch of every other one once the buffer is full.
+struct Subscribers<K>(Arc<Mutex<Vec<Subscriber<K>>>>);
+
+/// Whether it wants deletions too, and where its changes go.
+type Subscriber<K> = (bool, mpsc::UnboundedSender<Arc<K>>);
+
+impl<K> Clone for Subscribers<K> {
     fn clone(&self) -> Self {
-        Self {
-            requests: self.requests.clone(),
+        Self(self.0.clone())
+    }
+}
+
+impl<K: Send + Sync + 'static> Subscribers<K> {
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Vec::new())))
+    }
+
+    fn subscribe(&self, deleted_too: bool) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut subs) = self.0.lock() {
+            subs.push((deleted_too, tx));
+        }
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|obj| (obj, rx)) })
+    }
+
+    /// Sends `change` to every subscriber that wants it; forgets those gone.
+    fn publish(&self, change: Change<K>) {
+        let (obj, deleted) = match change {
+            Change::Applied(obj) => (obj, false),
+            Change::Deleted(obj) => (obj, true),
+        };
+        if let Ok(mut subs) = self.0.lock() {
+            subs.retain(|(deleted_too, tx)| (deleted && !deleted_too) || tx.send(obj.clone()).is_ok());
         }
     }
 }
 
-impl<K> Subscription<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
-    /// A new stream of the watch's events (objects as the store has them).
-    pub async fn subscribe(&self) -> Result<ReflectHandle<K>, Error> {
-        let (tx, rx) = oneshot::channel();
-        self.requests.send(tx).map_err(|_| Error::CacheStopped)?;
-        rx.await.map_err(|_| Error::CacheStopped)
-    }
-
-    /// `handle`, kept read, and the task that serves subscriptions from it.
-    fn serve(mut handle: ReflectHandle<K>) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (requests, mut incoming) = mpsc::unbounded_channel::<oneshot::Sender<ReflectHandle<K>>>();
-        let task = async move {
-            loop {
-                tokio::select! {
-                    event = handle.next() => if event.is_none() { break },
-                    Some(reply) = incoming.recv() => { let _ = reply.send(handle.clone()); }
-                }
-            }
-        };
-        (Self { requests }, task)
-    }
-}
-
-/// The shared cache of `K` and the future that keeps it filled: the one
-/// watch of `K`.
-fn cache<K>(
-    api: Api<K>,
-    wc: watcher::Config,
-) -> Result<(Cache<K>, impl Future<Output = ()> + Send + 'static), Error>
+/// The cache of `K` and the future that keeps it filled and tells its
+/// subscribers: the one watch of `K`.
+pub fn cache<K>(api: Api<K>, wc: watcher::Config) -> (Cache<K>, impl Future<Output = ()> + Send + 'static)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -168,18 +179,25 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store_shared(EVENT_BUFFER);
-    let handle = writer.subscribe().ok_or(Error::CacheStopped)?;
-    let (events, serve) = Subscription::serve(handle);
+    let (store, writer) = reflector::store();
+    let events = Subscribers::new();
+    let publish = events.clone();
+    // `reflect` applies each event to the store before passing it on.
     let fill = watcher(api, wc)
         .default_backoff()
         .modify(drop_managed_fields)
-        .reflect_shared(writer)
-        .for_each(|_| futures::future::ready(()));
-    let run = async move {
-        futures::join!(fill, serve);
-    };
-    Ok((Cache { store, events }, run))
+        .reflect(writer)
+        .for_each(move |event| {
+            match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
+                    publish.publish(Change::Applied(Arc::new(obj)))
+                }
+                Ok(watcher::Event::Delete(obj)) => publish.publish(Change::Deleted(Arc::new(obj))),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => {}
+            }
+            futures::future::ready(())
+        });
+    (Cache { store, events }, fill)
 }
 
 impl Caches {
@@ -190,14 +208,14 @@ impl Caches {
     /// (reconciles, webhook requests, a controller's own runner) can miss the
     /// wake-up and hang. One task waits on each store once and raises a
     /// `watch` flag that any number of tasks may wait on.
-    pub fn start(client: &Client) -> Result<(Self, impl Future<Output = ()> + Send + 'static), Error> {
+    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
         let wc = watcher::Config::default().any_semantic();
-        let (capsules, f1) = cache(Api::<Capsule>::all(client.clone()), wc.clone())?;
-        let (bundles, f2) = cache(Api::<PolicyBundle>::all(client.clone()), wc.clone())?;
-        let (installations, f3) = cache(Api::<Installation>::all(client.clone()), wc.clone())?;
-        let (namespaces, f4) = cache(Api::<Namespace>::all(client.clone()), wc.clone())?;
-        let (drills, f5) = cache(Api::<DrDrill>::all(client.clone()), wc.clone())?;
-        let (projects, f6) = cache(Api::<KamachiqProject>::all(client.clone()), wc)?;
+        let (capsules, f1) = cache(Api::<Capsule>::all(client.clone()), wc.clone());
+        let (bundles, f2) = cache(Api::<PolicyBundle>::all(client.clone()), wc.clone());
+        let (installations, f3) = cache(Api::<Installation>::all(client.clone()), wc.clone());
+        let (namespaces, f4) = cache(Api::<Namespace>::all(client.clone()), wc.clone());
+        let (drills, f5) = cache(Api::<DrDrill>::all(client.clone()), wc.clone());
+        let (projects, f6) = cache(Api::<KamachiqProject>::all(client.clone()), wc);
         let (ready_tx, ready) = tokio::sync::watch::channel(false);
         let caches = Caches {
             capsules,
@@ -226,7 +244,7 @@ impl Caches {
         let fill = async move {
             futures::join!(f1, f2, f3, f4, f5, f6, readiness);
         };
-        Ok((caches, fill))
+        (caches, fill)
     }
 
     /// True once every cache has had its first full list.

@@ -64,8 +64,7 @@ impl Context {
     {
         let store = cache.store();
         let events = cache
-            .subscribe()
-            .await?
+            .applied()
             .filter(move |obj| futures::future::ready(keep(obj)));
         Ok(Controller::for_shared_stream(events, store)
             .reconcile_all_on(futures::stream::once(self.caches.filled())))

@@ -34,7 +34,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Every replica keeps the caches, serves metrics and health, and serves
     // the webhooks; only the leader runs the controllers.
-    let (caches, fill) = Caches::start(&client).map_err(Error::Controller)?;
+    let (caches, fill) = Caches::start(&client);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(&caches));
     crate::memory::register(&mut registry);

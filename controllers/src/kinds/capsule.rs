@@ -40,8 +40,8 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
     Ok(ctx
         .controller(&events.capsules, |_| true)
         .await?
-        .watches_shared_stream(events.bundles.subscribe().await?, move |_| all.refs(|_| true))
-        .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
+        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true))
+        .watches_shared_stream(events.installations.touched(), move |inst| {
             capsules.refs(|c| {
                 c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
             })

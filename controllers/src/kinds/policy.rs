@@ -38,9 +38,9 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<PolicyBundle>> 
     Ok(ctx
         .controller(&events.bundles, |_| true)
         .await?
-        .watches_shared_stream(events.installations.subscribe().await?, move |_| a.refs(|_| true))
-        .watches_shared_stream(events.capsules.subscribe().await?, move |_| b.refs(|_| true))
-        .watches_shared_stream(events.namespaces.subscribe().await?, move |_| c.refs(|_| true)))
+        .watches_shared_stream(events.installations.touched(), move |_| a.refs(|_| true))
+        .watches_shared_stream(events.capsules.touched(), move |_| b.refs(|_| true))
+        .watches_shared_stream(events.namespaces.touched(), move |_| c.refs(|_| true)))
 }
 
 /// What one bundle governs and which running Installations break it.

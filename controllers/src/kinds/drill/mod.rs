@@ -75,7 +75,7 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<DrDrill>> {
     Ok(ctx
         .controller(&events.drills, move |d| admits(shard.as_ref(), d.labels()))
         .await?
-        .watches_shared_stream(events.installations.subscribe().await?, move |inst| {
+        .watches_shared_stream(events.installations.touched(), move |inst| {
             let ns = inst.namespace();
             drills.refs(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
         }))

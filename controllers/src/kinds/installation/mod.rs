@@ -53,13 +53,13 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> 
                 .any_semantic()
                 .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
         )
-        .watches_shared_stream(events.capsules.subscribe().await?, move |capsule| {
+        .watches_shared_stream(events.capsules.touched(), move |capsule| {
             users.refs(|i| {
                 i.spec.capsule.package == capsule.spec.package
                     && i.spec.capsule.version == capsule.spec.version
             })
         })
-        .watches_shared_stream(events.bundles.subscribe().await?, move |_| all.refs(|_| true)))
+        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true)))
 }
 
 /// What the Deployment reports, reduced to what status needs.

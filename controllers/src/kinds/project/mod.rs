@@ -36,10 +36,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::{Controller, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::KamachiqProject;
@@ -170,10 +169,6 @@ impl ProjectContext {
     }
 }
 
-/// Job events the project controller may lag behind before the Jobs
-/// reflector waits for it.
-const JOB_EVENTS_BUFFER: usize = 1024;
-
 /// The project controller, its context, and the future that keeps its Jobs
 /// cache (the one watch of Jobs; run it as long as the controller).
 ///
@@ -190,20 +185,16 @@ pub async fn controller(
 )> {
     let shard = ctx.shards.projects.clone();
     let in_shard = move |p: &KamachiqProject| admits(shard.as_ref(), p.labels());
-    // Job events come from the reflector that fills `jobs`, after the store
-    // has them: a reconcile triggered by a Job change always sees it.
-    let (jobs, writer) = reflector::store_shared::<Job>(JOB_EVENTS_BUFFER);
-    let job_events = writer.subscribe().ok_or(Error::CacheStopped)?;
-    let jobs_fill = watcher(
+    // Job events come from the watch that fills `jobs`, after the store has
+    // them: a reconcile triggered by a Job change always sees it.
+    let (jobs, jobs_fill) = crate::caches::cache(
         Api::<Job>::all(ctx.client.clone()),
         watcher::Config::default()
             .any_semantic()
             .labels(somastack_crds::kamachiq::PROJECT_UID_LABEL),
-    )
-    .default_backoff()
-    .modify(crate::caches::drop_managed_fields)
-    .reflect_shared(writer)
-    .for_each(|_| futures::future::ready(()));
+    );
+    let job_events = jobs.touched();
+    let jobs = jobs.store();
     let (jobs_ready_tx, jobs_ready) = tokio::sync::watch::channel(false);
     let jobs_readiness = {
         let jobs = jobs.clone();
@@ -234,10 +225,8 @@ pub async fn controller(
     };
     let ctl = ctl
         .owns_shared_stream(job_events)
-        .watches_shared_stream(ctx.caches.bundles.subscribe().await?, move |_| {
-            by_bundle.refs(|_| true)
-        })
-        .watches_shared_stream(ctx.caches.capsules.subscribe().await?, move |c| {
+        .watches_shared_stream(ctx.caches.bundles.touched(), move |_| by_bundle.refs(|_| true))
+        .watches_shared_stream(ctx.caches.capsules.touched(), move |c| {
             by_capsule.refs(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
         });
     let caches = async move {
