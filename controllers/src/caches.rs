@@ -10,9 +10,8 @@
 //! `watches_shared_stream`).
 
 use std::future::Future;
-use std::time::Duration;
-
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
@@ -115,12 +114,6 @@ pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
 }
 
-/// One event of a watch, after the store has applied it.
-enum Change<K> {
-    Applied(Arc<K>),
-    Deleted(Arc<K>),
-}
-
 /// The subscribers of one watch: each gets every change from the moment it
 /// subscribes, on a channel of its own, so a subscriber never holds up the
 /// watch nor the others, and a replica with no controller (a follower) has
@@ -155,12 +148,10 @@ impl<K: Send + Sync + 'static> Subscribers<K> {
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|obj| (obj, rx)) })
     }
 
-    /// Sends `change` to every subscriber that wants it; forgets those gone.
-    fn publish(&self, change: Change<K>) {
-        let (obj, deleted) = match change {
-            Change::Applied(obj) => (obj, false),
-            Change::Deleted(obj) => (obj, true),
-        };
+    /// Sends `obj`, applied or `deleted` (after the store applied it), to
+    /// every subscriber that wants it; forgets those gone.
+    fn publish(&self, obj: K, deleted: bool) {
+        let obj = Arc::new(obj);
         if let Ok(mut subs) = self.0.lock() {
             subs.retain(|(deleted_too, tx)| (deleted && !deleted_too) || tx.send(obj.clone()).is_ok());
         }
@@ -190,9 +181,9 @@ where
         .for_each(move |event| {
             match event {
                 Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj)) => {
-                    publish.publish(Change::Applied(Arc::new(obj)))
+                    publish.publish(obj, false)
                 }
-                Ok(watcher::Event::Delete(obj)) => publish.publish(Change::Deleted(Arc::new(obj))),
+                Ok(watcher::Event::Delete(obj)) => publish.publish(obj, true),
                 Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => {}
             }
             futures::future::ready(())

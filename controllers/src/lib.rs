@@ -65,30 +65,11 @@ where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards));
-    let controllers = async {
-        let capsule = kinds::capsule::controller(&ctx).await?;
-        let bundle = kinds::policy::controller(&ctx).await?;
-        let installation = kinds::installation::controller(&ctx).await?;
-        let drill = kinds::drill::controller(&ctx).await?;
-        let (project, project_ctx, project_caches) = kinds::project::controller(&ctx).await?;
-        Ok::<_, Error>((
-            capsule,
-            bundle,
-            installation,
-            drill,
-            project,
-            project_ctx,
-            project_caches,
-        ))
-    };
-    let (capsule, bundle, installation, drill, project, project_ctx, project_caches) = match controllers.await
-    {
-        Ok(c) => c,
-        Err(err) => {
-            tracing::error!(error = %err, "the controllers could not subscribe to the caches; none runs");
-            return;
-        }
-    };
+    let capsule = kinds::capsule::controller(&ctx);
+    let bundle = kinds::policy::controller(&ctx);
+    let installation = kinds::installation::controller(&ctx);
+    let drill = kinds::drill::controller(&ctx);
+    let (project, project_ctx, project_caches) = kinds::project::controller(&ctx);
     let controllers = async move {
         futures::join!(
             runtime::run(capsule, ctx.clone(), shutdown.clone(), kinds::capsule::reconcile),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::controller::{Action, Config, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -51,14 +52,15 @@ impl Context {
         }
     }
 
-    /// A controller of `K` fed by the caches' one watch of `K`: it reconciles every object once the caches are filled (a
-    /// leader that took over missed the events before it subscribed), then
-    /// on every event of `K` that `keep` lets through.
-    pub async fn controller<K>(
+    /// A controller of `K` fed by the caches' one watch of `K`: it reconciles
+    /// every object once the caches are filled (a leader that took over
+    /// missed the events before it subscribed), then on every event of `K`
+    /// that `keep` lets through.
+    pub fn controller<K>(
         &self,
         cache: &crate::caches::Cache<K>,
         keep: impl Fn(&K) -> bool + Send + 'static,
-    ) -> Result<Controller<K>, Error>
+    ) -> Controller<K>
     where
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
@@ -66,8 +68,8 @@ impl Context {
         let events = cache
             .applied()
             .filter(move |obj| futures::future::ready(keep(obj)));
-        Ok(Controller::for_shared_stream(events, store)
-            .reconcile_all_on(futures::stream::once(self.caches.filled())))
+        Controller::for_shared_stream(events, store)
+            .reconcile_all_on(futures::stream::once(self.caches.filled()))
     }
 
     /// Waits until every cache has had its first full list, so a reconcile
@@ -93,31 +95,25 @@ impl Context {
             .collect()
     }
 
-    /// Records a Warning Event on the object `reference` names (best effort).
-    pub async fn warn(
-        &self,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-        reason: &str,
-        note: String,
-    ) {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(crate::text::bounded(&note, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(%reason, error = %err, "could not record an Event");
-        }
-    }
-
     /// Records a Kubernetes Event on `obj` (best effort: a failed Event is
     /// logged, never fails the reconcile).
     pub async fn event<K>(&self, obj: &K, type_: EventType, reason: &str, action: &str, note: String)
     where
         K: Resource<DynamicType = ()>,
     {
+        self.publish(&obj.object_ref(&()), type_, reason, action, note)
+            .await;
+    }
+
+    /// [`Context::event`] on the object `reference` names.
+    async fn publish(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.into(),
@@ -125,7 +121,7 @@ impl Context {
             action: action.into(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(err) = self.recorder.publish(&event, reference).await {
             tracing::warn!(%reason, error = %err, "could not record an Event");
         }
     }
@@ -266,7 +262,15 @@ where
                 // Never silent: the object's Events say why it is stuck (a
                 // cold cache at startup is not the object's business).
                 Err(err) if !matches!(err, Error::CacheStopped) => {
-                    shared.warn(&reference, "ReconcileFailed", err.to_string()).await;
+                    shared
+                        .publish(
+                            &reference,
+                            EventType::Warning,
+                            "ReconcileFailed",
+                            "Reconcile",
+                            err.to_string(),
+                        )
+                        .await;
                 }
                 Err(_) => {}
             }

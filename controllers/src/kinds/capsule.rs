@@ -33,19 +33,17 @@ pub const FINALIZER: &str = "somastack.io/capsule-protection";
 /// The Capsule controller: reconciled on its own changes, all of them on a
 /// trust change in any PolicyBundle, and those an Installation names when it
 /// appears or goes (the count in status).
-pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Capsule>> {
+pub fn controller(ctx: &Arc<Context>) -> Controller<Capsule> {
     let all = ctx.caches.capsules.clone();
     let capsules = ctx.caches.capsules.clone();
     let events = &ctx.caches;
-    Ok(ctx
-        .controller(&events.capsules, |_| true)
-        .await?
+    ctx.controller(&events.capsules, |_| true)
         .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true))
         .watches_shared_stream(events.installations.touched(), move |inst| {
             capsules.refs(|c| {
                 c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
             })
-        }))
+        })
 }
 
 /// The status a Capsule should have.

@@ -28,19 +28,17 @@ use crate::status::{self, HasConditions};
 /// The PolicyBundle controller: every bundle is re-audited when
 /// Installations, Capsules or Namespaces change (a relabelled namespace
 /// changes what a bundle governs).
-pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<PolicyBundle>> {
+pub fn controller(ctx: &Arc<Context>) -> Controller<PolicyBundle> {
     let (a, b, c) = (
         ctx.caches.bundles.clone(),
         ctx.caches.bundles.clone(),
         ctx.caches.bundles.clone(),
     );
     let events = &ctx.caches;
-    Ok(ctx
-        .controller(&events.bundles, |_| true)
-        .await?
+    ctx.controller(&events.bundles, |_| true)
         .watches_shared_stream(events.installations.touched(), move |_| a.refs(|_| true))
         .watches_shared_stream(events.capsules.touched(), move |_| b.refs(|_| true))
-        .watches_shared_stream(events.namespaces.touched(), move |_| c.refs(|_| true)))
+        .watches_shared_stream(events.namespaces.touched(), move |_| c.refs(|_| true))
 }
 
 /// What one bundle governs and which running Installations break it.

@@ -68,17 +68,15 @@ pub const TAINT_KEY: &str = "somastack.io/drill-outage";
 /// The DrDrill controller, for the drills of this operator's shard
 /// (`--drill-selector`): reconciled on their own changes and when the
 /// Installation they target changes.
-pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<DrDrill>> {
+pub fn controller(ctx: &Arc<Context>) -> Controller<DrDrill> {
     let shard = ctx.shards.drills.clone();
     let drills = ctx.caches.drills.clone();
     let events = &ctx.caches;
-    Ok(ctx
-        .controller(&events.drills, move |d| admits(shard.as_ref(), d.labels()))
-        .await?
+    ctx.controller(&events.drills, move |d| admits(shard.as_ref(), d.labels()))
         .watches_shared_stream(events.installations.touched(), move |inst| {
             let ns = inst.namespace();
             drills.refs(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
-        }))
+        })
 }
 
 /// The field manager of one drill's writes to its Installation.

@@ -41,12 +41,10 @@ pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 /// Deployment's (the one watch of Deployments, of those the operator
 /// manages), those that name a Capsule when it changes, and all of them when
 /// any PolicyBundle changes (a kill switch must act within seconds).
-pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> {
+pub fn controller(ctx: &Arc<Context>) -> Controller<Installation> {
     let (users, all) = (ctx.caches.installations.clone(), ctx.caches.installations.clone());
     let events = &ctx.caches;
-    Ok(ctx
-        .controller(&events.installations, |_| true)
-        .await?
+    ctx.controller(&events.installations, |_| true)
         .owns(
             Api::<Deployment>::all(ctx.client.clone()),
             watcher::Config::default()
@@ -59,7 +57,7 @@ pub async fn controller(ctx: &Arc<Context>) -> Result<Controller<Installation>> 
                     && i.spec.capsule.version == capsule.spec.version
             })
         })
-        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true)))
+        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true))
 }
 
 /// What the Deployment reports, reduced to what status needs.

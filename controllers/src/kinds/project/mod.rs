@@ -176,13 +176,13 @@ impl ProjectContext {
 /// ends, all of them when a PolicyBundle changes (kill switch, approvals),
 /// and those whose plan uses a Capsule when it changes. Only the projects of
 /// this operator's shard (`--project-selector`) are reconciled.
-pub async fn controller(
+pub fn controller(
     ctx: &Arc<Context>,
-) -> Result<(
+) -> (
     Controller<KamachiqProject>,
     Arc<ProjectContext>,
     impl std::future::Future<Output = ()> + Send + 'static,
-)> {
+) {
     let shard = ctx.shards.projects.clone();
     let in_shard = move |p: &KamachiqProject| admits(shard.as_ref(), p.labels());
     // Job events come from the watch that fills `jobs`, after the store has
@@ -218,7 +218,7 @@ pub async fn controller(
     let by_bundle = ctx.caches.projects.clone();
     let by_capsule = ctx.caches.projects.clone();
     let index = project_ctx.clone();
-    let ctl = ctx.controller(&ctx.caches.projects, in_shard).await?;
+    let ctl = ctx.controller(&ctx.caches.projects, in_shard);
     let ctl = match project_ctx.planner.triggers() {
         Some(ended) => ctl.reconcile_on(ended),
         None => ctl,
@@ -232,7 +232,7 @@ pub async fn controller(
     let caches = async move {
         futures::join!(jobs_fill, jobs_readiness);
     };
-    Ok((ctl, project_ctx, caches))
+    (ctl, project_ctx, caches)
 }
 
 /// Whether a Capsule change can matter to a project: one that has not
