@@ -8,7 +8,7 @@ use somastack_crds::common::CapsuleRef;
 use somastack_crds::installation::InstallationSpec;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
-use super::policy::{self, Bundle, Evaluation, Request};
+use super::policy::{self, Evaluation, Request};
 use super::review::{DECISION_ANNOTATION, is_approved};
 
 /// What a capsule reference (package and version) resolves to.
@@ -132,11 +132,7 @@ pub fn may_use(
         ));
     }
     let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-    let views: Vec<Bundle<'_>> = bundles
-        .iter()
-        .zip(&names)
-        .map(|(b, name)| Bundle { name, spec: &b.spec })
-        .collect();
+    let views = policy::views(bundles, &names);
     let req = Request {
         capsule: &capsule.spec,
         approved: is_approved(capsule),

@@ -28,7 +28,7 @@ use somastack_crds::{Installation, PolicyBundle};
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Status};
 use crate::domain::capsules::{self, CapsuleUse, may_install};
-use crate::domain::policy::{Bundle, Effective, Evaluation};
+use crate::domain::policy::{self, Effective, Evaluation};
 use crate::domain::regions::active_region;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
@@ -432,10 +432,7 @@ fn build(
     bundles: &[Arc<PolicyBundle>],
 ) -> Result<render::Children> {
     let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-    let effective = Effective::combine(bundles.iter().zip(&names).map(|(b, n)| Bundle {
-        name: n,
-        spec: &b.spec,
-    }));
+    let effective = Effective::combine(policy::views(bundles, &names));
     render::render(&render::Input {
         installation: inst,
         key,
