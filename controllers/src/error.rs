@@ -114,6 +114,18 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether a failed reconcile should say so in a Warning Event on the
+    /// object: not for a cold cache (not the object's business), nor for a
+    /// deletion that waits (the Capsule shows it as its `Ready` condition
+    /// and a `DeletionBlocked` Event when it changes; it is retried on
+    /// every change of its Installations, and an Event each time would be
+    /// an API write each time).
+    pub fn worth_an_event(&self) -> bool {
+        !matches!(self, Error::CacheStopped | Error::DeletionBlocked(_))
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
@@ -125,5 +137,13 @@ mod tests {
         assert_eq!(Error::MissingField("metadata.name").category(), "missing_field");
         let bad_json = serde_json::from_str::<serde_json::Value>("{").err();
         assert_eq!(bad_json.map(|e| Error::from(e).category()), Some("serialization"));
+    }
+
+    #[test]
+    fn a_failed_reconcile_is_an_event_unless_the_object_shows_it_already() {
+        assert!(Error::MissingField("metadata.uid").worth_an_event());
+        assert!(Error::RevisionNotFound(3).worth_an_event());
+        assert!(!Error::CacheStopped.worth_an_event());
+        assert!(!Error::DeletionBlocked("still used".into()).worth_an_event());
     }
 }

@@ -259,9 +259,8 @@ where
             shared.metrics.reconciled(&kind, started.elapsed(), error);
             match &result {
                 Ok(_) => shared.backoff.succeeded(&key),
-                // Never silent: the object's Events say why it is stuck (a
-                // cold cache at startup is not the object's business).
-                Err(err) if !matches!(err, Error::CacheStopped) => {
+                // Never silent: the object's Events say why it is stuck.
+                Err(err) if err.worth_an_event() => {
                     shared
                         .publish(
                             &reference,
