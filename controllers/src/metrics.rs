@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use kube::runtime::reflector::Store;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry, Unit};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
 use crate::caches::Caches;
@@ -138,56 +139,42 @@ impl Metrics {
             task_duration: Family::new_with_constructor(task_histogram),
             labelled: Default::default(),
         };
+        /// Any of the metrics below, so that one table can hold them all.
+        #[derive(Debug)]
+        struct AnyMetric(Box<dyn Metric>);
+        impl EncodeMetric for AnyMetric {
+            fn encode(&self, encoder: MetricEncoder) -> std::fmt::Result {
+                self.0.encode(encoder)
+            }
+            fn metric_type(&self) -> MetricType {
+                self.0.metric_type()
+            }
+            fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+        /// Name, unit (Prometheus appends it to the name), metric, help.
+        type Row = (&'static str, Option<Unit>, Box<dyn Metric>, &'static str);
+        #[rustfmt::skip]
+        let table: Vec<Row> = vec![
+            ("reconcile",                                    None,                Box::new(m.reconciles.clone()),         "Reconciles run, by kind"),
+            ("reconcile_errors",                             None,                Box::new(m.errors.clone()),             "Reconciles that failed, by kind and stable error category"),
+            ("reconcile_duration",                           Some(Unit::Seconds), Box::new(m.duration.clone()),           "Time one reconcile took, by kind"),
+            ("webhook_requests",                             None,                Box::new(m.webhook.clone()),            "Admission requests answered, by webhook and decision (allowed, warned, denied, error)"),
+            ("leader",                                       None,                Box::new(m.leader.clone()),             "1 while this replica holds the leader Lease and runs the controllers"),
+            ("webhook_certificate_expiry_timestamp_seconds", None,                Box::new(m.certificate_expiry.clone()), "Unix time at which the webhook's serving certificate expires"),
+            ("drill_runs",                                   None,                Box::new(m.drill_runs.clone()),         "Finished DrDrill runs, by drill and verdict (Pass, Fail)"),
+            ("drill_last_rto",                               Some(Unit::Seconds), Box::new(m.drill_rto.clone()),          "RTO measured by the drill's last run that recovered"),
+            ("kamachiq_task_attempts",                       None,                Box::new(m.task_attempts.clone()),      "Judged KamachiqProject task attempts, by namespace and verdict (accepted, rejected, failed)"),
+            ("kamachiq_task_duration",                       Some(Unit::Seconds), Box::new(m.task_duration.clone()),      "Run time of judged task attempts (Job start to finish), by namespace and verdict"),
+        ];
         let r = registry.sub_registry_with_prefix("somastack");
-        r.register("reconcile", "Reconciles run, by kind", m.reconciles.clone());
-        r.register(
-            "reconcile_errors",
-            "Reconciles that failed, by kind and stable error category",
-            m.errors.clone(),
-        );
-        r.register_with_unit(
-            "reconcile_duration",
-            "Time one reconcile took, by kind",
-            prometheus_client::registry::Unit::Seconds,
-            m.duration.clone(),
-        );
-        r.register(
-            "webhook_requests",
-            "Admission requests answered, by webhook and decision (allowed, warned, denied, error)",
-            m.webhook.clone(),
-        );
-        r.register(
-            "leader",
-            "1 while this replica holds the leader Lease and runs the controllers",
-            m.leader.clone(),
-        );
-        r.register(
-            "webhook_certificate_expiry_timestamp_seconds",
-            "Unix time at which the webhook's serving certificate expires",
-            m.certificate_expiry.clone(),
-        );
-        r.register(
-            "drill_runs",
-            "Finished DrDrill runs, by drill and verdict (Pass, Fail)",
-            m.drill_runs.clone(),
-        );
-        r.register_with_unit(
-            "drill_last_rto",
-            "RTO measured by the drill's last run that recovered",
-            prometheus_client::registry::Unit::Seconds,
-            m.drill_rto.clone(),
-        );
-        r.register(
-            "kamachiq_task_attempts",
-            "Judged KamachiqProject task attempts, by namespace and verdict (accepted, rejected, failed)",
-            m.task_attempts.clone(),
-        );
-        r.register_with_unit(
-            "kamachiq_task_duration",
-            "Run time of judged task attempts (Job start to finish), by namespace and verdict",
-            prometheus_client::registry::Unit::Seconds,
-            m.task_duration.clone(),
-        );
+        for (name, unit, metric, help) in table {
+            match unit {
+                Some(unit) => r.register_with_unit(name, help, unit, AnyMetric(metric)),
+                None => r.register(name, help, AnyMetric(metric)),
+            }
+        }
         if let Some(caches) = caches {
             registry.register_collector(Box::new(ObjectCounts(caches.clone())));
         }
