@@ -233,7 +233,9 @@ node_up() {
   local name=$1 region=$2 zone=$3 index=$4
   local d="$NODES_DIR/$name"
   mkdir -p "$d"/{containerd/tmp,cni/net.d,cni/ipam,kubelet,pki,logs}
-  cat >"$d/containerd.toml" <<EOF
+  local listener
+  {
+    cat <<EOF
 version = 4
 root = "$d/containerd/root"
 state = "$d/containerd/state"
@@ -243,16 +245,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.blockfile",
   "io.containerd.snapshotter.v1.erofs", "io.containerd.nri.v1.nri"]
 
-[plugins."io.containerd.server.v1.grpc"]
-  address = "$d/containerd.sock"
-[plugins."io.containerd.server.v1.ttrpc"]
-  address = "$d/containerd.sock.ttrpc"
-[plugins."io.containerd.server.v1.grpc-tcp"]
-  address = ""
-[plugins."io.containerd.server.v1.debug"]
-  address = ""
-[plugins."io.containerd.server.v1.metrics"]
-  address = ""
+EOF
+    # The listeners: the node's own sockets; no TCP, debug or metrics endpoint.
+    for listener in "grpc=$d/containerd.sock" "ttrpc=$d/containerd.sock.ttrpc" grpc-tcp= debug= metrics=; do
+      printf '[plugins."io.containerd.server.v1.%s"]\n  address = "%s"\n' "${listener%%=*}" "${listener#*=}"
+    done
+    cat <<EOF
 
 [plugins."io.containerd.grpc.v1.cri"]
   stream_server_address = "127.0.0.1"
@@ -277,6 +275,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$d/cni/net.d"
 EOF
+  } >"$d/containerd.toml"
   cat >"$d/cni/net.d/10-somastack.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
