@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -13,12 +13,6 @@ use tracing_subscriber::EnvFilter;
     version,
     about = "The reference SomaStack planner: goal -> task DAG over HTTP"
 )]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
 enum Command {
     /// Serve `POST /plan` and `GET /healthz`.
     Serve {
@@ -32,8 +26,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Command::parse() {
         Command::Schema => {
             print!("{}", somastack_crds::planner::contract_schema_pretty());
             ExitCode::SUCCESS
