@@ -29,6 +29,17 @@ fn found(inst: &Installation, cap: &Capsule, bundles: &[Arc<PolicyBundle>], regi
     may_install(inst, &Resolved::Found(&Arc::new(cap.clone())), bundles, region)
 }
 
+/// What `may_install` decides in eu-west-1 for an Installation of `replicas`
+/// replicas of the published capsule, under the one PolicyBundle `bundle`.
+fn found_in_eu(replicas: i32, bundle: Arc<PolicyBundle>) -> CapsuleUse {
+    found(
+        &installation(Some(replicas), None),
+        &capsule_object(),
+        &[bundle],
+        "eu-west-1",
+    )
+}
+
 fn capsule_object() -> Capsule {
     let mut spec = capsule();
     spec.data_classification = somastack_crds::common::DataClassification::Confidential;
@@ -39,6 +50,16 @@ fn bundle(name: &str, f: impl FnOnce(&mut PolicyBundleSpec)) -> Arc<PolicyBundle
     let mut spec = PolicyBundleSpec::default();
     f(&mut spec);
     Arc::new(PolicyBundle::new(name, spec))
+}
+
+/// A PolicyBundle `name` whose kill switch is engaged for `reason`.
+fn kill_switch(name: &str, reason: &str) -> Arc<PolicyBundle> {
+    bundle(name, |s| {
+        s.kill_switch = Some(KillSwitch {
+            engaged: true,
+            reason: Some(reason.into()),
+        })
+    })
 }
 
 fn eu_only() -> Arc<PolicyBundle> {
@@ -52,6 +73,22 @@ fn eu_only() -> Arc<PolicyBundle> {
     })
 }
 
+/// The condition of `type_` among `conditions` (the test fails without one).
+fn condition<'a>(conditions: &'a [Desired], type_: &str) -> &'a Desired {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
+}
+
+/// The condition of `type_` among `conditions`, checked to have `status`
+/// and `reason`.
+fn condition_is<'a>(conditions: &'a [Desired], type_: &str, status: Status, reason: &str) -> &'a Desired {
+    let c = condition(conditions, type_);
+    assert_eq!((c.status, c.reason), (status, reason), "the {type_} condition");
+    c
+}
+
 #[test]
 fn missing_capsule_is_pending() {
     let inst = installation(Some(1), None);
@@ -61,8 +98,7 @@ fn missing_capsule_is_pending() {
     );
     let a = assess(&CapsuleUse::CapsuleNotFound, &Workload::default(), false, false);
     assert_eq!(a.phase, InstallationPhase::Pending);
-    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((ready.status, ready.reason), (Status::False, "CapsuleNotFound"));
+    condition_is(&a.conditions, "Ready", Status::False, "CapsuleNotFound");
 }
 
 #[test]
@@ -82,47 +118,30 @@ fn residency_decides_where_it_may_run() {
 
 #[test]
 fn blocked_keeps_the_running_workload_and_says_so() {
-    let inst = installation(Some(4), None);
-    let cap = capsule_object();
     let tight = bundle("tight", |s| {
         s.limits = Some(Limits {
             max_replicas: Some(2),
             ..Default::default()
         })
     });
-    let decision = found(&inst, &cap, &[tight], "eu-west-1");
+    let decision = found_in_eu(4, tight);
     let running = rolled_out(4);
     let a = assess(&decision, &running, false, true);
     assert_eq!(a.phase, InstallationPhase::Blocked);
-    let compliant = a
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "PolicyCompliant")
-        .unwrap();
-    assert_eq!(
-        (compliant.status, compliant.reason),
-        (Status::False, "PolicyViolation")
-    );
+    let compliant = condition_is(&a.conditions, "PolicyCompliant", Status::False, "PolicyViolation");
     assert!(
         compliant
             .message
             .contains("4 replicas exceed the ceiling of 2 (rule maxReplicas, PolicyBundle tight)")
     );
-    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = condition(&a.conditions, "Ready");
     assert!(ready.message.ends_with("the running workload is left as it was"));
 }
 
 #[test]
 fn kill_switch_suspends() {
-    let inst = installation(Some(2), None);
-    let cap = capsule_object();
-    let stop = bundle("stop", |s| {
-        s.kill_switch = Some(KillSwitch {
-            engaged: true,
-            reason: Some("incident".into()),
-        })
-    });
-    let decision = found(&inst, &cap, &[stop], "eu-west-1");
+    let stop = kill_switch("stop", "incident");
+    let decision = found_in_eu(2, stop);
     let a = assess(
         &decision,
         &Workload {
@@ -134,8 +153,7 @@ fn kill_switch_suspends() {
         true,
     );
     assert_eq!(a.phase, InstallationPhase::Suspended);
-    let ready = a.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((ready.status, ready.reason), (Status::False, "KillSwitchEngaged"));
+    let ready = condition_is(&a.conditions, "Ready", Status::False, "KillSwitchEngaged");
     assert!(ready.message.contains("PolicyBundle stop: incident"));
 }
 
@@ -149,11 +167,7 @@ fn ready_only_when_rolled_out_and_available() {
     };
     let a = assess(&decision, &rolling, false, true);
     assert_eq!(a.phase, InstallationPhase::Progressing);
-    let progressing = a.conditions.iter().find(|c| c.type_ == "Progressing").unwrap();
-    assert_eq!(
-        (progressing.status, progressing.reason),
-        (Status::True, "RollingOut")
-    );
+    condition_is(&a.conditions, "Progressing", Status::True, "RollingOut");
 
     let done = Workload {
         total: 3,
@@ -294,12 +308,7 @@ mod admission {
 
     #[test]
     fn a_kill_switch_is_a_warning_not_a_denial() {
-        let kill = bundle("freeze", |s| {
-            s.kill_switch = Some(KillSwitch {
-                engaged: true,
-                reason: Some("incident 42".into()),
-            })
-        });
+        let kill = kill_switch("freeze", "incident 42");
         let v = admit(
             &installation(Some(1), None),
             None,
@@ -393,8 +402,7 @@ fn a_refused_child_blocks_and_says_which() {
     let phase = b.phase;
     b.failed("could not write Service app: range is full");
     assert_eq!(b.phase, phase);
-    let ready = b.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-    assert_eq!((ready.status, ready.reason), (Status::False, "ApplyFailed"));
+    let ready = condition_is(&b.conditions, "Ready", Status::False, "ApplyFailed");
     assert_eq!(
         ready.message,
         "could not write Service app: range is full; retrying"
