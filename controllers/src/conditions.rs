@@ -144,10 +144,17 @@ mod tests {
             ("Ready", Status::False, "Waiting", "a", Some(1), 100),
             ("Ready", Status::False, "StillWaiting", "b", Some(2), 200),
         ]);
-        assert_eq!(second[0].last_transition_time, at(100));
-        assert_eq!(second[0].reason, "StillWaiting");
-        assert_eq!(second[0].message, "b");
-        assert_eq!(second[0].observed_generation, Some(2));
+        assert_eq!(
+            second,
+            [Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "StillWaiting".into(),
+                message: "b".into(),
+                observed_generation: Some(2),
+                last_transition_time: at(100),
+            }]
+        );
     }
 
     #[test]

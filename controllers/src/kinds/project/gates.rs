@@ -655,6 +655,14 @@ mod tests {
             }
         }
 
+        /// The world of `project` in which no Capsule is published.
+        fn without_capsules(project: KamachiqProject) -> Self {
+            World {
+                capsules: vec![],
+                ..World::of(project)
+            }
+        }
+
         fn check(&self) -> GateDecision {
             check(&Observed {
                 project: &self.project,
@@ -821,11 +829,7 @@ mod tests {
 
     #[test]
     fn a_missing_capsule_holds_the_project_pending() {
-        let w = World {
-            capsules: vec![],
-            ..World::of(project())
-        };
-        let g = w.gated();
+        let g = World::without_capsules(project()).gated();
         assert!(!g.gates.spawn && !g.gates.stop);
         let message = "Capsule summarizer version 1.4.2 is not published; no task runs until it is";
         let report = held(
@@ -881,11 +885,7 @@ mod tests {
 
     #[test]
     fn capsules_are_not_looked_at_before_the_plan_is_approved() {
-        let w = World {
-            capsules: vec![],
-            ..World::of(needing_approval())
-        };
-        let g = w.gated();
+        let g = World::without_capsules(needing_approval()).gated();
         assert_eq!(reason(&g.report), Some("AwaitingApproval"));
         assert_eq!(reasons(&g.events), vec!["AwaitingApproval"]);
     }
@@ -961,11 +961,7 @@ mod tests {
         // Suspend wins over a blocked capsule.
         let mut p = project();
         p.spec.suspend = true;
-        let w = World {
-            capsules: vec![],
-            ..World::of(p)
-        };
-        let g = w.gated();
+        let g = World::without_capsules(p).gated();
         assert_eq!(reason(&g.report), Some("Suspended"));
         assert_eq!(reasons(&g.events), vec!["CapsuleNotFound"]);
     }
