@@ -77,10 +77,7 @@ impl Target {
     }
 
     fn drill(&self, name: &str, spec: Value) -> Value {
-        let mut spec = spec;
-        spec["installationRef"] = json!({ "name": "app" });
-        json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
-                "metadata": { "name": name, "namespace": self.ns.name }, "spec": spec })
+        drill(&self.ns.name, name, spec)
     }
 
     /// The Installation is home: no drill annotation left, every pod in its
@@ -171,6 +168,14 @@ async fn tainted(client: &Client, value: Option<&str>) -> Vec<String> {
         })
         .map(|n| n.name_any())
         .collect()
+}
+
+/// The DrDrill `name` in `ns` of `spec`, on the Installation `app`.
+fn drill(ns: &str, name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["installationRef"] = json!({ "name": "app" });
+    json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+            "metadata": { "name": name, "namespace": ns }, "spec": spec })
 }
 
 /// A drill spec: `scenario` with an RTO objective of `rto_seconds`.
@@ -313,11 +318,7 @@ async fn scope_region_taints_the_region_and_untaints_it() {
 #[tokio::test]
 async fn a_drill_applied_before_its_installation_waits_for_it() {
     let (client, ns, package) = setup_published("together", "confidential").await;
-    let drill = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
-        "metadata": { "name": "early", "namespace": ns.name },
-        "spec": { "installationRef": { "name": "app" }, "scenario": "PodLoss",
-                  "objectives": { "rtoSeconds": 60 } } });
-    let api = put_api(&client, &drill).await;
+    let api = put_api(&client, &drill(&ns.name, "early", scenario("PodLoss", 60))).await;
     let waiting = wait_drill(&api, "early", "waiting for its target", |s| {
         s["conditions"][0]["reason"] == "WaitingForTarget"
     })

@@ -43,14 +43,24 @@ impl Env {
         (client, Env { ns, package })
     }
 
-    /// Lets this namespace's projects call the planner on loopback `port`.
-    async fn allow_planner(&self, client: &Client, port: u16) {
+    /// A free loopback port for a planner, which this namespace's projects
+    /// may call.
+    async fn planner_port(&self, client: &Client) -> u16 {
+        let port = free_port();
         allow_planners(client, &self.ns, &[format!("http://127.0.0.1:{port}/")]).await;
+        port
     }
 
     fn task(&self, name: &str, deps: &[&str], input: &str) -> Value {
         json!({ "name": name, "capsule": { "package": self.package, "version": "1.0.0" },
                 "dependsOn": deps, "input": input })
+    }
+
+    /// As [`Env::task`], never retried: its first failure fails it for good.
+    fn unretried(&self, name: &str, deps: &[&str], input: &str) -> Value {
+        let mut task = self.task(name, deps, input);
+        task["retries"] = json!(0);
+        task
     }
 
     /// A project `name` with goal "g" that runs exactly the listed `tasks`.
@@ -84,6 +94,25 @@ fn label<'a>(job: &'a Job, key: &str) -> &'a str {
 fn task_jobs(jobs: &[Job]) -> Vec<&Job> {
     jobs.iter()
         .filter(|j| label(j, "kamachiq.somastack.io/role") == "task")
+        .collect()
+}
+
+/// Sets `spec.suspend` of the project `name`, as a user does.
+async fn set_suspend(api: &Api<DynamicObject>, name: &str, suspend: bool) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({ "spec": { "suspend": suspend } })),
+    )
+    .await
+    .unwrap();
+}
+
+/// The `(task, attempt)` pairs `expected`, owned as [`attempts`] returns them.
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|&(task, attempt)| (task.to_string(), attempt.to_string()))
         .collect()
 }
 
@@ -318,8 +347,7 @@ async fn start_planner(port: u16) -> tokio::process::Child {
 #[tokio::test]
 async fn the_reference_planner_decomposes_a_goal_and_an_outage_is_reported_until_it_is_back() {
     let (client, env) = Env::new("kp-planner").await;
-    let port = free_port();
-    env.allow_planner(&client, port).await;
+    let port = env.planner_port(&client).await;
     let doc = env.project(
         "planned",
         json!({
@@ -458,10 +486,7 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
     let done = finished(&api, "gated", "True", "AllTasksSucceeded").await;
     assert_eq!(
         attempts(&env.jobs(&client, &done).await),
-        vec![
-            ("a".to_string(), "1".to_string()),
-            ("b".to_string(), "1".to_string())
-        ]
+        pairs(&[("a", "1"), ("b", "1")])
     );
     env.delete().await;
 }
@@ -469,8 +494,7 @@ async fn the_approval_gate_holds_until_an_authorized_reviewer_approves_the_plan(
 #[tokio::test]
 async fn retrying_runs_only_the_failed_tasks() {
     let (client, env) = Env::new("kp-retry").await;
-    let mut flaky = env.task("flaky", &[], "kwok:fail-first");
-    flaky["retries"] = json!(0);
+    let flaky = env.unretried("flaky", &[], "kwok:fail-first");
     let doc = env.listed(
         "retried",
         vec![
@@ -498,12 +522,7 @@ async fn retrying_runs_only_the_failed_tasks() {
     let jobs = env.jobs(&client, &done).await;
     assert_eq!(
         attempts(&jobs),
-        vec![
-            ("after".to_string(), "1".to_string()),
-            ("flaky".to_string(), "1".to_string()),
-            ("flaky".to_string(), "2".to_string()),
-            ("good".to_string(), "1".to_string()),
-        ]
+        pairs(&[("after", "1"), ("flaky", "1"), ("flaky", "2"), ("good", "1")])
     );
     assert_eq!(good_uid(&jobs), before, "the succeeded task was not run again");
     assert!(somastack_tests::event_recorded(
@@ -535,9 +554,8 @@ async fn retrying_runs_only_the_failed_tasks() {
 #[tokio::test]
 async fn a_task_timeout_fails_the_attempt_and_the_duration_budget_stops_the_project() {
     let (client, env) = Env::new("kp-budget").await;
-    let mut slow = env.task("slow", &[], "kwok:run=60s");
+    let mut slow = env.unretried("slow", &[], "kwok:run=60s");
     slow["timeoutSeconds"] = json!(2);
-    slow["retries"] = json!(0);
     let timed = env.listed("timed", vec![slow]);
     let budgeted = env.project(
         "budgeted",
@@ -598,13 +616,7 @@ async fn suspending_stops_running_jobs_and_resuming_continues() {
         (live_pods(&client, &env.ns.name).await == 1).then_some(())
     })
     .await;
-    api.patch(
-        "paused",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "spec": { "suspend": true } })),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "paused", true).await;
     let suspended = wait_condition(&api, "paused", "Succeeded", "Unknown", Some("Suspended"), T).await;
     assert_eq!(suspended.data["status"]["phase"], "Suspended");
     wait_for("the running pod to be stopped", T, || async {
@@ -620,20 +632,11 @@ async fn suspending_stops_running_jobs_and_resuming_continues() {
     assert_eq!(still.data["status"]["phase"], "Suspended");
     assert_eq!(env.jobs(&client, &still).await.len(), 1);
 
-    api.patch(
-        "paused",
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "spec": { "suspend": false } })),
-    )
-    .await
-    .unwrap();
+    set_suspend(&api, "paused", false).await;
     let done = finished(&api, "paused", "True", "AllTasksSucceeded").await;
     assert_eq!(
         attempts(&env.jobs(&client, &done).await),
-        vec![
-            ("long".to_string(), "1".to_string()),
-            ("next".to_string(), "1".to_string())
-        ],
+        pairs(&[("long", "1"), ("next", "1")]),
         "the suspended attempt was resumed, not replaced"
     );
     env.delete().await;
@@ -708,8 +711,7 @@ async fn an_operator_killed_mid_run_and_restarted_creates_no_duplicate_job() {
 #[tokio::test]
 async fn a_500_task_project_completes_with_a_small_status() {
     let (client, env) = Env::new("kp-large").await;
-    let port = free_port();
-    env.allow_planner(&client, port).await;
+    let port = env.planner_port(&client).await;
     let mut planner = start_planner(port).await;
     let doc = env.project(
         "large",
@@ -887,10 +889,7 @@ mod real_node {
         );
         assert_eq!(
             attempts(&env.jobs(&client, &failed).await),
-            vec![
-                ("bad".to_string(), "1".to_string()),
-                ("bad".to_string(), "2".to_string())
-            ],
+            pairs(&[("bad", "1"), ("bad", "2")]),
             "bad ran twice (retries: 1); after never ran"
         );
         pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=failing").await;
