@@ -9,7 +9,9 @@
 //! a watch of its own (`Controller::for_shared_stream`,
 //! `watches_shared_stream`).
 
+use std::fmt::Debug;
 use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +19,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 use tokio::sync::mpsc;
 
@@ -90,14 +93,28 @@ where
     /// From now on, every object the watch applies (created, changed, or
     /// listed again), as the store has it: what triggers a controller of `K`.
     pub fn applied(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        self.events.subscribe(false)
+        self.events
+            .subscribe()
+            .filter_map(|(obj, deleted)| futures::future::ready((!deleted).then_some(obj)))
     }
 
     /// [`Cache::applied`] and the objects the watch deletes: what triggers a
     /// controller that depends on objects of `K` (a deleted PolicyBundle
     /// changes what its namespaces may run).
     pub fn touched(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        self.events.subscribe(true)
+        self.events.subscribe().map(|(obj, _)| obj)
+    }
+
+    /// From now on, the objects that appear, go, or change in what `read`
+    /// returns: what triggers a controller that reads only part of `K`. A
+    /// write that leaves that part as it was (most often a status write of
+    /// the object's own controller) triggers nothing, so N objects that
+    /// depend on one object are not all requeued by each write to it.
+    pub fn changes<T: Hash + 'static>(
+        &self,
+        read: impl Fn(&K) -> T + Send + 'static,
+    ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        crate::triggers::changed(self.events.subscribe(), read)
     }
 }
 
@@ -126,8 +143,9 @@ pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
 /// the watch of every other one once the buffer is full.
 struct Subscribers<K>(Arc<Mutex<Vec<Subscriber<K>>>>);
 
-/// Whether it wants deletions too, and where its changes go.
-type Subscriber<K> = (bool, mpsc::UnboundedSender<Arc<K>>);
+/// Where one subscriber's changes go: each object as the store has it, and
+/// whether the watch deleted it.
+type Subscriber<K> = mpsc::UnboundedSender<(Arc<K>, bool)>;
 
 impl<K> Clone for Subscribers<K> {
     fn clone(&self) -> Self {
@@ -140,43 +158,59 @@ impl<K: Send + Sync + 'static> Subscribers<K> {
         Self(Arc::new(Mutex::new(Vec::new())))
     }
 
-    fn subscribe(&self, deleted_too: bool) -> impl Stream<Item = Arc<K>> + Send + 'static {
+    fn subscribe(&self) -> impl Stream<Item = (Arc<K>, bool)> + Send + 'static {
         let (tx, rx) = mpsc::unbounded_channel();
         if let Ok(mut subs) = self.0.lock() {
-            subs.push((deleted_too, tx));
+            subs.push(tx);
         }
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|obj| (obj, rx)) })
     }
 
     /// Sends `obj`, applied or `deleted` (after the store applied it), to
-    /// every subscriber that wants it; forgets those gone.
+    /// every subscriber; forgets those gone.
     fn publish(&self, obj: K, deleted: bool) {
         let obj = Arc::new(obj);
         if let Ok(mut subs) = self.0.lock() {
-            subs.retain(|(deleted_too, tx)| (deleted && !deleted_too) || tx.send(obj.clone()).is_ok());
+            subs.retain(|tx| tx.send((obj.clone(), deleted)).is_ok());
         }
     }
 }
 
+/// What a cached kind is: an API object the operator reads, shared between tasks.
+pub trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+}
+
+impl<K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static> Cached for K {}
+
 /// The cache of `K` and the future that keeps it filled and tells its
 /// subscribers: the one watch of `K`.
-pub fn cache<K>(api: Api<K>, wc: watcher::Config) -> (Cache<K>, impl Future<Output = ()> + Send + 'static)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+pub fn cache<K: Cached>(
+    api: Api<K>,
+    wc: watcher::Config,
+) -> (Cache<K>, impl Future<Output = ()> + Send + 'static) {
+    cache_with(api, wc, |_| {})
+}
+
+/// [`cache`], keeping of each object only what `trim` leaves (besides
+/// `managedFields`, which no cache keeps): for a kind of which the operator
+/// reads a few fields of many objects.
+pub fn cache_with<K: Cached>(
+    api: Api<K>,
+    wc: watcher::Config,
+    mut trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Cache<K>, impl Future<Output = ()> + Send + 'static) {
     let (store, writer) = reflector::store();
     let events = Subscribers::new();
     let publish = events.clone();
     // `reflect` applies each event to the store before passing it on.
     let fill = watcher(api, wc)
         .default_backoff()
-        .modify(drop_managed_fields)
+        .modify(move |obj| {
+            drop_managed_fields(obj);
+            trim(obj);
+        })
         .reflect(writer)
         .for_each(move |event| {
             match event {

@@ -31,6 +31,7 @@ pub mod status;
 #[cfg(test)]
 mod testing;
 pub mod text;
+pub mod triggers;
 
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ where
     let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards));
     let capsule = kinds::capsule::controller(&ctx);
     let bundle = kinds::policy::controller(&ctx);
-    let installation = kinds::installation::controller(&ctx);
+    let (installation, deployments) = kinds::installation::controller(&ctx);
     let drill = kinds::drill::controller(&ctx);
     let (project, project_ctx, project_caches) = kinds::project::controller(&ctx);
     let controllers = async move {
@@ -84,9 +85,9 @@ where
             runtime::run(project, project_ctx, shutdown, kinds::project::reconcile),
         );
     };
-    // The project kind's own cache (its Jobs) lives as long as the controllers.
+    // The kinds' own caches (Jobs, Deployments) live as long as the controllers.
     tokio::select! {
         _ = controllers => {}
-        _ = project_caches => {}
+        _ = futures::future::join(project_caches, deployments) => {}
     }
 }

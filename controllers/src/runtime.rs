@@ -54,21 +54,22 @@ impl Context {
 
     /// A controller of `K` fed by the caches' one watch of `K`: it reconciles
     /// every object once the caches are filled (a leader that took over
-    /// missed the events before it subscribed), then on every event of `K`
-    /// that `keep` lets through.
-    pub fn controller<K>(
+    /// missed the events before it subscribed), then on each object of
+    /// `events` that `keep` lets through. `events` is the cache's
+    /// [`changes`](crate::caches::Cache::changes) of the objects'
+    /// [`intent`](crate::triggers::intent) for a kind whose reconcile
+    /// converges in one pass (its own status writes trigger nothing), or
+    /// every change ([`applied`](crate::caches::Cache::applied)) for a kind
+    /// whose reconcile moves a state machine one step per pass (drills,
+    /// projects).
+    pub fn controller<K: crate::caches::Cached>(
         &self,
+        events: impl futures::Stream<Item = Arc<K>> + Send + 'static,
         cache: &crate::caches::Cache<K>,
         keep: impl Fn(&K) -> bool + Send + 'static,
-    ) -> Controller<K>
-    where
-        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    {
-        let store = cache.store();
-        let events = cache
-            .applied()
-            .filter(move |obj| futures::future::ready(keep(obj)));
-        Controller::for_shared_stream(events, store)
+    ) -> Controller<K> {
+        let events = events.filter(move |obj| futures::future::ready(keep(obj)));
+        Controller::for_shared_stream(events, cache.store())
             .reconcile_all_on(futures::stream::once(self.caches.filled()))
     }
 

@@ -33,6 +33,27 @@ impl<'a> Resolved<'a> {
     }
 }
 
+/// What the kinds that use a Capsule read of it: all of it but the count of
+/// Installations in its status, which changes with every Installation
+/// created, so a new Installation does not requeue every other one.
+pub fn as_used(c: &Capsule) -> String {
+    let status = c.status.clone().map(|s| somastack_crds::CapsuleStatus {
+        installations: None,
+        ..s
+    });
+    let meta = &c.metadata;
+    serde_json::to_string(&(
+        &meta.name,
+        &meta.creation_timestamp,
+        &meta.labels,
+        &meta.annotations,
+        meta.deletion_timestamp.is_some(),
+        &c.spec,
+        &status,
+    ))
+    .unwrap_or_default()
+}
+
 /// Resolves a capsule reference: a package version is published once, so
 /// the first Capsule created with it is the one every Installation and task
 /// runs. Admission refuses a second one; one that got in anyway (two

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -25,25 +27,37 @@ use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, review_recor
 use crate::domain::signing;
 use crate::runtime::Context;
 use crate::status::HasConditions;
+use crate::triggers;
 use crate::{Error, Result, status};
 
 /// Keeps a Capsule that Installations still use from disappearing under them.
 pub const FINALIZER: &str = "somastack.io/capsule-protection";
 
-/// The Capsule controller: reconciled on its own changes, all of them on a
-/// trust change in any PolicyBundle, and those an Installation names when it
-/// appears or goes (the count in status).
+/// The Capsule controller: reconciled on changes to its own spec, labels
+/// and annotations (not to the status it writes), all of them on a change of
+/// any PolicyBundle's spec (trust), and those an Installation names when it
+/// appears, goes or names another (the count in status). Installations come
+/// in bursts (a GitOps sync of hundreds): their triggers are taken a
+/// [`triggers::WINDOW`] at a time, one count per Capsule per window.
 pub fn controller(ctx: &Arc<Context>) -> Controller<Capsule> {
-    let all = ctx.caches.capsules.clone();
     let capsules = ctx.caches.capsules.clone();
     let events = &ctx.caches;
-    ctx.controller(&events.capsules, |_| true)
-        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true))
-        .watches_shared_stream(events.installations.touched(), move |inst| {
-            capsules.refs(|c| {
+    let bundles_changed = events.bundles.changes(triggers::intent).map(|_| ());
+    let named = events
+        .installations
+        .changes(|i| (i.spec.capsule.package.clone(), i.spec.capsule.version.clone()))
+        .flat_map(move |inst| {
+            futures::stream::iter(capsules.refs(|c| {
                 c.spec.package == inst.spec.capsule.package && c.spec.version == inst.spec.capsule.version
-            })
-        })
+            }))
+        });
+    ctx.controller(
+        events.capsules.changes(triggers::intent),
+        &events.capsules,
+        |_| true,
+    )
+    .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
+    .reconcile_on(triggers::coalesced(named, triggers::WINDOW))
 }
 
 /// The status a Capsule should have.

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -24,21 +26,34 @@ use crate::domain::policy::{self, Bundle, Request};
 use crate::domain::review::is_approved;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
+use crate::triggers;
 
-/// The PolicyBundle controller: every bundle is re-audited when
-/// Installations, Capsules or Namespaces change (a relabelled namespace
-/// changes what a bundle governs).
+/// The PolicyBundle controller: reconciled on changes to its own spec,
+/// labels and annotations, and every bundle is re-audited when what the
+/// audit reads of Installations (spec, active region), Capsules or
+/// Namespaces (labels: a relabelled namespace changes what a bundle
+/// governs) changes. An audit reads every Installation, so those triggers
+/// are taken a [`triggers::WINDOW`] at a time: one audit per window, not
+/// one per Installation of a burst.
 pub fn controller(ctx: &Arc<Context>) -> Controller<PolicyBundle> {
-    let (a, b, c) = (
-        ctx.caches.bundles.clone(),
-        ctx.caches.bundles.clone(),
-        ctx.caches.bundles.clone(),
-    );
     let events = &ctx.caches;
-    ctx.controller(&events.bundles, |_| true)
-        .watches_shared_stream(events.installations.touched(), move |_| a.refs(|_| true))
-        .watches_shared_stream(events.capsules.touched(), move |_| b.refs(|_| true))
-        .watches_shared_stream(events.namespaces.touched(), move |_| c.refs(|_| true))
+    let installations = events
+        .installations
+        .changes(|i| {
+            let region = i.status.as_ref().and_then(|s| s.active_region.clone());
+            (serde_json::to_string(&i.spec).unwrap_or_default(), region)
+        })
+        .map(|_| ());
+    let capsules = events.capsules.changes(capsules::as_used).map(|_| ());
+    let namespaces = events
+        .namespaces
+        .changes(|n| n.metadata.labels.clone())
+        .map(|_| ());
+    let any = futures::stream::select(installations, futures::stream::select(capsules, namespaces));
+    ctx.controller(events.bundles.changes(triggers::intent), &events.bundles, |_| {
+        true
+    })
+    .reconcile_all_on(triggers::coalesced(any, triggers::WINDOW))
 }
 
 /// What one bundle governs and which running Installations break it.

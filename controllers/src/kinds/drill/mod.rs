@@ -72,11 +72,13 @@ pub fn controller(ctx: &Arc<Context>) -> Controller<DrDrill> {
     let shard = ctx.shards.drills.clone();
     let drills = ctx.caches.drills.clone();
     let events = &ctx.caches;
-    ctx.controller(&events.drills, move |d| admits(shard.as_ref(), d.labels()))
-        .watches_shared_stream(events.installations.touched(), move |inst| {
-            let ns = inst.namespace();
-            drills.refs(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
-        })
+    ctx.controller(events.drills.applied(), &events.drills, move |d| {
+        admits(shard.as_ref(), d.labels())
+    })
+    .watches_shared_stream(events.installations.touched(), move |inst| {
+        let ns = inst.namespace();
+        drills.refs(|d| d.namespace() == ns && d.spec.installation_ref.name == inst.name_any())
+    })
 }
 
 /// The field manager of one drill's writes to its Installation.

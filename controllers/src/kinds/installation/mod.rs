@@ -14,6 +14,8 @@ pub mod revisions;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
@@ -32,36 +34,61 @@ use crate::domain::policy::{self, Effective, Evaluation};
 use crate::domain::regions::active_region;
 use crate::runtime::Context;
 use crate::status::{self, HasConditions};
+use crate::triggers;
 use crate::{Error, Result};
 
 /// Annotation holding the last rollback (JSON), written with the restored spec.
 pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 
-/// The Installation controller: reconciled on its own changes and its
-/// Deployment's (the one watch of Deployments, of those the operator
-/// manages), those that name a Capsule when it changes, and all of them when
-/// any PolicyBundle changes (a kill switch must act within seconds).
-pub fn controller(ctx: &Arc<Context>) -> Controller<Installation> {
-    let (users, all) = (ctx.caches.installations.clone(), ctx.caches.installations.clone());
+/// The Installation controller: reconciled on changes to its own spec,
+/// labels and annotations (not to the status it writes), on changes to what
+/// its Deployment reports (the one watch of Deployments, of those the
+/// operator manages), for those that name a Capsule when what they read of
+/// it changes, and all of them when any PolicyBundle's spec changes (a kill
+/// switch must act within seconds). Returns the future that keeps the
+/// Deployments cache (run it as long as the controller).
+pub fn controller(
+    ctx: &Arc<Context>,
+) -> (
+    Controller<Installation>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let users = ctx.caches.installations.clone();
     let events = &ctx.caches;
-    ctx.controller(&events.installations, |_| true)
-        .owns(
-            Api::<Deployment>::all(ctx.client.clone()),
-            watcher::Config::default()
-                .any_semantic()
-                .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
-        )
-        .watches_shared_stream(events.capsules.touched(), move |capsule| {
+    let (deployments, fill) = crate::caches::cache_with(
+        Api::<Deployment>::all(ctx.client.clone()),
+        watcher::Config::default()
+            .any_semantic()
+            .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
+        trim_deployment,
+    );
+    let own = events.installations.changes(triggers::intent);
+    let bundles_changed = events.bundles.changes(triggers::intent).map(|_| ());
+    let ctl = ctx
+        .controller(own, &events.installations, |_| true)
+        .owns_shared_stream(deployments.changes(|d| Workload::from_deployment(Some(d))))
+        .watches_shared_stream(events.capsules.changes(capsules::as_used), move |capsule| {
             users.refs(|i| {
                 i.spec.capsule.package == capsule.spec.package
                     && i.spec.capsule.version == capsule.spec.version
             })
         })
-        .watches_shared_stream(events.bundles.touched(), move |_| all.refs(|_| true))
+        .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW));
+    (ctl, fill)
+}
+
+/// Keeps of a Deployment what triggers need: its owner (which Installation
+/// it belongs to) and what [`Workload::from_deployment`] reads.
+fn trim_deployment(d: &mut Deployment) {
+    d.spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+        replicas: d.spec.replicas,
+        ..Default::default()
+    };
+    d.metadata.annotations = None;
 }
 
 /// What the Deployment reports, reduced to what status needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Workload {
     pub exists: bool,
     /// The Deployment controller has seen the latest Deployment spec.

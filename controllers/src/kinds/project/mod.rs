@@ -36,6 +36,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::Store;
 use kube::runtime::{Controller, watcher};
@@ -49,9 +51,10 @@ use somastack_crds::kamachiq::{
 };
 
 use self::plan::{JobState, JobView, Role, TaskVerdict};
+use crate::domain::capsules;
 use crate::runtime::{CACHE_WAIT, Context, KindContext};
 use crate::shards::admits;
-use crate::{Error, Result};
+use crate::{Error, Result, triggers};
 
 /// Condition types.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -215,18 +218,18 @@ pub fn controller(
         project_uses: CapsuleUses::default(),
     });
 
-    let by_bundle = ctx.caches.projects.clone();
+    let bundles_changed = ctx.caches.bundles.changes(triggers::intent).map(|_| ());
     let by_capsule = ctx.caches.projects.clone();
     let index = project_ctx.clone();
-    let ctl = ctx.controller(&ctx.caches.projects, in_shard);
+    let ctl = ctx.controller(ctx.caches.projects.applied(), &ctx.caches.projects, in_shard);
     let ctl = match project_ctx.planner.triggers() {
         Some(ended) => ctl.reconcile_on(ended),
         None => ctl,
     };
     let ctl = ctl
         .owns_shared_stream(job_events)
-        .watches_shared_stream(ctx.caches.bundles.touched(), move |_| by_bundle.refs(|_| true))
-        .watches_shared_stream(ctx.caches.capsules.touched(), move |c| {
+        .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
+        .watches_shared_stream(ctx.caches.capsules.changes(capsules::as_used), move |c| {
             by_capsule.refs(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
         });
     let caches = async move {

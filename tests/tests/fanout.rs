@@ -1,0 +1,82 @@
+//! What one change costs the operator: creating many Installations of one
+//! Capsule must not requeue every Installation on each status write of the
+//! Capsule (its count of Installations) or of a PolicyBundle (its audit).
+//! Counted from the running operator's own metrics. A test binary of its own,
+//! so no other test's objects are reconciled while it counts (cargo runs test
+//! binaries one after another). Needs the operator running (hack/test.sh).
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::DynamicObject;
+use somastack_tests::fixtures::{installation, put, setup_published, wait_condition};
+use somastack_tests::{api_for, http_get, metrics_port, wait_for};
+
+const INSTALLATIONS: usize = 50;
+/// Reconciles one Installation may cost on average: its creation, and what
+/// its Deployment reports as the rollout progresses and completes.
+const RECONCILES_EACH: usize = 3;
+
+/// `somastack_reconcile_total{kind="<kind>"}` as the operator reports it now.
+async fn reconciles(kind: &str) -> f64 {
+    let (code, body) = http_get(metrics_port(), "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("the operator serves /metrics on port {}", metrics_port()));
+    assert_eq!(code, 200, "{body}");
+    let series = format!("somastack_reconcile_total{{kind=\"{kind}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn fifty_installations_of_one_capsule_cost_at_most_three_reconciles_each() {
+    let (client, ns, package) = setup_published("fanout", "public").await;
+    let before = reconciles("Installation").await;
+
+    let docs: Vec<_> = (0..INSTALLATIONS)
+        .map(|i| installation(&ns.name, &format!("app-{i}"), &package, "1.0.0", "eu-west-1", 1))
+        .collect();
+    for doc in &docs {
+        put(&client, doc).await;
+    }
+    let api: Api<DynamicObject> = api_for(&client, &docs[0]).await;
+    for i in 0..INSTALLATIONS {
+        wait_condition(
+            &api,
+            &format!("app-{i}"),
+            "Ready",
+            "True",
+            None,
+            Duration::from_secs(180),
+        )
+        .await;
+    }
+    // The Capsule still counts its Installations, through the coalesced path.
+    let capsules: Api<DynamicObject> = api_for(
+        &client,
+        &serde_json::json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "Capsule", "metadata": { "name": package } }),
+    )
+    .await;
+    wait_for(
+        "the Capsule to count 50 Installations",
+        Duration::from_secs(30),
+        || async {
+            let c = capsules.get(&package).await.ok()?;
+            (c.data["status"]["installations"] == INSTALLATIONS).then_some(())
+        },
+    )
+    .await;
+    // Whatever the last status writes trigger has run by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let cost = reconciles("Installation").await - before;
+    eprintln!("{INSTALLATIONS} Installations of one Capsule: {cost} Installation reconciles");
+    assert!(
+        cost <= (INSTALLATIONS * RECONCILES_EACH) as f64,
+        "{cost} Installation reconciles for {INSTALLATIONS} Installations (at most {})",
+        INSTALLATIONS * RECONCILES_EACH
+    );
+    ns.delete().await;
+}
