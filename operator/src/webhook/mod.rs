@@ -232,6 +232,7 @@ where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
     let webhook = hook.name;
+    let started = std::time::Instant::now();
     let req = match parse::<K>(&body, hook.unreadable) {
         Ok(r) => r,
         Err(res) => {
@@ -252,6 +253,7 @@ where
     }
     .instrument(span)
     .await;
+    state.metrics.webhook_took(webhook, started.elapsed());
     reply(res)
 }
 
