@@ -233,8 +233,8 @@ impl Caches {
     /// (reconciles, webhook requests, a controller's own runner) can miss the
     /// wake-up and hang. One task waits on each store once and raises a
     /// `watch` flag that any number of tasks may wait on.
-    pub fn start(client: &Client) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let wc = watcher::Config::default().any_semantic();
+    pub fn start(client: &Client, page_size: u32) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let wc = watcher::Config::default().any_semantic().page_size(page_size);
         let (capsules, f1) = cache(Api::<Capsule>::all(client.clone()), wc.clone());
         let (bundles, f2) = cache(Api::<PolicyBundle>::all(client.clone()), wc.clone());
         let (installations, f3) = cache(Api::<Installation>::all(client.clone()), wc.clone());

@@ -49,6 +49,26 @@ pub const INSTALLATION_LABEL: &str = "somastack.io/installation";
 /// `app.kubernetes.io/managed-by` value on everything the operator creates.
 pub const MANAGED_BY: &str = "somastack-operator";
 
+/// How hard the operator works the API server: settings of `run`, chosen
+/// from measurements (docs/performance.md).
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Reconciles one controller runs at once (each kind has its own).
+    pub concurrency: u16,
+    /// Objects per page when a cache lists a kind (its first list and every
+    /// relist after a watch expired): bounds the memory one list takes.
+    pub page_size: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            concurrency: 8,
+            page_size: 500,
+        }
+    }
+}
+
 /// Label selectors that shard kinds between operators (`None`: act on all).
 #[derive(Clone, Debug, Default)]
 pub struct Shards {
@@ -61,11 +81,17 @@ pub struct Shards {
 /// leader runs controllers) and subscribing to their events: the operator
 /// watches each kind once. Resolves once `shutdown` fired and every
 /// controller drained its in-flight reconciles.
-pub async fn run<S>(client: Client, caches: Caches, metrics: Arc<Metrics>, shards: Shards, shutdown: S)
-where
+pub async fn run<S>(
+    client: Client,
+    caches: Caches,
+    metrics: Arc<Metrics>,
+    shards: Shards,
+    tuning: Tuning,
+    shutdown: S,
+) where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
-    let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards));
+    let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards, tuning));
     let capsule = kinds::capsule::controller(&ctx);
     let bundle = kinds::policy::controller(&ctx);
     let (installation, deployments) = kinds::installation::controller(&ctx);

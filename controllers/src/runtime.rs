@@ -32,11 +32,18 @@ pub struct Context {
     pub caches: Caches,
     /// The drills and projects this operator acts on.
     pub shards: crate::Shards,
+    pub tuning: crate::Tuning,
     backoff: Backoff,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, caches: Caches, metrics: Arc<Metrics>, shards: crate::Shards) -> Self {
+    pub fn new(
+        client: kube::Client,
+        caches: Caches,
+        metrics: Arc<Metrics>,
+        shards: crate::Shards,
+        tuning: crate::Tuning,
+    ) -> Self {
         let reporter = Reporter {
             controller: crate::FIELD_MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -48,6 +55,7 @@ impl Context {
             metrics,
             caches,
             shards,
+            tuning,
             backoff: Backoff::default(),
         }
     }
@@ -212,8 +220,9 @@ where
 {
     let kind = K::kind(&());
     tracing::info!(%kind, "starting controller");
+    let concurrency = ctx.shared().tuning.concurrency;
     controller
-        .with_config(Config::default().concurrency(8))
+        .with_config(Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(traced(reconcile), error_policy::<K, C>, ctx)
         .for_each(|result| async move {

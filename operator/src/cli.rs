@@ -141,6 +141,13 @@ pub struct RunArgs {
     /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:8080", env = "SOMASTACK_METRICS_ADDR")]
     pub metrics_addr: std::net::SocketAddr,
+    /// Reconciles each controller runs at once (every kind has its own).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), env = "SOMASTACK_CONCURRENCY")]
+    pub concurrency: u16,
+    /// Objects per page when a cache lists a kind (at start and after a
+    /// watch expired).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=10000), env = "SOMASTACK_PAGE_SIZE")]
+    pub page_size: u32,
     /// Act only on DrDrills this label selector selects (shards drills
     /// between operators; e.g. `!somastack.io/shard` here and
     /// `somastack.io/shard=b` on a second operator).

@@ -34,7 +34,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Every replica keeps the caches, serves metrics and health, and serves
     // the webhooks; only the leader runs the controllers.
-    let (caches, fill) = Caches::start(&client);
+    let (caches, fill) = Caches::start(&client, args.page_size);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(&caches));
     crate::memory::register(&mut registry);
@@ -92,7 +92,7 @@ where
     if !args.leader_elect {
         tracing::info!("controllers starting");
         metrics.leader.set(1);
-        controllers(client, caches, metrics, shards(args), shutdown).await;
+        controllers(client, caches, metrics, shards(args), tuning(args), shutdown).await;
         tracing::info!("all controllers stopped; exiting");
         return Ok(());
     }
@@ -118,7 +118,7 @@ where
     tracing::info!("controllers starting");
     metrics.leader.set(1);
     tokio::select! {
-        () = controllers(client, caches, metrics.clone(), shards(args), shutdown.clone()) => {
+        () = controllers(client, caches, metrics.clone(), shards(args), tuning(args), shutdown.clone()) => {
             tracing::info!("all controllers stopped; releasing the Lease");
             leader::release(&leases, &cfg).await;
             metrics.leader.set(0);
@@ -129,6 +129,13 @@ where
             metrics.leader.set(0);
             Err(Error::LeadershipLost)
         }
+    }
+}
+
+fn tuning(args: &RunArgs) -> somastack_controllers::Tuning {
+    somastack_controllers::Tuning {
+        concurrency: args.concurrency,
+        page_size: args.page_size,
     }
 }
 
@@ -148,6 +155,7 @@ async fn controllers<S>(
     caches: Caches,
     metrics: Arc<Metrics>,
     shards: somastack_controllers::Shards,
+    tuning: somastack_controllers::Tuning,
     shutdown: S,
 ) where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
@@ -160,7 +168,7 @@ async fn controllers<S>(
         }
     };
     tokio::select! {
-        () = somastack_controllers::run(client, caches, metrics, shards, shutdown) => {}
+        () = somastack_controllers::run(client, caches, metrics, shards, tuning, shutdown) => {}
         () = deadline => tracing::warn!("controllers did not stop within {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
 }
