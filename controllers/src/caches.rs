@@ -114,6 +114,14 @@ where
         &self,
         read: impl Fn(&K) -> T + Send + 'static,
     ) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.changes_or_deletions(read).map(|(obj, _)| obj)
+    }
+
+    /// [`Cache::changes`], each with whether the watch deleted it.
+    pub fn changes_or_deletions<T: Hash + 'static>(
+        &self,
+        read: impl Fn(&K) -> T + Send + 'static,
+    ) -> impl Stream<Item = (Arc<K>, bool)> + Send + 'static {
         crate::triggers::changed(self.events.subscribe(), read)
     }
 }

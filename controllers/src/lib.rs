@@ -94,7 +94,7 @@ pub async fn run<S>(
     let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards, tuning));
     let capsule = kinds::capsule::controller(&ctx);
     let bundle = kinds::policy::controller(&ctx);
-    let (installation, deployments) = kinds::installation::controller(&ctx);
+    let (installation, installation_ctx, deployments) = kinds::installation::controller(&ctx);
     let drill = kinds::drill::controller(&ctx);
     let (project, project_ctx, project_caches) = kinds::project::controller(&ctx);
     let controllers = async move {
@@ -103,7 +103,7 @@ pub async fn run<S>(
             runtime::run(bundle, ctx.clone(), shutdown.clone(), kinds::policy::reconcile),
             runtime::run(
                 installation,
-                ctx.clone(),
+                installation_ctx,
                 shutdown.clone(),
                 kinds::installation::reconcile
             ),

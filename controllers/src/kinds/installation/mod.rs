@@ -8,8 +8,11 @@
 //! pure: status from what the Deployment reports) → act on
 //! [`rollback_decision`] (pure) → report (status and Events).
 
+mod context;
 pub mod render;
 pub mod revisions;
+
+pub use context::{FULL_APPLY_EVERY, InstallationContext, Provisioned, unchanged};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,12 +48,14 @@ pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 /// its Deployment reports (the one watch of Deployments, of those the
 /// operator manages), for those that name a Capsule when what they read of
 /// it changes, and all of them when any PolicyBundle's spec changes (a kill
-/// switch must act within seconds). Returns the future that keeps the
-/// Deployments cache (run it as long as the controller).
+/// switch must act within seconds). Returns the controller, its context,
+/// and the future that keeps the Deployments cache (run it as long as the
+/// controller).
 pub fn controller(
     ctx: &Arc<Context>,
 ) -> (
     Controller<Installation>,
+    Arc<InstallationContext>,
     impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let users = ctx.caches.installations.clone();
@@ -62,19 +67,53 @@ pub fn controller(
             .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
         trim_deployment,
     );
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let store = deployments.store();
+    let readiness = async move {
+        if store.wait_until_ready().await.is_ok() {
+            let _ = ready_tx.send(true);
+        }
+        // Keep the sender: dropping it would end the waits on readiness.
+        futures::future::pending::<()>().await;
+    };
+    let kind_ctx = Arc::new(InstallationContext::new(ctx.clone(), deployments.store(), ready));
     let own = events.installations.changes(triggers::intent);
+    // What a Deployment reports, for its Installation; a rollout's steps
+    // (created, updated, ready) often come within one window, so status is
+    // written once for them rather than once each.
+    let rollouts = deployments
+        .changes(|d| Workload::from_deployment(Some(d)).shown())
+        .filter_map(|d| futures::future::ready(owner(&d)));
+    // Judged when the window closes, against the Deployment as it is then:
+    // what the last reconcile already saw (often the Deployment it just
+    // created, as its apply answered) is no news.
+    let seen = kind_ctx.clone();
+    let rollouts = triggers::coalesced(rollouts, triggers::WINDOW)
+        .filter(move |inst| futures::future::ready(!seen.saw(inst)));
     let bundles_changed = events.bundles.changes(triggers::intent).map(|_| ());
     let ctl = ctx
         .controller(own, &events.installations, |_| true)
-        .owns_shared_stream(deployments.changes(|d| Workload::from_deployment(Some(d))))
         .watches_shared_stream(events.capsules.changes(capsules::as_used), move |capsule| {
             users.refs(|i| {
                 i.spec.capsule.package == capsule.spec.package
                     && i.spec.capsule.version == capsule.spec.version
             })
         })
-        .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW));
-    (ctl, fill)
+        .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
+        .reconcile_on(rollouts);
+    let caches = async move {
+        futures::join!(fill, readiness);
+    };
+    (ctl, kind_ctx, caches)
+}
+
+/// The Installation that controls `d`.
+fn owner(d: &Deployment) -> Option<kube::runtime::reflector::ObjectRef<Installation>> {
+    let owner = d
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true) && o.kind == "Installation")?;
+    Some(kube::runtime::reflector::ObjectRef::new(&owner.name).within(d.metadata.namespace.as_deref()?))
 }
 
 /// Keeps of a Deployment what triggers need: its owner (which Installation
@@ -127,6 +166,22 @@ impl Workload {
             deadline_exceeded: cond("Progressing")
                 .is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded")),
         }
+    }
+
+    /// What an Installation's status shows of it (whether the Deployment
+    /// controller has seen the latest spec shows only through
+    /// [`Workload::rolled_out`]): a change to anything else writes no status.
+    pub fn shown(&self) -> impl std::hash::Hash + Eq + use<> {
+        (
+            self.exists,
+            self.desired,
+            self.total,
+            self.updated,
+            self.ready,
+            self.available,
+            self.deadline_exceeded,
+            self.rolled_out(),
+        )
     }
 
     /// Every replica runs the current template and is ready, no old ones left.
@@ -377,10 +432,13 @@ pub struct Applied {
     pub refused: Option<String>,
     /// Writing a child failed in a way that may pass: reported, then retried.
     pub failed: Option<Error>,
+    /// The Deployment as our apply left it (fresher than the cache).
+    pub deployment: Option<Deployment>,
 }
 
-pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -> Result<Action> {
     ctx.caches_ready().await?;
+    ctx.deployments_ready().await?;
     // Dereference: the key once, then the Capsule, bundles and region.
     let key = ObjectKey::of(&inst)?;
     let capsules = ctx.caches.capsules.state();
@@ -401,9 +459,13 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<Context>) -> Result<Act
         _ => Applied::default(),
     };
 
-    // Assess (pure) what the Deployment reports.
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let workload = Workload::from_deployment(deployments.get_opt(&key.name).await?.as_ref());
+    // Assess (pure) what the Deployment reports: as our apply left it, or
+    // as the cache has it.
+    let workload = match &applied.deployment {
+        Some(d) => Workload::from_deployment(Some(d)),
+        None => Workload::from_deployment(ctx.deployment(&key).as_deref()),
+    };
+    ctx.seen(&key, &workload);
     let assessment = assess_applied(&inst, &decision, &workload, &applied);
     let current_revision = applied
         .revision
@@ -473,18 +535,26 @@ fn build(
 }
 
 /// Applies the children and records the revision of what was applied
-/// (with an Event when it is new). A refused or failed child is kept to
-/// report; any other error ends the reconcile.
+/// (with an Event when it is new), unless the very same children were
+/// applied a moment ago ([`unchanged`]). A refused or failed child is kept
+/// to report; any other error ends the reconcile.
 async fn apply_children(
-    ctx: &Context,
+    ctx: &InstallationContext,
     inst: &Installation,
     key: &ObjectKey,
     owner: &OwnerReference,
     capsule: &CapsuleSpec,
     children: &render::Children,
 ) -> Result<Applied> {
-    match provision(ctx, key, children).await {
-        Ok(()) => {}
+    let digest = children.digest(inst.metadata.generation)?;
+    if let Some(revision) = ctx.unchanged(key, &digest) {
+        return Ok(Applied {
+            revision: Some(revision),
+            ..Applied::default()
+        });
+    }
+    let deployment = match provision(ctx, key, children).await {
+        Ok(deployment) => deployment,
         // Reported in status (and as an Event); no revision is recorded
         // for what was not applied.
         Err(e @ Error::ChildRefused { .. }) => {
@@ -501,7 +571,7 @@ async fn apply_children(
             });
         }
         Err(e) => return Err(e),
-    }
+    };
     let (number, created) = revisions::record(
         &ctx.client,
         inst,
@@ -516,14 +586,23 @@ async fn apply_children(
         ctx.event(inst, EventType::Normal, "RevisionCreated", "Provision", note)
             .await;
     }
+    let provisioned = Provisioned {
+        digest,
+        deployment_generation: deployment.metadata.generation,
+        revision: number,
+        at: std::time::Instant::now(),
+    };
+    ctx.remember(key, provisioned);
     Ok(Applied {
         revision: Some(number),
+        deployment: Some(deployment),
         ..Applied::default()
     })
 }
 
-/// Applies every wanted child and prunes the optional ones no longer wanted.
-async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) -> Result<()> {
+/// Applies every wanted child and prunes the optional ones no longer
+/// wanted; the Deployment as the apply left it.
+async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) -> Result<Deployment> {
     // Destructured without `..` on purpose (Stackable's KubernetesResources
     // pattern): a child added to `Children` but not applied here is a
     // compile error, so no rendered child can be forgotten.
@@ -542,10 +621,10 @@ async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) 
     apply::apply_object(client, namespace, config_map).await?;
     apply::apply_object(client, namespace, network_policy).await?;
     apply_or_prune(ctx, key, service.as_ref()).await?;
-    apply::apply_object(client, namespace, deployment).await?;
+    let deployment = apply::apply_object(client, namespace, deployment).await?;
     apply_or_prune(ctx, key, autoscaler.as_ref()).await?;
     apply_or_prune(ctx, key, disruption_budget.as_ref()).await?;
-    Ok(())
+    Ok(deployment)
 }
 
 /// Applies an optional child (named after the Installation) when wanted,

@@ -76,6 +76,36 @@ pub struct Children {
     pub revision_hash: String,
 }
 
+impl Children {
+    /// Digest of every child, and of the Installation's `generation` they
+    /// were rendered for: what decides whether they need applying again.
+    pub fn digest(&self, generation: Option<i64>) -> Result<String, serde_json::Error> {
+        // Destructured without `..`: a new child is part of the digest.
+        let Children {
+            service_account,
+            config_map,
+            deployment,
+            service,
+            network_policy,
+            autoscaler,
+            disruption_budget,
+            revision_hash,
+        } = self;
+        let all = serde_json::to_vec(&(
+            generation,
+            service_account,
+            config_map,
+            deployment,
+            service,
+            network_policy,
+            autoscaler,
+            disruption_budget,
+            revision_hash,
+        ))?;
+        Ok(crate::domain::sha256_hex(&all))
+    }
+}
+
 pub fn config_map_name(name: &str) -> String {
     format!("{name}-config")
 }
