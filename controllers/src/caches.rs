@@ -132,11 +132,20 @@ impl std::fmt::Debug for Caches {
     }
 }
 
+/// What client-side `kubectl apply` keeps on an object: a copy of the whole
+/// manifest it applied.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Forgets what no decision of the operator reads before an object is
 /// cached: `metadata.managedFields` is often the largest part of an object
-/// (one entry per field manager), and every replica keeps every object.
-pub fn drop_managed_fields<K: kube::Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// (one entry per field manager), client-side `kubectl apply` keeps a second
+/// copy of the object in an annotation, and every replica keeps every object.
+pub fn drop_unread<K: kube::Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
 }
 
 /// The subscribers of one watch: each gets every change from the moment it
@@ -216,7 +225,7 @@ pub fn cache_with<K: Cached>(
     let fill = watcher(api, wc)
         .default_backoff()
         .modify(move |obj| {
-            drop_managed_fields(obj);
+            drop_unread(obj);
             trim(obj);
         })
         .reflect(writer)
