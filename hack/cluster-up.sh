@@ -7,11 +7,24 @@
 # unless SOMASTACK_REAL_NODES=0, two real nodes in eu-west-1 and eu-central-1
 # (hack/real-nodes.sh); then installs the somastack CRDs.
 #
+# Sized for hack/bench: a Service range of 8,190 addresses (SERVICE_CIDR
+# below; the API server's default /24 ran out at about 250 Services) and kwok
+# nodes that take 1,000 pods each (hack/nodes.sh). The API server keeps an
+# audit log of the operator's own requests only (its ServiceAccount, level
+# Metadata) in .local/kwok/clusters/<name>/logs/audit.log, rotated at 256 MB
+# with 4 backups: hack/bench counts the operator's API requests from it.
+#
 # The kubeconfig is written to .local/kubeconfig (never ~/.kube/config):
 #   export KUBECONFIG=$PWD/.local/kubeconfig
 # Running it again while the cluster is up only re-applies nodes and CRDs.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
+
+# 10.0.0.0/19: 8,190 ClusterIPs. It starts where the default 10.0.0.0/24
+# did, so the `kubernetes` Service keeps 10.0.0.1 (the address the real
+# nodes' pods use and the API server's certificate names), and it stays clear
+# of the real nodes' pod network 10.213.0.0/16 (hack/real-nodes.sh).
+SERVICE_CIDR=10.0.0.0/19
 
 "$ROOT/hack/build-tools.sh"
 mkdir -p "$LOCAL_DIR"
@@ -40,6 +53,18 @@ else
   log "starting cluster '$CLUSTER_NAME' on 127.0.0.1:$APISERVER_PORT (Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
   loopback=127.0.0.1
   pki="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"
+  # Only the operator's identity (the chart's ServiceAccount: an operator on
+  # this machine holds a token of it, from install_local_release, and the
+  # chart's pods run as it), without request or response bodies.
+  cat >"$LOCAL_DIR/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["system:serviceaccount:$OPERATOR_NAMESPACE:$OPERATOR_RELEASE"]
+- level: None
+YAML
   # kwokctl 0.8 takes only one --extra-args per component past the first one
   # it sees (its index bookkeeping panics otherwise), so further arguments go
   # in a KwokctlConfiguration of their own.
@@ -59,13 +84,16 @@ else
     echo "  extraArgs:"
     echo "  - {key: manage-all-nodes, value: 'false'}"
     echo "  - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}"
+    echo "- name: kube-apiserver"
+    echo "  extraArgs:"
+    echo "  - {key: service-cluster-ip-range, value: $SERVICE_CIDR}"
+    echo "  - {key: audit-log-maxsize, value: '256'}"
+    echo "  - {key: audit-log-maxbackup, value: '4'}"
     if real_nodes_enabled; then
       # The API server reaches kubelets at their InternalIP (the pod bridge,
       # never a DNS lookup of a node name) with a client certificate, and
       # advertises the bridge address for the `kubernetes` Service
       # (hack/real-nodes.sh relays it to loopback).
-      echo "- name: kube-apiserver"
-      echo "  extraArgs:"
       echo "  - {key: kubelet-preferred-address-types, value: InternalIP}"
       echo "  - {key: kubelet-client-certificate, value: '$pki/admin.crt'}"
       echo "  - {key: kubelet-client-key, value: '$pki/admin.key'}"
@@ -77,6 +105,7 @@ else
     kwokctl create cluster --name "$CLUSTER_NAME" --runtime binary \
       --config "$ROOT/hack/kwok-stages.yaml" --config "$LOCAL_DIR/kwokctl-components.yaml" \
       --kubeconfig "$LOCAL_KUBECONFIG" \
+      --kube-audit-policy "$LOCAL_DIR/audit-policy.yaml" \
       --etcd-binary "$ETCD_BIN/etcd" \
       --kube-apiserver-binary "$K8S_BIN/kube-apiserver" \
       --kube-controller-manager-binary "$K8S_BIN/kube-controller-manager" \
@@ -109,6 +138,9 @@ kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
 if real_nodes_enabled; then
   log "starting the real nodes (hack/real-nodes.sh)"
   "$ROOT/hack/real-nodes.sh" up
+  # hack/real-nodes.sh routes the default /24 to the bridge; the wider range
+  # goes the same way (the route goes with the bridge, as its own does).
+  ip route replace "$SERVICE_CIDR" dev soma0
 fi
 
 log "installing the somastack CRDs"
@@ -117,6 +149,10 @@ kubectl_local wait --for=condition=Established -f "$ROOT/charts/somastack-operat
 # kubectl caches discovery (for hours) from its first call, made before the
 # CRDs existed; refresh it so `kubectl get somastack` knows the category.
 kubectl_local api-resources --cached=false >/dev/null
+
+range=$(kubectl_local get servicecidr kubernetes -o jsonpath='{.spec.cidrs[0]}' 2>/dev/null || true)
+[[ "$range" == "$SERVICE_CIDR" ]] ||
+  log "warning: the Service range is '${range:-unknown}', not $SERVICE_CIDR (a cluster started before it changed? hack/cluster-down.sh, then up)"
 
 log "cluster ready: export KUBECONFIG=$LOCAL_KUBECONFIG"
 kubectl_local get nodes -L topology.kubernetes.io/region -L topology.kubernetes.io/zone >&2

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prints the kwok Node objects of the local cluster: two zones in each of
 # four regions. kwok marks them Ready and runs the pods scheduled to them.
+# Each takes SOMASTACK_KWOK_PODS pods (default 1,000, not a kubelet's 110):
+# hack/bench puts up to 3,000 pods on the six nodes of three regions.
 set -euo pipefail
+PODS="${SOMASTACK_KWOK_PODS:-1000}"
 # ap-south-1 is reserved for the drill test that takes a whole region down
 # (scope: Region), so no other test loses its pods meanwhile.
 REGIONS="${SOMASTACK_REGIONS:-eu-west-1 eu-central-1 us-east-1 ap-south-1}"
@@ -31,11 +34,11 @@ status:
   allocatable:
     cpu: "32"
     memory: 128Gi
-    pods: "110"
+    pods: "$PODS"
   capacity:
     cpu: "32"
     memory: 128Gi
-    pods: "110"
+    pods: "$PODS"
   nodeInfo:
     architecture: amd64
     operatingSystem: linux
