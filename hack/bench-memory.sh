@@ -5,7 +5,7 @@
 #   hack/bench-memory.sh [--binary PATH] [--count N] [--rounds R] [--settle S] [--wait W]
 #
 # Each round creates N Installations (in 10 namespaces, one Capsule without
-# ports, so no Service: the local cluster's Service range holds 254), waits
+# ports, so no Service: this measures the operator's own memory), waits
 # until the operator has given every one a status, deletes them all, waits
 # until its caches are empty again and then S more seconds (W: the longest
 # wait for the statuses; the table says how many had one), sampling the

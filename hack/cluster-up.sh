@@ -20,12 +20,6 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-# 10.0.0.0/19: 8,190 ClusterIPs. It starts where the default 10.0.0.0/24
-# did, so the `kubernetes` Service keeps 10.0.0.1 (the address the real
-# nodes' pods use and the API server's certificate names), and it stays clear
-# of the real nodes' pod network 10.213.0.0/16 (hack/real-nodes.sh).
-SERVICE_CIDR=10.0.0.0/19
-
 "$ROOT/hack/build-tools.sh"
 mkdir -p "$LOCAL_DIR"
 
@@ -138,9 +132,6 @@ kubectl_local wait --for=condition=Ready node --all --timeout=120s >/dev/null
 if real_nodes_enabled; then
   log "starting the real nodes (hack/real-nodes.sh)"
   "$ROOT/hack/real-nodes.sh" up
-  # hack/real-nodes.sh routes the default /24 to the bridge; the wider range
-  # goes the same way (the route goes with the bridge, as its own does).
-  ip route replace "$SERVICE_CIDR" dev soma0
 fi
 
 log "installing the somastack CRDs"

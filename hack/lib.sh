@@ -46,6 +46,14 @@ image_ref() {
   [[ -n "$digest" ]] && echo "localhost/$1@$digest"
 }
 
+# The local cluster's Service range (kube-apiserver --service-cluster-ip-range):
+# 8,190 ClusterIPs, room for hack/bench (the default 10.0.0.0/24 ran out at
+# about 250 Services). It starts where the default did, so the `kubernetes`
+# Service keeps 10.0.0.1 (the address the real nodes' pods use and the API
+# server's certificate names), and stays clear of the real nodes' pod network
+# 10.213.0.0/16. hack/real-nodes.sh routes it to the pod bridge.
+SERVICE_CIDR=10.0.0.0/19
+
 # The local cluster's state lives in the repo's ignored .local/ folder.
 CLUSTER_NAME="${SOMASTACK_CLUSTER:-somastack}"
 LOCAL_DIR="$ROOT/.local"

@@ -25,8 +25,6 @@ NODES_DIR="$LOCAL_DIR/nodes"
 STATE_DIR="$NODES_DIR/host-state"
 BRIDGE=soma0
 BRIDGE_IP=10.213.0.1
-# kube-apiserver's default --service-cluster-ip-range (kwokctl does not set one).
-SERVICE_CIDR=10.0.0.0/24
 POD_CIDR=10.213.0.0/16
 CGROUP_ROOT=/somastack-nodes
 PKI="$KWOK_WORKDIR/clusters/$CLUSTER_NAME/pki"

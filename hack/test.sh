@@ -24,7 +24,7 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 step "shell scripts (shellcheck)"
 command -v shellcheck >/dev/null || die "shellcheck is not installed (Debian: apt-get install shellcheck; .ci/run installs it)"
 # -x follows each script's `source` of hack/lib.sh.
-shellcheck -x hack/*.sh .ci/run || die "shellcheck found problems in the scripts above"
+shellcheck -x hack/*.sh hack/bench .ci/run || die "shellcheck found problems in the scripts above"
 
 step "local control plane"
 "$ROOT/hack/cluster-up.sh"
