@@ -305,6 +305,10 @@ async fn operator_args_follow_the_values() {
         name.clone(),
         "--log-format".into(),
         "json".into(),
+        "--concurrency".into(),
+        "8".into(),
+        "--page-size".into(),
+        "500".into(),
         "--metrics-addr".into(),
         "0.0.0.0:8080".into(),
         "--webhook-addr".into(),
@@ -331,9 +335,12 @@ async fn operator_args_follow_the_values() {
     let docs = render(&[
         "webhook.enabled=false,leaderElection.enabled=false,otlp.endpoint=http://otel:4317",
         "extraArgs={--crd-wait,30s}",
+        "concurrency=16,pageSize=200",
     ])
     .await;
     let args = strings(&operator_container(&docs)["args"]);
+    assert_eq!(flag_value(&args, "--concurrency"), Some("16"));
+    assert_eq!(flag_value(&args, "--page-size"), Some("200"));
     assert!(args.contains(&"--no-webhook"), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--webhook-")), "{args:?}");
     assert!(!args.contains(&"--leader-elect"), "{args:?}");
