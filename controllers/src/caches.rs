@@ -242,6 +242,45 @@ pub fn cache_with<K: Cached>(
     (Cache { store, events }, fill)
 }
 
+/// Raised once a cache has had its first full list; any number of tasks may
+/// wait on it (kube's `Store::wait_until_ready` keeps a single waker).
+#[derive(Clone)]
+pub struct Filled(tokio::sync::watch::Receiver<bool>);
+
+impl Filled {
+    /// Waits (at most `limit`) until the cache has had its first full list.
+    pub async fn wait(&self, limit: Duration) -> Result<(), Error> {
+        let mut ready = self.0.clone();
+        match tokio::time::timeout(limit, ready.wait_for(|r| *r)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::CacheStopped),
+        }
+    }
+}
+
+/// A kind's own cache ([`cache_with`]), the flag raised once it is filled,
+/// and the future that keeps both (run it as long as the kind's controller).
+pub fn own_cache<K: Cached>(
+    api: Api<K>,
+    wc: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (Cache<K>, Filled, impl Future<Output = ()> + Send + 'static) {
+    let (cache, fill) = cache_with(api, wc, trim);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let store = cache.store();
+    let readiness = async move {
+        if store.wait_until_ready().await.is_ok() {
+            let _ = tx.send(true);
+        }
+        // Keep the sender: dropping it would end the waits on readiness.
+        futures::future::pending::<()>().await;
+    };
+    let run = async move {
+        futures::join!(fill, readiness);
+    };
+    (cache, Filled(rx), run)
+}
+
 impl Caches {
     /// The caches, and the future that fills them (run it until shutdown).
     ///

@@ -94,9 +94,9 @@ pub async fn run<S>(
     let ctx = Arc::new(runtime::Context::new(client, caches, metrics, shards, tuning));
     let capsule = kinds::capsule::controller(&ctx);
     let bundle = kinds::policy::controller(&ctx);
-    let (installation, installation_ctx, deployments) = kinds::installation::controller(&ctx);
+    let (installation, installation_ctx, deployments) = kinds::installation::controller(&ctx).parts();
     let drill = kinds::drill::controller(&ctx);
-    let (project, project_ctx, project_caches) = kinds::project::controller(&ctx);
+    let (project, project_ctx, project_caches) = kinds::project::controller(&ctx).parts();
     let controllers = async move {
         futures::join!(
             runtime::run(capsule, ctx.clone(), shutdown.clone(), kinds::capsule::reconcile),

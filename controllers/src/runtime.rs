@@ -151,6 +151,50 @@ impl KindContext for Context {
     }
 }
 
+/// Makes a kind's own context (a struct holding the shared [`Context`] in
+/// a field `shared: Arc<Context>`) deref to the shared one and a
+/// [`KindContext`].
+macro_rules! kind_context {
+    ($own:ty) => {
+        impl std::ops::Deref for $own {
+            type Target = $crate::runtime::Context;
+            fn deref(&self) -> &$crate::runtime::Context {
+                &self.shared
+            }
+        }
+
+        impl $crate::runtime::KindContext for $own {
+            fn shared(&self) -> &$crate::runtime::Context {
+                &self.shared
+            }
+        }
+    };
+}
+pub(crate) use kind_context;
+
+/// A kind's controller wired with a context of its own, and the future that
+/// keeps the kind's own caches (run it as long as the controller).
+pub struct Wired<K: crate::caches::Cached, C, F> {
+    pub controller: Controller<K>,
+    pub ctx: Arc<C>,
+    pub caches: F,
+}
+
+impl<K: crate::caches::Cached, C, F> Wired<K, C, F> {
+    pub fn new(controller: Controller<K>, ctx: Arc<C>, caches: F) -> Self {
+        Self {
+            controller,
+            ctx,
+            caches,
+        }
+    }
+
+    /// The controller, its context and the future of its caches, apart.
+    pub fn parts(self) -> (Controller<K>, Arc<C>, F) {
+        (self.controller, self.ctx, self.caches)
+    }
+}
+
 /// First retry after a transient error; doubled with each failure in a row.
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait between retries of a transient error.

@@ -19,8 +19,9 @@ use super::{ObjectKey, Workload};
 fn installation_ref(key: &ObjectKey) -> ObjectRef<Installation> {
     ObjectRef::new(&key.name).within(&key.namespace)
 }
-use crate::runtime::{CACHE_WAIT, Context, KindContext};
-use crate::{Error, Result};
+use crate::Result;
+use crate::caches::Filled;
+use crate::runtime::{CACHE_WAIT, Context};
 
 /// However unchanged its children, an Installation's children are applied
 /// again after this long: what someone changed or deleted by hand is put
@@ -32,7 +33,7 @@ pub struct InstallationContext {
     /// The Deployments the operator manages, trimmed to what
     /// [`super::Workload::from_deployment`] and the triggers read.
     deployments: Store<Deployment>,
-    deployments_ready: tokio::sync::watch::Receiver<bool>,
+    deployments_ready: Filled,
     /// Per Installation uid: what its children were when last applied.
     provisioned: Mutex<HashMap<String, Provisioned>>,
     /// Per Installation: what the last reconcile saw of its Deployment
@@ -46,18 +47,7 @@ fn shown_hash(workload: &Workload) -> u64 {
     h.finish()
 }
 
-impl std::ops::Deref for InstallationContext {
-    type Target = Context;
-    fn deref(&self) -> &Context {
-        &self.shared
-    }
-}
-
-impl KindContext for InstallationContext {
-    fn shared(&self) -> &Context {
-        &self.shared
-    }
-}
+crate::runtime::kind_context!(InstallationContext);
 
 /// What one Installation's children were when they were last applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,11 +81,7 @@ pub fn unchanged(
 }
 
 impl InstallationContext {
-    pub fn new(
-        shared: Arc<Context>,
-        deployments: Store<Deployment>,
-        deployments_ready: tokio::sync::watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(shared: Arc<Context>, deployments: Store<Deployment>, deployments_ready: Filled) -> Self {
         Self {
             shared,
             deployments,
@@ -107,11 +93,7 @@ impl InstallationContext {
 
     /// Waits (bounded) until the Deployments cache has had its first full list.
     pub async fn deployments_ready(&self) -> Result<()> {
-        let mut ready = self.deployments_ready.clone();
-        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CacheStopped),
-        }
+        self.deployments_ready.wait(CACHE_WAIT).await
     }
 
     /// The Installation's Deployment as the cache has it.

@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::installation::{InstallationPhase, InstallationSpec, InstallationStatus, RollbackRecord};
@@ -35,7 +35,7 @@ use crate::conditions::{self, Desired, Status};
 use crate::domain::capsules::{self, CapsuleUse, may_install};
 use crate::domain::policy::{self, Effective, Evaluation};
 use crate::domain::regions::active_region;
-use crate::runtime::Context;
+use crate::runtime::{Context, Wired};
 use crate::status::{self, HasConditions};
 use crate::triggers;
 use crate::{Error, Result};
@@ -48,35 +48,20 @@ pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 /// its Deployment reports (the one watch of Deployments, of those the
 /// operator manages), for those that name a Capsule when what they read of
 /// it changes, and all of them when any PolicyBundle's spec changes (a kill
-/// switch must act within seconds). Returns the controller, its context,
-/// and the future that keeps the Deployments cache (run it as long as the
-/// controller).
+/// switch must act within seconds). Its own caches: the Deployments.
 pub fn controller(
     ctx: &Arc<Context>,
-) -> (
-    Controller<Installation>,
-    Arc<InstallationContext>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> Wired<Installation, InstallationContext, impl Future<Output = ()> + Send + use<>> {
     let users = ctx.caches.installations.clone();
     let events = &ctx.caches;
-    let (deployments, fill) = crate::caches::cache_with(
+    let (deployments, filled, caches) = crate::caches::own_cache(
         Api::<Deployment>::all(ctx.client.clone()),
         watcher::Config::default()
             .any_semantic()
             .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
         trim_deployment,
     );
-    let (ready_tx, ready) = tokio::sync::watch::channel(false);
-    let store = deployments.store();
-    let readiness = async move {
-        if store.wait_until_ready().await.is_ok() {
-            let _ = ready_tx.send(true);
-        }
-        // Keep the sender: dropping it would end the waits on readiness.
-        futures::future::pending::<()>().await;
-    };
-    let kind_ctx = Arc::new(InstallationContext::new(ctx.clone(), deployments.store(), ready));
+    let kind_ctx = Arc::new(InstallationContext::new(ctx.clone(), deployments.store(), filled));
     let own = events.installations.changes(triggers::intent);
     // What a Deployment reports, for its Installation; a rollout's steps
     // (created, updated, ready) often come within one window, so status is
@@ -101,10 +86,7 @@ pub fn controller(
         })
         .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
         .reconcile_on(rollouts);
-    let caches = async move {
-        futures::join!(fill, readiness);
-    };
-    (ctl, kind_ctx, caches)
+    Wired::new(ctl, kind_ctx, caches)
 }
 
 /// The Installation that controls `d`.

@@ -61,8 +61,8 @@ pub struct Input<'a> {
 }
 
 /// The rendered children. Optional ones are absent when not wanted (and are
-/// then pruned).
-#[derive(Clone, Debug, PartialEq)]
+/// then pruned). Serialized whole for their digest ([`Children::digest`]).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Children {
     pub service_account: ServiceAccount,
     pub config_map: ConfigMap,
@@ -80,29 +80,9 @@ impl Children {
     /// Digest of every child, and of the Installation's `generation` they
     /// were rendered for: what decides whether they need applying again.
     pub fn digest(&self, generation: Option<i64>) -> Result<String, serde_json::Error> {
-        // Destructured without `..`: a new child is part of the digest.
-        let Children {
-            service_account,
-            config_map,
-            deployment,
-            service,
-            network_policy,
-            autoscaler,
-            disruption_budget,
-            revision_hash,
-        } = self;
-        let all = serde_json::to_vec(&(
-            generation,
-            service_account,
-            config_map,
-            deployment,
-            service,
-            network_policy,
-            autoscaler,
-            disruption_budget,
-            revision_hash,
-        ))?;
-        Ok(crate::domain::sha256_hex(&all))
+        Ok(crate::domain::sha256_hex(&serde_json::to_vec(&(
+            generation, self,
+        ))?))
     }
 }
 

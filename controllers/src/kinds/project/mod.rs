@@ -40,7 +40,7 @@ use futures::StreamExt;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::Store;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::KamachiqProject;
@@ -52,9 +52,9 @@ use somastack_crds::kamachiq::{
 
 use self::plan::{JobState, JobView, Role, TaskVerdict};
 use crate::domain::capsules;
-use crate::runtime::{CACHE_WAIT, Context, KindContext};
+use crate::runtime::{CACHE_WAIT, Context, Wired};
 use crate::shards::admits;
-use crate::{Error, Result, triggers};
+use crate::{Result, triggers};
 
 /// Condition types.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -139,7 +139,7 @@ pub struct ProjectContext {
     /// KamachiqProject Jobs (labelled with their project's uid), kept by the
     /// leader only.
     pub jobs: Store<Job>,
-    jobs_ready: tokio::sync::watch::Receiver<bool>,
+    jobs_ready: crate::caches::Filled,
     /// Jobs created and not yet seen in the cache, per KamachiqProject.
     pub expectations: Expectations,
     /// Planner calls, made beside the reconciles.
@@ -148,32 +148,17 @@ pub struct ProjectContext {
     pub project_uses: CapsuleUses,
 }
 
-impl std::ops::Deref for ProjectContext {
-    type Target = Context;
-    fn deref(&self) -> &Context {
-        &self.shared
-    }
-}
-
-impl KindContext for ProjectContext {
-    fn shared(&self) -> &Context {
-        &self.shared
-    }
-}
+crate::runtime::kind_context!(ProjectContext);
 
 impl ProjectContext {
     /// Waits (bounded) until the Jobs cache has had its first full list.
     pub async fn jobs_ready(&self) -> Result<()> {
-        let mut ready = self.jobs_ready.clone();
-        match tokio::time::timeout(CACHE_WAIT, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CacheStopped),
-        }
+        self.jobs_ready.wait(CACHE_WAIT).await
     }
 }
 
 /// The project controller, its context, and the future that keeps its Jobs
-/// cache (the one watch of Jobs; run it as long as the controller).
+/// cache (the one watch of Jobs).
 ///
 /// Projects are reconciled when their Jobs change, when their planner call
 /// ends, all of them when a PolicyBundle changes (kill switch, approvals),
@@ -181,34 +166,20 @@ impl ProjectContext {
 /// this operator's shard (`--project-selector`) are reconciled.
 pub fn controller(
     ctx: &Arc<Context>,
-) -> (
-    Controller<KamachiqProject>,
-    Arc<ProjectContext>,
-    impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> Wired<KamachiqProject, ProjectContext, impl Future<Output = ()> + Send + use<>> {
     let shard = ctx.shards.projects.clone();
     let in_shard = move |p: &KamachiqProject| admits(shard.as_ref(), p.labels());
     // Job events come from the watch that fills `jobs`, after the store has
     // them: a reconcile triggered by a Job change always sees it.
-    let (jobs, jobs_fill) = crate::caches::cache(
+    let (jobs, jobs_ready, caches) = crate::caches::own_cache(
         Api::<Job>::all(ctx.client.clone()),
         watcher::Config::default()
             .any_semantic()
             .labels(somastack_crds::kamachiq::PROJECT_UID_LABEL),
+        |_| {},
     );
     let job_events = jobs.touched();
     let jobs = jobs.store();
-    let (jobs_ready_tx, jobs_ready) = tokio::sync::watch::channel(false);
-    let jobs_readiness = {
-        let jobs = jobs.clone();
-        async move {
-            if jobs.wait_until_ready().await.is_ok() {
-                let _ = jobs_ready_tx.send(true);
-            }
-            // Keep the sender: dropping it would end the waits on readiness.
-            futures::future::pending::<()>().await;
-        }
-    };
     let project_ctx = Arc::new(ProjectContext {
         shared: ctx.clone(),
         jobs,
@@ -232,10 +203,7 @@ pub fn controller(
         .watches_shared_stream(ctx.caches.capsules.changes(capsules::as_used), move |c| {
             by_capsule.refs(|p| uses(p, &c.spec.package, &c.spec.version, &index.project_uses))
         });
-    let caches = async move {
-        futures::join!(jobs_fill, jobs_readiness);
-    };
-    (ctl, project_ctx, caches)
+    Wired::new(ctl, project_ctx, caches)
 }
 
 /// Whether a Capsule change can matter to a project: one that has not
