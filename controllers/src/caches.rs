@@ -45,7 +45,7 @@ pub struct Caches {
     /// Every KamachiqProject (each operator acts on its shard of them).
     pub projects: Cache<KamachiqProject>,
     /// Raised once every cache has had its first full list.
-    ready: tokio::sync::watch::Receiver<bool>,
+    ready: Filled,
 }
 
 /// The one watch of `K`: its store (what it derefs to) and its events.
@@ -114,14 +114,6 @@ where
         &self,
         read: impl Fn(&K) -> T + Send + 'static,
     ) -> impl Stream<Item = Arc<K>> + Send + 'static {
-        self.changes_or_deletions(read).map(|(obj, _)| obj)
-    }
-
-    /// [`Cache::changes`], each with whether the watch deleted it.
-    pub fn changes_or_deletions<T: Hash + 'static>(
-        &self,
-        read: impl Fn(&K) -> T + Send + 'static,
-    ) -> impl Stream<Item = (Arc<K>, bool)> + Send + 'static {
         crate::triggers::changed(self.events.subscribe(), read)
     }
 }
@@ -305,7 +297,7 @@ impl Caches {
             namespaces,
             drills,
             projects,
-            ready,
+            ready: Filled(ready),
         };
         let readiness = {
             let c = caches.clone();
@@ -330,23 +322,19 @@ impl Caches {
 
     /// True once every cache has had its first full list.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.ready.0.borrow()
     }
 
     /// Waits (at most `limit`) until every cache has had its first full list,
     /// so nobody mistakes a cold cache for a missing object.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), Error> {
-        let mut ready = self.ready.clone();
-        match tokio::time::timeout(limit, ready.wait_for(|r| *r)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::CacheStopped),
-        }
+        self.ready.wait(limit).await
     }
 
     /// Resolves once every cache has had its first full list (never, if
     /// they stop first): the trigger of a controller's first full pass.
     pub fn filled(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut ready = self.ready.clone();
+        let mut ready = self.ready.0.clone();
         async move {
             if ready.wait_for(|r| *r).await.is_err() {
                 futures::future::pending::<()>().await;

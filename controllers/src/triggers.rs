@@ -11,13 +11,12 @@ use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 
 /// The objects of `events` (each with whether the watch deleted it) that
-/// appear, go, or change in what `read` returns since they were last seen,
-/// with whether they went; a write that leaves that part alone passes
-/// nothing on.
+/// appear, go, or change in what `read` returns since they were last seen;
+/// a write that leaves that part alone passes nothing on.
 pub fn changed<K, T, S>(
     events: S,
     read: impl Fn(&K) -> T + Send + 'static,
-) -> impl Stream<Item = (Arc<K>, bool)> + Send
+) -> impl Stream<Item = Arc<K>> + Send
 where
     K: kube::Resource<DynamicType = ()> + Send + Sync + 'static,
     T: Hash + 'static,
@@ -34,7 +33,7 @@ where
             read(&obj).hash(&mut h);
             seen.insert(key, h.finish()) != Some(h.finish())
         };
-        futures::future::ready(pass.then_some((obj, deleted)))
+        futures::future::ready(pass.then_some(obj))
     })
 }
 
@@ -135,12 +134,7 @@ mod tests {
         ]);
         let read = |c: &ConfigMap| c.data.clone();
         let passed: Vec<_> = changed(events, read).collect().await;
-        let deleted: Vec<_> = passed.iter().map(|(_, d)| *d).collect();
-        assert_eq!(deleted, [false, false, false, true, false]);
-        assert_eq!(
-            names(passed.into_iter().map(|(o, _)| o).collect()),
-            ["a", "b", "a", "a", "a"]
-        );
+        assert_eq!(names(passed), ["a", "b", "a", "a", "a"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,10 +15,6 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use somastack_crds::Installation;
 
 use super::{ObjectKey, Workload};
-
-fn installation_ref(key: &ObjectKey) -> ObjectRef<Installation> {
-    ObjectRef::new(&key.name).within(&key.namespace)
-}
 use crate::Result;
 use crate::caches::Filled;
 use crate::runtime::{CACHE_WAIT, Context};
@@ -96,10 +92,13 @@ impl InstallationContext {
         self.deployments_ready.wait(CACHE_WAIT).await
     }
 
-    /// The Installation's Deployment as the cache has it.
+    /// The Installation's Deployment (of the same name) as the cache has it.
     pub fn deployment(&self, key: &ObjectKey) -> Option<Arc<Deployment>> {
-        self.deployments
-            .get(&ObjectRef::new(&key.name).within(&key.namespace))
+        self.deployment_of(&key.name, &key.namespace)
+    }
+
+    fn deployment_of(&self, name: &str, namespace: &str) -> Option<Arc<Deployment>> {
+        self.deployments.get(&ObjectRef::new(name).within(namespace))
     }
 
     /// The revision of the children last applied for `key`, if applying
@@ -133,32 +132,23 @@ impl InstallationContext {
     /// Remembers what the reconcile of `key` saw of its Deployment.
     pub fn seen(&self, key: &ObjectKey, workload: &Workload) {
         if let Ok(mut shown) = self.shown.lock() {
-            shown.insert(installation_ref(key), shown_hash(workload));
+            let inst = ObjectRef::new(&key.name).within(&key.namespace);
+            shown.insert(inst, shown_hash(workload));
         }
     }
 
     /// Whether the last reconcile of `inst` saw its Deployment as the cache
     /// has it now (a Deployment that is gone is news).
     pub fn saw(&self, inst: &ObjectRef<Installation>) -> bool {
-        let Some(namespace) = inst.namespace.as_deref() else {
-            return false;
-        };
-        let Some(d) = self
-            .deployments
-            .get(&ObjectRef::new(&inst.name).within(namespace))
+        let Some(d) = inst
+            .namespace
+            .as_deref()
+            .and_then(|ns| self.deployment_of(&inst.name, ns))
         else {
             return false;
         };
         let now = shown_hash(&Workload::from_deployment(Some(&d)));
         self.shown.lock().is_ok_and(|shown| shown.get(inst) == Some(&now))
-    }
-
-    /// Forgets what was applied for `key`, so the next reconcile applies
-    /// everything (after a failure, or a rollback).
-    pub fn forget(&self, key: &ObjectKey) {
-        if let Ok(mut provisioned) = self.provisioned.lock() {
-            provisioned.remove(&key.uid);
-        }
     }
 }
 

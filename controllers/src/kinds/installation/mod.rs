@@ -109,7 +109,7 @@ fn trim_deployment(d: &mut Deployment) {
 }
 
 /// What the Deployment reports, reduced to what status needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Workload {
     pub exists: bool,
     /// The Deployment controller has seen the latest Deployment spec.
