@@ -18,6 +18,7 @@
 pub mod access;
 pub mod admission;
 pub mod apply;
+pub mod bundle_writes;
 pub mod caches;
 pub mod conditions;
 pub mod domain;

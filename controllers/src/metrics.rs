@@ -64,6 +64,20 @@ impl WebhookDecision {
     }
 }
 
+/// Where an admission webhook read the PolicyBundles from.
+#[derive(Clone, Copy, Debug)]
+pub enum BundleSource {
+    /// The cache: the record of bundle writes showed it complete.
+    Cache,
+    /// The API server: the cache did not show every recorded write yet.
+    List,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DrillLabels {
     pub namespace: String,
@@ -92,6 +106,7 @@ pub struct Metrics {
     duration: Family<KindLabels, Histogram>,
     webhook: Family<WebhookLabels, Counter>,
     webhook_duration: Family<WebhookNameLabels, Histogram>,
+    bundle_reads: Family<SourceLabels, Counter>,
     /// 1 while this replica holds the Lease (or runs without leader election).
     pub leader: Gauge,
     /// Unix time the webhook's serving certificate expires.
@@ -146,6 +161,7 @@ impl Metrics {
             duration: Family::new_with_constructor(duration_histogram),
             webhook: Family::default(),
             webhook_duration: Family::new_with_constructor(webhook_histogram),
+            bundle_reads: Family::default(),
             leader: Gauge::default(),
             certificate_expiry: Gauge::default(),
             drill_runs: Family::default(),
@@ -177,6 +193,7 @@ impl Metrics {
             ("reconcile_duration",                           Some(Unit::Seconds), Box::new(m.duration.clone()),           "Time one reconcile took, by kind"),
             ("webhook_requests",                             None,                Box::new(m.webhook.clone()),            "Admission requests answered, by webhook and decision (allowed, warned, denied, error)"),
             ("webhook_duration",                             Some(Unit::Seconds), Box::new(m.webhook_duration.clone()),   "Time an admission request took the operator to answer, by webhook"),
+            ("webhook_bundle_reads",                         None,                Box::new(m.bundle_reads.clone()),       "PolicyBundle reads of the admission webhooks, by source (cache: the record of bundle writes showed it complete; list: the API server)"),
             ("leader",                                       None,                Box::new(m.leader.clone()),             "1 while this replica holds the leader Lease and runs the controllers"),
             ("webhook_certificate_expiry_timestamp_seconds", None,                Box::new(m.certificate_expiry.clone()), "Unix time at which the webhook's serving certificate expires"),
             ("drill_runs",                                   None,                Box::new(m.drill_runs.clone()),         "Finished DrDrill runs, by drill and verdict (Pass, Fail)"),
@@ -319,6 +336,14 @@ impl Metrics {
                 webhook: webhook.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    pub fn bundles_read(&self, source: BundleSource) {
+        let source = match source {
+            BundleSource::Cache => "cache",
+            BundleSource::List => "list",
+        };
+        self.bundle_reads.get_or_create(&SourceLabels { source }).inc();
     }
 
     pub fn webhook(&self, webhook: &str, decision: WebhookDecision) {
