@@ -184,6 +184,11 @@ pub struct WebhookArgs {
     /// Name of the Validating- and MutatingWebhookConfiguration whose caBundle the operator keeps.
     #[arg(long, default_value = "somastack-operator")]
     pub webhook_configuration: String,
+    /// ConfigMap (in the operator's namespace) recording the PolicyBundle
+    /// writes the webhook let through, so that every replica can judge
+    /// Installations from its cache and still see a bundle applied with them.
+    #[arg(long, default_value = "somastack-operator-bundle-writes")]
+    pub bundle_record: String,
     /// Extra names or IP addresses for the certificate (e.g. 127.0.0.1 when the
     /// API server calls an operator running outside the cluster).
     #[arg(long = "webhook-san")]

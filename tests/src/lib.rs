@@ -390,6 +390,26 @@ pub fn metrics_port() -> u16 {
         .unwrap_or(16490)
 }
 
+/// The namespace of the chart's release hack/test.sh installs for its
+/// operator (hack/lib.sh: OPERATOR_NAMESPACE).
+pub fn operator_namespace() -> String {
+    std::env::var("SOMASTACK_OPERATOR_NAMESPACE").unwrap_or_else(|_| "somastack-system".into())
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) on the
+/// /metrics of the operator hack/test.sh starts; 0 when it has none yet.
+pub async fn metric(series: &str) -> f64 {
+    let (code, body) = http_get(metrics_port(), "/metrics")
+        .await
+        .unwrap_or_else(|| panic!("the operator serves /metrics on port {}", metrics_port()));
+    assert_eq!(code, 200, "{body}");
+    let prefix = format!("{series} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A loopback port free at the time of the call, for a process a test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

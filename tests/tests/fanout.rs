@@ -15,7 +15,7 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::DynamicObject;
 use somastack_tests::fixtures::{installation, put, setup_published, wait_condition};
-use somastack_tests::{api_for, http_get, metrics_port, wait_for};
+use somastack_tests::{api_for, metric, wait_for};
 
 const INSTALLATIONS: usize = 50;
 /// Reconciles one Installation may cost on average: its creation, and what
@@ -24,15 +24,7 @@ const RECONCILES_EACH: usize = 3;
 
 /// `somastack_reconcile_total{kind="<kind>"}` as the operator reports it now.
 async fn reconciles(kind: &str) -> f64 {
-    let (code, body) = http_get(metrics_port(), "/metrics")
-        .await
-        .unwrap_or_else(|| panic!("the operator serves /metrics on port {}", metrics_port()));
-    assert_eq!(code, 200, "{body}");
-    let series = format!("somastack_reconcile_total{{kind=\"{kind}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(&format!("somastack_reconcile_total{{kind=\"{kind}\"}}")).await
 }
 
 /// The API server's audit log of the operator's requests (hack/cluster-up.sh).

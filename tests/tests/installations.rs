@@ -423,6 +423,132 @@ async fn audit_bundles_report_without_blocking() {
     ns.delete().await;
 }
 
+/// `kubectl apply --server-side` of `docs` in one file (a List: applied in
+/// order, as a GitOps sync or `kubectl apply -f dir/` does).
+fn apply_together(docs: &[&Value]) -> std::process::Output {
+    let list = json!({ "apiVersion": "v1", "kind": "List", "items": docs });
+    let file = std::env::temp_dir().join(format!("somastack-together-{}.json", unique_suffix()));
+    std::fs::write(&file, list.to_string()).unwrap();
+    let out = somastack_tests::kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    out
+}
+
+#[tokio::test]
+async fn a_bundle_applied_with_an_installation_judges_it() {
+    // The webhook reads PolicyBundles from its cache when the record of
+    // bundle writes shows the cache complete, from the API server when not:
+    // either way a bundle written just before an Installation judges it.
+    let (_client, ns, package) = setup_published("together", "public").await;
+    let refused = |out: &std::process::Output, bundle: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "refused: {stderr}");
+        assert!(
+            stderr.contains("exceed the ceiling of 1") && stderr.contains(&format!("PolicyBundle {bundle}")),
+            "the refusal names the bundle applied with it: {stderr}"
+        );
+    };
+    let admitted = |out: &std::process::Output| {
+        assert!(
+            out.status.success(),
+            "admitted: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for i in 0..4 {
+        let name = format!("{package}-{i}");
+        let ceiling = |max: i32| {
+            bundle(
+                &name,
+                &ns.name,
+                json!({ "enforcement": "Enforce", "limits": { "maxReplicas": max } }),
+            )
+        };
+        let app = |replicas| {
+            installation(
+                &ns.name,
+                &format!("app-{i}"),
+                &package,
+                "1.0.0",
+                "us-east-1",
+                replicas,
+            )
+        };
+        // Created together: refused.
+        refused(&apply_together(&[ns.owns(&ceiling(1)), &app(2)]), &name);
+        // The bundle raised together: admitted.
+        admitted(&apply_together(&[&ceiling(3), &app(2)]));
+        // Lowered again, and the Installation changed with it: refused.
+        refused(&apply_together(&[&ceiling(1), &app(3)]), &name);
+        // Deleted, then the change again: admitted.
+        admitted(&somastack_tests::kubectl(&["delete", "policybundle", &name]));
+        admitted(&apply_together(&[&app(3)]));
+    }
+    // With no bundle written meanwhile, Installations are judged from the
+    // cache (once it has the writes above).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let series = r#"somastack_webhook_bundle_reads_total{source="cache"}"#;
+    let before = somastack_tests::metric(series).await;
+    for i in 0..4 {
+        let app = installation(&ns.name, &format!("app-{i}"), &package, "1.0.0", "us-east-1", 1);
+        admitted(&apply_together(&[&app]));
+    }
+    let cached = somastack_tests::metric(series).await - before;
+    assert!(
+        cached >= 4.0,
+        "4 Installation changes judged from the cache, counted {cached}"
+    );
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn a_record_of_bundle_writes_the_cache_does_not_show_is_listed_and_repaired() {
+    // The record says a bundle was written as something the cache does not
+    // hold (as when a write the webhook let through was never stored): the
+    // webhook must not trust its cache, and once the record is old enough
+    // for that write to be over, it repairs it from what it listed.
+    let (client, ns, package, _bundle) = governed(
+        "record",
+        "public",
+        json!({ "enforcement": "Enforce", "limits": { "maxReplicas": 1 } }),
+    )
+    .await;
+    let records: Api<ConfigMap> = Api::namespaced(client.clone(), &somastack_tests::operator_namespace());
+    let record = "somastack-operator-bundle-writes";
+    let hour_ago = jiff::Timestamp::now().as_second() - 3600;
+    let never_stored = format!("{} {hour_ago}", "0".repeat(32));
+    let patch = json!({ "data": { &package: &never_stored } });
+    records
+        .patch(
+            record,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let listed = r#"somastack_webhook_bundle_reads_total{source="list"}"#;
+    let before = somastack_tests::metric(listed).await;
+    let inst = installation(&ns.name, "app", &package, "1.0.0", "us-east-1", 2);
+    let out = apply_together(&[&inst]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains(&format!("PolicyBundle {package}")),
+        "refused by the bundle: {stderr}"
+    );
+    assert!(
+        somastack_tests::metric(listed).await > before,
+        "judged from a list"
+    );
+    let repaired = wait_for("the record to be repaired", T, || async {
+        let cm = records.get(record).await.ok()?;
+        let value = cm.data?.get(&package)?.clone();
+        (value != never_stored).then_some(value)
+    })
+    .await;
+    assert!(!repaired.starts_with(&"0".repeat(32)), "{repaired}");
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn paused_leaves_children_alone() {
     let (client, ns, mut inst, api) = running("pause", "app").await;

@@ -25,6 +25,7 @@
 //! The decisions are pure functions of the controllers crate; this module
 //! parses the AdmissionReview, looks things up and answers.
 
+mod bundles;
 pub mod certs;
 pub mod tls;
 
@@ -46,9 +47,8 @@ use somastack_controllers::Caches;
 use somastack_controllers::access::{self, Requester};
 use somastack_controllers::admission::{self, APPROVE_VERB, Answer};
 use somastack_controllers::domain::capsules::find as find_capsule;
-use somastack_controllers::domain::policy;
 use somastack_controllers::metrics::{Metrics, WebhookDecision};
-use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
+use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject};
 use tracing::Instrument;
 
 pub use tls::serve;
@@ -62,7 +62,8 @@ const DRDRILLS_WEBHOOK: Hook = Hook::mutating("drdrills.somastack.io");
 const DRILL_AUTHORITY_WEBHOOK: Hook = Hook::validating("drill-authority.somastack.io");
 const CAPSULE_VERSIONS_WEBHOOK: Hook = Hook::validating("capsule-versions.somastack.io");
 const PROJECT_POLICY_WEBHOOK: Hook = Hook::validating("project-policy.somastack.io");
-const POLICYBUNDLES_WEBHOOK: Hook = Hook::validating("policybundles.somastack.io");
+/// Sees deletes too: it records every bundle write it lets through.
+const POLICYBUNDLES_WEBHOOK: Hook = Hook::validating("policybundles.somastack.io").with_deletes();
 
 /// How long a request waits for the caches of a replica that just started.
 const CACHE_WAIT: Duration = Duration::from_secs(3);
@@ -72,6 +73,8 @@ struct AppState {
     client: Client,
     caches: Caches,
     metrics: Arc<Metrics>,
+    /// The record of PolicyBundle writes ([`bundles`]).
+    record: bundles::Record,
 }
 
 fn router(state: AppState) -> Router {
@@ -98,11 +101,13 @@ enum Unreadable {
     Allow,
 }
 
-/// A webhook: its name, and what it answers to an object it cannot read.
+/// A webhook: its name, what it answers to an object it cannot read, and
+/// whether its judge sees deletes.
 #[derive(Clone, Copy)]
 struct Hook<'a> {
     name: &'a str,
     unreadable: Unreadable,
+    deletes: bool,
 }
 
 impl<'a> Hook<'a> {
@@ -110,6 +115,15 @@ impl<'a> Hook<'a> {
         Hook {
             name,
             unreadable: Unreadable::Deny,
+            deletes: false,
+        }
+    }
+
+    /// Its judge also sees deletes (as a [`Write`] with `deleted` set).
+    const fn with_deletes(self) -> Self {
+        Hook {
+            deletes: true,
+            ..self
         }
     }
 
@@ -117,6 +131,7 @@ impl<'a> Hook<'a> {
         Hook {
             name,
             unreadable: Unreadable::Allow,
+            deletes: false,
         }
     }
 }
@@ -242,7 +257,7 @@ where
     };
     let span = span(webhook, &req);
     let res = async {
-        let verdict = match written(&req) {
+        let verdict = match written(&req, hook.deletes) {
             Some(write) => judge(state, write).await,
             None => Ok(Answer::default()),
         };
@@ -257,22 +272,32 @@ where
     reply(res)
 }
 
-/// A create or update to judge.
+/// A create or update to judge (or, for hooks that see them, a delete).
 struct Write<'a, K: Resource> {
     req: &'a AdmissionRequest<K>,
-    /// The object written.
+    /// The object written (a delete: the object deleted).
     new: &'a K,
     /// The object it replaces (updates).
     old: Option<&'a K>,
+    /// A delete of `new`.
+    deleted: bool,
 }
 
-/// The create or update a request asks for (`None` for anything else).
-fn written<K: Resource>(req: &AdmissionRequest<K>) -> Option<Write<'_, K>> {
-    match (&req.operation, req.object.as_ref()) {
-        (Operation::Create | Operation::Update, Some(new)) => Some(Write {
+/// The create or update a request asks for, and with `deletes` a delete
+/// (`None` for anything else).
+fn written<K: Resource>(req: &AdmissionRequest<K>, deletes: bool) -> Option<Write<'_, K>> {
+    match (&req.operation, req.object.as_ref(), req.old_object.as_ref()) {
+        (Operation::Create | Operation::Update, Some(new), old) => Some(Write {
             req,
             new,
-            old: req.old_object.as_ref(),
+            old,
+            deleted: false,
+        }),
+        (Operation::Delete, _, Some(gone)) if deletes => Some(Write {
+            req,
+            new: gone,
+            old: None,
+            deleted: true,
         }),
         _ => None,
     }
@@ -293,7 +318,7 @@ async fn judge_installation(state: &AppState, w: Write<'_, Installation>) -> Res
         .wait_ready(CACHE_WAIT)
         .await
         .map_err(|e| format!("{e}; retry shortly"))?;
-    let bundles = governing_bundles(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
+    let bundles = bundles::governing(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
     // Capsules come from the cache, or from the API server when the one
     // named was published a moment ago.
     let mut capsules = state.caches.capsules.state();
@@ -301,26 +326,6 @@ async fn judge_installation(state: &AppState, w: Write<'_, Installation>) -> Res
         capsules = list_capsules(state).await?;
     }
     Ok(admission::installation(w.new, w.old, &capsules, &bundles))
-}
-
-/// The PolicyBundles governing `namespace`. Read from the API server, not
-/// the cache: a bundle and the object it governs applied together (one
-/// `kubectl apply`, one GitOps sync) must be judged together, and bundles
-/// are few.
-async fn governing_bundles(state: &AppState, namespace: &str) -> Result<Vec<Arc<PolicyBundle>>, String> {
-    let labels = namespace_labels(state, namespace)
-        .await
-        .map_err(|e| format!("namespace {namespace}: {e}"))?;
-    let list = Api::<PolicyBundle>::all(state.client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing PolicyBundles: {e}"))?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|b| policy::governs(&b.spec, &labels))
-        .map(Arc::new)
-        .collect())
 }
 
 /// Every Capsule, from the API server.
@@ -399,7 +404,7 @@ async fn judge_project(state: &AppState, w: Write<'_, KamachiqProject>) -> Resul
     if w.old.is_some_and(|o| o.spec == w.new.spec) {
         return Ok(Answer::default());
     }
-    let bundles = governing_bundles(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
+    let bundles = bundles::governing(state, w.req.namespace.as_deref().unwrap_or_default()).await?;
     Ok(admission::project(w.new, w.old, &bundles))
 }
 
@@ -425,7 +430,7 @@ async fn drills(State(state): State<AppState>, body: Bytes) -> Reply {
 }
 
 async fn judge_drill(state: &AppState, w: Write<'_, DrDrill>) -> Result<Answer, String> {
-    let Write { req, new, old } = w;
+    let Write { req, new, old, .. } = w;
     let now = jiff::Timestamp::now();
     let may_disrupt = if admission::drill_needs_authority(new, old, now).is_empty() {
         None
@@ -437,10 +442,7 @@ async fn judge_drill(state: &AppState, w: Write<'_, DrDrill>) -> Result<Answer, 
 
 /// `/validate/policybundles`: keys, selectors and ceilings the operator can use.
 async fn bundles(State(state): State<AppState>, body: Bytes) -> Reply {
-    respond(&state, body, POLICYBUNDLES_WEBHOOK, async |_, w| {
-        Ok(admission::bundle(w.new, w.old))
-    })
-    .await
+    respond(&state, body, POLICYBUNDLES_WEBHOOK, bundles::judge).await
 }
 
 /// Asks the API server whether the requesting user may `verb` this object,

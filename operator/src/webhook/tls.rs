@@ -73,6 +73,11 @@ where
         client: setup.client.clone(),
         caches: setup.caches.clone(),
         metrics: setup.metrics.clone(),
+        record: super::bundles::Record::new(
+            setup.client.clone(),
+            &setup.namespace,
+            &setup.args.bundle_record,
+        ),
     });
     let handle = axum_server::Handle::new();
     let server = axum_server::bind_rustls(setup.args.webhook_addr, tls.clone())
