@@ -18,6 +18,13 @@ fi
 command -v go >/dev/null || die "go is not installed (the project needs Go >= 1.26)"
 export CGO_ENABLED=0 GOFLAGS="-buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 mkdir -p "$BIN_DIR" "$CACHE_DIR/src"
+# One build at a time per cache: a second run (another checkout, a benchmark
+# next to a test run) waits here, then finds the first one's results.
+exec 9>"$CACHE_DIR/.build-tools.lock"
+if ! flock -n 9; then
+  log "another hack/build-tools.sh is building into $CACHE_DIR; waiting for it"
+  flock 9
+fi
 
 # install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
 # success, so an interrupted build never leaves a half-filled cache entry.
