@@ -169,9 +169,10 @@ drill_cleanup() {
 }
 
 drill_delete() {
-  local t0; t0=$(now)
-  # shellcheck disable=SC2046 # one word per namespace
-  kubectl delete namespace --ignore-not-found --wait=true --timeout=600s $(kubectl get namespaces -o name | grep "^namespace/$1" | cut -d/ -f2) >/dev/null
+  local t0 names; t0=$(now)
+  mapfile -t names < <(kubectl get namespaces -o name | sed -n "s|^namespace/\($1.*\)|\1|p")
+  ((${#names[@]})) || return 0
+  kubectl delete namespace --ignore-not-found --wait=true --timeout=600s "${names[@]}" >/dev/null
   phase "  delete $1*" "$(secs "$t0" "$(now)")"
 }
 
@@ -179,6 +180,7 @@ drill_part() {
   local k=$1 i
   log "== drills: $k runs each of a RegionOutage drill and the same failover by hand"
   start_operator "$LOCAL_DIR/operator-bench-drill.log"
+  drill_delete bench-drill- # left by an interrupted run
   {
     for ((i = 0; i < k; i++)); do
       drill_installation "bench-drill-op-$i" "$DRILL_HOME"

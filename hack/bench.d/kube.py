@@ -511,9 +511,16 @@ def cmd_until(a):
     stop, result = threading.Event(), {}
 
     def on_event(kind, obj, _now):
+        # The file first: the object may already satisfy the expression.
         if kind == "SYNCED":
             if a.started and not os.path.exists(a.started):
                 open(a.started, "w").close()
+            obj = result.pop("listed", None)
+            if obj is None:
+                return
+        elif a.started and not os.path.exists(a.started):
+            if obj["metadata"]["name"] == a.name:
+                result["listed"] = obj
             return
         if obj["metadata"]["name"] != a.name or kind == "DELETED" or "t" in result:
             return
@@ -716,20 +723,22 @@ def cmd_pods_ready(a):
     nodes = kube.call("GET", "/api/v1/nodes")["items"]
     region = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get("topology.kubernetes.io/region")
               for n in nodes}
-    state, stop, result = {}, threading.Event(), {}
+    state, stop, result, synced = {}, threading.Event(), {}, []
 
     def on_event(kind, obj, _now):
         if kind == "SYNCED":
+            # The file first: the pods may already be Ready.
             if a.started and not os.path.exists(a.started):
                 open(a.started, "w").close()
-            return
-        k = obj["metadata"]["name"]
-        if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
-            state.pop(k, None)
+            synced.append(True)
         else:
-            state[k] = (region.get((obj.get("spec") or {}).get("nodeName")) == a.region
-                        and condition_of(obj, "Ready") == "True")
-        if sum(state.values()) >= a.count and "t" not in result:
+            k = obj["metadata"]["name"]
+            if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
+                state.pop(k, None)
+            else:
+                state[k] = (region.get((obj.get("spec") or {}).get("nodeName")) == a.region
+                            and condition_of(obj, "Ready") == "True")
+        if synced and sum(state.values()) >= a.count and "t" not in result:
             result["t"] = time.time()
             stop.set()
 

@@ -63,6 +63,8 @@ project_part() {
   for _ in $(seq 1 100); do [[ -f "$WORK/planner.port" ]] && break; sleep 0.1; done
   port=$(cat "$WORK/planner.port")
   start_operator "$LOCAL_DIR/operator-bench-project.log"
+  # Left by an interrupted run.
+  kubectl delete namespace "$PROJECT_NS" "$PROJECT_DIRECT_NS" --ignore-not-found --wait=true --timeout=600s >/dev/null
   cat <<EOF | kubectl apply --server-side --field-manager=bench -f - >/dev/null
 apiVersion: v1
 kind: Namespace
