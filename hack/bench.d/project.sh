@@ -170,7 +170,8 @@ print(f(o[k]) + " / " + f(d[k]))' "$o" "$d" "$1" "$2"
   P[gap]="$(pair %.2f gap_mean) (p50 $(pair %.0f gap_p50), max $(pair %.0f gap_max))"
   P[run]="$(pair %.2f run_mean) (p50 $(pair %.0f run_p50))"
   P[req]="$(per "$(jq_ 'd["total"]' <"$a")" "$n") ($(per "$(jq_ 'd["reads"]' <"$a")" "$n") reads, $(per "$(jq_ 'd["writes"]' <"$a")" "$n") writes)"
-  P[rec_per]=$(per "${P[rec]}" "$n" %.2f)
+  P[rec_per]="$(per "${P[rec]}" "$n" %.2f) (${P[rec]} in all)"
+  P[by]=$(jq_ '", ".join("%s %d" % kv for kv in d["by"].items())' <"$a")
   project_table=$(
     echo "| KAMACHIQ | N = $n tasks |"
     echo "|---|---|"
@@ -185,6 +186,8 @@ print(f(o[k]) + " / " + f(d[k]))' "$o" "$d" "$1" "$2"
     echo "| project reconciles per task (operator metrics) | ${P[rec_per]} |"
     echo "| operator peak RSS (MiB) / CPU s, apply to Succeeded | ${P[hwm]} / ${P[cpu]} |"
     echo "| project status at the end (bytes, JSON) | ${P[status_bytes]} |"
+    echo
+    echo "The operator's API requests, apply to Succeeded, by verb and resource: ${P[by]}."
   )
   project_doc=$(
     cat <<EOF
