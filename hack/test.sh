@@ -23,8 +23,9 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 
 step "shell scripts (shellcheck)"
 command -v shellcheck >/dev/null || die "shellcheck is not installed (Debian: apt-get install shellcheck; .ci/run installs it)"
-# -x follows each script's `source` of hack/lib.sh.
-shellcheck -x hack/*.sh hack/bench .ci/run || die "shellcheck found problems in the scripts above"
+# -x follows each script's `source` of hack/lib.sh (and hack/bench's of
+# hack/bench.d/*.sh, which are checked on their own too).
+shellcheck -x hack/*.sh hack/bench hack/bench.d/*.sh .ci/run || die "shellcheck found problems in the scripts above"
 
 step "local control plane"
 "$ROOT/hack/cluster-up.sh"

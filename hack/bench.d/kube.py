@@ -32,10 +32,49 @@ from watch events as they arrive, not from polling:
   kube.py chart   --name NAME --region REGION --dir DIR < kubectl-get-json
       A Helm chart of the children of Installation NAME: its name templated
       as the release name, its region as the value `region`.
+
+For the KAMACHIQ part (hack/bench.d/project.sh):
+
+  kube.py planner --port-file FILE --tasks N --width W [--fan-in F] [--input-suffix S]
+      A planner (docs/planner.md's contract) on a free loopback port, written
+      to FILE: answers every request with the bench's DAG, layers of W tasks,
+      task i of layer k depending on tasks i..i+F-1 (modulo the width) of
+      layer k-1, each input ending in S; 422 when N exceeds maxTasks.
+  kube.py until   KUBECONFIG_JSON --path COLLECTION --name NAME --expr PYTHON
+                  [--timeout S] [--out FILE] [--started FILE]
+      Watches a collection (its URL path) until the object NAME satisfies
+      the expression (over `o`, the object; `cond(o, type)` is a condition's
+      status); prints the Unix time the event arrived, writes the object.
+  kube.py project-children --to NS --setup FILE --jobs FILE < kubectl-get-json
+      A project's task Jobs (the latest attempt of each task), agents'
+      ServiceAccount and NetworkPolicies, stripped as `children` strips plus
+      the Job controller's selector and labels and the operator's verdicts,
+      moved to NS: the namespace, ServiceAccount and NetworkPolicies as a
+      List (--setup), the Jobs by task (--jobs).
+  kube.py jobs-dag KUBECONFIG_JSON --jobs FILE --plan FILE --namespace NS --parallelism P
+      Creates those Jobs in NS as the operator schedules the plan's DAG: a
+      Job once the Jobs of all its dependencies are Complete (a watch), at
+      most P unfinished; prints JSON: start (first POST), end (the last
+      Complete event), seconds.
+  kube.py jobs-stats --plan FILE < kubectl-get-json
+      From finished Jobs and the plan (the plan ConfigMap or plan.json):
+      first creation to last completion, the dispatch gap of each task (its
+      Job's creation after its dependencies' completions) and each Job's
+      creation-to-completion time (whole seconds, as Kubernetes keeps them).
+
+For the drill part (hack/bench.d/drill.sh):
+
+  kube.py pods-ready KUBECONFIG_JSON --namespace NS --selector L --region R --count C
+                     [--timeout S] [--started FILE]
+      Prints the Unix time of the watch event that made C pods of L, on
+      nodes of region R and not being deleted, Ready.
+  kube.py stats V...
+      Median, min and max. JSON.
 """
 
 import argparse
 import base64
+import collections
 import datetime
 import glob
 import http.client
@@ -102,20 +141,23 @@ class Kube:
             raise RuntimeError(f"{method} {path}: {r.status} {out[:300]!r}")
         return json.loads(out)
 
-    def informer(self, kind, on_event, stop):
+    def informer(self, kind, on_event, stop, path=None, query=None):
         """List, then watch from the list's resourceVersion; relists when the
         watch expires (410). on_event(type, object, arrival_monotonic) gets
-        the listed objects as ADDED; on_event("SYNCED", None, t) after each list."""
-        path = API[kind]
+        the listed objects as ADDED; on_event("SYNCED", None, t) after each list.
+        `path` (a collection's URL path) instead of a kind of API; `query`:
+        more parameters of the list and the watch (e.g. labelSelector)."""
+        path = path or API[kind]
+        query = dict(query or {})
         while not stop.is_set():
-            lst = self.call("GET", path)
+            lst = self.call("GET", path + ("?" + urllib.parse.urlencode(query) if query else ""))
             now = time.monotonic()
             for item in lst["items"]:
                 on_event("ADDED", item, now)
             on_event("SYNCED", None, now)
             rv = lst["metadata"]["resourceVersion"]
             while not stop.is_set():
-                q = urllib.parse.urlencode({"watch": "1", "resourceVersion": rv,
+                q = urllib.parse.urlencode({**query, "watch": "1", "resourceVersion": rv,
                                             "allowWatchBookmarks": "true", "timeoutSeconds": "300"})
                 c = self.conn(330)
                 c.request("GET", f"{path}?{q}", headers=self.headers)
@@ -401,6 +443,321 @@ def cmd_chart(a):
     print(len(docs))
 
 
+# --- KAMACHIQ: the planner of the bench's project, the direct Jobs -------
+
+
+def dag(n, width, fan_in, suffix):
+    """The bench's task DAG: layers of `width` tasks (the last one may be
+    shorter); task i of layer k > 0 depends on tasks i, i+1, ..., i+fan_in-1
+    (modulo the previous layer's width) of layer k-1. Names l<k>-t<i>."""
+    layers = [list(range(min(width, n - k))) for k in range(0, n, width)]
+    tasks = []
+    for k, layer in enumerate(layers):
+        for i in layer:
+            deps = []
+            if k:
+                prev = len(layers[k - 1])
+                deps = sorted({f"l{k - 1:03d}-t{(i + j) % prev:04d}" for j in range(min(fan_in, prev))})
+            tasks.append({"name": f"l{k:03d}-t{i:04d}", "dependsOn": deps,
+                          "input": f"bench task {i} of layer {k} {suffix}".strip()})
+    return tasks
+
+
+def cmd_planner(a):
+    """A planner (docs/planner.md's contract) that answers every request
+    with dag(): the bench's own, since the reference planner's stages are
+    all-to-all and at most 16 wide when followed by another stage."""
+    import http.server
+
+    tasks = dag(a.tasks, a.width, a.fan_in, a.input_suffix)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def do_POST(self):
+            req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+            if len(tasks) > req.get("maxTasks", 100):
+                code, body = 422, {"error": f"the goal needs {len(tasks)} tasks; the project allows at most "
+                                            f"{req.get('maxTasks')} (spec.budget.maxTasks)"}
+            else:
+                code = 200
+                body = {"apiVersion": req.get("apiVersion", "planner.somastack.io/v1alpha1"),
+                        "tasks": [dict(t, capsule=req["agent"]) for t in tasks]}
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with open(a.port_file + ".tmp", "w") as f:
+        f.write(str(srv.server_address[1]))
+    os.rename(a.port_file + ".tmp", a.port_file)
+    srv.serve_forever()
+
+
+def cmd_until(a):
+    """Watches the collection at --path until the object --name satisfies
+    --expr (a Python expression over `o`, the object); prints the Unix time
+    the event arrived, writes the object to --out."""
+    kube = Kube(a.kubeconfig)
+    stop, result = threading.Event(), {}
+
+    def on_event(kind, obj, _now):
+        # The file first: the object may already satisfy the expression.
+        if kind == "SYNCED":
+            if a.started and not os.path.exists(a.started):
+                open(a.started, "w").close()
+            obj = result.pop("listed", None)
+            if obj is None:
+                return
+        elif a.started and not os.path.exists(a.started):
+            if obj["metadata"]["name"] == a.name:
+                result["listed"] = obj
+            return
+        if obj["metadata"]["name"] != a.name or kind == "DELETED" or "t" in result:
+            return
+        try:
+            ok = eval(a.expr, {"o": obj, "cond": condition_of})  # noqa: S307: the bench's own expressions
+        except (KeyError, IndexError, TypeError):
+            ok = False
+        if ok:
+            result["t"], result["o"] = time.time(), obj
+            stop.set()
+
+    threading.Thread(target=kube.informer, args=(None, on_event, stop, a.path), daemon=True).start()
+    if not stop.wait(a.timeout):
+        sys.exit(f"until: {a.name} at {a.path} did not satisfy {a.expr} within {a.timeout}s")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result["o"], f)
+    print(f"{result['t']:.3f}")
+
+
+def condition_of(obj, kind):
+    """The status ("True", "False", "Unknown") of condition `kind`, or None."""
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return c.get("status")
+    return None
+
+
+JOB_DROP_LABELS = ("controller-uid", "job-name", "batch.kubernetes.io/controller-uid", "batch.kubernetes.io/job-name")
+JOB_DROP_ANNOTATIONS = ("kamachiq.somastack.io/verdict", "kamachiq.somastack.io/reason",
+                        "kamachiq.somastack.io/output", "batch.kubernetes.io/job-tracking")
+
+
+def plan_tasks(path):
+    with open(path) as f:
+        doc = json.load(f)
+    if doc.get("kind") == "ConfigMap":
+        doc = json.loads(doc["data"]["plan.json"])
+    return doc["tasks"] if isinstance(doc, dict) else doc
+
+
+def cmd_project_children(a):
+    """The objects of a project the operator made for its tasks (its agents'
+    ServiceAccount and NetworkPolicies, the task Jobs of the accepted
+    attempts), stripped as `children` strips, moved to namespace --to: a
+    List of the namespace and the others (--setup), the Jobs keyed by task
+    (--jobs)."""
+    doc = json.load(sys.stdin)
+    setup = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": a.to, "labels": {"somastack.io/bench": "true"}}}]
+    jobs = {}
+    for item in doc["items"]:
+        labels = item["metadata"].get("labels") or {}
+        if item["kind"] == "Job":
+            if labels.get("kamachiq.somastack.io/role") != "task":
+                continue
+            task = labels["kamachiq.somastack.io/task"]
+            attempt = int(labels.get("kamachiq.somastack.io/attempt", "1"))
+            if task in jobs and jobs[task][0] > attempt:
+                continue
+            job = strip(item)
+            ann = job["metadata"].get("annotations") or {}
+            for k in JOB_DROP_ANNOTATIONS:
+                ann.pop(k, None)
+            if not ann:
+                job["metadata"].pop("annotations", None)
+            job["spec"].pop("selector", None)
+            job["spec"].pop("manualSelector", None)
+            tl = job["spec"]["template"]["metadata"].get("labels") or {}
+            for k in JOB_DROP_LABELS:
+                tl.pop(k, None)
+            for k in JOB_DROP_LABELS:
+                job["metadata"].get("labels", {}).pop(k, None)
+            job["metadata"]["namespace"] = a.to
+            jobs[task] = (attempt, job)
+        elif item["kind"] in ("ServiceAccount", "NetworkPolicy"):
+            obj = strip(item)
+            obj["metadata"]["namespace"] = a.to
+            setup.append(obj)
+    with open(a.setup, "w") as f:
+        json.dump({"apiVersion": "v1", "kind": "List", "items": setup}, f)
+    with open(a.jobs, "w") as f:
+        json.dump({t: j for t, (_, j) in jobs.items()}, f)
+    print(len(jobs))
+
+
+def cmd_jobs_dag(a):
+    """The direct run: creates the Jobs of --jobs (kube.py project-children)
+    in namespace --namespace, each once every Job of the tasks it depends on
+    (the plan, --plan) has completed, at most --parallelism unfinished at a
+    time, as the operator schedules a project; --creators POSTs at a time.
+    One watch of the namespace's Jobs tells completions. Prints JSON: start
+    (just before the first POST), end (the watch event of the last
+    completion), seconds."""
+    import concurrent.futures
+
+    kube = Kube(a.kubeconfig)
+    with open(a.jobs) as f:
+        jobs = json.load(f)
+    tasks = plan_tasks(a.plan)
+    deps = {t["name"]: list(t.get("dependsOn") or []) for t in tasks}
+    missing = sorted(set(deps) - set(jobs))
+    if missing:
+        sys.exit(f"jobs-dag: no Job for {len(missing)} tasks, e.g. {missing[:3]}")
+    order = [t["name"] for t in tasks]
+    name_of = {jobs[t]["metadata"]["name"]: t for t in order}
+    waiting = {t: len(set(deps[t])) for t in order}
+    dependents = {t: [] for t in order}
+    for t in order:
+        for d in set(deps[t]):
+            dependents[d].append(t)
+    ready = collections.deque(t for t in order if not waiting[t])
+    cv, stop, synced = threading.Condition(), threading.Event(), threading.Event()
+    done, failed, last = set(), set(), {}
+
+    def on_event(kind, obj, now):
+        with cv:
+            if kind == "SYNCED":
+                synced.set()
+            elif kind != "DELETED":
+                t = name_of.get(obj["metadata"]["name"])
+                if t is not None and t not in done:
+                    if condition_of(obj, "Complete") == "True":
+                        done.add(t)
+                        last["t"] = time.time()
+                        for u in dependents[t]:
+                            waiting[u] -= 1
+                            if not waiting[u]:
+                                ready.append(u)
+                    elif condition_of(obj, "Failed") == "True":
+                        failed.add(t)
+            cv.notify_all()
+
+    path = f"/apis/batch/v1/namespaces/{a.namespace}/jobs"
+    threading.Thread(target=kube.informer, args=(None, on_event, stop, path), daemon=True).start()
+    if not synced.wait(120):
+        sys.exit("jobs-dag: the first list took over 120 s")
+    pool = concurrent.futures.ThreadPoolExecutor(a.creators)
+    errors, created = [], [0]
+
+    def create(t):
+        try:
+            kube.call("POST", path, jobs[t])
+        except Exception as e:  # reported below
+            errors.append(f"{t}: {e}")
+
+    start = time.time()
+    deadline = time.monotonic() + a.timeout
+    with cv:
+        while len(done) < len(order):
+            if failed or errors:
+                sys.exit(f"jobs-dag: failed: {sorted(failed)[:3]} {errors[:3]}")
+            while ready and created[0] - len(done) < a.parallelism:
+                created[0] += 1
+                pool.submit(create, ready.popleft())
+            if time.monotonic() > deadline:
+                sys.exit(f"jobs-dag: {len(done)} of {len(order)} Jobs complete after {a.timeout}s")
+            cv.wait(1)
+    stop.set()
+    pool.shutdown()
+    print(json.dumps({"start": round(start, 3), "end": round(last["t"], 3),
+                      "seconds": round(last["t"] - start, 3), "jobs": len(order)}))
+
+
+def cmd_jobs_stats(a):
+    """From a dump of finished task Jobs (kubectl get jobs -o json) and the
+    plan: the first creation to the last completion, and per task the
+    dispatch gap (its Job created after the last of its dependencies' Jobs
+    completed) and the Job's own run (creation to completion). Kubernetes
+    records these times in whole seconds. JSON."""
+    doc = json.load(sys.stdin)
+    tasks = plan_tasks(a.plan)
+    jobs = {}
+    for j in doc["items"]:
+        labels = j["metadata"].get("labels") or {}
+        if labels.get("kamachiq.somastack.io/role", "task") != "task":
+            continue
+        t = labels.get("kamachiq.somastack.io/task")
+        st = j.get("status") or {}
+        if t and st.get("completionTime"):
+            jobs[t] = (ts(j["metadata"]["creationTimestamp"]), ts(st["completionTime"]))
+    gaps = [jobs[t["name"]][0] - max(jobs[d][1] for d in t["dependsOn"])
+            for t in tasks if t.get("dependsOn") and t["name"] in jobs and all(d in jobs for d in t["dependsOn"])]
+    runs = [c - s for s, c in jobs.values()]
+    first = min(s for s, _ in jobs.values()) if jobs else 0
+    end = max(c for _, c in jobs.values()) if jobs else 0
+    mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+    print(json.dumps({"jobs": len(jobs), "span": end - first, "gap_mean": mean(gaps),
+                      "gap_p50": percentile(gaps, 0.5), "gap_max": max(gaps) if gaps else None,
+                      "run_mean": mean(runs), "run_p50": percentile(runs, 0.5)}))
+
+
+# --- Drills: pods Ready in a region ---------------------------------------
+
+
+def cmd_pods_ready(a):
+    """Watches the pods of --namespace matching --selector; prints the Unix
+    time the event arrived that made --count of them, on nodes of --region
+    and not being deleted, Ready. Touches --started once listed."""
+    kube = Kube(a.kubeconfig)
+    nodes = kube.call("GET", "/api/v1/nodes")["items"]
+    region = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get("topology.kubernetes.io/region")
+              for n in nodes}
+    state, stop, result, synced = {}, threading.Event(), {}, []
+
+    def on_event(kind, obj, _now):
+        if kind == "SYNCED":
+            # The file first: the pods may already be Ready.
+            if a.started and not os.path.exists(a.started):
+                open(a.started, "w").close()
+            synced.append(True)
+        else:
+            k = obj["metadata"]["name"]
+            if kind == "DELETED" or obj["metadata"].get("deletionTimestamp"):
+                state.pop(k, None)
+            else:
+                state[k] = (region.get((obj.get("spec") or {}).get("nodeName")) == a.region
+                            and condition_of(obj, "Ready") == "True")
+        if synced and sum(state.values()) >= a.count and "t" not in result:
+            result["t"] = time.time()
+            stop.set()
+
+    path = f"/api/v1/namespaces/{a.namespace}/pods"
+    threading.Thread(target=kube.informer, args=(None, on_event, stop, path, {"labelSelector": a.selector}),
+                     daemon=True).start()
+    if not stop.wait(a.timeout):
+        sys.exit(f"pods-ready: not {a.count} pods Ready in {a.region} within {a.timeout}s")
+    print(f"{result['t']:.3f}")
+
+
+def cmd_stats(a):
+    """Median, min and max of the numbers given. JSON."""
+    v = sorted(float(x) for x in a.values)
+    n = len(v)
+    med = (v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2) if n else None
+    print(json.dumps({"n": n, "median": med, "min": v[0] if v else None, "max": v[-1] if v else None}))
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -432,9 +789,49 @@ def main():
     ch.add_argument("--name", required=True)
     ch.add_argument("--region", required=True)
     ch.add_argument("--dir", required=True)
+    pl = sub.add_parser("planner")
+    pl.add_argument("--port-file", required=True)
+    pl.add_argument("--tasks", type=int, required=True)
+    pl.add_argument("--width", type=int, required=True)
+    pl.add_argument("--fan-in", type=int, default=4)
+    pl.add_argument("--input-suffix", default="")
+    u = sub.add_parser("until")
+    u.add_argument("kubeconfig")
+    u.add_argument("--path", required=True)
+    u.add_argument("--name", required=True)
+    u.add_argument("--expr", required=True)
+    u.add_argument("--timeout", type=float, default=3600)
+    u.add_argument("--out")
+    u.add_argument("--started")
+    pc = sub.add_parser("project-children")
+    pc.add_argument("--to", required=True)
+    pc.add_argument("--setup", required=True)
+    pc.add_argument("--jobs", required=True)
+    jd = sub.add_parser("jobs-dag")
+    jd.add_argument("kubeconfig")
+    jd.add_argument("--jobs", required=True)
+    jd.add_argument("--plan", required=True)
+    jd.add_argument("--namespace", required=True)
+    jd.add_argument("--parallelism", type=int, required=True)
+    jd.add_argument("--creators", type=int, default=4)
+    jd.add_argument("--timeout", type=float, default=3600)
+    js = sub.add_parser("jobs-stats")
+    js.add_argument("--plan", required=True)
+    pr = sub.add_parser("pods-ready")
+    pr.add_argument("kubeconfig")
+    pr.add_argument("--namespace", required=True)
+    pr.add_argument("--selector", required=True)
+    pr.add_argument("--region", required=True)
+    pr.add_argument("--count", type=int, required=True)
+    pr.add_argument("--timeout", type=float, default=600)
+    pr.add_argument("--started")
+    st = sub.add_parser("stats")
+    st.add_argument("values", nargs="*")
     a = p.parse_args()
     {"wait": cmd_wait, "latency": cmd_latency, "audit": cmd_audit, "hist": cmd_hist,
-     "children": cmd_children, "chart": cmd_chart}[a.cmd](a)
+     "children": cmd_children, "chart": cmd_chart, "planner": cmd_planner, "until": cmd_until,
+     "project-children": cmd_project_children, "jobs-dag": cmd_jobs_dag, "jobs-stats": cmd_jobs_stats,
+     "pods-ready": cmd_pods_ready, "stats": cmd_stats}[a.cmd](a)
 
 
 if __name__ == "__main__":
