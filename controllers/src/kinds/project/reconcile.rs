@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -35,6 +36,19 @@ use super::{
     truncate_bytes,
 };
 use crate::apply::{ApiResultExt, apply_object, owner_reference};
+
+/// API calls one reconcile makes at once when it judges finished Jobs or
+/// creates new ones (each a round trip of its own).
+const CALLS_AT_ONCE: usize = 16;
+
+/// Runs `calls`, [`CALLS_AT_ONCE`] at a time, all to their end; the first error.
+async fn together(calls: Vec<impl Future<Output = Result<()>>>) -> Result<()> {
+    let done: Vec<Result<()>> = stream::iter(calls)
+        .buffer_unordered(CALLS_AT_ONCE)
+        .collect()
+        .await;
+    done.into_iter().collect()
+}
 use crate::conditions::{self, Status};
 use crate::domain::capsules;
 use crate::domain::policy::{self, Effective};
@@ -529,9 +543,11 @@ impl<'a> ProjectReconcile<'a> {
             .iter()
             .filter_map(|j| Some((j.metadata.name.as_deref()?, j)))
             .collect();
-        for j in &step.judge {
-            self.judge(&api, j, &by_name).await?;
-        }
+        // Each judge reads a pod and patches its Job: independent round
+        // trips, run together (one after another, a wave of 100 finished
+        // tasks took seconds per reconcile: hack/bench --parts project).
+        let judges: Vec<_> = step.judge.iter().map(|j| self.judge(&api, j, &by_name)).collect();
+        together(judges).await?;
         for (names, suspend) in [(&step.suspend, true), (&step.resume, false)] {
             for name in names {
                 let patch = json!({ "spec": { "suspend": suspend } });
@@ -695,21 +711,26 @@ impl<'a> ProjectReconcile<'a> {
         let capsules = self.ctx.caches.capsules.state();
         let accepted = accepted_attempts(own_jobs);
         let api: Api<Job> = Api::namespaced(client.clone(), namespace);
-        for s in spawns {
-            let Some(job) = self.job_for(s, tasks, &capsules, &accepted, round, effective) else {
-                continue;
-            };
-            let name = job.name_any();
-            match api.create(&PostParams::default(), &job).await.ok_if_conflict() {
-                Ok(Some(_)) => {
-                    tracing::info!(job = %name, task = %s.task, attempt = s.attempt, "job created")
+        let creates: Vec<_> = spawns
+            .iter()
+            .filter_map(|s| Some((s, self.job_for(s, tasks, &capsules, &accepted, round, effective)?)))
+            .map(|(s, job)| {
+                let api = &api;
+                async move {
+                    let name = job.name_any();
+                    match api.create(&PostParams::default(), &job).await.ok_if_conflict() {
+                        Ok(Some(_)) => {
+                            tracing::info!(job = %name, task = %s.task, attempt = s.attempt, "job created")
+                        }
+                        Ok(None) => tracing::debug!(job = %name, "job already exists"),
+                        Err(e) => return Err(Error::refusing(e, "Job", &name)),
+                    }
+                    self.ctx.expectations.expect(self.project.uid, &name);
+                    Ok(())
                 }
-                Ok(None) => tracing::debug!(job = %name, "job already exists"),
-                Err(e) => return Err(Error::refusing(e, "Job", &name)),
-            }
-            self.ctx.expectations.expect(self.project.uid, &name);
-        }
-        Ok(())
+            })
+            .collect();
+        together(creates).await
     }
 
     /// The Job of one spawn; `None` when its task, review capsule or
