@@ -55,8 +55,55 @@ pub enum VerifyError {
     Mismatch,
 }
 
+/// Verdicts already reached, by a digest of everything they depend on.
+type Verdicts = std::collections::HashMap<[u8; 32], Result<(), VerifyError>>;
+
+/// [`Verdicts`] of this process.
+/// Policy judges a Capsule's signature for every Installation of it (each
+/// reconcile, each bundle's audit, each admission); before this memo, P-256
+/// verification was 70% of the operator's CPU samples while 1,000
+/// Installations of one Capsule were created (`perf record`,
+/// docs/performance.md). Verification is a pure function of
+/// its inputs, so a verdict can be reused; the memo is emptied when full.
+static VERDICTS: std::sync::LazyLock<std::sync::Mutex<Verdicts>> = std::sync::LazyLock::new(Default::default);
+const VERDICTS_KEPT: usize = 4096;
+
 /// Verifies `signature_b64` over `payload` with the PEM (SPKI) `public_key_pem`.
 pub fn verify(
+    algorithm: SignatureAlgorithm,
+    public_key_pem: &str,
+    key_id: &str,
+    payload: &[u8],
+    signature_b64: &str,
+) -> Result<(), VerifyError> {
+    let mut h = Sha256::new();
+    for part in [
+        format!("{algorithm:?}").as_bytes(),
+        public_key_pem.as_bytes(),
+        key_id.as_bytes(),
+        payload,
+        signature_b64.as_bytes(),
+    ] {
+        // Length-prefixed, so that no two inputs hash alike.
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let key: [u8; 32] = h.finalize().into();
+    if let Some(verdict) = VERDICTS.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return verdict;
+    }
+    let verdict = verify_now(algorithm, public_key_pem, key_id, payload, signature_b64);
+    if let Ok(mut m) = VERDICTS.lock() {
+        if m.len() >= VERDICTS_KEPT {
+            m.clear();
+        }
+        m.insert(key, verdict.clone());
+    }
+    verdict
+}
+
+/// [`verify`], without the memo.
+fn verify_now(
     algorithm: SignatureAlgorithm,
     public_key_pem: &str,
     key_id: &str,
