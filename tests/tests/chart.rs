@@ -321,6 +321,8 @@ async fn operator_args_follow_the_values() {
         name.clone(),
         "--webhook-cert-mode".into(),
         "self-managed".into(),
+        "--bundle-record".into(),
+        format!("{name}-bundle-writes"),
     ];
     assert_eq!(args, expected_self_managed);
 
