@@ -27,6 +27,14 @@ pub(super) struct Record {
     name: String,
 }
 
+/// Merge patches of the record, by the operator's field manager.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
 fn now() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -50,10 +58,7 @@ impl Record {
 
     /// Records that `bundle` is about to be written as `written`.
     async fn write(&self, bundle: &str, written: &Written) -> Result<(), kube::Error> {
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
+        let params = patch_params();
         loop {
             let (data, rv) = self.read().await?;
             let patch = bundle_writes::record(&data, bundle, written, now());
@@ -92,10 +97,7 @@ impl Record {
     /// someone recorded since: nothing to do).
     async fn repair(&self, fixed: BTreeMap<String, String>, rv: Option<String>) {
         let patch = json!({ "metadata": { "resourceVersion": rv }, "data": fixed });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..PatchParams::default()
-        };
+        let params = patch_params();
         match self.api.patch(&self.name, &params, &Patch::Merge(&patch)).await {
             Ok(_) => {
                 tracing::info!(bundles = ?patch["data"], "repaired the record of PolicyBundle writes never stored")

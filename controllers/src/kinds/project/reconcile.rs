@@ -36,6 +36,12 @@ use super::{
     truncate_bytes,
 };
 use crate::apply::{ApiResultExt, apply_object, owner_reference};
+use crate::conditions::{self, Status};
+use crate::domain::capsules;
+use crate::domain::policy::{self, Effective};
+use crate::shards::admits;
+use crate::status::{self, HasConditions};
+use crate::{Error, Result};
 
 /// API calls one reconcile makes at once when it judges finished Jobs or
 /// creates new ones (each a round trip of its own).
@@ -49,12 +55,6 @@ async fn together(calls: Vec<impl Future<Output = Result<()>>>) -> Result<()> {
         .await;
     done.into_iter().collect()
 }
-use crate::conditions::{self, Status};
-use crate::domain::capsules;
-use crate::domain::policy::{self, Effective};
-use crate::shards::admits;
-use crate::status::{self, HasConditions};
-use crate::{Error, Result};
 
 /// The plan, or the report of why there is none (yet).
 type Planned = std::result::Result<Vec<Task>, Report>;
