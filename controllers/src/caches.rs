@@ -227,7 +227,15 @@ pub fn cache_with<K: Cached>(
                     publish.publish(obj, false)
                 }
                 Ok(watcher::Event::Delete(obj)) => publish.publish(obj, true),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) | Err(_) => {}
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                // The watcher retries with backoff; say why the cache is not
+                // filling or is behind (an API server without the WatchList
+                // feature refuses `--initial-list stream` here, with 422).
+                Err(error) => tracing::warn!(
+                    kind = %K::kind(&()),
+                    %error,
+                    "watch failed; retrying with backoff"
+                ),
             }
             futures::future::ready(())
         });
@@ -281,8 +289,11 @@ impl Caches {
     /// (reconciles, webhook requests, a controller's own runner) can miss the
     /// wake-up and hang. One task waits on each store once and raises a
     /// `watch` flag that any number of tasks may wait on.
-    pub fn start(client: &Client, page_size: u32) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let wc = watcher::Config::default().any_semantic().page_size(page_size);
+    pub fn start(
+        client: &Client,
+        tuning: &crate::Tuning,
+    ) -> (Self, impl Future<Output = ()> + Send + 'static) {
+        let wc = tuning.watcher_config();
         let (capsules, f1) = cache(Api::<Capsule>::all(client.clone()), wc.clone());
         let (bundles, f2) = cache(Api::<PolicyBundle>::all(client.clone()), wc.clone());
         let (installations, f3) = cache(Api::<Installation>::all(client.clone()), wc.clone());

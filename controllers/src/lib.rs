@@ -56,15 +56,46 @@ pub const MANAGED_BY: &str = "somastack-operator";
 pub struct Tuning {
     /// Reconciles one controller runs at once (each kind has its own).
     pub concurrency: u16,
-    /// Objects per page when a cache lists a kind (its first list and every
-    /// relist after a watch expired): bounds the memory one list takes.
+    /// How a cache gets its first full list (at start and after a watch
+    /// expired).
+    pub initial_list: InitialList,
+    /// Objects per page when a cache lists a kind in pages
+    /// ([`InitialList::Pages`]).
     pub page_size: u32,
+}
+
+/// How a cache gets its first full list of a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InitialList {
+    /// A watch that starts with every object, one event each
+    /// (`sendInitialEvents`, Kubernetes' streaming lists): no response
+    /// holds the whole list, so the operator never decodes all of a kind at
+    /// once. Needs the API server's `WatchList` feature (on by default from
+    /// Kubernetes 1.34; off in 1.33).
+    #[default]
+    Stream,
+    /// A list, then a watch from its resourceVersion: any API server. Read
+    /// from the API server's watch cache, which answers with every object in
+    /// one response whatever the page size (measured: docs/performance.md).
+    Pages,
+}
+
+impl Tuning {
+    /// The watch settings every cache starts from (each adds its selector).
+    pub fn watcher_config(&self) -> kube::runtime::watcher::Config {
+        let wc = kube::runtime::watcher::Config::default();
+        match self.initial_list {
+            InitialList::Stream => wc.streaming_lists(),
+            InitialList::Pages => wc.any_semantic().page_size(self.page_size),
+        }
+    }
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             concurrency: 8,
+            initial_list: InitialList::default(),
             page_size: 500,
         }
     }

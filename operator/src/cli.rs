@@ -144,8 +144,14 @@ pub struct RunArgs {
     /// Reconciles each controller runs at once (every kind has its own).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), env = "SOMASTACK_CONCURRENCY")]
     pub concurrency: u16,
-    /// Objects per page when a cache lists a kind (at start and after a
-    /// watch expired).
+    /// How a cache gets its first full list of a kind (at start and after
+    /// a watch expired): `stream`, a watch that starts with every object
+    /// (Kubernetes' streaming lists; needs the WatchList feature, on by
+    /// default from 1.34), or `pages`, a list in pages of --page-size, then
+    /// a watch (any API server).
+    #[arg(long, value_enum, default_value_t = InitialList::Stream, env = "SOMASTACK_INITIAL_LIST")]
+    pub initial_list: InitialList,
+    /// Objects per page when a cache lists a kind with `--initial-list pages`.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(10..=10000), env = "SOMASTACK_PAGE_SIZE")]
     pub page_size: u32,
     /// Act only on DrDrills this label selector selects (shards drills
@@ -199,6 +205,12 @@ pub struct WebhookArgs {
     /// Issue a new serving certificate when the current one has less than this left.
     #[arg(long, default_value = "720h", value_parser = parse_duration)]
     pub webhook_cert_renew_before: Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitialList {
+    Stream,
+    Pages,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

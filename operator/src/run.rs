@@ -34,7 +34,7 @@ async fn run(args: RunArgs) -> Result<()> {
 
     // Every replica keeps the caches, serves metrics and health, and serves
     // the webhooks; only the leader runs the controllers.
-    let (caches, fill) = Caches::start(&client, args.page_size);
+    let (caches, fill) = Caches::start(&client, &tuning(&args));
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(&caches));
     crate::memory::register(&mut registry);
@@ -135,6 +135,10 @@ where
 fn tuning(args: &RunArgs) -> somastack_controllers::Tuning {
     somastack_controllers::Tuning {
         concurrency: args.concurrency,
+        initial_list: match args.initial_list {
+            crate::cli::InitialList::Stream => somastack_controllers::InitialList::Stream,
+            crate::cli::InitialList::Pages => somastack_controllers::InitialList::Pages,
+        },
         page_size: args.page_size,
     }
 }

@@ -307,6 +307,8 @@ async fn operator_args_follow_the_values() {
         "json".into(),
         "--concurrency".into(),
         "8".into(),
+        "--initial-list".into(),
+        "stream".into(),
         "--page-size".into(),
         "500".into(),
         "--metrics-addr".into(),
@@ -337,11 +339,12 @@ async fn operator_args_follow_the_values() {
     let docs = render(&[
         "webhook.enabled=false,leaderElection.enabled=false,otlp.endpoint=http://otel:4317",
         "extraArgs={--crd-wait,30s}",
-        "concurrency=16,pageSize=200",
+        "concurrency=16,initialList=pages,pageSize=200",
     ])
     .await;
     let args = strings(&operator_container(&docs)["args"]);
     assert_eq!(flag_value(&args, "--concurrency"), Some("16"));
+    assert_eq!(flag_value(&args, "--initial-list"), Some("pages"));
     assert_eq!(flag_value(&args, "--page-size"), Some("200"));
     assert!(args.contains(&"--no-webhook"), "{args:?}");
     assert!(!args.iter().any(|a| a.starts_with("--webhook-")), "{args:?}");

@@ -24,7 +24,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::installation::{InstallationPhase, InstallationSpec, InstallationStatus, RollbackRecord};
@@ -56,8 +55,8 @@ pub fn controller(
     let events = &ctx.caches;
     let (deployments, filled, caches) = crate::caches::own_cache(
         Api::<Deployment>::all(ctx.client.clone()),
-        watcher::Config::default()
-            .any_semantic()
+        ctx.tuning
+            .watcher_config()
             .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
         trim_deployment,
     );

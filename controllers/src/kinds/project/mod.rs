@@ -40,7 +40,6 @@ use futures::StreamExt;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::KamachiqProject;
@@ -173,8 +172,8 @@ pub fn controller(
     // them: a reconcile triggered by a Job change always sees it.
     let (jobs, jobs_ready, caches) = crate::caches::own_cache(
         Api::<Job>::all(ctx.client.clone()),
-        watcher::Config::default()
-            .any_semantic()
+        ctx.tuning
+            .watcher_config()
             .labels(somastack_crds::kamachiq::PROJECT_UID_LABEL),
         |_| {},
     );
