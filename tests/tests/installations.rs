@@ -333,6 +333,75 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     ns.delete().await;
 }
 
+/// How soon what someone changed in a child by hand is put back: the
+/// watches of children see it (there is no periodic apply; before there was
+/// one, every 5 minutes, and no sooner).
+const PUT_BACK: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn children_changed_or_deleted_by_hand_are_put_back_within_seconds() {
+    let (client, ns, _, _) = running("drift", "app").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let merge = |v: Value| kube::api::Patch::Merge(v);
+    let by_hand = kube::api::PatchParams::default();
+    let types = |p: &NetworkPolicy| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.policy_types.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(types(&policies.get("app").await.unwrap()), ["Ingress", "Egress"]);
+
+    // Someone opens egress (a spec change: the policy's generation moves).
+    policies
+        .patch(
+            "app",
+            &by_hand,
+            &merge(json!({ "spec": { "policyTypes": ["Ingress"] } })),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "the NetworkPolicy's policyTypes to be put back",
+        PUT_BACK,
+        || async {
+            let p = policies.get("app").await.ok()?;
+            (types(&p) == ["Ingress", "Egress"]).then_some(())
+        },
+    )
+    .await;
+
+    // Someone deletes the ConfigMap and the Service.
+    maps.delete("app-config", &DeleteParams::default()).await.unwrap();
+    services.delete("app", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "the ConfigMap and the Service to be created again",
+        PUT_BACK,
+        || async {
+            let map = maps.get_opt("app-config").await.ok()??;
+            let service = services.get_opt("app").await.ok()??;
+            (map.metadata.deletion_timestamp.is_none() && service.metadata.deletion_timestamp.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Someone scales the Deployment by hand.
+    deployments
+        .patch("app", &by_hand, &merge(json!({ "spec": { "replicas": 3 } })))
+        .await
+        .unwrap();
+    wait_for("the Deployment's replicas to be put back", PUT_BACK, || async {
+        let d = deployments.get("app").await.ok()?;
+        (d.spec.replicas == Some(2)).then_some(())
+    })
+    .await;
+    ns.delete().await;
+}
+
 #[tokio::test]
 async fn deleting_an_installation_removes_every_child() {
     let (client, ns, _, api) = running("del", "gone").await;

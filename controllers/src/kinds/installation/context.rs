@@ -2,27 +2,23 @@
 //! Deployments cache (what each workload reports, without a GET per
 //! reconcile) and the memory of what was last applied, so a reconcile that
 //! only reports a rollout's progress does not write seven unchanged children
-//! again.
+//! again, and what the watches of its other children ([`super::drift`]) saw
+//! of them since.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use somastack_crds::Installation;
 
+use super::drift::{self, AppliedChild, ChildKind, Seen};
 use super::{ObjectKey, Workload};
 use crate::Result;
 use crate::caches::Filled;
 use crate::runtime::{CACHE_WAIT, Context};
-
-/// However unchanged its children, an Installation's children are applied
-/// again after this long: what someone changed or deleted by hand is put
-/// back (as the resync did before).
-pub const FULL_APPLY_EVERY: Duration = Duration::from_secs(300);
 
 pub struct InstallationContext {
     pub shared: Arc<Context>,
@@ -55,24 +51,29 @@ pub struct Provisioned {
     pub deployment_generation: Option<i64>,
     /// The revision recorded for them.
     pub revision: i64,
-    pub at: Instant,
+    /// The Installation's namespace: its children's.
+    pub namespace: String,
+    /// The Installation's name.
+    pub name: String,
+    /// The other children as the apply left them.
+    pub children: BTreeMap<ChildKind, AppliedChild>,
+    /// What the watches have seen of those children since: changes and
+    /// deletes by someone else ([`drift::is_news`]).
+    pub drift: BTreeMap<ChildKind, Seen>,
 }
 
 /// Pure: whether applying children of `digest` can be skipped, given what
 /// was last applied and the generation the Deployment has now (`None`:
-/// gone). Only when the very same children were applied less than
-/// [`FULL_APPLY_EVERY`] ago and nobody has changed the Deployment since.
-pub fn unchanged(
-    last: Option<&Provisioned>,
-    digest: &str,
-    deployment_generation: Option<i64>,
-    now: Instant,
-) -> bool {
+/// gone). Only when the very same children were applied and nobody has
+/// changed or deleted one of them since: not the Deployment, not another
+/// child. There is no period after which they are applied anyway: at
+/// steady state the operator writes nothing.
+pub fn unchanged(last: Option<&Provisioned>, digest: &str, deployment_generation: Option<i64>) -> bool {
     last.is_some_and(|p| {
         p.digest == digest
             && deployment_generation.is_some()
             && p.deployment_generation == deployment_generation
-            && now.saturating_duration_since(p.at) < FULL_APPLY_EVERY
+            && p.drift.is_empty()
     })
 }
 
@@ -107,14 +108,19 @@ impl InstallationContext {
         let generation = self.deployment(key).and_then(|d| d.metadata.generation);
         let provisioned = self.provisioned.lock().ok()?;
         let last = provisioned.get(&key.uid)?;
-        unchanged(Some(last), digest, generation, Instant::now()).then_some(last.revision)
+        unchanged(Some(last), digest, generation).then_some(last.revision)
     }
 
-    /// Remembers what was applied for `key`; forgets Installations that are gone.
-    pub fn remember(&self, key: &ObjectKey, applied: Provisioned) {
+    /// Remembers what was applied for `key`, with what its watches saw
+    /// before that is still news ([`drift::still_news`]: an event may come
+    /// in while the apply is under way); forgets Installations that are gone.
+    pub fn remember(&self, key: &ObjectKey, mut applied: Provisioned) {
         let Ok(mut provisioned) = self.provisioned.lock() else {
             return;
         };
+        if let Some(earlier) = provisioned.remove(&key.uid) {
+            applied.drift = drift::still_news(earlier.drift, &applied.children);
+        }
         provisioned.insert(key.uid.clone(), applied);
         let live = self.shared.caches.installations.state();
         if provisioned.len() > 2 * live.len() + 16 {
@@ -137,6 +143,71 @@ impl InstallationContext {
         }
     }
 
+    /// Takes in what a watch saw of the child `name` of kind `kind` of the
+    /// Installation with `uid`; whether that is news (the Installation's
+    /// children are to be applied again).
+    pub fn observe(&self, uid: &str, kind: ChildKind, name: &str, seen: Seen) -> bool {
+        let Ok(mut provisioned) = self.provisioned.lock() else {
+            return false;
+        };
+        let Some(record) = provisioned.get_mut(uid) else {
+            // Never applied by this process: its first reconcile applies all.
+            return false;
+        };
+        let news = match (&seen, record.children.get(&kind)) {
+            (Seen::Event { version, deleted }, Some(child)) if child.name == name => {
+                drift::is_news(&child.version, version, *deleted)
+            }
+            _ => false,
+        };
+        if news {
+            record.drift.insert(kind, seen);
+        }
+        news
+    }
+
+    /// The Installations one of whose children of `kind` was applied but is
+    /// not among the children a full list found (`listed`: namespace and
+    /// name): deleted while the watch was down. Each is marked to apply again.
+    pub fn vanished(
+        &self,
+        kind: ChildKind,
+        listed: &HashSet<(String, String)>,
+    ) -> Vec<ObjectRef<Installation>> {
+        let Ok(mut provisioned) = self.provisioned.lock() else {
+            return vec![];
+        };
+        let mut gone = vec![];
+        for record in provisioned.values_mut() {
+            let Some(child) = record.children.get(&kind) else {
+                continue;
+            };
+            if !listed.contains(&(record.namespace.clone(), child.name.clone())) {
+                record.drift.insert(kind, Seen::Missing);
+                gone.push(ObjectRef::new(&record.name).within(&record.namespace));
+            }
+        }
+        gone
+    }
+
+    /// Whether `inst` (still there, not being deleted) has a child that
+    /// someone else changed or deleted since it was last applied.
+    pub fn drifted(&self, inst: &ObjectRef<Installation>) -> bool {
+        let Some(uid) = self
+            .shared
+            .caches
+            .installations
+            .get(inst)
+            .filter(|i| i.metadata.deletion_timestamp.is_none())
+            .and_then(|i| i.metadata.uid.clone())
+        else {
+            return false;
+        };
+        self.provisioned
+            .lock()
+            .is_ok_and(|p| p.get(&uid).is_some_and(|r| !r.drift.is_empty()))
+    }
+
     /// Whether the last reconcile of `inst` saw its Deployment as the cache
     /// has it now (a Deployment that is gone is news).
     pub fn saw(&self, inst: &ObjectRef<Installation>) -> bool {
@@ -155,47 +226,61 @@ impl InstallationContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::installation::drift::Version;
 
-    fn applied(at: Instant) -> Provisioned {
+    fn applied() -> Provisioned {
         Provisioned {
             digest: "d1".into(),
             deployment_generation: Some(3),
             revision: 2,
-            at,
+            namespace: "team".into(),
+            name: "app".into(),
+            children: BTreeMap::from([(
+                ChildKind::ConfigMap,
+                AppliedChild {
+                    name: "app-config".into(),
+                    version: Version {
+                        resource_version: "120".into(),
+                        generation: None,
+                    },
+                },
+            )]),
+            drift: BTreeMap::new(),
         }
     }
 
     #[test]
-    fn the_same_children_are_not_applied_twice_within_the_period() {
-        let t = Instant::now();
-        assert!(unchanged(
-            Some(&applied(t)),
-            "d1",
-            Some(3),
-            t + Duration::from_secs(10)
-        ));
+    fn the_same_children_are_not_applied_twice() {
+        assert!(unchanged(Some(&applied()), "d1", Some(3)));
     }
 
     #[test]
-    fn other_children_a_changed_or_missing_deployment_or_time_apply_again() {
-        let t = Instant::now();
-        let soon = t + Duration::from_secs(10);
-        assert!(!unchanged(None, "d1", Some(3), soon), "nothing applied yet");
+    fn other_children_or_a_changed_or_missing_deployment_apply_again() {
+        assert!(!unchanged(None, "d1", Some(3)), "nothing applied yet");
+        assert!(!unchanged(Some(&applied()), "d2", Some(3)), "other children");
         assert!(
-            !unchanged(Some(&applied(t)), "d2", Some(3), soon),
-            "other children"
-        );
-        assert!(
-            !unchanged(Some(&applied(t)), "d1", Some(4), soon),
+            !unchanged(Some(&applied()), "d1", Some(4)),
             "someone changed the Deployment"
         );
-        assert!(
-            !unchanged(Some(&applied(t)), "d1", None, soon),
-            "the Deployment is gone"
+        assert!(!unchanged(Some(&applied()), "d1", None), "the Deployment is gone");
+    }
+
+    #[test]
+    fn a_child_someone_else_changed_or_deleted_applies_again() {
+        let mut edited = applied();
+        edited.drift.insert(
+            ChildKind::ConfigMap,
+            Seen::Event {
+                version: Version {
+                    resource_version: "150".into(),
+                    generation: None,
+                },
+                deleted: true,
+            },
         );
-        assert!(
-            !unchanged(Some(&applied(t)), "d1", Some(3), t + FULL_APPLY_EVERY),
-            "applied again after the period"
-        );
+        assert!(!unchanged(Some(&edited), "d1", Some(3)));
+        let mut missing = applied();
+        missing.drift.insert(ChildKind::ServiceAccount, Seen::Missing);
+        assert!(!unchanged(Some(&missing), "d1", Some(3)));
     }
 }

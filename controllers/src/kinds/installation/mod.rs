@@ -9,18 +9,20 @@
 //! [`rollback_decision`] (pure) → report (status and Events).
 
 mod context;
+pub mod drift;
 pub mod render;
 pub mod revisions;
 
-pub use context::{FULL_APPLY_EVERY, InstallationContext, Provisioned, unchanged};
+pub use context::{InstallationContext, Provisioned, unchanged};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -38,6 +40,7 @@ use crate::runtime::{Context, Wired};
 use crate::status::{self, HasConditions};
 use crate::triggers;
 use crate::{Error, Result};
+use drift::{AppliedChild, ChildKind};
 
 /// Annotation holding the last rollback (JSON), written with the restored spec.
 pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
@@ -53,14 +56,25 @@ pub fn controller(
 ) -> Wired<Installation, InstallationContext, impl Future<Output = ()> + Send + use<>> {
     let users = ctx.caches.installations.clone();
     let events = &ctx.caches;
+    // Of the operator's children, only those it manages.
+    let managed = ctx
+        .tuning
+        .watcher_config()
+        .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY));
     let (deployments, filled, caches) = crate::caches::own_cache(
         Api::<Deployment>::all(ctx.client.clone()),
-        ctx.tuning
-            .watcher_config()
-            .labels(&format!("app.kubernetes.io/managed-by={}", crate::MANAGED_BY)),
+        managed.clone(),
         trim_deployment,
     );
     let kind_ctx = Arc::new(InstallationContext::new(ctx.clone(), deployments.store(), filled));
+    let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel();
+    let children = drift::watch(&ctx.client, &managed, &kind_ctx, drift_tx);
+    // Judged when the window closes: an event that came in while the
+    // Installation's own apply was under way is settled by that apply.
+    let judge = kind_ctx.clone();
+    let drifted = futures::stream::unfold(drift_rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
+    let drifted = triggers::coalesced(drifted, triggers::WINDOW)
+        .filter(move |inst| futures::future::ready(judge.drifted(inst)));
     let own = events.installations.changes(triggers::intent);
     // What a Deployment reports, for its Installation; a rollout's steps
     // (created, updated, ready) often come within one window, so status is
@@ -84,7 +98,11 @@ pub fn controller(
             })
         })
         .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
-        .reconcile_on(rollouts);
+        .reconcile_on(rollouts)
+        .reconcile_on(drifted);
+    let caches = async move {
+        futures::join!(caches, children);
+    };
     Wired::new(ctl, kind_ctx, caches)
 }
 
@@ -481,7 +499,10 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
     if let Some(e) = applied.failed {
         return Err(e);
     }
-    // While a rollout is under way, look again soon; otherwise rely on watches.
+    // While a rollout is under way, look again soon; otherwise rely on
+    // watches, and look again in 5 minutes for what no watch tells of (a
+    // namespace's labels, which decide its bundles). That look reads the
+    // caches only: with its children as applied, it sends no request.
     let next = if assessment.phase == InstallationPhase::Ready || applied.refused.is_some() {
         300
     } else {
@@ -534,8 +555,8 @@ async fn apply_children(
             ..Applied::default()
         });
     }
-    let deployment = match provision(ctx, key, children).await {
-        Ok(deployment) => deployment,
+    let (deployment, others) = match provision(ctx, key, children).await {
+        Ok(applied) => applied,
         // Reported in status (and as an Event); no revision is recorded
         // for what was not applied.
         Err(e @ Error::ChildRefused { .. }) => {
@@ -571,7 +592,10 @@ async fn apply_children(
         digest,
         deployment_generation: deployment.metadata.generation,
         revision: number,
-        at: std::time::Instant::now(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        children: others,
+        drift: Default::default(),
     };
     ctx.remember(key, provisioned);
     Ok(Applied {
@@ -582,8 +606,12 @@ async fn apply_children(
 }
 
 /// Applies every wanted child and prunes the optional ones no longer
-/// wanted; the Deployment as the apply left it.
-async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) -> Result<Deployment> {
+/// wanted; the Deployment as the apply left it, and the other children.
+async fn provision(
+    ctx: &Context,
+    key: &ObjectKey,
+    children: &render::Children,
+) -> Result<(Deployment, BTreeMap<ChildKind, AppliedChild>)> {
     // Destructured without `..` on purpose (Stackable's KubernetesResources
     // pattern): a child added to `Children` but not applied here is a
     // compile error, so no rendered child can be forgotten.
@@ -598,19 +626,41 @@ async fn provision(ctx: &Context, key: &ObjectKey, children: &render::Children) 
         revision_hash: _,
     } = children;
     let (client, namespace) = (&ctx.client, key.namespace.as_str());
-    apply::apply_object(client, namespace, service_account).await?;
-    apply::apply_object(client, namespace, config_map).await?;
-    apply::apply_object(client, namespace, network_policy).await?;
-    apply_or_prune(ctx, key, service.as_ref()).await?;
+    let mut applied = BTreeMap::new();
+    let mut keep = |kind, meta: Option<&ObjectMeta>| {
+        // Nothing to judge later events by without a name and version.
+        let child = meta.and_then(|m| {
+            Some(AppliedChild {
+                name: m.name.clone()?,
+                version: drift::Version::of(m)?,
+            })
+        });
+        if let Some(child) = child {
+            applied.insert(kind, child);
+        }
+    };
+    let sa = apply::apply_object(client, namespace, service_account).await?;
+    keep(ChildKind::ServiceAccount, Some(&sa.metadata));
+    let cm = apply::apply_object(client, namespace, config_map).await?;
+    keep(ChildKind::ConfigMap, Some(&cm.metadata));
+    let np = apply::apply_object(client, namespace, network_policy).await?;
+    keep(ChildKind::NetworkPolicy, Some(&np.metadata));
+    let svc = apply_or_prune(ctx, key, service.as_ref()).await?;
+    keep(ChildKind::Service, svc.as_ref().map(|c| &c.metadata));
     let deployment = apply::apply_object(client, namespace, deployment).await?;
-    apply_or_prune(ctx, key, autoscaler.as_ref()).await?;
-    apply_or_prune(ctx, key, disruption_budget.as_ref()).await?;
-    Ok(deployment)
+    let hpa = apply_or_prune(ctx, key, autoscaler.as_ref()).await?;
+    keep(
+        ChildKind::HorizontalPodAutoscaler,
+        hpa.as_ref().map(|c| &c.metadata),
+    );
+    let pdb = apply_or_prune(ctx, key, disruption_budget.as_ref()).await?;
+    keep(ChildKind::PodDisruptionBudget, pdb.as_ref().map(|c| &c.metadata));
+    Ok((deployment, applied))
 }
 
 /// Applies an optional child (named after the Installation) when wanted,
-/// deletes it (if ours) when not.
-async fn apply_or_prune<K>(ctx: &Context, key: &ObjectKey, child: Option<&K>) -> Result<()>
+/// deletes it (if ours) when not; the child as the apply left it.
+async fn apply_or_prune<K>(ctx: &Context, key: &ObjectKey, child: Option<&K>) -> Result<Option<K>>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -619,16 +669,14 @@ where
         + std::fmt::Debug,
 {
     match child {
-        Some(obj) => {
-            apply::apply_object(&ctx.client, &key.namespace, obj).await?;
-        }
+        Some(obj) => Ok(Some(apply::apply_object(&ctx.client, &key.namespace, obj).await?)),
         None => {
             if apply::delete_if_owned::<K>(&ctx.client, &key.namespace, &key.name, &key.uid).await? {
                 tracing::info!(kind = %K::kind(&()), name = %key.name, "pruned a child that is no longer wanted");
             }
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Pure: the assessment, with what applying the children met.
