@@ -333,6 +333,55 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     ns.delete().await;
 }
 
+#[tokio::test]
+async fn a_namespace_labelled_into_a_bundles_reach_is_judged_at_once() {
+    let (client, ns, package) = setup_published("nslabel", "confidential").await;
+    // Governs namespaces labelled `<package>=eu` only: not this one, yet.
+    let mut policy = bundle(
+        &package,
+        &ns.name,
+        json!({
+            "residency": { "rules": [{ "dataClassification": "confidential", "allowedRegions": ["eu-central-1"] }] },
+        }),
+    );
+    policy["spec"]["namespaceSelector"] = json!({ "matchLabels": { package.clone(): "eu" } });
+    put_policy(&client, ns.owns(&policy)).await;
+    let api = put_api(
+        &client,
+        &installation(&ns.name, "app", &package, "1.0.0", "us-east-1", 1),
+    )
+    .await;
+    wait_condition(&api, "app", "Ready", "True", None, T).await;
+
+    // Labelled: the bundle governs it now, and its rule forbids us-east-1.
+    // No change to the Installation, the Capsule or the bundle: only the
+    // namespace's labels tell (before, a Ready Installation saw it within 5
+    // minutes, on its periodic requeue; that is an hour now).
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            &ns.name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({ "metadata": { "labels": { package.clone(): "eu" } } })),
+        )
+        .await
+        .unwrap();
+    let obj = wait_condition(
+        &api,
+        "app",
+        "PolicyCompliant",
+        "False",
+        Some("PolicyViolation"),
+        PUT_BACK,
+    )
+    .await;
+    assert!(
+        message(&obj, "PolicyCompliant").contains("us-east-1"),
+        "{}",
+        message(&obj, "PolicyCompliant")
+    );
+    ns.delete().await;
+}
+
 /// How soon what someone changed in a child by hand is put back: the
 /// watches of children see it (there is no periodic apply; before there was
 /// one, every 5 minutes, and no sooner).

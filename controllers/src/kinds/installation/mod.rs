@@ -50,11 +50,14 @@ pub const LAST_ROLLBACK_ANNOTATION: &str = "somastack.io/last-rollback";
 /// its Deployment reports (the one watch of Deployments, of those the
 /// operator manages), for those that name a Capsule when what they read of
 /// it changes, and all of them when any PolicyBundle's spec changes (a kill
-/// switch must act within seconds). Its own caches: the Deployments.
+/// switch must act within seconds), those of a namespace when its labels
+/// change, and on changes someone else makes to its other children (one
+/// metadata-only watch per kind, [`drift`]). Its own caches: the Deployments.
 pub fn controller(
     ctx: &Arc<Context>,
 ) -> Wired<Installation, InstallationContext, impl Future<Output = ()> + Send + use<>> {
     let users = ctx.caches.installations.clone();
+    let tenants = users.clone();
     let events = &ctx.caches;
     // Of the operator's children, only those it manages.
     let managed = ctx
@@ -97,6 +100,14 @@ pub fn controller(
                     && i.spec.capsule.version == capsule.spec.version
             })
         })
+        // A namespace's labels decide which bundles govern it.
+        .watches_shared_stream(
+            events.namespaces.changes(|ns| ns.metadata.labels.clone()),
+            move |ns| {
+                let name = ns.name_any();
+                tenants.refs(|i| i.metadata.namespace.as_deref() == Some(name.as_str()))
+            },
+        )
         .reconcile_all_on(triggers::coalesced(bundles_changed, triggers::WINDOW))
         .reconcile_on(rollouts)
         .reconcile_on(drifted);
@@ -499,12 +510,15 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
     if let Some(e) = applied.failed {
         return Err(e);
     }
-    // While a rollout is under way, look again soon; otherwise rely on
-    // watches, and look again in 5 minutes for what no watch tells of (a
-    // namespace's labels, which decide its bundles). That look reads the
-    // caches only: with its children as applied, it sends no request.
-    let next = if assessment.phase == InstallationPhase::Ready || applied.refused.is_some() {
+    // While a rollout is under way, look again soon; a refused child is
+    // tried again in 5 minutes (a quota may have grown). Otherwise rely on
+    // watches, and look again after an hour for whatever one may have missed
+    // (a delete while it was down): from the caches, sending no request
+    // when the children are as applied.
+    let next = if applied.refused.is_some() {
         300
+    } else if assessment.phase == InstallationPhase::Ready {
+        3600
     } else {
         10
     };
