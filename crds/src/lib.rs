@@ -9,6 +9,7 @@
 // kube-derive's repeated `printcolumn(type_ = ...)` attributes trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod apidoc;
 pub mod capsule;
 pub mod common;
 pub mod crdgen;

@@ -1,9 +1,10 @@
-//! The committed CRD YAML (what `helm install` and `kubectl apply` use) must
-//! be exactly what the Rust types generate. Fix a failure with hack/gen-crds.sh.
+//! The committed CRD YAML (what `helm install` and `kubectl apply` use) and
+//! the API reference (docs/api.md) must be exactly what the Rust types
+//! generate. Fix a failure with hack/gen-crds.sh.
 
 use std::path::Path;
 
-use somastack_crds::crdgen;
+use somastack_crds::{apidoc, crdgen};
 
 #[test]
 fn committed_crds_match_the_rust_types() {
@@ -30,5 +31,16 @@ fn committed_crds_match_the_rust_types() {
     assert_eq!(
         present, expected_files,
         "charts/somastack-operator/crds/ holds a CRD the types no longer define"
+    );
+}
+
+#[test]
+fn committed_api_reference_matches_the_schemas() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md");
+    let committed =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("docs/api.md: {e}; run hack/gen-crds.sh"));
+    assert!(
+        apidoc::committed(&committed) == Some(apidoc::markdown(&crdgen::all()).as_str()),
+        "docs/api.md's field reference is stale or missing: the CRD schemas changed; run hack/gen-crds.sh and commit"
     );
 }

@@ -224,6 +224,10 @@ pub struct CrdArgs {
     /// Write `<name>.yaml` per CRD into this folder instead of printing a stream.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Also write the field reference (every field of every kind) into this
+    /// markdown file, between its markers (appended when it has none).
+    #[arg(long)]
+    pub api_doc: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,8 +1,8 @@
-//! `somastack-operator crd`: print or write the CRDs.
+//! `somastack-operator crd`: print or write the CRDs, and the API reference.
 
 use std::io::Write;
 
-use somastack_crds::crdgen;
+use somastack_crds::{apidoc, crdgen};
 
 use crate::cli::CrdArgs;
 use crate::error::{Error, Result};
@@ -20,6 +20,11 @@ pub fn print(args: &CrdArgs) -> Result<()> {
                 std::fs::write(dir.join(crdgen::file_name(&crd)), yaml)?;
             }
         }
+    }
+    if let Some(file) = &args.api_doc {
+        // The prose around the field reference is kept as written.
+        let document = std::fs::read_to_string(file).unwrap_or_default();
+        std::fs::write(file, apidoc::splice(&document, &apidoc::markdown(&crdgen::all())))?;
     }
     Ok(())
 }
