@@ -179,10 +179,7 @@ impl InstallationContext {
         };
         let mut gone = vec![];
         for record in provisioned.values_mut() {
-            let Some(child) = record.children.get(&kind) else {
-                continue;
-            };
-            if !listed.contains(&(record.namespace.clone(), child.name.clone())) {
+            if drift::missing_from(listed, &record.namespace, record.children.get(&kind)) {
                 record.drift.insert(kind, Seen::Missing);
                 gone.push(ObjectRef::new(&record.name).within(&record.namespace));
             }

@@ -124,6 +124,17 @@ pub fn still_news(
         .collect()
 }
 
+/// Pure: whether a child the last apply left (`applied`, in `namespace`) is
+/// missing from a full list of its kind (`listed`: namespace and name of
+/// each child found): deleted while the watch was down.
+pub fn missing_from(
+    listed: &HashSet<(String, String)>,
+    namespace: &str,
+    applied: Option<&AppliedChild>,
+) -> bool {
+    applied.is_some_and(|child| !listed.contains(&(namespace.to_string(), child.name.clone())))
+}
+
 /// The Installation that controls a child, as its namespace, name and uid.
 fn controller_of(meta: &ObjectMeta) -> Option<(String, String, String)> {
     let owner = meta
@@ -281,6 +292,28 @@ mod tests {
     fn versions_that_are_not_numbers_are_news_unless_equal() {
         assert!(news(&v("a", None), &changed("b", None)));
         assert!(!news(&v("a", None), &changed("a", None)));
+    }
+
+    #[test]
+    fn a_child_applied_but_not_listed_again_is_missing() {
+        let child = AppliedChild {
+            name: "app-config".into(),
+            version: v("120", None),
+        };
+        let listed = HashSet::from([("team".to_string(), "app-config".to_string())]);
+        assert!(!missing_from(&listed, "team", Some(&child)), "listed");
+        assert!(
+            missing_from(&listed, "other", Some(&child)),
+            "same name, other namespace"
+        );
+        assert!(
+            missing_from(&HashSet::new(), "team", Some(&child)),
+            "deleted in the gap"
+        );
+        assert!(
+            !missing_from(&HashSet::new(), "team", None),
+            "never applied (pruned)"
+        );
     }
 
     #[test]
