@@ -269,6 +269,16 @@ mod tests {
         markdown(&crdgen::all())
     }
 
+    /// The first row of the field at `path` (kinds in [`crdgen::all`]'s order).
+    fn row(path: &str) -> String {
+        let start = format!("| `{path}` |");
+        reference()
+            .lines()
+            .find(|l| l.starts_with(&start))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     #[test]
     fn every_kind_has_a_section_with_its_spec_and_status() {
         let md = reference();
@@ -287,11 +297,7 @@ mod tests {
 
     #[test]
     fn a_field_shows_its_type_requirement_description_and_cel_message() {
-        let md = reference();
-        let row = md
-            .lines()
-            .find(|l| l.starts_with("| `spec.capsule.version` |"))
-            .unwrap_or_default();
+        let row = row("spec.capsule.version");
         assert!(row.contains("| string | yes |"), "{row}");
         assert!(row.contains("Exact semantic version"), "{row}");
         assert!(
@@ -302,11 +308,7 @@ mod tests {
 
     #[test]
     fn lists_of_names_show_what_each_item_must_be() {
-        let md = reference();
-        let row = md
-            .lines()
-            .find(|l| l.starts_with("| `spec.capabilities` |"))
-            .unwrap_or_default();
+        let row = row("spec.capabilities");
         assert!(row.contains("| []string |"), "{row}");
         assert!(
             row.contains("each: at most 63 characters; must be a lowercase name"),
