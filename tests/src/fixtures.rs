@@ -410,3 +410,14 @@ pub fn on_real_nodes(mut doc: Value) -> Value {
     });
     doc
 }
+
+/// `kubectl apply --server-side` of `docs` in one file (a List: applied in
+/// order, as a GitOps sync or `kubectl apply -f dir/` does).
+pub fn apply_together(docs: &[&Value]) -> std::process::Output {
+    let list = json!({ "apiVersion": "v1", "kind": "List", "items": docs });
+    let file = std::env::temp_dir().join(format!("somastack-together-{}.json", crate::unique_suffix()));
+    std::fs::write(&file, list.to_string()).unwrap();
+    let out = crate::kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    out
+}

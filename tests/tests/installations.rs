@@ -13,8 +13,8 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    bundle, capsule, condition, condition_with, denied, installation, message, put, put_api, put_policy,
-    setup_published, wait_condition, wait_refused,
+    apply_together, bundle, capsule, condition, condition_with, denied, installation, message, put, put_api,
+    put_policy, setup_published, wait_condition, wait_refused,
 };
 use somastack_tests::{
     TestNamespace, api_for, operator_cli, operator_cli_ok, setup, unique_suffix, wait_event, wait_for,
@@ -537,84 +537,6 @@ async fn audit_bundles_report_without_blocking() {
     assert_eq!(
         (v["namespace"].as_str(), v["name"].as_str(), v["rule"].as_str()),
         (Some(ns.name.as_str()), Some("over"), Some("maxReplicas"))
-    );
-    ns.delete().await;
-}
-
-/// `kubectl apply --server-side` of `docs` in one file (a List: applied in
-/// order, as a GitOps sync or `kubectl apply -f dir/` does).
-fn apply_together(docs: &[&Value]) -> std::process::Output {
-    let list = json!({ "apiVersion": "v1", "kind": "List", "items": docs });
-    let file = std::env::temp_dir().join(format!("somastack-together-{}.json", unique_suffix()));
-    std::fs::write(&file, list.to_string()).unwrap();
-    let out = somastack_tests::kubectl(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&file);
-    out
-}
-
-#[tokio::test]
-async fn a_bundle_applied_with_an_installation_judges_it() {
-    // The webhook reads PolicyBundles from its cache when the record of
-    // bundle writes shows the cache complete, from the API server when not:
-    // either way a bundle written just before an Installation judges it.
-    let (_client, ns, package) = setup_published("together", "public").await;
-    let refused = |out: &std::process::Output, bundle: &str| {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "refused: {stderr}");
-        assert!(
-            stderr.contains("exceed the ceiling of 1") && stderr.contains(&format!("PolicyBundle {bundle}")),
-            "the refusal names the bundle applied with it: {stderr}"
-        );
-    };
-    let admitted = |out: &std::process::Output| {
-        assert!(
-            out.status.success(),
-            "admitted: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    for i in 0..4 {
-        let name = format!("{package}-{i}");
-        let ceiling = |max: i32| {
-            bundle(
-                &name,
-                &ns.name,
-                json!({ "enforcement": "Enforce", "limits": { "maxReplicas": max } }),
-            )
-        };
-        let app = |replicas| {
-            installation(
-                &ns.name,
-                &format!("app-{i}"),
-                &package,
-                "1.0.0",
-                "us-east-1",
-                replicas,
-            )
-        };
-        // Created together: refused.
-        refused(&apply_together(&[ns.owns(&ceiling(1)), &app(2)]), &name);
-        // The bundle raised together: admitted.
-        admitted(&apply_together(&[&ceiling(3), &app(2)]));
-        // Lowered again, and the Installation changed with it: refused.
-        refused(&apply_together(&[&ceiling(1), &app(3)]), &name);
-        // Deleted, then the change again: admitted.
-        admitted(&somastack_tests::kubectl(&["delete", "policybundle", &name]));
-        admitted(&apply_together(&[&app(3)]));
-    }
-    // With no bundle written meanwhile, Installations are judged from the
-    // cache (once it has the writes above).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let series = r#"somastack_webhook_bundle_reads_total{source="cache"}"#;
-    let before = somastack_tests::metric(series).await;
-    for i in 0..4 {
-        let app = installation(&ns.name, &format!("app-{i}"), &package, "1.0.0", "us-east-1", 1);
-        admitted(&apply_together(&[&app]));
-    }
-    let cached = somastack_tests::metric(series).await - before;
-    assert!(
-        cached >= 4.0,
-        "4 Installation changes judged from the cache, counted {cached}"
     );
     ns.delete().await;
 }
