@@ -172,7 +172,7 @@ impl<K: Send + Sync + 'static> Subscribers<K> {
         if let Ok(mut subs) = self.0.lock() {
             subs.push(tx);
         }
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|obj| (obj, rx)) })
+        crate::triggers::received(rx)
     }
 
     /// Sends `obj`, applied or `deleted` (after the store applied it), to

@@ -10,6 +10,15 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use kube::runtime::reflector::ObjectRef;
 
+/// What an unbounded channel receives, as a stream (it ends when every
+/// sender is gone): how a task that is not a stream combinator feeds
+/// triggers to a controller.
+pub fn received<T: Send + 'static>(
+    rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) })
+}
+
 /// The objects of `events` (each with whether the watch deleted it) that
 /// appear, go, or change in what `read` returns since they were last seen;
 /// a write that leaves that part alone passes nothing on.
@@ -140,7 +149,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_passed_on_once_per_window() {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-        let triggers = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) });
+        let triggers = received(rx);
         let mut out = Box::pin(coalesced(triggers, Duration::from_secs(1)));
         for t in [1, 2, 1, 1, 2, 3] {
             tx.send(t).ok();

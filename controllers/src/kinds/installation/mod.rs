@@ -75,8 +75,7 @@ pub fn controller(
     // Judged when the window closes: an event that came in while the
     // Installation's own apply was under way is settled by that apply.
     let judge = kind_ctx.clone();
-    let drifted = futures::stream::unfold(drift_rx, |mut rx| async move { rx.recv().await.map(|i| (i, rx)) });
-    let drifted = triggers::coalesced(drifted, triggers::WINDOW)
+    let drifted = triggers::coalesced(triggers::received(drift_rx), triggers::WINDOW)
         .filter(move |inst| futures::future::ready(judge.drifted(inst)));
     let own = events.installations.changes(triggers::intent);
     // What a Deployment reports, for its Installation; a rollout's steps
