@@ -57,13 +57,9 @@ pub fn markdown(crds: &[CustomResourceDefinition]) -> String {
 /// `document` with its field reference (from [`BEGIN`] to [`END`]) replaced
 /// by `reference`, or `reference` appended when it has none yet.
 pub fn splice(document: &str, reference: &str) -> String {
-    match (document.find(BEGIN), document.find(END)) {
-        (Some(b), Some(e)) if b < e => {
-            let after = &document[e + END.len()..];
-            let after = after.strip_prefix('\n').unwrap_or(after);
-            format!("{}{reference}{after}", &document[..b])
-        }
-        _ => format!("{}\n\n{reference}", document.trim_end()),
+    match committed(document) {
+        Some(old) => document.replacen(old, reference, 1),
+        None => format!("{}\n\n{reference}", document.trim_end()),
     }
 }
 

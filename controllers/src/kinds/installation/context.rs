@@ -14,7 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 
 use somastack_crds::Installation;
 
-use super::drift::{self, AppliedChild, ChildKind, Seen};
+use super::drift::{self, AppliedChild, ChildKind, Seen, Version};
 use super::{ObjectKey, Workload};
 use crate::Result;
 use crate::caches::Filled;
@@ -144,9 +144,10 @@ impl InstallationContext {
     }
 
     /// Takes in what a watch saw of the child `name` of kind `kind` of the
-    /// Installation with `uid`; whether that is news (the Installation's
-    /// children are to be applied again).
-    pub fn observe(&self, uid: &str, kind: ChildKind, name: &str, seen: Seen) -> bool {
+    /// Installation with `uid` (changed, or `deleted`, at `version`);
+    /// whether that is news (the Installation's children are to be applied
+    /// again).
+    pub fn observe(&self, uid: &str, kind: ChildKind, name: &str, version: Version, deleted: bool) -> bool {
         let Ok(mut provisioned) = self.provisioned.lock() else {
             return false;
         };
@@ -154,14 +155,12 @@ impl InstallationContext {
             // Never applied by this process: its first reconcile applies all.
             return false;
         };
-        let news = match (&seen, record.children.get(&kind)) {
-            (Seen::Event { version, deleted }, Some(child)) if child.name == name => {
-                drift::is_news(&child.version, version, *deleted)
-            }
-            _ => false,
-        };
+        let news = record
+            .children
+            .get(&kind)
+            .is_some_and(|child| child.name == name && drift::is_news(&child.version, &version, deleted));
         if news {
-            record.drift.insert(kind, seen);
+            record.drift.insert(kind, Seen::Event { version, deleted });
         }
         news
     }
@@ -223,7 +222,6 @@ impl InstallationContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kinds::installation::drift::Version;
 
     fn applied() -> Provisioned {
         Provisioned {

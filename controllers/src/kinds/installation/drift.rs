@@ -192,7 +192,7 @@ where
                 let (Some(child), Some(version)) = (meta.name.as_deref(), Version::of(meta)) else {
                     return;
                 };
-                if ctx.observe(&uid, kind, child, Seen::Event { version, deleted }) {
+                if ctx.observe(&uid, kind, child, version, deleted) {
                     let _ = drifted.send(ObjectRef::new(&name).within(&namespace));
                 }
             };
