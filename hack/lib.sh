@@ -13,6 +13,9 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v4.3.1}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-v2.4.2}"  # real nodes only
+# Checkers the tests run (hack/build-checkers.sh): promtool from the
+# Prometheus module (v0.316.0 is Prometheus 3.16.0).
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 
 # Binaries are cached outside the repository, keyed by version, so a fresh
 # clone on the same machine (and CI after a developer session) reuses them.
@@ -24,6 +27,7 @@ KWOK_BIN="$BIN_DIR/kwok-$KWOK_VERSION"
 HELM_BIN="$BIN_DIR/helm-$HELM_VERSION"
 K8S_NODE_BIN="$BIN_DIR/kubernetes-node-$K8S_VERSION"
 CONTAINERD_BIN="$BIN_DIR/containerd-$CONTAINERD_VERSION"
+PROMTOOL_BIN="$BIN_DIR/promtool-$PROMETHEUS_VERSION"
 
 # Real nodes (kubelet + containerd + runc + CNI) beside the kwok ones:
 # hack/real-nodes.sh, docs/real-nodes.md. On by default (they need root);

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds, from pinned Go modules through the module proxy, the checkers the
+# tests run against the project's own files (not the cluster's tools, which
+# hack/build-tools.sh builds): promtool, which checks and unit-tests the
+# chart's alerting rules (tests/tests/alerts.rs). Results are cached outside
+# the repository (see hack/lib.sh) like the cluster's tools; a second run
+# finds them and returns at once.
+#
+#   hack/build-checkers.sh            build whatever is missing
+#   hack/build-checkers.sh --print    print the PATH entries to use the binaries
+#
+# One build function per tool, each called once through install_into at the
+# bottom: add a tool by adding its version to hack/lib.sh, a build function,
+# an install_into line and its directory to --print.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+if [[ "${1:-}" == "--print" ]]; then
+  echo "$PROMTOOL_BIN"; exit 0
+fi
+
+command -v go >/dev/null || die "go is not installed (the project needs Go >= 1.26)"
+export CGO_ENABLED=0 GOFLAGS="-buildvcs=false" GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+mkdir -p "$BIN_DIR" "$CACHE_DIR/src"
+# One build at a time per cache (a lock of its own: hack/build-tools.sh may be
+# building the cluster's tools meanwhile); a second run waits here, then finds
+# the first one's results.
+exec 9>"$CACHE_DIR/.build-checkers.lock"
+if ! flock -n 9; then
+  log "another hack/build-checkers.sh is building into $CACHE_DIR; waiting for it"
+  flock 9
+fi
+
+# install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
+# success, so an interrupted build never leaves a half-filled cache entry.
+steps_total=1
+install_into() {
+  local dir="$1" step="$2" what="$3" fn="$4"
+  if [[ -f "$dir/.complete" ]]; then
+    log "[$step/$steps_total] $what: cached in $dir"
+    return
+  fi
+  log "[$step/$steps_total] $what: building (cold builds take minutes; cached afterwards)"
+  local start; start=$(date +%s)
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+  with_heartbeat "building $what" "$fn" "$dir.tmp"
+  touch "$dir.tmp/.complete"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  log "[$step/$steps_total] $what: built in $(( $(date +%s) - start ))s"
+}
+
+# promtool from github.com/prometheus/prometheus (v0.3XX.Y is Prometheus
+# 3.XX.Y). Its go.mod has replace directives, which `go install` refuses; a
+# wrapper module that requires it builds it (replaces of a dependency are
+# ignored), as for etcd in hack/build-tools.sh. -tags remove_all_sd leaves
+# out the service-discovery plugins (AWS, Azure, GCE, Kubernetes, ...), which
+# promtool needs only for `check config` of configurations using them, not
+# for `check rules` or `test rules`: most of the module's dependencies.
+build_promtool() {
+  local out="$1" src="$CACHE_DIR/src/prometheus-$PROMETHEUS_VERSION" v=github.com/prometheus/common/version
+  # v0.316.0 -> 3.16.0, what `promtool --version` reports.
+  local release="${PROMETHEUS_VERSION#v0.}"; release="${release:0:1}.${release:1}"
+  local ldflags="-s -w -X $v.Version=$release -X $v.Branch=HEAD -X $v.Revision=$PROMETHEUS_VERSION"
+  rm -rf "$src"; mkdir -p "$src"
+  ( cd "$src" && go mod init somastack.local/prometheus-build >/dev/null 2>&1 &&
+    go get "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" >/dev/null 2>&1 &&
+    GOFLAGS="$GOFLAGS -mod=mod" go build -trimpath -tags remove_all_sd -ldflags "$ldflags" \
+      -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool )
+}
+
+install_into "$PROMTOOL_BIN" 1 "promtool (Prometheus module $PROMETHEUS_VERSION)" build_promtool
+log "all checkers ready under $BIN_DIR"
