@@ -90,6 +90,71 @@ pub fn merge(
     out
 }
 
+/// How GitOps tools should read an object, decided by its kind from what
+/// it observed. kstatus (Flux, kpt) reads `Stalled=True` as Failed,
+/// `Reconciling=True` (or a stale `observedGeneration`) as InProgress, then
+/// `Ready`; Argo CD reads the same conditions through the scripts in
+/// `gitops/argocd/` (docs/gitops.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The spec is realized (also a deliberate suspension): `Ready=True`.
+    Current,
+    /// The controller is at work on it: `Reconciling=True`.
+    Progressing,
+    /// Nothing moves until a person or another object acts (an approval,
+    /// a kill switch release, a Capsule to publish): `Ready=False` alone.
+    Waiting,
+    /// Failed, and stays so until the spec (or what it names) changes:
+    /// `Stalled=True`.
+    Stalled,
+}
+
+/// The conditions kstatus reads, kept with abnormal-true polarity as Flux
+/// does: `Reconciling` and `Stalled` exist only while true.
+pub const HEALTH_TYPES: [&str; 2] = ["Reconciling", "Stalled"];
+
+/// Pure: `desired` plus the `Reconciling` or `Stalled` condition `health`
+/// asks for: as `desired` gives it, else with the deciding reason and
+/// message (those of `Ready`).
+pub fn with_health(desired: &[Desired], health: Health) -> Vec<Desired> {
+    let mut out: Vec<Desired> = desired
+        .iter()
+        .filter(|d| !HEALTH_TYPES.contains(&d.type_))
+        .cloned()
+        .collect();
+    let type_ = match health {
+        Health::Progressing => "Reconciling",
+        Health::Stalled => "Stalled",
+        Health::Current | Health::Waiting => return out,
+    };
+    if let Some(given) = desired.iter().find(|d| d.type_ == type_) {
+        out.push(given.clone());
+        return out;
+    }
+    let (reason, message) = desired
+        .iter()
+        .find(|d| d.type_ == "Ready")
+        .map(|r| (r.reason, r.message.clone()))
+        .unwrap_or(("Reconciling", String::new()));
+    out.push(Desired::new(type_, Status::True, reason, message));
+    out
+}
+
+/// [`merge`], then the health conditions of [`with_health`]: a
+/// `Reconciling` or `Stalled` that `health` does not ask for is removed.
+pub fn merge_with_health(
+    current: &[Condition],
+    desired: &[Desired],
+    health: Health,
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let desired = with_health(desired, health);
+    let mut out = merge(current, &desired, generation, now);
+    out.retain(|c| !HEALTH_TYPES.contains(&c.type_.as_str()) || desired.iter().any(|d| d.type_ == c.type_));
+    out
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -177,6 +242,82 @@ mod tests {
         assert_eq!(
             find(&second, "Verified").map(|c| c.last_transition_time.clone()),
             Some(at(1))
+        );
+    }
+
+    #[test]
+    fn health_adds_reconciling_or_stalled_with_readys_reason_and_removes_them_after() {
+        let ready = |s, r: &'static str| Desired::new("Ready", s, r, format!("why {r}"));
+        let types = |c: &[Condition]| {
+            c.iter()
+                .map(|c| format!("{}={}:{}", c.type_, c.status, c.reason))
+                .collect::<Vec<_>>()
+        };
+        let progressing = merge_with_health(
+            &[],
+            &[ready(Status::False, "RollingOut")],
+            Health::Progressing,
+            Some(1),
+            &at(1),
+        );
+        assert_eq!(
+            types(&progressing),
+            ["Ready=False:RollingOut", "Reconciling=True:RollingOut"]
+        );
+        assert_eq!(
+            find(&progressing, "Reconciling").map(|c| c.message.as_str()),
+            Some("why RollingOut")
+        );
+        let stalled = merge_with_health(
+            &progressing,
+            &[ready(Status::False, "ProgressDeadlineExceeded")],
+            Health::Stalled,
+            Some(1),
+            &at(2),
+        );
+        assert_eq!(
+            types(&stalled),
+            [
+                "Ready=False:ProgressDeadlineExceeded",
+                "Stalled=True:ProgressDeadlineExceeded"
+            ]
+        );
+        // Ready did not flip: its transition time stays; Stalled is new.
+        assert_eq!(
+            find(&stalled, "Ready").map(|c| c.last_transition_time.clone()),
+            Some(at(1))
+        );
+        assert_eq!(
+            find(&stalled, "Stalled").map(|c| c.last_transition_time.clone()),
+            Some(at(2))
+        );
+        let waiting = merge_with_health(
+            &stalled,
+            &[ready(Status::False, "KillSwitchEngaged")],
+            Health::Waiting,
+            Some(2),
+            &at(3),
+        );
+        assert_eq!(types(&waiting), ["Ready=False:KillSwitchEngaged"]);
+        let current = merge_with_health(
+            &waiting,
+            &[ready(Status::True, "WorkloadReady")],
+            Health::Current,
+            Some(2),
+            &at(4),
+        );
+        assert_eq!(types(&current), ["Ready=True:WorkloadReady"]);
+        // A kind may say why it is stalled in its own words; a Stalled it
+        // gives while not stalled is dropped.
+        let own = Desired::new("Stalled", Status::True, "RolledBack", "rolled back to 2");
+        let rolled_back = with_health(
+            &[ready(Status::True, "WorkloadReady"), own.clone()],
+            Health::Stalled,
+        );
+        assert_eq!(rolled_back.last(), Some(&own));
+        assert_eq!(
+            with_health(&[ready(Status::True, "WorkloadReady"), own], Health::Current).len(),
+            1
         );
     }
 

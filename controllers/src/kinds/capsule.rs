@@ -21,7 +21,7 @@ use somastack_crds::capsule::{CapsuleSpec, CapsuleStatus, ReviewRecord};
 use somastack_crds::common::CapsuleRef;
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
-use crate::conditions::{self, Desired, Status};
+use crate::conditions::{self, Desired, Health, Status};
 use crate::domain::capsules::{self as capsule_refs, Resolved};
 use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, review_record};
 use crate::domain::signing;
@@ -256,6 +256,27 @@ pub fn desired_status(capsule: &Capsule, bundles: &[Arc<PolicyBundle>], now: &Ti
     }
 }
 
+/// Pure: how GitOps tools read a Capsule, from its `Ready`: one waiting for
+/// a review (or for its users to go, when deleted) waits for a person; any
+/// other reason not to be installable (unsigned, an unknown key, a bad
+/// signature, rejected, a duplicate version) stays until the Capsule or
+/// the bundles change: Stalled.
+pub fn health(desired: &[Desired]) -> Health {
+    match desired.iter().find(|d| d.type_ == "Ready") {
+        Some(r) if r.status == Status::True => Health::Current,
+        Some(r)
+            if matches!(
+                r.reason,
+                "AwaitingReview" | "ApprovalOutdated" | "DeletionBlocked"
+            ) =>
+        {
+            Health::Waiting
+        }
+        Some(_) => Health::Stalled,
+        None => Health::Progressing,
+    }
+}
+
 /// Why this Capsule can never be installed although its own checks pass,
 /// if so: another Capsule publishes the same package version first (or at
 /// the same moment), or its resources are not sane quantities.
@@ -385,9 +406,10 @@ async fn apply(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result<A
         decision.conditions.push(ready);
     }
     let users = users(capsule, &capsules, &ctx.caches.installations.state());
-    let merged = conditions::merge(
+    let merged = conditions::merge_with_health(
         capsule.conditions(),
         &decision.conditions,
+        health(&decision.conditions),
         capsule.metadata.generation,
         &now,
     );
@@ -444,7 +466,13 @@ async fn cleanup(capsule: &Capsule, ctx: &Context, api: &Api<Capsule>) -> Result
         "DeletionBlocked",
         message.clone(),
     )];
-    let merged = conditions::merge(capsule.conditions(), &desired, capsule.metadata.generation, &now);
+    let merged = conditions::merge_with_health(
+        capsule.conditions(),
+        &desired,
+        Health::Waiting,
+        capsule.metadata.generation,
+        &now,
+    );
     if merged.as_slice() != capsule.conditions() {
         status::apply(
             api,
@@ -473,6 +501,25 @@ mod tests {
     use somastack_crds::capsule::{Signature, SignatureAlgorithm};
     use somastack_crds::common::DataClassification;
     use somastack_crds::policy::{PolicyBundleSpec, PublisherKey, Trust, TrustedPublisher};
+
+    /// How kstatus and Argo CD read a Capsule, by its `Ready`.
+    #[test]
+    fn gitops_tools_read_a_capsule_by_its_ready() {
+        let read = |status, reason| health(&[Desired::new("Ready", status, reason, "m")]);
+        assert_eq!(read(Status::True, "Installable"), Health::Current);
+        assert_eq!(read(Status::False, "AwaitingReview"), Health::Waiting);
+        assert_eq!(read(Status::False, "ApprovalOutdated"), Health::Waiting);
+        for reason in [
+            "Unsigned",
+            "UnknownKey",
+            "SignatureInvalid",
+            "Rejected",
+            "DuplicateVersion",
+        ] {
+            assert_eq!(read(Status::False, reason), Health::Stalled, "{reason}");
+        }
+        assert_eq!(health(&[]), Health::Progressing);
+    }
 
     fn now() -> Time {
         Time(jiff::Timestamp::from_second(1_800_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH))

@@ -20,7 +20,7 @@ use somastack_crds::policy::{
 use somastack_crds::{Capsule, Installation, PolicyBundle};
 
 use crate::Result;
-use crate::conditions::{self, Desired, Status};
+use crate::conditions::{self, Desired, Health, Status};
 use crate::domain::capsules::{self, requested_replicas};
 use crate::domain::policy::{self, Bundle, Request};
 use crate::domain::review::is_approved;
@@ -164,6 +164,7 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
         &ctx.caches.capsules.state(),
     );
     let ready = readiness(&bundle.spec, &audit);
+    let health = health(&ready);
     let previous_count = bundle.status.as_ref().and_then(|s| s.violation_count);
     // Report.
     if let Some(note) = violations_found(previous_count, &audit) {
@@ -178,9 +179,10 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     }
     let status = PolicyBundleStatus {
         observed_generation: bundle.metadata.generation,
-        conditions: conditions::merge(
+        conditions: conditions::merge_with_health(
             bundle.conditions(),
             &[ready],
+            health,
             bundle.metadata.generation,
             &status::now(),
         ),
@@ -201,6 +203,16 @@ pub async fn reconcile(bundle: Arc<PolicyBundle>, ctx: Arc<Context>) -> Result<A
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Pure: how GitOps tools read a bundle: one that cannot be used as
+/// written stays so until it is changed (Stalled); an engaged kill switch
+/// is the bundle doing what its spec says (Current).
+pub fn health(ready: &Desired) -> Health {
+    match ready.status {
+        Status::True => Health::Current,
+        _ => Health::Stalled,
+    }
 }
 
 /// Pure: the bundle's `Ready`: unusable as written, a kill switch engaged,
@@ -258,6 +270,18 @@ mod tests {
 
     use super::*;
     use crate::testing::{capsule, installation};
+
+    #[test]
+    fn gitops_tools_read_an_unusable_bundle_as_stalled() {
+        assert_eq!(
+            health(&Desired::new("Ready", Status::True, "KillSwitchEngaged", "m")),
+            Health::Current
+        );
+        assert_eq!(
+            health(&Desired::new("Ready", Status::False, "InvalidSelector", "m")),
+            Health::Stalled
+        );
+    }
 
     fn namespace(name: &str, labels: &[(&str, &str)]) -> Arc<Namespace> {
         let mut ns = Namespace::default();

@@ -7,16 +7,37 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use somastack_crds::drill::{
-    ActiveRun, DrDrillSpec, DrillRun, DrillStep, Scenario, StepOutcome, TimelineEntry, Verdict,
+    ActiveRun, DrDrillSpec, DrillPhase, DrillRun, DrillStep, Scenario, StepOutcome, TimelineEntry, Verdict,
 };
 use somastack_crds::{DrDrill, Installation};
 
+use crate::conditions::{Desired, Health, Status};
 use crate::domain::capsules::CapsuleUse;
 use crate::domain::drills::next_after;
 use crate::domain::regions::active_region;
 
 /// Most entries a timeline holds (the CRD's bound).
 pub const MAX_TIMELINE: usize = 32;
+
+/// Pure: the drill's `Ready` and how GitOps tools read it, from the phase
+/// it takes and the reason and message it gives. A passed drill, one
+/// waiting for its next scheduled run and a suspended one are Current; a
+/// failed verdict (or a drill that cannot run: a bad schedule, a requester
+/// not allowed) is Stalled until the next run passes or the spec changes;
+/// a run (or its wait for the target) is Progressing. A scheduled drill
+/// between runs keeps what its last run concluded.
+pub fn readiness(phase: DrillPhase, reason: &'static str, message: &str) -> (Desired, Health) {
+    let (status, health) = match phase {
+        DrillPhase::Succeeded | DrillPhase::Scheduled | DrillPhase::Suspended => {
+            (Status::True, Health::Current)
+        }
+        DrillPhase::Failed => (Status::False, Health::Stalled),
+        DrillPhase::Pending | DrillPhase::Waiting | DrillPhase::Running | DrillPhase::Restoring => {
+            (Status::False, Health::Progressing)
+        }
+    };
+    (Desired::new("Ready", status, reason, message), health)
+}
 
 pub fn time(ts: Timestamp) -> Time {
     Time(ts)

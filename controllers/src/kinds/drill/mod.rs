@@ -491,8 +491,9 @@ impl<'a> DrillReconcile<'a> {
 
     fn set_phase(&mut self, phase: DrillPhase, st: Status, reason: &'static str, message: String) {
         self.status.phase = Some(phase);
-        let desired = [Desired::new("Succeeded", st, reason, message)];
-        self.status.conditions = conditions::merge(
+        let (ready, health) = logic::readiness(phase, reason, &message);
+        let desired = [Desired::new("Succeeded", st, reason, message), ready];
+        self.status.conditions = conditions::merge_with_health(
             self.drill.conditions(),
             &desired,
             self.drill.metadata.generation,
@@ -508,6 +509,7 @@ impl<'a> DrillReconcile<'a> {
         if let Some(r) = &self.status.run {
             self.status.current_step = Some(r.step);
         }
+            health,
         let api: Api<DrDrill> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let body = serde_json::to_value(&self.status)?;
         status::apply_if_changed(&api, self.drill, self.drill.status.as_ref(), body).await

@@ -979,3 +979,30 @@ fn each_step_reads_only_what_it_decides_on() {
     d.deleting = true;
     assert_eq!(r(&d, Acted::Nothing, at(4)), nothing);
 }
+
+/// How kstatus and Argo CD read a drill in each phase.
+#[test]
+fn gitops_tools_read_each_phase_of_a_drill() {
+    use crate::conditions::{Health, Status};
+    use somastack_crds::drill::DrillPhase as P;
+    let read = |phase| {
+        let (ready, health) = readiness(phase, "Why", "because");
+        (ready.type_, ready.status, ready.reason, health)
+    };
+    assert_eq!(
+        read(P::Running),
+        ("Ready", Status::False, "Why", Health::Progressing)
+    );
+    assert_eq!(read(P::Waiting).3, Health::Progressing);
+    assert_eq!(read(P::Pending).3, Health::Progressing);
+    assert_eq!(
+        read(P::Succeeded),
+        ("Ready", Status::True, "Why", Health::Current)
+    );
+    assert_eq!(read(P::Scheduled).3, Health::Current);
+    assert_eq!(
+        read(P::Suspended),
+        ("Ready", Status::True, "Why", Health::Current)
+    );
+    assert_eq!(read(P::Failed), ("Ready", Status::False, "Why", Health::Stalled));
+}

@@ -32,7 +32,7 @@ use somastack_crds::installation::{InstallationPhase, InstallationSpec, Installa
 use somastack_crds::{Installation, PolicyBundle};
 
 use crate::apply::{self, owner_reference};
-use crate::conditions::{self, Desired, Status};
+use crate::conditions::{self, Desired, Health, Status};
 use crate::domain::capsules::{self, CapsuleUse, may_install};
 use crate::domain::policy::{self, Effective, Evaluation};
 use crate::domain::regions::active_region;
@@ -801,15 +801,52 @@ async fn report(
     conditions: &[Desired],
     mut observed: InstallationStatus,
 ) -> Result<()> {
-    observed.conditions = conditions::merge(
+    let (health, stalled) = health(&observed, conditions);
+    let mut conditions = conditions.to_vec();
+    conditions.extend(stalled);
+    observed.conditions = conditions::merge_with_health(
         inst.conditions(),
-        conditions,
+        &conditions,
+        health,
         inst.metadata.generation,
         &status::now(),
     );
     announce(ctx, inst, &observed.conditions).await;
     let api: Api<Installation> = Api::namespaced(ctx.client.clone(), &key.namespace);
     status::apply_if_changed(&api, inst, inst.status.as_ref(), serde_json::to_value(&observed)?).await
+}
+
+/// Pure: how GitOps tools read an Installation (and, when it is stalled in
+/// words other than `Ready`'s, its `Stalled` condition). A finished
+/// automatic rollback is Stalled until the spec changes again: the revision
+/// the rollback wrote (the one after the failed one) is still current, and
+/// the upgrade it undid needs a person. A rollout, or a write being retried,
+/// is Progressing; a paused rollout, a kill switch and a Capsule not (yet)
+/// usable wait for someone else; a policy violation, a refused child and a
+/// missed progress deadline stay until something changes: Stalled.
+pub fn health(observed: &InstallationStatus, conditions: &[Desired]) -> (Health, Option<Desired>) {
+    let Some(ready) = conditions.iter().find(|d| d.type_ == "Ready") else {
+        return (Health::Progressing, None);
+    };
+    let rolled_back = observed
+        .last_rollback
+        .as_ref()
+        .filter(|r| r.trigger == "Automatic" && observed.current_revision == Some(r.from_revision + 1));
+    if let Some(r) = rolled_back {
+        let message = format!("{}; change the spec to try again", r.reason);
+        return (
+            Health::Stalled,
+            Some(Desired::new("Stalled", Status::True, "RolledBack", message)),
+        );
+    }
+    let health = match (ready.status, ready.reason) {
+        (Status::True, _) => Health::Current,
+        (_, "RollingOut") if observed.phase == Some(InstallationPhase::Suspended) => Health::Waiting,
+        (_, "KillSwitchEngaged" | "CapsuleNotFound" | "CapsuleUnusable") => Health::Waiting,
+        (_, "ProgressDeadlineExceeded" | "PolicyViolation" | "ChildRejected") => Health::Stalled,
+        _ => Health::Progressing,
+    };
+    (health, None)
 }
 
 /// Restores the spec recorded in revision `target` (a new revision follows,

@@ -640,3 +640,93 @@ fn the_typed_status_has_the_wire_format_of_the_json_it_replaced() {
         serde_json::Value::Object(before)
     );
 }
+
+/// How kstatus and Argo CD read an Installation in each state a user meets.
+#[test]
+fn gitops_tools_read_each_state_of_an_installation() {
+    use somastack_crds::installation::RollbackRecord;
+    let read = |phase, reason, status, current: Option<i64>, rollback: Option<RollbackRecord>| {
+        let observed = InstallationStatus {
+            phase: Some(phase),
+            current_revision: current,
+            last_rollback: rollback,
+            ..Default::default()
+        };
+        health(&observed, &[Desired::new("Ready", status, reason, "m")])
+    };
+    use InstallationPhase as P;
+    let plain = |phase, reason, status| read(phase, reason, status, Some(2), None).0;
+    assert_eq!(plain(P::Ready, "WorkloadReady", Status::True), Health::Current);
+    assert_eq!(
+        plain(P::Progressing, "RollingOut", Status::False),
+        Health::Progressing
+    );
+    assert_eq!(
+        plain(P::Progressing, "ApplyFailed", Status::False),
+        Health::Progressing
+    );
+    assert_eq!(plain(P::Suspended, "RollingOut", Status::False), Health::Waiting);
+    assert_eq!(
+        plain(P::Suspended, "KillSwitchEngaged", Status::False),
+        Health::Waiting
+    );
+    assert_eq!(
+        plain(P::Pending, "CapsuleNotFound", Status::False),
+        Health::Waiting
+    );
+    assert_eq!(
+        plain(P::Blocked, "PolicyViolation", Status::False),
+        Health::Stalled
+    );
+    assert_eq!(plain(P::Blocked, "ChildRejected", Status::False), Health::Stalled);
+    assert_eq!(
+        plain(P::Degraded, "ProgressDeadlineExceeded", Status::False),
+        Health::Stalled
+    );
+
+    // An automatic rollback from revision 3 to 2 wrote revision 4: while 4
+    // runs, the Installation is Stalled in the rollback's words, even with
+    // the old version serving; a new spec (revision 5) clears it, and a
+    // manual rollback never sets it.
+    let record = |trigger: &str| RollbackRecord {
+        from_revision: 3,
+        to_revision: 2,
+        trigger: trigger.into(),
+        reason: "revision 3 was not Available within 60s; rolled back to revision 2".into(),
+        time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+    };
+    let (h, stalled) = read(
+        P::Ready,
+        "WorkloadReady",
+        Status::True,
+        Some(4),
+        Some(record("Automatic")),
+    );
+    assert_eq!(h, Health::Stalled);
+    let stalled = stalled.map(|d| (d.type_, d.reason, d.message));
+    assert_eq!(
+        stalled,
+        Some((
+            "Stalled",
+            "RolledBack",
+            "revision 3 was not Available within 60s; rolled back to revision 2; change the spec to try again"
+                .to_string()
+        ))
+    );
+    let later = read(
+        P::Ready,
+        "WorkloadReady",
+        Status::True,
+        Some(5),
+        Some(record("Automatic")),
+    );
+    assert_eq!(later, (Health::Current, None));
+    let manual = read(
+        P::Ready,
+        "WorkloadReady",
+        Status::True,
+        Some(4),
+        Some(record("Manual")),
+    );
+    assert_eq!(manual, (Health::Current, None));
+}

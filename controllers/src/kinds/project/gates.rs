@@ -26,7 +26,7 @@ use somastack_crds::{Capsule, KamachiqProject, PolicyBundle};
 
 use super::plan::{self, Gates, Outcome};
 use super::{APPROVED, SUCCEEDED};
-use crate::conditions::{Desired, Status};
+use crate::conditions::{Desired, Health, Status};
 use crate::domain::capsules::{self, CapsuleUse, may_use};
 use crate::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, plan_approval_required_by, plan_review};
 
@@ -124,6 +124,24 @@ impl Report {
             approved: None,
             requeue,
         }
+    }
+
+    /// Pure: the project's `Ready` and how GitOps tools read it, from the
+    /// phase and `Succeeded`'s reason and message. Succeeded is Current, and
+    /// so is a deliberate suspension (the spec asks for it); Failed is
+    /// Stalled; a plan awaiting approval or a kill switch waits for a
+    /// person; pending, planning and running are Progressing.
+    pub fn readiness(&self) -> (Desired, Health) {
+        let (reason, message) = (self.succeeded.reason, self.succeeded.message.clone());
+        let (status, health) = match self.phase {
+            ProjectPhase::Succeeded | ProjectPhase::Suspended => (Status::True, Health::Current),
+            ProjectPhase::Failed => (Status::False, Health::Stalled),
+            ProjectPhase::AwaitingApproval | ProjectPhase::Halted => (Status::False, Health::Waiting),
+            ProjectPhase::Pending | ProjectPhase::Planning | ProjectPhase::Running => {
+                (Status::False, Health::Progressing)
+            }
+        };
+        (Desired::new("Ready", status, reason, message), health)
     }
 
     /// The project failed for good (until it is changed).
@@ -579,6 +597,32 @@ mod tests {
 
     const DIGEST: &str = "sha256:aaaa";
     const PLAN_CM: &str = "market-brief-plan";
+
+    /// How kstatus and Argo CD read a project in each phase.
+    #[test]
+    fn gitops_tools_read_each_phase_of_a_project() {
+        let read = |phase| {
+            let r = Report::new(phase, Status::Unknown, "Why", "because", SETTLED_RESYNC);
+            let (ready, health) = r.readiness();
+            (ready.status, ready.reason, ready.message, health)
+        };
+        use ProjectPhase as P;
+        assert_eq!(
+            read(P::Running),
+            (Status::False, "Why", "because".to_string(), Health::Progressing)
+        );
+        assert_eq!(read(P::Planning).3, Health::Progressing);
+        assert_eq!(read(P::Pending).3, Health::Progressing);
+        assert_eq!(read(P::AwaitingApproval).3, Health::Waiting);
+        assert_eq!(read(P::Halted).3, Health::Waiting);
+        assert_eq!(read(P::Succeeded).0, Status::True);
+        assert_eq!(read(P::Succeeded).3, Health::Current);
+        assert_eq!(read(P::Suspended).3, Health::Current);
+        assert_eq!(
+            (read(P::Failed).0, read(P::Failed).3),
+            (Status::False, Health::Stalled)
+        );
+    }
 
     fn project() -> KamachiqProject {
         let mut p = KamachiqProject::new(

@@ -795,11 +795,17 @@ impl<'a> ProjectReconcile<'a> {
     }
 
     async fn write_status(&mut self, report: &Report) -> Result<()> {
-        let mut desired = vec![report.succeeded.clone()];
+        let (ready, health) = report.readiness();
+        let mut desired = vec![report.succeeded.clone(), ready];
         desired.extend(report.approved.clone());
         let generation = self.obj.metadata.generation;
-        self.status.conditions =
-            conditions::merge(self.obj.conditions(), &desired, generation, &status::now());
+        self.status.conditions = conditions::merge_with_health(
+            self.obj.conditions(),
+            &desired,
+            health,
+            generation,
+            &status::now(),
+        );
         self.status.observed_generation = generation;
         self.status.phase = Some(report.phase);
         if !report.finished() {
