@@ -610,6 +610,150 @@ pub fn planner_url_allowed(bundles: &[Bundle<'_>], url: &str) -> Result<Vec<Stri
         .collect())
 }
 
+/// One rule of the effective policy of a namespace, and where it comes from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Provenance {
+    /// The rule, e.g. `residency/confidential`, `maxReplicas`, `killSwitch`.
+    pub rule: String,
+    /// What it comes to, most restrictively combined.
+    pub value: String,
+    /// `Enforce`: it blocks; `Audit`: it is stricter than what is enforced
+    /// and only reported. (A kill switch stops everything in either mode.)
+    pub mode: Enforcement,
+    /// The PolicyBundles that impose it (sorted).
+    pub bundles: Vec<String>,
+}
+
+fn listed<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = items.into_iter().map(String::as_str).collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+/// The rows of one combination, in a stable order (rule, then value).
+fn rows_of(eff: &Effective, mode: Enforcement) -> Vec<Provenance> {
+    let row = |rule: String, value: String, bundles: &BTreeSet<String>| Provenance {
+        rule,
+        value,
+        mode,
+        bundles: bundles.iter().cloned().collect(),
+    };
+    let mut out = Vec::new();
+    for (class, allowed) in &eff.residency {
+        out.push(row(format!("residency/{class}"), listed(&allowed.value), &allowed.bundles));
+    }
+    if let Some(m) = &eff.max_replicas {
+        out.push(row("maxReplicas".into(), m.value.to_string(), &m.bundles));
+    }
+    if let Some(m) = &eff.max_cpu {
+        out.push(row("maxCpu".into(), m.value.written.clone(), &m.bundles));
+    }
+    if let Some(m) = &eff.max_memory {
+        out.push(row("maxMemory".into(), m.value.written.clone(), &m.bundles));
+    }
+    if let Some(c) = &eff.capabilities {
+        out.push(row("capabilities".into(), listed(&c.value), &c.bundles));
+    }
+    if !eff.require_signature.is_empty() {
+        out.push(row("requireSignature".into(), "true".into(), &eff.require_signature));
+    }
+    if !eff.require_approval.is_empty() {
+        out.push(row("requireApproval".into(), "true".into(), &eff.require_approval));
+    }
+    if !eff.trust.is_empty() {
+        // A key is usable only when every bundle that lists publishers lists it.
+        let mut keys: Option<BTreeSet<&(String, String)>> = None;
+        for held in eff.trust.values() {
+            let these: BTreeSet<&(String, String)> = held.keys().collect();
+            keys = Some(match keys {
+                None => these,
+                Some(k) => k.intersection(&these).copied().collect(),
+            });
+        }
+        let names: Vec<String> = keys
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(publisher, id)| format!("{publisher}/{id}"))
+            .collect();
+        let bundles: BTreeSet<String> = eff.trust.keys().cloned().collect();
+        out.push(row("trustedKeys".into(), listed(&names), &bundles));
+    }
+    for (bundle, rule, problem) in &eff.invalid {
+        out.push(row(
+            format!("{}/invalid", rule.as_str()),
+            problem.clone(),
+            &BTreeSet::from([bundle.clone()]),
+        ));
+    }
+    out
+}
+
+/// The effective policy of a namespace governed by `bundles` (those whose
+/// selector selects it, [`governs`]), rule by rule, each with the bundles it
+/// comes from: what the `Enforce` bundles combine to, then each rule the
+/// `Audit` bundles make stricter (reported only), then the engaged kill
+/// switches, which stop everything whatever their mode; then the project
+/// rules (plan approval, allowed planner URLs).
+pub fn explain(bundles: &[Bundle<'_>]) -> Vec<Provenance> {
+    let enforced = Effective::combine(
+        bundles
+            .iter()
+            .copied()
+            .filter(|b| b.spec.enforcement == Enforcement::Enforce),
+    );
+    let all = Effective::combine(bundles.iter().copied());
+    let mut out = rows_of(&enforced, Enforcement::Enforce);
+    let strict: Vec<Provenance> = rows_of(&all, Enforcement::Audit)
+        .into_iter()
+        .filter(|a| !out.iter().any(|e| e.rule == a.rule && e.value == a.value))
+        .collect();
+    out.extend(strict);
+    for (bundle, reason) in &all.kill_switch {
+        out.push(Provenance {
+            rule: "killSwitch".into(),
+            value: format!("engaged: {reason}"),
+            mode: Enforcement::Enforce,
+            bundles: vec![bundle.clone()],
+        });
+    }
+    let mut plan_approval: Vec<String> = bundles
+        .iter()
+        .filter(|b| {
+            b.spec.enforcement == Enforcement::Enforce
+                && b.spec.projects.as_ref().is_some_and(|p| p.require_approval)
+        })
+        .map(|b| b.name.to_string())
+        .collect();
+    plan_approval.sort();
+    if !plan_approval.is_empty() {
+        out.push(Provenance {
+            rule: "projects/requireApproval".into(),
+            value: "true".into(),
+            mode: Enforcement::Enforce,
+            bundles: plan_approval,
+        });
+    }
+    let mut planners: Vec<&Bundle<'_>> = bundles
+        .iter()
+        .filter(|b| {
+            b.spec
+                .projects
+                .as_ref()
+                .is_some_and(|p| !p.allowed_planner_urls.is_empty())
+        })
+        .collect();
+    planners.sort_by_key(|b| b.name);
+    for b in planners {
+        let urls = b.spec.projects.as_ref().map(|p| p.allowed_planner_urls.clone()).unwrap_or_default();
+        out.push(Provenance {
+            rule: "projects/allowedPlannerUrls".into(),
+            value: listed(&urls),
+            mode: b.spec.enforcement,
+            bundles: vec![b.name.to_string()],
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -669,6 +813,95 @@ mod tests {
 
     fn rules(v: &[Violation]) -> BTreeSet<Rule> {
         v.iter().map(|v| v.rule).collect()
+    }
+
+    #[test]
+    fn explain_names_the_bundle_of_every_rule() {
+        use somastack_crds::policy::{ProjectRules, PublisherKey, TrustedPublisher};
+        let key = |id: &str| PublisherKey {
+            id: id.into(),
+            public_key: format!("pem-{id}"),
+        };
+        let eu = PolicyBundleSpec {
+            residency: residency(DataClassification::Confidential, &["eu-west-1", "eu-central-1"]),
+            limits: Some(Limits {
+                max_replicas: Some(5),
+                max_cpu: Some(Quantity("2".into())),
+                max_memory: None,
+            }),
+            trust: Some(Trust {
+                publishers: vec![TrustedPublisher {
+                    name: "acme".into(),
+                    keys: vec![key("k1"), key("k2")],
+                }],
+                require_signature: true,
+                require_approval: false,
+            }),
+            projects: Some(ProjectRules {
+                require_approval: true,
+                allowed_planner_urls: vec!["https://planner.example/".into()],
+            }),
+            ..bundle_spec()
+        };
+        let tight = PolicyBundleSpec {
+            residency: residency(DataClassification::Confidential, &["eu-west-1"]),
+            limits: Some(Limits {
+                max_replicas: Some(3),
+                max_cpu: None,
+                max_memory: None,
+            }),
+            capabilities: Some(Capabilities {
+                allowed: vec!["network-egress".into()],
+            }),
+            trust: Some(Trust {
+                publishers: vec![TrustedPublisher {
+                    name: "acme".into(),
+                    keys: vec![key("k1")],
+                }],
+                require_signature: false,
+                require_approval: false,
+            }),
+            ..bundle_spec()
+        };
+        let audit = PolicyBundleSpec {
+            limits: Some(Limits {
+                max_replicas: Some(2),
+                max_cpu: None,
+                max_memory: None,
+            }),
+            kill_switch: Some(KillSwitch {
+                engaged: true,
+                reason: Some("incident 42".into()),
+            }),
+            enforcement: Enforcement::Audit,
+            ..bundle_spec()
+        };
+        let rows = explain(&[bundle("eu", &eu), bundle("tight", &tight), bundle("watch", &audit)]);
+        let shown: Vec<(String, String, Enforcement, String)> = rows
+            .iter()
+            .map(|r| (r.rule.clone(), r.value.clone(), r.mode, r.bundles.join(",")))
+            .collect();
+        let e = Enforcement::Enforce;
+        let a = Enforcement::Audit;
+        let row = |rule: &str, value: &str, mode, bundles: &str| {
+            (rule.to_string(), value.to_string(), mode, bundles.to_string())
+        };
+        assert_eq!(
+            shown,
+            vec![
+                row("residency/confidential", "eu-west-1", e, "eu,tight"),
+                row("maxReplicas", "3", e, "tight"),
+                row("maxCpu", "2", e, "eu"),
+                row("capabilities", "network-egress", e, "tight"),
+                row("requireSignature", "true", e, "eu"),
+                row("trustedKeys", "acme/k1", e, "eu,tight"),
+                row("maxReplicas", "2", a, "watch"),
+                row("killSwitch", "engaged: incident 42", e, "watch"),
+                row("projects/requireApproval", "true", e, "eu"),
+                row("projects/allowedPlannerUrls", "https://planner.example/", e, "eu"),
+            ]
+        );
+        assert!(explain(&[]).is_empty(), "no bundle: nothing restricted");
     }
 
     #[test]

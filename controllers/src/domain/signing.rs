@@ -2,7 +2,8 @@
 //!
 //! The exact byte format is documented in `docs/signing.md`; publishers sign
 //! it with standard tools (`openssl dgst -sha256 -sign` for ECDSA P-256,
-//! `openssl pkeyutl -sign -rawin` for Ed25519, or cosign's `sign-blob`).
+//! `openssl pkeyutl -sign -rawin` for Ed25519, or cosign's `sign-blob`), or
+//! with [`sign`] (`kubectl soma capsule sign`).
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -137,6 +138,41 @@ fn verify_now(
                 .map_err(|_| VerifyError::Mismatch)
         }
     }
+}
+
+/// Why a private key could not sign.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    #[error(
+        "is not an ECDSA P-256 or Ed25519 private key in PKCS#8 PEM (-----BEGIN PRIVATE KEY-----, as `openssl genpkey` writes it)"
+    )]
+    UnusableKey,
+}
+
+/// Signs `payload` with the PKCS#8 PEM private key `private_key_pem`, as a
+/// publisher does: the key decides the algorithm (EC P-256:
+/// `ecdsa-p256-sha256`, ASN.1 DER; Ed25519: `ed25519`, 64 bytes). The
+/// signature in base64, as `spec.signature.value` holds it. Both schemes
+/// are deterministic (RFC 6979, RFC 8032): no randomness is needed.
+pub fn sign(private_key_pem: &str, payload: &[u8]) -> Result<(SignatureAlgorithm, String), SignError> {
+    let pem = private_key_pem.trim();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    {
+        use p256::ecdsa::signature::Signer;
+        use p256::pkcs8::DecodePrivateKey;
+        if let Ok(key) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
+            let sig: p256::ecdsa::Signature = key.sign(payload);
+            return Ok((SignatureAlgorithm::EcdsaP256Sha256, b64(sig.to_der().as_bytes())));
+        }
+    }
+    {
+        use ed25519_dalek::Signer;
+        use ed25519_dalek::pkcs8::DecodePrivateKey;
+        if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_pem(pem) {
+            return Ok((SignatureAlgorithm::Ed25519, b64(&key.sign(payload).to_bytes())));
+        }
+    }
+    Err(SignError::UnusableKey)
 }
 
 /// What a trusted public key is, once parsed.
@@ -392,6 +428,47 @@ mod tests {
             ),
             Err(VerifyError::Mismatch)
         );
+    }
+
+    /// What [`sign`] makes verifies with the `openssl` command line (the
+    /// independent check), for both algorithms; other keys are refused.
+    #[test]
+    fn signatures_made_here_verify_with_openssl() {
+        use base64::Engine;
+        let dir = Scratch::new("sign");
+        let payload = canonical_payload(&spec());
+        for algorithm in [SignatureAlgorithm::EcdsaP256Sha256, SignatureAlgorithm::Ed25519] {
+            let key = keypair(&dir, algorithm);
+            let private = std::fs::read_to_string(&key.private).unwrap();
+            let (made, value) = sign(&private, &payload).unwrap();
+            assert_eq!(made, algorithm);
+            let sig = dir.path("sig");
+            std::fs::write(&sig, base64::engine::general_purpose::STANDARD.decode(&value).unwrap()).unwrap();
+            let data = dir.path("payload");
+            std::fs::write(&data, &payload).unwrap();
+            let public = dir.path("pub.pem");
+            std::fs::write(&public, &key.public_pem).unwrap();
+            let (p, s, d) = (public.to_str().unwrap(), sig.to_str().unwrap(), data.to_str().unwrap());
+            let args: Vec<&str> = match algorithm {
+                SignatureAlgorithm::Ed25519 => {
+                    vec!["pkeyutl", "-verify", "-pubin", "-inkey", p, "-rawin", "-in", d, "-sigfile", s]
+                }
+                SignatureAlgorithm::EcdsaP256Sha256 => vec!["dgst", "-sha256", "-verify", p, "-signature", s, d],
+            };
+            let out = std::process::Command::new("openssl").args(&args).output().unwrap();
+            assert!(out.status.success(), "{algorithm:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(verify(algorithm, &key.public_pem, "k", &payload, &value), Ok(()));
+        }
+        let rsa = dir.path("rsa.key");
+        let out = std::process::Command::new("openssl")
+            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .arg(&rsa)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let rsa = std::fs::read_to_string(&rsa).unwrap();
+        assert_eq!(sign(&rsa, &payload), Err(SignError::UnusableKey));
+        assert_eq!(sign("garbage", &payload), Err(SignError::UnusableKey));
     }
 
     #[test]
