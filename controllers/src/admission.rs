@@ -12,7 +12,7 @@ use std::sync::Arc;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use kube::ResourceExt;
-use somastack_crds::drill::{DISRUPT_VERB, REQUESTER_ANNOTATION};
+use somastack_crds::drill::{DISRUPT_VERB, REQUESTER_ANNOTATION, RUN_ANNOTATION};
 use somastack_crds::installation::MAX_CONFIG_BYTES;
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
@@ -150,10 +150,19 @@ pub fn capsule_duplicate(new: &Capsule, old: Option<&Capsule>, existing: &[Arc<C
 /// making it (empty: it does not): its spec is new or changed and goes
 /// beyond the tenant bounds ([`crate::domain::drills::beyond_tenant_bounds`]).
 pub fn drill_needs_authority(new: &DrDrill, old: Option<&DrDrill>, now: jiff::Timestamp) -> Vec<String> {
-    if old.is_some_and(|o| o.spec == new.spec) {
+    if !asks_for_drill(new, old) {
         return Vec::new();
     }
     crate::domain::drills::beyond_tenant_bounds(&new.spec, now)
+}
+
+/// Whether a DrDrill write asks for the drill: a create, a changed spec, or
+/// a new on-demand run request ([`RUN_ANNOTATION`]), which runs the drill
+/// under the authority of whoever made it.
+fn asks_for_drill(new: &DrDrill, old: Option<&DrDrill>) -> bool {
+    old.is_none_or(|o| {
+        o.spec != new.spec || o.annotations().get(RUN_ANNOTATION) != new.annotations().get(RUN_ANNOTATION)
+    })
 }
 
 /// Judges a DrDrill create or update by `requester`: beyond the tenant
@@ -181,11 +190,10 @@ pub fn drill(
 }
 
 /// Stamps who asked for a drill: the requester whenever the spec is created
-/// or changed, the earlier one otherwise, so the client cannot set it. The
+/// or changed or a run is requested, the earlier one otherwise, so the client cannot set it. The
 /// controller acts within that user's authority.
 pub fn drill_requester(new: &DrDrill, old: Option<&DrDrill>, requester: &crate::access::Requester) -> Answer {
-    let spec_changed = old.is_none_or(|o| o.spec != new.spec);
-    let stamp = if spec_changed {
+    let stamp = if asks_for_drill(new, old) {
         Some(requester.annotation())
     } else {
         old.and_then(|o| o.annotations().get(REQUESTER_ANNOTATION).cloned())
@@ -560,6 +568,25 @@ mod tests {
         changed.spec.timeout_seconds = 60;
         let restamped = drill_requester(&changed, Some(&old), &mallory);
         assert_eq!(stamped(&restamped, &changed), Some(mallory.annotation()));
+
+        // Asking for a run on demand is asking for the drill: the requester
+        // is stamped, and beyond the bounds the verb is needed.
+        let mut asked = old.clone();
+        asked
+            .annotations_mut()
+            .insert(RUN_ANNOTATION.into(), "2026-11-26T17:00:00Z".into());
+        let restamped = drill_requester(&asked, Some(&old), &mallory);
+        assert_eq!(stamped(&restamped, &asked), Some(mallory.annotation()));
+        let mut region_asked = region.clone();
+        region_asked
+            .annotations_mut()
+            .insert(RUN_ANNOTATION.into(), "2026-11-26T17:00:00Z".into());
+        let denied = drill(&region_asked, Some(&region), &mallory, Some(false), now);
+        assert!(denied.denied.is_some_and(|d| d.starts_with("user mallory may not run DrDrill region")));
+        assert_eq!(
+            drill(&region_asked, Some(&region), &mallory, Some(true), now),
+            Answer::default()
+        );
     }
 
     #[test]

@@ -22,6 +22,13 @@ pub const TENANT_MIN_SCHEDULE_INTERVAL_SECONDS: i64 = 3600;
 /// who last created or changed its spec, as JSON `{"user":..,"groups":[..]}`.
 /// The operator acts on the drill only within that user's authority.
 pub const REQUESTER_ANNOTATION: &str = "drills.somastack.io/requested-by";
+/// Annotation a user sets on a drill (any new value, e.g. the time; `kubectl
+/// soma drill run` writes one) to ask for a run now, once: the controller
+/// starts a run for each new value it sees while no run is in progress (and
+/// the drill is not suspended), and records the value in
+/// `status.runRequest`. Setting it counts as asking for the drill: admission
+/// stamps the requester and checks the verb `disrupt` as for a spec change.
+pub const RUN_ANNOTATION: &str = "drills.somastack.io/run";
 
 /// Inject an outage into an Installation, fail over, measure the recovery
 /// time (RTO), restore, and record a timeline and a verdict; once or on a
@@ -315,6 +322,9 @@ pub struct DrDrillStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub history: Vec<DrillRun>,
+    /// The `drills.somastack.io/run` value last acted on (a run was started for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_request: Option<String>,
 }
 
 #[cfg(test)]

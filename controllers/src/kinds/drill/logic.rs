@@ -95,6 +95,20 @@ pub fn should_start(
     })
 }
 
+/// The on-demand run request not yet acted on: the value of the drill's
+/// [`RUN_ANNOTATION`](somastack_crds::drill::RUN_ANNOTATION) when it differs
+/// from the one `status.runRequest` records. A request starts a run now,
+/// whatever the schedule, once.
+pub fn run_requested<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    acted_on: Option<&str>,
+) -> Option<&'a str> {
+    annotations
+        .get(somastack_crds::drill::RUN_ANNOTATION)
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty() && Some(*v) != acted_on)
+}
+
 /// Where a run acts, as validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Targets {
@@ -465,5 +479,30 @@ fn median(sorted: &[f64]) -> Option<f64> {
         0 => None,
         _ if n % 2 == 1 => Some(sorted[n / 2]),
         _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+#[cfg(test)]
+mod run_request_tests {
+    use super::run_requested;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_run_request_is_honoured_once() {
+        let none = BTreeMap::new();
+        assert_eq!(run_requested(&none, None), None);
+        let asked = BTreeMap::from([(
+            "drills.somastack.io/run".to_string(),
+            "2026-11-26T17:00:00Z".to_string(),
+        )]);
+        assert_eq!(run_requested(&asked, None), Some("2026-11-26T17:00:00Z"));
+        assert_eq!(
+            run_requested(&asked, Some("2026-11-26T16:00:00Z")),
+            Some("2026-11-26T17:00:00Z")
+        );
+        // Acted on: nothing more until a new value.
+        assert_eq!(run_requested(&asked, Some("2026-11-26T17:00:00Z")), None);
+        let blank = BTreeMap::from([("drills.somastack.io/run".to_string(), " ".to_string())]);
+        assert_eq!(run_requested(&blank, None), None);
     }
 }

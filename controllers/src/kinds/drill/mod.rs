@@ -270,13 +270,20 @@ impl<'a> DrillReconcile<'a> {
 
     async fn maybe_start(&mut self) -> Result<Action> {
         let last = self.status.last_run_time.as_ref().map(|t| t.0);
-        let start = logic::should_start(
-            &self.drill.spec,
-            self.created,
-            last,
-            !self.status.history.is_empty(),
-            self.now,
-        );
+        // A run asked for on demand (`drills.somastack.io/run`) starts now, once.
+        let requested = logic::run_requested(self.drill.annotations(), self.status.run_request.as_deref())
+            .filter(|_| !self.drill.spec.suspend)
+            .map(str::to_string);
+        let start = match requested {
+            Some(_) => Ok(logic::Start::Now { scheduled_for: None }),
+            None => logic::should_start(
+                &self.drill.spec,
+                self.created,
+                last,
+                !self.status.history.is_empty(),
+                self.now,
+            ),
+        };
         match start {
             Err(e) => {
                 self.set_phase(DrillPhase::Failed, Status::False, "InvalidSchedule", e);
@@ -310,7 +317,13 @@ impl<'a> DrillReconcile<'a> {
                 Ok(Action::requeue(Duration::from_secs_f64(wait)))
             }
             Ok(logic::Start::Now { scheduled_for }) => match self.authorized().await? {
-                Ok(()) => self.start(scheduled_for).await,
+                Ok(()) => {
+                    let action = self.start(scheduled_for).await;
+                    if self.status.run.is_some() && requested.is_some() {
+                        self.status.run_request = requested;
+                    }
+                    action
+                }
                 Err(why) => {
                     self.not_authorized(why).await;
                     // A change of the spec records a new requester.
