@@ -210,6 +210,7 @@ impl Metrics {
         }
         if let Some(caches) = caches {
             registry.register_collector(Box::new(ObjectCounts(caches.clone())));
+            registry.register_collector(Box::new(StatusGauges(caches.clone())));
         }
         Arc::new(m)
     }
@@ -444,6 +445,136 @@ impl Collector for ObjectCounts {
     }
 }
 
+/// Where [`StatusGauges`] reads the objects from: the caches, in the operator.
+trait StatusSource: std::fmt::Debug + Send + Sync + 'static {
+    fn bundles(&self) -> Vec<Arc<PolicyBundle>>;
+    fn drills(&self) -> Vec<Arc<DrDrill>>;
+}
+
+impl StatusSource for Caches {
+    fn bundles(&self) -> Vec<Arc<PolicyBundle>> {
+        self.bundles.state()
+    }
+    fn drills(&self) -> Vec<Arc<DrDrill>> {
+        self.drills.state()
+    }
+}
+
+/// Per-object gauges the alerts need, read from the objects' spec and status
+/// at scrape time, as `somastack_objects` is: every replica reports the same
+/// (all keep the caches), what the leader last wrote in status survives its
+/// restart, and an object's series goes when the object goes, so there are
+/// never more series than PolicyBundles and DrDrills.
+///
+/// - `somastack_policy_kill_switch_engaged{bundle}`: 1 while the bundle's
+///   kill switch is engaged, else 0.
+/// - `somastack_policy_violations{bundle,enforcement}`: `status.violationCount`
+///   (running Installations that break the bundle, judged as if enforced).
+/// - `somastack_drill_last_run_passed{namespace,drill}`: 1 when the drill's
+///   last finished run passed, 0 when it failed; absent before the first.
+/// - `somastack_drill_last_run_timestamp_seconds{namespace,drill}`:
+///   `status.lastRunTime` (the schedule time of the last run started).
+/// - `somastack_drill_next_run_timestamp_seconds{namespace,drill}`:
+///   `status.nextRunTime`, set while a scheduled drill waits for its next run.
+#[derive(Debug)]
+struct StatusGauges<S>(S);
+
+/// One gauge family: name, help, and its series (label pairs, value).
+type GaugeRows = (
+    &'static str,
+    &'static str,
+    Vec<(Vec<(&'static str, String)>, f64)>,
+);
+
+fn seconds(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> f64 {
+    t.0.as_millisecond() as f64 / 1000.0
+}
+
+/// The families of [`StatusGauges`] for these objects (pure).
+fn status_rows(bundles: &[Arc<PolicyBundle>], drills: &[Arc<DrDrill>]) -> [GaugeRows; 5] {
+    use kube::ResourceExt;
+    use somastack_crds::drill::Verdict;
+    use somastack_crds::policy::Enforcement;
+    let (mut kill, mut violations) = (Vec::new(), Vec::new());
+    for b in bundles {
+        let bundle = || vec![("bundle", b.name_any())];
+        let engaged = b.spec.kill_switch.as_ref().is_some_and(|k| k.engaged);
+        kill.push((bundle(), if engaged { 1.0 } else { 0.0 }));
+        if let Some(n) = b.status.as_ref().and_then(|s| s.violation_count) {
+            let enforcement = match b.spec.enforcement {
+                Enforcement::Enforce => "Enforce",
+                Enforcement::Audit => "Audit",
+            };
+            let mut labels = bundle();
+            labels.push(("enforcement", enforcement.into()));
+            violations.push((labels, f64::from(n)));
+        }
+    }
+    let (mut passed, mut last, mut next) = (Vec::new(), Vec::new(), Vec::new());
+    for d in drills {
+        let labels = || {
+            vec![
+                ("namespace", d.namespace().unwrap_or_default()),
+                ("drill", d.name_any()),
+            ]
+        };
+        let Some(status) = d.status.as_ref() else {
+            continue;
+        };
+        // The newest finished run (a run in progress clears status.verdict).
+        let verdict = status.history.first().and_then(|r| r.verdict).or(status.verdict);
+        if let Some(v) = verdict {
+            passed.push((labels(), if v == Verdict::Pass { 1.0 } else { 0.0 }));
+        }
+        if let Some(t) = &status.last_run_time {
+            last.push((labels(), seconds(t)));
+        }
+        if let Some(t) = &status.next_run_time {
+            next.push((labels(), seconds(t)));
+        }
+    }
+    [
+        (
+            "somastack_policy_kill_switch_engaged",
+            "1 while the PolicyBundle's kill switch is engaged (its governed Installations are scaled to zero and projects halted), else 0",
+            kill,
+        ),
+        (
+            "somastack_policy_violations",
+            "Running Installations that break the PolicyBundle (status.violationCount, judged as if enforced), by enforcement mode",
+            violations,
+        ),
+        (
+            "somastack_drill_last_run_passed",
+            "1 when the DrDrill's last finished run passed, 0 when it failed",
+            passed,
+        ),
+        (
+            "somastack_drill_last_run_timestamp_seconds",
+            "Unix time of the DrDrill's last run (status.lastRunTime: its schedule time)",
+            last,
+        ),
+        (
+            "somastack_drill_next_run_timestamp_seconds",
+            "Unix time the scheduled DrDrill's next run is due (status.nextRunTime), while it waits for it",
+            next,
+        ),
+    ]
+}
+
+impl<S: StatusSource> Collector for StatusGauges<S> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let gauge = ConstGauge::new(0.0f64);
+        for (name, help, rows) in status_rows(&self.0.bundles(), &self.0.drills()) {
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (labels, value) in rows {
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The registry in the Prometheus text format.
 pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
@@ -501,6 +632,115 @@ mod tests {
         assert!(!text.contains("drill=\"gone\""), "{text}");
         assert!(text.contains("namespace=\"t1\",verdict=\"accepted\""), "{text}");
         assert!(!text.contains("namespace=\"t3\""), "{text}");
+    }
+
+    /// Objects as a test hands them to [`StatusGauges`] instead of the caches.
+    #[derive(Debug)]
+    struct Objects(Vec<Arc<PolicyBundle>>, Vec<Arc<DrDrill>>);
+
+    impl StatusSource for Objects {
+        fn bundles(&self) -> Vec<Arc<PolicyBundle>> {
+            self.0.clone()
+        }
+        fn drills(&self) -> Vec<Arc<DrDrill>> {
+            self.1.clone()
+        }
+    }
+
+    fn object<K: serde::de::DeserializeOwned>(value: serde_json::Value) -> Arc<K> {
+        Arc::new(serde_json::from_value(value).unwrap())
+    }
+
+    fn drill(name: &str, status: serde_json::Value) -> Arc<DrDrill> {
+        object(serde_json::json!({
+            "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": {"installationRef": {"name": "app"}, "scenario": "PodLoss",
+                     "objectives": {"rtoSeconds": 60}},
+            "status": status,
+        }))
+    }
+
+    #[test]
+    fn status_gauges_read_kill_switches_violations_and_drill_runs() {
+        let bundle = |name: &str, spec: serde_json::Value, status: serde_json::Value| {
+            object::<PolicyBundle>(serde_json::json!({
+                "apiVersion": "somastack.io/v1alpha1", "kind": "PolicyBundle",
+                "metadata": {"name": name}, "spec": spec, "status": status,
+            }))
+        };
+        let bundles = vec![
+            bundle(
+                "stop",
+                serde_json::json!({"killSwitch": {"engaged": true, "reason": "incident 7"}}),
+                serde_json::json!({"violationCount": 0}),
+            ),
+            bundle(
+                "audit",
+                serde_json::json!({"enforcement": "Audit"}),
+                serde_json::json!({"violationCount": 3}),
+            ),
+            // Not yet reconciled: no count to report.
+            bundle("new", serde_json::json!({}), serde_json::json!({})),
+        ];
+        let drills = vec![
+            drill(
+                "failed",
+                serde_json::json!({"verdict": "Fail", "lastRunTime": "2026-11-26T10:00:00Z",
+                    "history": [{"start": "2026-11-26T10:00:00Z", "verdict": "Fail"}]}),
+            ),
+            // A new run in progress cleared the verdict; the last finished run passed.
+            drill(
+                "rerun",
+                serde_json::json!({"lastRunTime": "2026-11-26T11:00:00Z",
+                    "history": [{"start": "2026-11-26T10:00:00Z", "verdict": "Pass"}]}),
+            ),
+            drill(
+                "waiting",
+                serde_json::json!({"phase": "Scheduled", "nextRunTime": "2026-11-26T12:00:00Z"}),
+            ),
+        ];
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StatusGauges(Objects(bundles, drills))));
+        let text = encode(&registry).unwrap();
+        for line in [
+            "# TYPE somastack_policy_kill_switch_engaged gauge",
+            "somastack_policy_kill_switch_engaged{bundle=\"stop\"} 1.0",
+            "somastack_policy_kill_switch_engaged{bundle=\"audit\"} 0.0",
+            "somastack_policy_kill_switch_engaged{bundle=\"new\"} 0.0",
+            "somastack_policy_violations{bundle=\"stop\",enforcement=\"Enforce\"} 0.0",
+            "somastack_policy_violations{bundle=\"audit\",enforcement=\"Audit\"} 3.0",
+            "somastack_drill_last_run_passed{namespace=\"team-a\",drill=\"failed\"} 0.0",
+            "somastack_drill_last_run_passed{namespace=\"team-a\",drill=\"rerun\"} 1.0",
+            "somastack_drill_last_run_timestamp_seconds{namespace=\"team-a\",drill=\"failed\"} 1795687200.0",
+            "somastack_drill_next_run_timestamp_seconds{namespace=\"team-a\",drill=\"waiting\"} 1795694400.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("bundle=\"new\",enforcement"), "{text}");
+        assert!(
+            !text.contains("passed{namespace=\"team-a\",drill=\"waiting\"}"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn status_gauges_are_described_without_objects() {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(StatusGauges(Objects(vec![], vec![]))));
+        let text = encode(&registry).unwrap();
+        for name in [
+            "somastack_policy_kill_switch_engaged",
+            "somastack_policy_violations",
+            "somastack_drill_last_run_passed",
+            "somastack_drill_last_run_timestamp_seconds",
+            "somastack_drill_next_run_timestamp_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {name} gauge\n")),
+                "{name} in\n{text}"
+            );
+        }
     }
 
     #[test]
