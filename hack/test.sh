@@ -52,6 +52,11 @@ else
   skip=(--skip real_node::)
 fi
 
+step "checkers (hack/build-checkers.sh: promtool and the other tools tests run, on PATH)"
+"$ROOT/hack/build-checkers.sh"
+PATH="$("$ROOT/hack/build-checkers.sh" --print):$PATH"
+export PATH
+
 step "build (the integration tests run the operator binary)"
 cargo build --workspace --bins --locked --quiet
 
