@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "somastack-operator",
     version,
-    about = "Kubernetes operator for the SomaStack agent platform"
+    about = "Kubernetes operator for the SomaStack agent platform",
+    after_help = "Users' commands (status, history, rollback, signing, reviews, summaries) are in the kubectl plugin: kubectl soma --help"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,47 +24,6 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (YAML), or write one file per CRD.
     Crd(CrdArgs),
-    /// Take an Installation back to an earlier revision (recorded as a new revision).
-    Rollback(RollbackArgs),
-    /// List an Installation's revisions.
-    History(HistoryArgs),
-    /// Print the canonical bytes a publisher signs for a Capsule manifest (docs/signing.md).
-    Payload(PayloadArgs),
-    /// The disaster-drill summary: per Installation, pass rate, last run, median and worst RTO.
-    Drills(SummaryArgs),
-    /// The KAMACHIQ summary: projects by phase, task success rate, mean task duration.
-    Projects(SummaryArgs),
-    /// Run a KamachiqProject's failed tasks again (its succeeded tasks are kept).
-    RetryFailed(RetryFailedArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct RetryFailedArgs {
-    /// The KamachiqProject.
-    pub name: String,
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-/// Arguments of the summary commands (`drills`, `projects`).
-#[derive(Args, Debug)]
-pub struct SummaryArgs {
-    /// Namespace to summarize (default: every namespace).
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// Output: a table, or JSON.
-    #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 /// Which cluster to talk to.
@@ -75,38 +35,6 @@ pub struct ClusterArgs {
     /// Kubeconfig context to use (default: the current context).
     #[arg(long)]
     pub context: Option<String>,
-}
-
-#[derive(Args, Debug)]
-pub struct RollbackArgs {
-    /// Installation name.
-    pub installation: String,
-    /// Namespace of the Installation.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
-    /// Revision to go back to (see `history`).
-    #[arg(long)]
-    pub to_revision: i64,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct HistoryArgs {
-    /// Installation name.
-    pub installation: String,
-    /// Namespace of the Installation.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct PayloadArgs {
-    /// A Capsule manifest (YAML); `-` reads standard input.
-    #[arg(short = 'f', long = "filename")]
-    pub file: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -17,15 +17,10 @@ pub enum Error {
     Render(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Controller(somastack_controllers::Error),
     #[error("webhook certificate: {0}")]
     Certificate(String),
     #[error("lost the leader Lease; stopping so that only one replica reconciles")]
     LeadershipLost,
-    /// An object the command names does not exist (e.g. `kamachiqproject ns/name`).
-    #[error("{0} not found")]
-    NotFound(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

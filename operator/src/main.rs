@@ -3,27 +3,20 @@
 //! ```text
 //! somastack-operator run [--kubeconfig PATH]   run the controllers
 //! somastack-operator crd [--out-dir DIR]       print (or write) the CRDs
-//! somastack-operator history NAME -n NS        list an Installation's revisions
-//! somastack-operator rollback NAME -n NS --to-revision N
-//! somastack-operator payload -f capsule.yaml   bytes a publisher signs
-//! somastack-operator drills [-n NS] [-o json]   the disaster-drill summary
-//! somastack-operator projects [-n NS] [-o json] the KAMACHIQ summary
-//! somastack-operator retry-failed NAME -n NS    run a project's failed tasks again
 //! ```
+//!
+//! What users do with SomaStack objects (history, rollback, signing,
+//! reviews, summaries) is the kubectl plugin's, `kubectl soma`
+//! (`plugin/`, docs/kubectl-soma.md).
 
 mod cli;
 mod cluster;
 mod crds;
-mod drills;
 mod error;
 mod http;
 mod leader;
 mod memory;
-mod payload;
-mod projects;
-mod revisions;
 mod run;
-mod summary;
 mod telemetry;
 mod webhook;
 
@@ -43,12 +36,6 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Crd(args) => crds::print(&args),
         Command::Run(args) => run::main(*args),
-        Command::Rollback(args) => revisions::rollback(args),
-        Command::History(args) => revisions::history(args),
-        Command::Payload(args) => payload::print(&args),
-        Command::Drills(args) => drills::summary_command(args),
-        Command::Projects(args) => projects::summary_command(args),
-        Command::RetryFailed(args) => projects::retry_failed_command(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -123,16 +123,16 @@ impl Key {
     }
 }
 
-/// The bytes to sign for a Capsule manifest, printed by the operator binary
-/// (`somastack-operator payload`), as a publisher gets them.
+/// The bytes to sign for a Capsule manifest, printed by the kubectl plugin
+/// (`kubectl soma capsule payload`), as a publisher gets them.
 pub fn payload_of(dir: &Scratch, capsule: &Value) -> Vec<u8> {
     let file = dir.path(&format!("capsule-{}.json", crate::unique_suffix()));
     std::fs::write(&file, serde_json::to_vec(capsule).expect("json")).expect("manifest written");
-    let out = Command::new(crate::workspace_binary("somastack-operator"))
-        .args(["payload", "-f"])
+    let out = Command::new(crate::workspace_binary("kubectl-soma"))
+        .args(["capsule", "payload", "-f"])
         .arg(&file)
         .output()
-        .expect("payload subcommand runs");
+        .expect("kubectl-soma capsule payload runs");
     crate::success_stdout("payload", out)
 }
 

@@ -335,21 +335,21 @@ pub fn success_stdout(what: &str, out: std::process::Output) -> Vec<u8> {
     out.stdout
 }
 
-/// The operator binary's CLI against the test cluster, as a user runs it:
-/// `somastack-operator <args> --kubeconfig <the tests' kubeconfig>`.
-pub fn operator_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(workspace_binary("somastack-operator"))
+/// The kubectl plugin against the test cluster, as a user runs it:
+/// `kubectl-soma <args> --kubeconfig <the tests' kubeconfig>`.
+pub fn soma(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(workspace_binary("kubectl-soma"))
         .args(args)
         .arg("--kubeconfig")
         .arg(kubeconfig_path())
         .output()
-        .expect("the operator binary runs")
+        .expect("kubectl-soma runs (cargo build --bins first)")
 }
 
-/// [`operator_cli`] that must succeed; what it printed.
-pub fn operator_cli_ok(args: &[&str]) -> String {
-    let what = format!("somastack-operator {}", args.join(" "));
-    String::from_utf8_lossy(&success_stdout(&what, operator_cli(args))).into_owned()
+/// [`soma`] that must succeed; what it printed.
+pub fn soma_ok(args: &[&str]) -> String {
+    let what = format!("kubectl soma {}", args.join(" "));
+    String::from_utf8_lossy(&success_stdout(&what, soma(args))).into_owned()
 }
 
 /// Whether an Event with `reason` was recorded in `namespace`, as

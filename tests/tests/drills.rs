@@ -526,9 +526,9 @@ mod real_node {
 
         // The summary: the CLI (table and JSON) and the metrics.
         let cli = |args: &[&str]| {
-            let mut all = vec!["drills", "-n", &t.ns.name];
+            let mut all = vec!["drill", "summary", "-n", &t.ns.name];
             all.extend_from_slice(args);
-            somastack_tests::operator_cli_ok(&all)
+            somastack_tests::soma_ok(&all)
         };
         let rows: Value = serde_json::from_str(&cli(&["-o", "json"])).expect("JSON");
         assert_eq!(rows[0]["installation"], "app");

@@ -17,7 +17,7 @@ use somastack_tests::fixtures::{
     put_policy, setup_published, wait_condition, wait_refused,
 };
 use somastack_tests::{
-    TestNamespace, api_for, operator_cli, operator_cli_ok, setup, unique_suffix, wait_event, wait_for,
+    TestNamespace, api_for, setup, soma, soma_ok, unique_suffix, wait_event, wait_for,
 };
 
 const T: Duration = Duration::from_secs(90);
@@ -307,7 +307,7 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
     .await;
 
     // Manual rollback to revision 1, with the binary, as an operator would.
-    let out = operator_cli_ok(&["rollback", "app", "-n", &ns.name, "--to-revision", "1"]);
+    let out = soma_ok(&["installation", "rollback", "app", "-n", &ns.name, "--to", "1"]);
     assert!(out.contains("rolled back from revision 2 to revision 1"));
     let obj = wait_for("the rollback to become revision 3", T, || async {
         let o = api.get("app").await.ok()?;
@@ -321,7 +321,7 @@ async fn upgrade_history_manual_rollback_and_autoscaler_pruning() {
         v1["spec"]["image"].as_str().unwrap()
     );
 
-    let out = operator_cli(&["history", "app", "-n", &ns.name]);
+    let out = soma(&["installation", "history", "app", "-n", &ns.name]);
     let table = String::from_utf8_lossy(&out.stdout);
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{table}");

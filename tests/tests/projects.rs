@@ -21,7 +21,7 @@ use somastack_tests::fixtures::{
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
-    TestNamespace, api_for, free_port, http_get, kubectl, operator_cli_ok, setup, spawn_shard_operator,
+    TestNamespace, api_for, free_port, http_get, kubectl, setup, soma_ok, spawn_shard_operator,
     unique_suffix, wait_for, workspace_binary,
 };
 
@@ -515,7 +515,7 @@ async fn retrying_runs_only_the_failed_tasks() {
     assert!(before.is_some());
 
     // The CLI a user runs.
-    let out = operator_cli_ok(&["retry-failed", "retried", "-n", &env.ns.name]);
+    let out = soma_ok(&["project", "retry-failed", "retried", "-n", &env.ns.name]);
     assert!(out.contains("failed tasks will run again"));
 
     let done = finished(&api, "retried", "True", "AllTasksSucceeded").await;
@@ -531,7 +531,7 @@ async fn retrying_runs_only_the_failed_tasks() {
     ));
 
     // The summary a user asks for.
-    let out = operator_cli_ok(&["projects", "-n", &env.ns.name, "-o", "json"]);
+    let out = soma_ok(&["project", "summary", "-n", &env.ns.name, "-o", "json"]);
     let summary: Value = serde_json::from_str(&out).unwrap();
     let row = &summary["projects"][0];
     assert_eq!(row["name"], "retried");

@@ -1,69 +1,145 @@
-//! `somastack-operator projects`: the KAMACHIQ summary, from the projects'
-//! status and their task Jobs; and `retry-failed`: run a project's failed
-//! tasks again.
+//! `kubectl soma project summary|retry-failed|approve`: the KAMACHIQ
+//! summary, from the projects' status and their task Jobs; running a
+//! project's failed tasks again; approving its plan.
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::ResourceExt;
+use serde::Serialize;
 use serde_json::json;
+use somastack_controllers::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
 use somastack_controllers::kinds::project::summary::{Summary, summary};
 use somastack_crds::KamachiqProject;
 use somastack_crds::kamachiq::{PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION};
 
-use crate::cli::{RetryFailedArgs, SummaryArgs};
-use crate::cluster::scoped;
-use crate::error::{Error, Result};
-use crate::summary::{percent, secs};
+use crate::cli::{Global, Listing, NameArgs, ProjectApproveArgs, ProjectCommand};
+use crate::cluster::{FIELD_MANAGER, with_cluster};
+use crate::error::{Context, Error, Result};
+use crate::output::{percent, secs};
 
-pub fn summary_command(args: SummaryArgs) -> Result<()> {
-    crate::summary::print(
-        &args,
-        async |client, namespace| {
-            let projects = scoped::<KamachiqProject>(client.clone(), namespace)
-                .list(&ListParams::default())
-                .await?
-                .items;
-            let jobs = scoped::<Job>(client, namespace)
-                .list(&ListParams::default().labels(PROJECT_UID_LABEL))
-                .await?
-                .items;
-            Ok(summary(&projects, &jobs))
-        },
-        table,
-    )
+pub fn command(global: &Global, command: ProjectCommand) -> Result<()> {
+    match command {
+        ProjectCommand::Summary(listing) => summary_command(global, listing),
+        ProjectCommand::RetryFailed(args) => retry_failed(global, &args),
+        ProjectCommand::Approve(args) => approve(global, &args),
+    }
 }
 
-pub fn retry_failed_command(args: RetryFailedArgs) -> Result<()> {
-    let round = Timestamp::now().to_string();
-    crate::cluster::with_client(&args.cluster, async |client| {
-        let api: Api<KamachiqProject> = Api::namespaced(client, &args.namespace);
-        match api
-            .patch(
-                &args.name,
-                &PatchParams::default(),
-                &Patch::Merge(retry_patch(&round)),
-            )
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+fn summary_command(global: &Global, listing: Listing) -> Result<()> {
+    let found = with_cluster(global, async |cluster| {
+        let projects = cluster
+            .listed::<KamachiqProject>(listing.all_namespaces)
+            .list(&ListParams::default())
             .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 404 => Err(Error::NotFound(format!(
-                "kamachiqproject {}/{}",
-                args.namespace, args.name
-            ))),
-            Err(e) => Err(e.into()),
-        }
+            .context("list kamachiqprojects")?
+            .items;
+        let jobs = cluster
+            .listed::<Job>(listing.all_namespaces)
+            .list(&ListParams::default().labels(PROJECT_UID_LABEL))
+            .await
+            .context("list the projects' jobs")?
+            .items;
+        Ok(summary(&projects, &jobs))
     })?;
-    println!(
-        "kamachiqproject {}/{}: failed tasks will run again (round {round})",
-        args.namespace, args.name
-    );
-    Ok(())
+    crate::output::print(global.output, &found, table)
+}
+
+/// What `retry-failed` asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    pub project: String,
+    pub namespace: String,
+    /// The retry round (the annotation's value).
+    pub round: String,
+}
+
+fn retry_failed(global: &Global, args: &NameArgs) -> Result<()> {
+    let round = Timestamp::now().to_string();
+    let done = with_cluster(global, async |cluster| {
+        let api: Api<KamachiqProject> = cluster.namespaced();
+        api.patch(&args.name, &params(), &Patch::Merge(retry_patch(&round)))
+            .await
+            .context(cluster.name("kamachiqproject", &args.name))?;
+        Ok(Retry {
+            project: args.name.clone(),
+            namespace: cluster.namespace.clone(),
+            round: round.clone(),
+        })
+    })?;
+    crate::output::print(global.output, &done, |r| {
+        format!(
+            "kamachiqproject {}/{}: failed tasks will run again (round {})\n",
+            r.namespace, r.project, r.round
+        )
+    })
 }
 
 /// The JSON merge patch that asks for retry round `round`.
 fn retry_patch(round: &str) -> serde_json::Value {
     json!({ "metadata": { "annotations": { RETRY_FAILED_ANNOTATION: round } } })
+}
+
+/// What `approve` wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanApproval {
+    pub project: String,
+    pub namespace: String,
+    pub plan_digest: String,
+    /// As the operator's admission webhook stamped it (the authenticated user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reviewer: Option<String>,
+}
+
+/// The merge patch approving the plan with `digest`.
+pub fn approve_patch(digest: &str, reason: Option<&str>) -> serde_json::Value {
+    json!({ "metadata": { "annotations": {
+        DECISION_ANNOTATION: "approve",
+        DIGEST_ANNOTATION: digest,
+        REASON_ANNOTATION: reason,
+    } } })
+}
+
+fn approve(global: &Global, args: &ProjectApproveArgs) -> Result<()> {
+    let done = with_cluster(global, async |cluster| {
+        let api: Api<KamachiqProject> = cluster.namespaced();
+        let what = cluster.name("kamachiqproject", &args.name);
+        let project = api.get(&args.name).await.context(&what)?;
+        // Bound to the plan the reviewer can read now, not whatever comes later.
+        let Some(digest) = project.status.as_ref().and_then(|s| s.plan_digest.clone()) else {
+            return Err(Error::Input(format!(
+                "{what} has no validated plan to approve yet (status.planDigest is empty)"
+            )));
+        };
+        let patched = api
+            .patch(&args.name, &params(), &Patch::Merge(approve_patch(&digest, args.reason.as_deref())))
+            .await
+            .context(format!("approve the plan of {what}"))?;
+        Ok(PlanApproval {
+            project: args.name.clone(),
+            namespace: cluster.namespace.clone(),
+            plan_digest: digest,
+            reviewer: patched.annotations().get(REVIEWER_ANNOTATION).cloned(),
+        })
+    })?;
+    crate::output::print(global.output, &done, |a| {
+        format!(
+            "kamachiqproject {}/{}: plan {} approved{}\n",
+            a.namespace,
+            a.project,
+            a.plan_digest,
+            a.reviewer.as_ref().map(|u| format!(" by {u}")).unwrap_or_default()
+        )
+    })
 }
 
 /// The summary as a table, one project per line, then the totals.
@@ -226,6 +302,17 @@ mean task duration: 9.2s
         assert_eq!(
             lines[0].find("TASKS").map(|i| i + 5),
             lines[1].find("100").map(|i| i + 3)
+        );
+    }
+
+    #[test]
+    fn an_approval_names_the_plan_digest() {
+        assert_eq!(
+            approve_patch("sha256:ab", Some("looks right")),
+            json!({ "metadata": { "annotations": {
+                "review.somastack.io/decision": "approve",
+                "review.somastack.io/digest": "sha256:ab",
+                "review.somastack.io/reason": "looks right" } } })
         );
     }
 
