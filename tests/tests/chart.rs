@@ -36,7 +36,7 @@ const NAMESPACE: &str = "somastack-chart-test";
 /// configurations (whose Service has no real server behind it) never match.
 const NEVER_MATCH: &str = r#"webhook.objectSelector={"matchLabels":{"somastack.io/chart-test":"never"}}"#;
 /// Values that turn every optional part of the chart on.
-const EVERYTHING_ON: &str = "webhook.certManager.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true";
+const EVERYTHING_ON: &str = "webhook.certManager.enabled=true,metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true";
 const CRD_NAMES: [&str; 5] = [
     "capsules.somastack.io",
     "installations.somastack.io",
@@ -493,6 +493,117 @@ async fn webhook_certificates_self_managed_or_from_cert_manager() {
     assert_eq!(
         validating["webhooks"][0]["clientConfig"],
         json!({ "url": "https://192.0.2.10:9443/validate/installations" })
+    );
+}
+
+/// The rule file the PrometheusRule ships, as promtool tests it.
+fn rule_file() -> Value {
+    let path = repo_root().join("charts/somastack-operator/files/prometheus-rules.yaml");
+    let text = std::fs::read_to_string(&path).expect("the rule file");
+    serde_saphyr::from_str(&text).expect("the rule file is YAML")
+}
+
+/// The PrometheusRule's alerts, by name.
+fn rendered_alerts(docs: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    let rule = find(docs, "PrometheusRule", &fullname());
+    rule["spec"]["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+        .map(|r| (r["alert"].as_str().expect("alert").to_string(), r))
+        .collect()
+}
+
+#[tokio::test]
+async fn prometheus_rule_and_dashboard_ship_the_files_and_follow_the_values() {
+    // Off by default.
+    let docs = render(&[]).await;
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "PrometheusRule"
+                || d["metadata"]["name"] == format!("{}-dashboard", fullname())),
+        "no PrometheusRule or dashboard by default"
+    );
+
+    // With defaults, the groups are the file's, in the release namespace.
+    let docs = render(&[EVERYTHING_ON]).await;
+    let rule = find(&docs, "PrometheusRule", &fullname());
+    let text = serde_json::to_string(&rule_file()["groups"])
+        .expect("json")
+        .replace("somastack-system", NAMESPACE);
+    let expected: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        rule["spec"]["groups"], expected,
+        "the PrometheusRule holds files/prometheus-rules.yaml"
+    );
+    assert!(!rule.to_string().contains("somastack-system"), "{rule}");
+    let alerts = rendered_alerts(&docs);
+    for name in [
+        "SomastackOperatorNoLeader",
+        "SomastackOperatorReconcileErrors",
+        "SomastackOperatorWebhookCertificateExpiring",
+        "SomastackKillSwitchEngaged",
+        "SomastackPolicyAuditViolations",
+        "SomastackDrillFailing",
+        "SomastackDrillOverdue",
+    ] {
+        assert!(alerts.contains_key(name), "{name} in {alerts:?}");
+    }
+
+    let dashboard = find(&docs, "ConfigMap", &format!("{}-dashboard", fullname()));
+    assert_eq!(dashboard["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(
+        dashboard["data"]["somastack-operator.json"]
+            .as_str()
+            .expect("the dashboard's JSON"),
+    )
+    .expect("the shipped dashboard is JSON");
+    let file = std::fs::read_to_string(
+        repo_root().join("charts/somastack-operator/dashboards/somastack-operator.json"),
+    )
+    .expect("the dashboard file");
+    assert_eq!(shipped, serde_json::from_str::<Value>(&file).expect("JSON"));
+
+    // Values: thresholds, severities, disabled alerts, labels, runbooks,
+    // the dashboard's labels, annotations and namespace.
+    let docs = render(&[
+        EVERYTHING_ON,
+        "metrics.prometheusRule.severities.SomastackPolicyAuditViolations=info",
+        "metrics.prometheusRule.disabledAlerts={SomastackKillSwitchEngaged}",
+        "metrics.prometheusRule.additionalLabels.team=platform",
+        "metrics.prometheusRule.runbookBaseUrl=https://wiki.example/ops",
+        "metrics.prometheusRule.thresholds.certificateExpiryDays=14",
+        "metrics.prometheusRule.thresholds.drillOverdueSeconds=7200",
+        "metrics.grafanaDashboard.namespace=monitoring",
+        "metrics.grafanaDashboard.labels.grafana_dashboard=off",
+        "metrics.grafanaDashboard.annotations.grafana_folder=SomaStack",
+    ])
+    .await;
+    let alerts = rendered_alerts(&docs);
+    assert!(!alerts.contains_key("SomastackKillSwitchEngaged"), "{alerts:?}");
+    let expr = |name: &str| alerts[name]["expr"].as_str().expect("expr").to_string();
+    assert!(expr("SomastackOperatorWebhookCertificateExpiring").ends_with("< 14 * 86400"));
+    assert!(expr("SomastackDrillOverdue").ends_with("> 7200"));
+    assert_eq!(
+        alerts["SomastackPolicyAuditViolations"]["labels"]["severity"],
+        "info"
+    );
+    for (name, alert) in &alerts {
+        assert_eq!(alert["labels"]["team"], "platform", "{name}");
+        assert_eq!(
+            alert["annotations"]["runbook_url"],
+            format!("https://wiki.example/ops#{}", name.to_lowercase())
+        );
+    }
+    let dashboard = find(&docs, "ConfigMap", &format!("{}-dashboard", fullname()));
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "SomaStack"
     );
 }
 
