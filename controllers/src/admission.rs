@@ -582,7 +582,11 @@ mod tests {
             .annotations_mut()
             .insert(RUN_ANNOTATION.into(), "2026-11-26T17:00:00Z".into());
         let denied = drill(&region_asked, Some(&region), &mallory, Some(false), now);
-        assert!(denied.denied.is_some_and(|d| d.starts_with("user mallory may not run DrDrill region")));
+        assert!(
+            denied
+                .denied
+                .is_some_and(|d| d.starts_with("user mallory may not run DrDrill region"))
+        );
         assert_eq!(
             drill(&region_asked, Some(&region), &mallory, Some(true), now),
             Answer::default()

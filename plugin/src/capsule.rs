@@ -9,7 +9,9 @@ use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
 use somastack_controllers::conditions::Status;
-use somastack_controllers::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
+use somastack_controllers::domain::review::{
+    DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION,
+};
 use somastack_controllers::domain::signing;
 use somastack_crds::capsule::{CapsuleSpec, SignatureAlgorithm};
 use somastack_crds::{Capsule, PolicyBundle};
@@ -45,7 +47,9 @@ pub fn parse_manifest(text: &str, origin: &str) -> Result<(Value, Capsule)> {
     let doc: Value =
         serde_saphyr::from_str(text).map_err(|e| Error::Input(format!("{origin}: not YAML or JSON: {e}")))?;
     if doc.get("kind").and_then(Value::as_str) != Some("Capsule") {
-        return Err(Error::Input(format!("{origin}: not a Capsule manifest (kind: Capsule)")));
+        return Err(Error::Input(format!(
+            "{origin}: not a Capsule manifest (kind: Capsule)"
+        )));
     }
     let capsule: Capsule = serde_json::from_value(doc.clone())
         .map_err(|e| Error::Input(format!("{origin}: not a valid Capsule: {e}")))?;
@@ -173,7 +177,10 @@ fn verify(global: &Global, args: &VerifyArgs) -> Result<()> {
     let local = match &args.file {
         Some(file) => {
             let (doc, capsule) = manifest(&ManifestArgs { file: file.clone() })?;
-            let name = doc["metadata"]["name"].as_str().unwrap_or("(unnamed)").to_string();
+            let name = doc["metadata"]["name"]
+                .as_str()
+                .unwrap_or("(unnamed)")
+                .to_string();
             Some((name, capsule.spec))
         }
         None => None,
@@ -268,12 +275,19 @@ fn review(global: &Global, args: &ReviewArgs, decision: &str) -> Result<()> {
         })
     })?;
     crate::output::print(global.output, &review, |r| {
-        let verb = if r.decision == "approve" { "approved" } else { "rejected" };
+        let verb = if r.decision == "approve" {
+            "approved"
+        } else {
+            "rejected"
+        };
         format!(
             "capsule.somastack.io/{} {verb} (payload {}{})\n",
             r.capsule,
             r.payload_digest,
-            r.reviewer.as_ref().map(|u| format!(", reviewer {u}")).unwrap_or_default()
+            r.reviewer
+                .as_ref()
+                .map(|u| format!(", reviewer {u}"))
+                .unwrap_or_default()
         )
     })
 }

@@ -272,7 +272,10 @@ mod tests {
         .unwrap();
         assert_eq!(cli.global.output, Output::Json);
         assert_eq!(cli.global.context.as_deref(), Some("c"));
-        assert!(matches!(cli.command, Command::Status(Listing { all_namespaces: true })));
+        assert!(matches!(
+            cli.command,
+            Command::Status(Listing { all_namespaces: true })
+        ));
         let cli = Cli::try_parse_from([
             "kubectl-soma",
             "-n",

@@ -210,7 +210,10 @@ mod tests {
             conditions: &ready,
             phase: None,
         });
-        assert_eq!((stale.health, stale.reason.as_str()), (Health::InProgress, "NotObserved"));
+        assert_eq!(
+            (stale.health, stale.reason.as_str()),
+            (Health::InProgress, "NotObserved")
+        );
         assert!(stale.message.contains("generation 3"), "{}", stale.message);
         let never = health(&Observed {
             generation: Some(1),
@@ -236,7 +239,12 @@ mod tests {
             (Health::Current, "Available", "3/3 replicas")
         );
         let v = of(
-            &[c("Ready", "False", "PolicyViolation", "region refused\nby bundle")],
+            &[c(
+                "Ready",
+                "False",
+                "PolicyViolation",
+                "region refused\nby bundle",
+            )],
             Some("Blocked"),
         );
         assert_eq!(
@@ -253,7 +261,12 @@ mod tests {
         );
         assert_eq!((v.health, v.reason.as_str()), (Health::Suspended, "Suspended"));
         let v = of(
-            &[c("Approved", "False", "AwaitingApproval", "approve plan sha256:ab")],
+            &[c(
+                "Approved",
+                "False",
+                "AwaitingApproval",
+                "approve plan sha256:ab",
+            )],
             Some("AwaitingApproval"),
         );
         assert_eq!(
@@ -287,10 +300,7 @@ mod tests {
         let running = of(&[c("Succeeded", "Unknown", "Running", "")], Some("Running"));
         assert_eq!(running.health, Health::InProgress);
         let done = of(&[c("Succeeded", "True", "Passed", "RTO 2s")], Some("Succeeded"));
-        assert_eq!(
-            (done.health, done.reason.as_str()),
-            (Health::Current, "Passed")
-        );
+        assert_eq!((done.health, done.reason.as_str()), (Health::Current, "Passed"));
         assert_eq!(of(&[], None).health, Health::Current);
     }
 }

@@ -109,7 +109,9 @@ fn rollback(global: &Global, args: &RollbackArgs) -> Result<()> {
         let record = loop {
             let inst = api.get(&args.name).await.context(&what)?;
             match installation::rollback(&cluster.client, &inst, args.to, "Manual", &reason).await {
-                Err(somastack_controllers::Error::Kube(kube::Error::Api(e))) if e.code == 409 && attempt < 5 => {
+                Err(somastack_controllers::Error::Kube(kube::Error::Api(e)))
+                    if e.code == 409 && attempt < 5 =>
+                {
                     attempt += 1;
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
@@ -270,7 +272,10 @@ mod tests {
             diff_table(&c, 1, 2),
             "FIELD                  REVISION 1   REVISION 2\nspec.capsule.version   1.0.0        1.1.0\n"
         );
-        assert_eq!(diff_table(&[], 1, 1), "revisions 1 and 1 record the same spec and image\n");
+        assert_eq!(
+            diff_table(&[], 1, 1),
+            "revisions 1 and 1 record the same spec and image\n"
+        );
         let rows = vec![HistoryRow {
             revision: 3,
             current: true,

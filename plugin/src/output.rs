@@ -19,11 +19,7 @@ pub fn print<T: Serialize>(output: Output, value: &T, table: impl FnOnce(&T) -> 
 }
 
 /// What [`print`] prints.
-pub fn render<T: Serialize>(
-    output: Output,
-    value: &T,
-    table: impl FnOnce(&T) -> String,
-) -> Result<String> {
+pub fn render<T: Serialize>(output: Output, value: &T, table: impl FnOnce(&T) -> String) -> Result<String> {
     match output {
         Output::Table => Ok(table(value)),
         Output::Json => serde_json::to_string_pretty(value)

@@ -133,11 +133,20 @@ mod tests {
     #[test]
     fn only_the_bundles_selecting_the_namespace_count() {
         let bundles = [
-            bundle("eu", json!({ "namespaceSelector": { "matchLabels": { "geo": "eu" } },
-                                 "limits": { "maxReplicas": 4 } })),
-            bundle("us", json!({ "namespaceSelector": { "matchLabels": { "geo": "us" } },
-                                 "limits": { "maxReplicas": 1 } })),
-            bundle("all", json!({ "enforcement": "Audit", "capabilities": { "allowed": [] } })),
+            bundle(
+                "eu",
+                json!({ "namespaceSelector": { "matchLabels": { "geo": "eu" } },
+                                 "limits": { "maxReplicas": 4 } }),
+            ),
+            bundle(
+                "us",
+                json!({ "namespaceSelector": { "matchLabels": { "geo": "us" } },
+                                 "limits": { "maxReplicas": 1 } }),
+            ),
+            bundle(
+                "all",
+                json!({ "enforcement": "Audit", "capabilities": { "allowed": [] } }),
+            ),
         ];
         let labels = [("geo".to_string(), "eu".to_string())].into();
         let e = explanation("t1", &labels, &bundles);

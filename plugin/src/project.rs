@@ -5,11 +5,13 @@
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::json;
-use somastack_controllers::domain::review::{DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION};
+use somastack_controllers::domain::review::{
+    DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION,
+};
 use somastack_controllers::kinds::project::summary::{Summary, summary};
 use somastack_crds::KamachiqProject;
 use somastack_crds::kamachiq::{PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION};
@@ -121,7 +123,11 @@ fn approve(global: &Global, args: &ProjectApproveArgs) -> Result<()> {
             )));
         };
         let patched = api
-            .patch(&args.name, &params(), &Patch::Merge(approve_patch(&digest, args.reason.as_deref())))
+            .patch(
+                &args.name,
+                &params(),
+                &Patch::Merge(approve_patch(&digest, args.reason.as_deref())),
+            )
             .await
             .context(format!("approve the plan of {what}"))?;
         Ok(PlanApproval {
@@ -137,7 +143,10 @@ fn approve(global: &Global, args: &ProjectApproveArgs) -> Result<()> {
             a.namespace,
             a.project,
             a.plan_digest,
-            a.reviewer.as_ref().map(|u| format!(" by {u}")).unwrap_or_default()
+            a.reviewer
+                .as_ref()
+                .map(|u| format!(" by {u}"))
+                .unwrap_or_default()
         )
     })
 }

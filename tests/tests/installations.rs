@@ -16,9 +16,7 @@ use somastack_tests::fixtures::{
     apply_together, bundle, capsule, condition, condition_with, denied, installation, message, put, put_api,
     put_policy, setup_published, wait_condition, wait_refused,
 };
-use somastack_tests::{
-    TestNamespace, api_for, setup, soma, soma_ok, unique_suffix, wait_event, wait_for,
-};
+use somastack_tests::{TestNamespace, api_for, setup, soma, soma_ok, unique_suffix, wait_event, wait_for};
 
 const T: Duration = Duration::from_secs(90);
 

@@ -639,7 +639,11 @@ fn rows_of(eff: &Effective, mode: Enforcement) -> Vec<Provenance> {
     };
     let mut out = Vec::new();
     for (class, allowed) in &eff.residency {
-        out.push(row(format!("residency/{class}"), listed(&allowed.value), &allowed.bundles));
+        out.push(row(
+            format!("residency/{class}"),
+            listed(&allowed.value),
+            &allowed.bundles,
+        ));
     }
     if let Some(m) = &eff.max_replicas {
         out.push(row("maxReplicas".into(), m.value.to_string(), &m.bundles));
@@ -654,10 +658,18 @@ fn rows_of(eff: &Effective, mode: Enforcement) -> Vec<Provenance> {
         out.push(row("capabilities".into(), listed(&c.value), &c.bundles));
     }
     if !eff.require_signature.is_empty() {
-        out.push(row("requireSignature".into(), "true".into(), &eff.require_signature));
+        out.push(row(
+            "requireSignature".into(),
+            "true".into(),
+            &eff.require_signature,
+        ));
     }
     if !eff.require_approval.is_empty() {
-        out.push(row("requireApproval".into(), "true".into(), &eff.require_approval));
+        out.push(row(
+            "requireApproval".into(),
+            "true".into(),
+            &eff.require_approval,
+        ));
     }
     if !eff.trust.is_empty() {
         // A key is usable only when every bundle that lists publishers lists it.
@@ -743,7 +755,12 @@ pub fn explain(bundles: &[Bundle<'_>]) -> Vec<Provenance> {
         .collect();
     planners.sort_by_key(|b| b.name);
     for b in planners {
-        let urls = b.spec.projects.as_ref().map(|p| p.allowed_planner_urls.clone()).unwrap_or_default();
+        let urls = b
+            .spec
+            .projects
+            .as_ref()
+            .map(|p| p.allowed_planner_urls.clone())
+            .unwrap_or_default();
         out.push(Provenance {
             rule: "projects/allowedPlannerUrls".into(),
             value: listed(&urls),
@@ -876,7 +893,11 @@ mod tests {
             enforcement: Enforcement::Audit,
             ..bundle_spec()
         };
-        let rows = explain(&[bundle("eu", &eu), bundle("tight", &tight), bundle("watch", &audit)]);
+        let rows = explain(&[
+            bundle("eu", &eu),
+            bundle("tight", &tight),
+            bundle("watch", &audit),
+        ]);
         let shown: Vec<(String, String, Enforcement, String)> = rows
             .iter()
             .map(|r| (r.rule.clone(), r.value.clone(), r.mode, r.bundles.join(",")))

@@ -443,25 +443,51 @@ mod tests {
             let (made, value) = sign(&private, &payload).unwrap();
             assert_eq!(made, algorithm);
             let sig = dir.path("sig");
-            std::fs::write(&sig, base64::engine::general_purpose::STANDARD.decode(&value).unwrap()).unwrap();
+            std::fs::write(
+                &sig,
+                base64::engine::general_purpose::STANDARD.decode(&value).unwrap(),
+            )
+            .unwrap();
             let data = dir.path("payload");
             std::fs::write(&data, &payload).unwrap();
             let public = dir.path("pub.pem");
             std::fs::write(&public, &key.public_pem).unwrap();
-            let (p, s, d) = (public.to_str().unwrap(), sig.to_str().unwrap(), data.to_str().unwrap());
+            let (p, s, d) = (
+                public.to_str().unwrap(),
+                sig.to_str().unwrap(),
+                data.to_str().unwrap(),
+            );
             let args: Vec<&str> = match algorithm {
                 SignatureAlgorithm::Ed25519 => {
-                    vec!["pkeyutl", "-verify", "-pubin", "-inkey", p, "-rawin", "-in", d, "-sigfile", s]
+                    vec![
+                        "pkeyutl", "-verify", "-pubin", "-inkey", p, "-rawin", "-in", d, "-sigfile", s,
+                    ]
                 }
-                SignatureAlgorithm::EcdsaP256Sha256 => vec!["dgst", "-sha256", "-verify", p, "-signature", s, d],
+                SignatureAlgorithm::EcdsaP256Sha256 => {
+                    vec!["dgst", "-sha256", "-verify", p, "-signature", s, d]
+                }
             };
-            let out = std::process::Command::new("openssl").args(&args).output().unwrap();
-            assert!(out.status.success(), "{algorithm:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{algorithm:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert_eq!(verify(algorithm, &key.public_pem, "k", &payload, &value), Ok(()));
         }
         let rsa = dir.path("rsa.key");
         let out = std::process::Command::new("openssl")
-            .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
             .arg(&rsa)
             .output()
             .unwrap();
