@@ -509,6 +509,7 @@ impl<'a> DrillReconcile<'a> {
         self.status.conditions = conditions::merge_with_health(
             self.drill.conditions(),
             &desired,
+            health,
             self.drill.metadata.generation,
             &logic::time(self.now),
         );
@@ -522,7 +523,6 @@ impl<'a> DrillReconcile<'a> {
         if let Some(r) = &self.status.run {
             self.status.current_step = Some(r.step);
         }
-            health,
         let api: Api<DrDrill> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
         let body = serde_json::to_value(&self.status)?;
         status::apply_if_changed(&api, self.drill, self.drill.status.as_ref(), body).await
