@@ -180,8 +180,12 @@ impl Metrics {
             fn metric_type(&self) -> MetricType {
                 self.0.metric_type()
             }
+            /// Never: a family without series yet (no drill has run, no
+            /// reconcile failed) is still described (`# HELP`, `# TYPE`), so
+            /// a scrape shows every name dashboards and alerts may use
+            /// (prometheus-client leaves out the families it calls empty).
             fn is_empty(&self) -> bool {
-                self.0.is_empty()
+                false
             }
         }
         /// Name, unit (Prometheus appends it to the name), metric, help.
@@ -616,6 +620,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("somastack_leader 1"), "{text}");
+    }
+
+    #[test]
+    fn families_without_series_are_described() {
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry, None);
+        let text = encode(&registry).unwrap();
+        for (family, kind) in [
+            ("somastack_reconcile", "counter"),
+            ("somastack_reconcile_errors", "counter"),
+            ("somastack_reconcile_duration_seconds", "histogram"),
+            ("somastack_webhook_requests", "counter"),
+            ("somastack_webhook_duration_seconds", "histogram"),
+            ("somastack_webhook_bundle_reads", "counter"),
+            ("somastack_leader", "gauge"),
+            ("somastack_webhook_certificate_expiry_timestamp_seconds", "gauge"),
+            ("somastack_drill_runs", "counter"),
+            ("somastack_drill_last_rto_seconds", "gauge"),
+            ("somastack_kamachiq_task_attempts", "counter"),
+            ("somastack_kamachiq_task_duration_seconds", "histogram"),
+        ] {
+            assert!(
+                text.contains(&format!("\n# TYPE {family} {kind}\n")),
+                "{family} in\n{text}"
+            );
+        }
+        assert!(!text.contains("somastack_drill_runs_total"), "no series: {text}");
     }
 
     #[test]
