@@ -72,8 +72,8 @@ const WORKING: [&str; 7] = [
 
 /// The health of an object, in this order:
 ///
-/// 1. `status.observedGeneration` behind `metadata.generation` (or no
-///    status yet): `InProgress`, `NotObserved`.
+/// 1. `status.observedGeneration` (else the conditions' own) behind
+///    `metadata.generation`, or no status yet: `InProgress`, `NotObserved`.
 /// 2. `Stalled=True`: `Failed`.
 /// 3. `Reconciling=True`: `InProgress`.
 /// 4. phase `Suspended` or `Halted`: `Suspended`; phase `AwaitingApproval`,
@@ -84,7 +84,14 @@ const WORKING: [&str; 7] = [
 ///    `Failed`, a working phase `InProgress`, else `Current`.
 pub fn health(o: &Observed<'_>) -> Verdict {
     let generation = o.generation.unwrap_or(0);
-    match o.observed_generation {
+    // Kinds that keep no status.observedGeneration: their conditions' own
+    // (Ready's, else the newest); no status at all: not looked at yet.
+    let observed = o.observed_generation.or_else(|| {
+        condition(o, "Ready")
+            .and_then(|c| c.observed_generation)
+            .or_else(|| o.conditions.iter().filter_map(|c| c.observed_generation).max())
+    });
+    match observed {
         Some(seen) if seen >= generation => {}
         Some(seen) => {
             return verdict(
@@ -93,13 +100,14 @@ pub fn health(o: &Observed<'_>) -> Verdict {
                 format!("generation {generation} is not observed yet (status describes {seen})"),
             );
         }
-        None => {
+        None if o.conditions.is_empty() => {
             return verdict(
                 Health::InProgress,
                 "NotObserved",
                 "the operator has not reported on it yet".into(),
             );
         }
+        None => {}
     }
     let is_true = |t: &str| condition(o, t).filter(|c| c.status == "True");
     if let Some(c) = is_true("Stalled") {
@@ -220,6 +228,20 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(never.health, Health::InProgress);
+        // Without status.observedGeneration, the conditions' own count.
+        let mut seen = c("Ready", "True", "Installable", "");
+        seen.observed_generation = Some(3);
+        let by_condition = |generation| {
+            health(&Observed {
+                generation: Some(generation),
+                observed_generation: None,
+                conditions: std::slice::from_ref(&seen),
+                phase: None,
+            })
+            .health
+        };
+        assert_eq!(by_condition(3), Health::Current);
+        assert_eq!(by_condition(4), Health::InProgress);
         // The generation check comes first: a stalled status of an older spec is not the verdict.
         let stalled = [c("Stalled", "True", "X", "")];
         let v = health(&Observed {
