@@ -1,7 +1,8 @@
 //! The chart's alerts and dashboard against the real tools and the real
 //! operator: `promtool check rules` and `promtool test rules` on
 //! `charts/somastack-operator/files/` (promtool from hack/build-checkers.sh,
-//! found on PATH), the dashboard's queries parsed by promtool too, every
+//! found on PATH), the dashboard's queries parsed by promtool too and its
+//! panels covering every area without overlapping, every
 //! alert with a severity, a summary, a description and a runbook in
 //! docs/operations.md, and every metric name the rules, their unit tests and
 //! the dashboard use found in a scrape of the running operator
@@ -459,6 +460,58 @@ fn dashboard_queries_parse_as_promql() {
         checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
         "{checked}"
     );
+}
+
+#[test]
+fn dashboard_covers_every_area_in_a_valid_layout() {
+    let text = std::fs::read_to_string(dashboard_path()).expect("the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let used: BTreeSet<String> = dashboard_queries().iter().flat_map(|q| metric_names(q)).collect();
+    // Reconciles (rate, errors, latency), webhooks (decisions, latency),
+    // leader, certificate, drills (runs, RTO), KAMACHIQ tasks, objects, memory.
+    for name in [
+        "somastack_reconcile_total",
+        "somastack_reconcile_errors_total",
+        "somastack_reconcile_duration_seconds_bucket",
+        "somastack_webhook_requests_total",
+        "somastack_webhook_duration_seconds_bucket",
+        "somastack_leader",
+        "somastack_webhook_certificate_expiry_timestamp_seconds",
+        "somastack_drill_runs_total",
+        "somastack_drill_last_rto_seconds",
+        "somastack_kamachiq_task_attempts_total",
+        "somastack_kamachiq_task_duration_seconds_bucket",
+        "somastack_objects",
+        "somastack_heap_allocated_bytes",
+        "somastack_policy_kill_switch_engaged",
+    ] {
+        assert!(used.contains(name), "no dashboard panel queries {name}");
+    }
+    // Unique panel ids, targets with unique refIds, a data source from the
+    // variable, and panels that do not overlap on Grafana's 24-column grid.
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeMap::new();
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        assert!(ids.insert(panel["id"].as_u64().expect("an id")), "{title}: id");
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        let refs: BTreeSet<&str> = targets.iter().filter_map(|t| t["refId"].as_str()).collect();
+        assert_eq!(refs.len(), targets.len(), "{title}: refIds");
+        if panel["type"] != "row" {
+            assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(!targets.is_empty(), "{title}: no query");
+        }
+        let at = |k: &str| panel["gridPos"][k].as_u64().expect("gridPos");
+        assert!(at("x") + at("w") <= 24, "{title}: wider than the grid");
+        for x in at("x")..at("x") + at("w") {
+            for y in at("y")..at("y") + at("h") {
+                if let Some(other) = cells.insert((x, y), title) {
+                    panic!("{title} overlaps {other}");
+                }
+            }
+        }
+    }
 }
 
 #[tokio::test]
