@@ -139,6 +139,36 @@ async fn status_shows_health_and_kubectl_finds_the_plugin_on_path() {
         "-A lists every namespace: {table}"
     );
 
+    // As kubectl: without -n, the context's namespace; --context picks a context.
+    let mut kubeconfig: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig_path()).unwrap()).unwrap();
+    let current = kubeconfig["current-context"].as_str().unwrap().to_string();
+    for c in kubeconfig["contexts"].as_array_mut().unwrap() {
+        if c["name"] == current.as_str() {
+            c["context"]["namespace"] = json!(ns.name);
+        }
+    }
+    let dir = Scratch::new("soma-context");
+    let file = dir.path("kubeconfig");
+    std::fs::write(&file, serde_json::to_vec(&kubeconfig).unwrap()).unwrap();
+    let with_context = |args: &[&str]| {
+        std::process::Command::new(&binary)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = with_context(&["status", "--context", &current, "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status_row(&rows, "Installation", "app").is_some(), "{rows:#}");
+    let out = with_context(&["status", "--context", "no-such-context"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not load the Kubernetes client configuration")
+    );
+
     // Usage errors are exit code 2.
     fails(&["status", "-o", "xml"], 2, "invalid value 'xml'");
     ns.delete().await;
