@@ -12,7 +12,7 @@ use somastack_tests::fixtures::{
     Key, Scratch, bundle, capsule, condition, installation, published, put, put_api, put_policy,
     wait_condition,
 };
-use somastack_tests::users::{REVIEWER_ROLE, user};
+use somastack_tests::users::{REVIEWER_ROLE, tenant, user};
 use somastack_tests::{api_for, kubeconfig_path, setup, soma, unique_suffix, wait_for, workspace_binary};
 
 const T: Duration = Duration::from_secs(90);
@@ -520,6 +520,22 @@ async fn a_drill_runs_again_on_demand_and_is_summarized() {
         1,
         &format!("drdrill {}/nope not found", ns.name),
     );
+
+    // Asking for a run is asking for the drill: a tenant who may edit but
+    // not disrupt cannot run the platform's region-wide drill (suspended
+    // and scheduled far off here, so nothing is tainted meanwhile).
+    let region = json!({ "apiVersion": "somastack.io/v1alpha1", "kind": "DrDrill",
+        "metadata": { "name": "region", "namespace": ns.name },
+        "spec": { "installationRef": { "name": "app" }, "scenario": "RegionOutage", "scope": "Region",
+                  "schedule": "0 3 1 1 *", "suspend": true, "objectives": { "rtoSeconds": 60 } } });
+    put(&client, &region).await;
+    let tenant = tenant(&client, &format!("soma-tenant-{}", unique_suffix()), &ns.name).await;
+    fails(
+        &["drill", "run", "region", "-n", &ns.name, "--as", &tenant.name],
+        1,
+        "may not run DrDrill region as written: scope: Region",
+    );
+    ok(&["drill", "run", "pods", "-n", &ns.name, "--as", &tenant.name]);
     ns.delete().await;
 }
 
