@@ -16,7 +16,7 @@
 source "$(dirname "$0")/lib.sh"
 
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$PROMTOOL_BIN"; exit 0
+  echo "$PROMTOOL_BIN:$VERDICTS_BIN"; exit 0
 fi
 
 command -v go >/dev/null || die "go is not installed (the project needs Go >= 1.26)"
@@ -33,7 +33,7 @@ fi
 
 # install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
 # success, so an interrupted build never leaves a half-filled cache entry.
-steps_total=1
+steps_total=2
 install_into() {
   local dir="$1" step="$2" what="$3" fn="$4"
   if [[ -f "$dir/.complete" ]]; then
@@ -68,5 +68,15 @@ build_promtool() {
       -o "$out/promtool" github.com/prometheus/prometheus/cmd/promtool )
 }
 
+# verdicts (hack/verdicts): what kstatus (sigs.k8s.io/cli-utils, as Flux
+# reads health) and Argo CD's health scripts (gopher-lua, the interpreter Argo
+# CD embeds) make of our objects; tests/tests/gitops.rs runs it. Its go.sum
+# pins every module.
+build_verdicts() {
+  local out="$1"
+  ( cd "$ROOT/hack/verdicts" && go build -trimpath -ldflags "-s -w" -o "$out/verdicts" . )
+}
+
 install_into "$PROMTOOL_BIN" 1 "promtool (Prometheus module $PROMETHEUS_VERSION)" build_promtool
+install_into "$VERDICTS_BIN" 2 "verdicts (hack/verdicts)" build_verdicts
 log "all checkers ready under $BIN_DIR"

@@ -28,6 +28,9 @@ HELM_BIN="$BIN_DIR/helm-$HELM_VERSION"
 K8S_NODE_BIN="$BIN_DIR/kubernetes-node-$K8S_VERSION"
 CONTAINERD_BIN="$BIN_DIR/containerd-$CONTAINERD_VERSION"
 PROMTOOL_BIN="$BIN_DIR/promtool-$PROMETHEUS_VERSION"
+# hack/verdicts is the project's own Go program: cached by the hash of its
+# source, so a change rebuilds it and a fresh clone of the same source does not.
+VERDICTS_BIN="$BIN_DIR/verdicts-$(cat "$ROOT"/hack/verdicts/{go.mod,go.sum,main.go} 2>/dev/null | sha256sum | cut -c1-12)"
 
 # Real nodes (kubelet + containerd + runc + CNI) beside the kwok ones:
 # hack/real-nodes.sh, docs/real-nodes.md. On by default (they need root);

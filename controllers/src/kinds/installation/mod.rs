@@ -818,9 +818,10 @@ async fn report(
 
 /// Pure: how GitOps tools read an Installation (and, when it is stalled in
 /// words other than `Ready`'s, its `Stalled` condition). A finished
-/// automatic rollback is Stalled until the spec changes again: the revision
-/// the rollback wrote (the one after the failed one) is still current, and
-/// the upgrade it undid needs a person. A rollout, or a write being retried,
+/// automatic rollback (the restored revision Ready) is Stalled until the
+/// spec changes again: the revision the rollback wrote (the one after the
+/// failed one) is still current, and the upgrade it undid needs a person;
+/// while the rollback rolls out, it is Progressing like any rollout. A rollout, or a write being retried,
 /// is Progressing; a paused rollout, a kill switch and a Capsule not (yet)
 /// usable wait for someone else; a policy violation, a refused child and a
 /// missed progress deadline stay until something changes: Stalled.
@@ -828,10 +829,11 @@ pub fn health(observed: &InstallationStatus, conditions: &[Desired]) -> (Health,
     let Some(ready) = conditions.iter().find(|d| d.type_ == "Ready") else {
         return (Health::Progressing, None);
     };
-    let rolled_back = observed
-        .last_rollback
-        .as_ref()
-        .filter(|r| r.trigger == "Automatic" && observed.current_revision == Some(r.from_revision + 1));
+    let rolled_back = observed.last_rollback.as_ref().filter(|r| {
+        ready.status == Status::True
+            && r.trigger == "Automatic"
+            && observed.current_revision == Some(r.from_revision + 1)
+    });
     if let Some(r) = rolled_back {
         let message = format!("{}; change the spec to try again", r.reason);
         return (

@@ -713,6 +713,15 @@ fn gitops_tools_read_each_state_of_an_installation() {
                 .to_string()
         ))
     );
+    // While the restored revision rolls out, it is a rollout like any other.
+    let rolling = read(
+        P::Progressing,
+        "RollingOut",
+        Status::False,
+        Some(4),
+        Some(record("Automatic")),
+    );
+    assert_eq!(rolling, (Health::Progressing, None));
     let later = read(
         P::Ready,
         "WorkloadReady",
