@@ -350,7 +350,7 @@ async fn drills_read_scheduled_suspended_running_and_failed() {
 }
 
 #[tokio::test]
-async fn projects_read_awaiting_approval_running_suspended_and_failed() {
+async fn projects_read_awaiting_approval_running_suspended_succeeded_and_failed() {
     let (client, ns) = setup("gitops-kp").await;
     let package = format!("gkp-{}", unique_suffix());
     put(
@@ -397,6 +397,11 @@ async fn projects_read_awaiting_approval_running_suspended_and_failed() {
     long["suspend"] = json!(true);
     put(&client, &project("long", long)).await;
     reads("kamachiqprojects", n, "long", "Current", "Suspended", "Suspended").await;
+
+    // One short task (kwok's agent stand-in answers in a second): succeeded.
+    let short = json!({ "goal": "g", "tasks": [task("quick", &[], "q")] });
+    put(&client, &project("short", short)).await;
+    reads("kamachiqprojects", n, "short", "Current", "Healthy", "AllTasksSucceeded").await;
 
     // A plan with a cycle fails for good.
     let cycle = json!({ "goal": "g", "tasks": [task("a", &["b"], ""), task("b", &["a"], "")] });
