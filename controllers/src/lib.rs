@@ -24,6 +24,7 @@ pub mod conditions;
 pub mod domain;
 pub mod error;
 pub mod kinds;
+pub mod kubeconfig;
 pub mod metrics;
 pub mod planner;
 pub mod runtime;

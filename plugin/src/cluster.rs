@@ -2,7 +2,6 @@
 //! `$KUBECONFIG`, in-cluster; the namespace from `-n` or the context.
 
 use k8s_openapi::NamespaceResourceScope;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, Resource};
 
 use crate::cli::Global;
@@ -46,23 +45,10 @@ impl Cluster {
 }
 
 async fn config(global: &Global) -> Result<Config> {
-    let options = KubeConfigOptions {
-        context: global.context.clone(),
-        ..Default::default()
-    };
-    let mut config = match &global.kubeconfig {
-        Some(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-            Config::from_custom_kubeconfig(kubeconfig, &options)
-                .await
-                .map_err(|e| Error::Config(e.to_string()))?
-        }
-        None if global.context.is_some() => Config::from_kubeconfig(&options)
+    let mut config =
+        somastack_controllers::kubeconfig::load(global.kubeconfig.as_deref(), global.context.clone())
             .await
-            .map_err(|e| Error::Config(e.to_string()))?,
-        None => Config::infer().await.map_err(|e| Error::Config(e.to_string()))?,
-    };
+            .map_err(Error::Config)?;
     if let Some(user) = &global.as_user {
         config.auth_info.impersonate = Some(user.clone());
         if !global.as_groups.is_empty() {
