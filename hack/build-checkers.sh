@@ -31,23 +31,6 @@ if ! flock -n 9; then
   flock 9
 fi
 
-# install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
-# success, so an interrupted build never leaves a half-filled cache entry.
-steps_total=2
-install_into() {
-  local dir="$1" step="$2" what="$3" fn="$4"
-  if [[ -f "$dir/.complete" ]]; then
-    log "[$step/$steps_total] $what: cached in $dir"
-    return
-  fi
-  log "[$step/$steps_total] $what: building (cold builds take minutes; cached afterwards)"
-  local start; start=$(date +%s)
-  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
-  with_heartbeat "building $what" "$fn" "$dir.tmp"
-  touch "$dir.tmp/.complete"
-  rm -rf "$dir"; mv "$dir.tmp" "$dir"
-  log "[$step/$steps_total] $what: built in $(( $(date +%s) - start ))s"
-}
 
 # promtool from github.com/prometheus/prometheus (v0.3XX.Y is Prometheus
 # 3.XX.Y). Its go.mod has replace directives, which `go install` refuses; a
@@ -77,6 +60,7 @@ build_verdicts() {
   ( cd "$ROOT/hack/verdicts" && go build -trimpath -ldflags "-s -w" -o "$out/verdicts" . )
 }
 
+steps_total=2
 install_into "$PROMTOOL_BIN" 1 "promtool (Prometheus module $PROMETHEUS_VERSION)" build_promtool
 install_into "$VERDICTS_BIN" 2 "verdicts (hack/verdicts)" build_verdicts
 log "all checkers ready under $BIN_DIR"

@@ -26,25 +26,6 @@ if ! flock -n 9; then
   flock 9
 fi
 
-# install_into DIR STEP DESCRIPTION FUNCTION: builds into DIR.tmp and renames on
-# success, so an interrupted build never leaves a half-filled cache entry.
-steps_total=4
-real_nodes_enabled && steps_total=6
-install_into() {
-  local dir="$1" step="$2" what="$3" fn="$4"
-  if [[ -f "$dir/.complete" ]]; then
-    log "[$step/$steps_total] $what: cached in $dir"
-    return
-  fi
-  log "[$step/$steps_total] $what: building (cold builds take minutes; cached afterwards)"
-  local start; start=$(date +%s)
-  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
-  with_heartbeat "building $what" "$fn" "$dir.tmp"
-  touch "$dir.tmp/.complete"
-  rm -rf "$dir"; mv "$dir.tmp" "$dir"
-  log "[$step/$steps_total] $what: built in $(( $(date +%s) - start ))s"
-}
-
 build_etcd() {
   local out="$1" src="$CACHE_DIR/src/etcd-$ETCD_VERSION"
   rm -rf "$src"; mkdir -p "$src"
@@ -127,6 +108,8 @@ build_helm() {
   GOBIN="$1" go install -trimpath -ldflags "-s -w" "helm.sh/helm/$major/cmd/helm@$HELM_VERSION"
 }
 
+steps_total=4
+real_nodes_enabled && steps_total=6
 install_into "$ETCD_BIN" 1 "etcd $ETCD_VERSION" build_etcd
 install_into "$K8S_BIN" 2 "Kubernetes $K8S_VERSION (apiserver, controller-manager, scheduler, kubectl)" build_kubernetes
 install_into "$KWOK_BIN" 3 "kwok/kwokctl $KWOK_VERSION" build_kwok

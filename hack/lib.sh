@@ -92,6 +92,25 @@ with_heartbeat() {
   wait "$pid"
 }
 
+# install_into DIR STEP DESCRIPTION FUNCTION: runs FUNCTION DIR.tmp and renames
+# DIR.tmp to DIR on success, so an interrupted build never leaves a half-filled
+# cache entry; a DIR already complete is kept. STEP counts against the
+# caller's steps_total (hack/build-tools.sh, hack/build-checkers.sh).
+install_into() {
+  local dir="$1" step="$2" what="$3" fn="$4"
+  if [[ -f "$dir/.complete" ]]; then
+    log "[$step/${steps_total:-?}] $what: cached in $dir"
+    return
+  fi
+  log "[$step/${steps_total:-?}] $what: building (cold builds take minutes; cached afterwards)"
+  local start; start=$(date +%s)
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+  with_heartbeat "building $what" "$fn" "$dir.tmp"
+  touch "$dir.tmp/.complete"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+  log "[$step/${steps_total:-?}] $what: built in $(( $(date +%s) - start ))s"
+}
+
 # Loopback ports of the local cluster (override SOMASTACK_PORT_BASE to run two).
 PORT_BASE="${SOMASTACK_PORT_BASE:-36400}"
 APISERVER_PORT=$((PORT_BASE + 43))
