@@ -24,6 +24,14 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
+# --ref NAME: the reference of an image built before (localhost/NAME@sha256:...),
+# the one to sign a Capsule over (docs/getting-started.md).
+if [[ "${1:-}" == "--ref" ]]; then
+  ref=$(image_ref "${2:-}")
+  [[ -n "$ref" ]] || die "no image ${2:-} in target/image: run hack/build-image.sh first"
+  echo "$ref"; exit 0
+fi
+
 TARGET=x86_64-unknown-linux-gnu
 OUT="$ROOT/target/image"
 BUILD_DIR="${SOMASTACK_IMAGE_TARGET:-$CACHE_DIR/image-target}"

@@ -19,12 +19,15 @@
 #                          stops following; the operator keeps running)
 #   hack/run.sh --check    same, and assert what a user would see, then stop
 #                          (hack/test.sh and CI run this; needs real nodes)
+#   hack/run.sh --install  only the cluster, the images and the operator in
+#                          its pods, then stop (docs/getting-started.md)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-check=false
+check=false install_only=false
 [[ "${1:-}" == "--check" ]] && check=true
+[[ "${1:-}" == "--install" ]] && install_only=true
 
 log "building the operator"
 cargo build --quiet --locked -p somastack-operator
@@ -43,6 +46,8 @@ else
 fi
 in_cluster=false
 $local_cluster && real_nodes_enabled && in_cluster=true
+$install_only && ! $in_cluster &&
+  die "hack/run.sh --install puts the operator on the local cluster's real nodes: no KUBECONFIG, as root, SOMASTACK_REAL_NODES unset"
 $check && ! $in_cluster &&
   die "hack/run.sh --check asserts the story on real pods: it needs the local cluster (no KUBECONFIG) with its real nodes (as root, SOMASTACK_REAL_NODES unset)"
 mkdir -p "$LOCAL_DIR"
@@ -105,6 +110,10 @@ helm upgrade --install "$OPERATOR_RELEASE" "$ROOT/charts/somastack-operator" \
   die "the operator's pods did not become ready"
 }
 kubectl -n "$OPERATOR_NAMESPACE" get pods -o wide >&2
+if $install_only; then
+  log "the operator runs in the cluster (docs/getting-started.md goes on from here); export KUBECONFIG=$KUBECONFIG"
+  exit 0
+fi
 
 # Each run tells the story from the start: the capsule is signed over this
 # build's image, and a drill or project that already ran would not run again.

@@ -87,8 +87,10 @@ passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$results" | awk
 if [[ ${#filter[@]} -eq 0 ]] && real_nodes_enabled; then
   step "end to end (hack/run.sh --check)"
   "$ROOT/hack/run.sh" --check
+  step "the walkthrough as written (hack/walkthrough.sh: docs/getting-started.md)"
+  "$ROOT/hack/walkthrough.sh"
 elif [[ ${#filter[@]} -eq 0 ]]; then
-  log "SOMASTACK_REAL_NODES=0: the end-to-end story (hack/run.sh --check) needs real nodes; skipped"
+  log "SOMASTACK_REAL_NODES=0: the end-to-end story (hack/run.sh --check) and the walkthrough (hack/walkthrough.sh) need real nodes; skipped"
 fi
 log "all checks passed"
 # The closing line CI reads: the cargo tests counted across every test binary.
