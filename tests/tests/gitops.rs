@@ -401,7 +401,15 @@ async fn projects_read_awaiting_approval_running_suspended_succeeded_and_failed(
     // One short task (kwok's agent stand-in answers in a second): succeeded.
     let short = json!({ "goal": "g", "tasks": [task("quick", &[], "q")] });
     put(&client, &project("short", short)).await;
-    reads("kamachiqprojects", n, "short", "Current", "Healthy", "AllTasksSucceeded").await;
+    reads(
+        "kamachiqprojects",
+        n,
+        "short",
+        "Current",
+        "Healthy",
+        "AllTasksSucceeded",
+    )
+    .await;
 
     // A plan with a cycle fails for good.
     let cycle = json!({ "goal": "g", "tasks": [task("a", &["b"], ""), task("b", &["a"], "")] });
