@@ -198,6 +198,15 @@ async fn wait_drill(
     .await
 }
 
+/// The drill's `Succeeded` condition (conditions are sorted by type, and
+/// `Ready` comes first).
+fn succeeded(status: &Value) -> &Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Succeeded"))
+        .unwrap_or(&Value::Null)
+}
+
 fn finished(s: &Value) -> bool {
     s["run"].is_null()
         && matches!(s["phase"].as_str(), Some("Succeeded" | "Failed"))
@@ -231,7 +240,7 @@ async fn a_too_tight_rto_objective_fails_the_verdict() {
     assert!(rto > 2.0, "{rto}");
     let message = status["history"][0]["message"].as_str().unwrap();
     assert_eq!(message, format!("recovered in {rto:.1}s, over the 2s objective"));
-    assert_eq!(status["conditions"][0]["reason"], "DrillFailed");
+    assert_eq!(succeeded(&status)["reason"], "DrillFailed");
     t.assert_home(&client).await;
     t.delete().await;
 }
@@ -320,11 +329,12 @@ async fn a_drill_applied_before_its_installation_waits_for_it() {
     let (client, ns, package) = setup_published("together", "confidential").await;
     let api = put_api(&client, &drill(&ns.name, "early", scenario("PodLoss", 60))).await;
     let waiting = wait_drill(&api, "early", "waiting for its target", |s| {
-        s["conditions"][0]["reason"] == "WaitingForTarget"
+        succeeded(s)["reason"] == "WaitingForTarget"
     })
     .await;
     assert_eq!(
-        waiting["conditions"][0]["message"], "waiting for Installation app to be created",
+        succeeded(&waiting)["message"],
+        "waiting for Installation app to be created",
         "{waiting:#}"
     );
     assert!(
@@ -357,9 +367,9 @@ async fn suspend_and_delete_abort_and_restore_and_a_second_drill_waits() {
     // A second drill on the same Installation waits, saying why.
     let _ = t.start_drill(&client, "second", scenario("PodLoss", 60)).await;
     let waiting = wait_drill(&api, "second", "waiting", |s| s["phase"] == "Waiting").await;
-    assert_eq!(waiting["conditions"][0]["reason"], "WaitingForInstallation");
+    assert_eq!(succeeded(&waiting)["reason"], "WaitingForInstallation");
     assert_eq!(
-        waiting["conditions"][0]["message"],
+        succeeded(&waiting)["message"],
         "DrDrill first is acting on Installation app; this run starts when it ends"
     );
 
@@ -509,11 +519,17 @@ mod real_node {
         );
         assert_eq!(status["history"][0]["verdict"], "Pass");
         assert_eq!(status["history"][0]["measuredRtoSeconds"].as_f64(), Some(rto));
-        let cond = &status["conditions"][0];
+        let cond = succeeded(&status);
         assert_eq!(
             (cond["type"].as_str(), cond["status"].as_str()),
             (Some("Succeeded"), Some("True"))
         );
+        // Ready too (kstatus and Argo CD read it): a passed drill is Current.
+        let ready = status["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .map(|c| (c["status"].clone(), c["reason"].clone()));
+        assert_eq!(ready, Some((json!("True"), json!("DrillPassed"))), "{status:#}");
         // Restored: home again, no finalizer left.
         t.back_home(&client).await;
         let home = pods_on_real_nodes(&client, &t.ns.name, APP).await;
