@@ -309,6 +309,22 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Path of a checker `hack/build-checkers.sh` builds (promtool, verdicts),
+/// found on PATH as the tests run it; the panic says how to get it.
+pub fn checker(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not on PATH: build it with hack/build-checkers.sh and put \
+                 `hack/build-checkers.sh --print` on PATH (hack/test.sh does)"
+            )
+        })
+}
+
 /// A `kubectl` command against the test cluster.
 fn kubectl_command() -> std::process::Command {
     let mut command = std::process::Command::new("kubectl");

@@ -40,17 +40,7 @@ fn read_yaml(path: &Path) -> Value {
 
 /// promtool, from PATH.
 fn promtool() -> PathBuf {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("promtool"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "promtool is not on PATH: build it with hack/build-checkers.sh and put \
-                 `hack/build-checkers.sh --print` on PATH (hack/test.sh does)"
-            )
-        })
+    somastack_tests::checker("promtool")
 }
 
 /// Runs promtool with `args`; its combined output, asserting success.

@@ -36,12 +36,7 @@ struct Reading {
 }
 
 fn verdicts() -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("verdicts"))
-        .find(|p| p.exists());
-    found.unwrap_or_else(|| panic!("verdicts is not on PATH: run hack/build-checkers.sh and add its --print to PATH (hack/test.sh does)"))
+    somastack_tests::checker("verdicts")
 }
 
 fn argocd_dir() -> PathBuf {

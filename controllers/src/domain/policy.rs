@@ -553,6 +553,15 @@ pub fn url_under(url: &str, entry: &str) -> bool {
     p == prefix || (p.starts_with(prefix) && (prefix.ends_with('/') || p[prefix.len()..].starts_with('/')))
 }
 
+/// The planner URL prefixes a bundle allows (`projects.allowedPlannerUrls`).
+fn planner_urls<'a>(b: &Bundle<'a>) -> &'a [String] {
+    b.spec
+        .projects
+        .as_ref()
+        .map(|p| p.allowed_planner_urls.as_slice())
+        .unwrap_or_default()
+}
+
 /// Whether a project in a namespace governed by `bundles` may call the
 /// planner at `url`. Fail closed: some governing bundle must list it in
 /// `projects.allowedPlannerUrls`, and every enforced bundle that lists
@@ -560,21 +569,8 @@ pub fn url_under(url: &str, entry: &str) -> bool {
 /// `Err`: why not, naming the bundles; `Ok`: the warnings.
 pub fn planner_url_allowed(bundles: &[Bundle<'_>], url: &str) -> Result<Vec<String>, String> {
     let shown = crate::text::redact_url(url);
-    let listing: Vec<&Bundle<'_>> = bundles
-        .iter()
-        .filter(|b| {
-            b.spec
-                .projects
-                .as_ref()
-                .is_some_and(|p| !p.allowed_planner_urls.is_empty())
-        })
-        .collect();
-    let allows = |b: &Bundle<'_>| {
-        b.spec
-            .projects
-            .as_ref()
-            .is_some_and(|p| p.allowed_planner_urls.iter().any(|e| url_under(url, e)))
-    };
+    let listing: Vec<&Bundle<'_>> = bundles.iter().filter(|b| !planner_urls(b).is_empty()).collect();
+    let allows = |b: &Bundle<'_>| planner_urls(b).iter().any(|e| url_under(url, e));
     let names = |bs: &[&Bundle<'_>]| bs.iter().map(|b| b.name).collect::<Vec<_>>().join(", ");
     if listing.is_empty() {
         return Err(format!(
@@ -744,23 +740,10 @@ pub fn explain(bundles: &[Bundle<'_>]) -> Vec<Provenance> {
             bundles: plan_approval,
         });
     }
-    let mut planners: Vec<&Bundle<'_>> = bundles
-        .iter()
-        .filter(|b| {
-            b.spec
-                .projects
-                .as_ref()
-                .is_some_and(|p| !p.allowed_planner_urls.is_empty())
-        })
-        .collect();
+    let mut planners: Vec<&Bundle<'_>> = bundles.iter().filter(|b| !planner_urls(b).is_empty()).collect();
     planners.sort_by_key(|b| b.name);
     for b in planners {
-        let urls = b
-            .spec
-            .projects
-            .as_ref()
-            .map(|p| p.allowed_planner_urls.clone())
-            .unwrap_or_default();
+        let urls = planner_urls(b).to_vec();
         out.push(Provenance {
             rule: "projects/allowedPlannerUrls".into(),
             value: listed(&urls),
