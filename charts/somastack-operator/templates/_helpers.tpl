@@ -149,3 +149,45 @@ matchExpressions:
       {{- end }}
       {{- end }}
 {{- end }}
+
+{{/*
+The API server's addresses and ports for the NetworkPolicy, as YAML
+{cidrs: [...], ports: [...]}: networkPolicy.apiServer's values, else those of
+the default/kubernetes EndpointSlice (looked up at install and upgrade; the
+API server keeps it), else no address restriction (cidrs empty: any) and
+ports 443 and 6443.
+*/}}
+{{- define "somastack-operator.apiServer" -}}
+{{- $cidrs := .Values.networkPolicy.apiServer.cidrs }}
+{{- $ports := .Values.networkPolicy.apiServer.ports }}
+{{- $slice := lookup "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes" }}
+{{- if and (not $cidrs) $slice }}
+{{- $found := list }}
+{{- range $slice.endpoints }}
+{{- range .addresses }}
+{{- $found = append $found (printf "%s/%s" . (ternary "128" "32" (contains ":" .))) }}
+{{- end }}
+{{- end }}
+{{- $cidrs = $found }}
+{{- end }}
+{{- if and (not $ports) $slice }}
+{{- $found := list }}
+{{- range $slice.ports }}
+{{- $found = append $found (int .port) }}
+{{- end }}
+{{- $ports = $found }}
+{{- end }}
+{{- if not $ports }}
+{{- $ports = list 443 6443 }}
+{{- end }}
+cidrs: {{ if $cidrs }}{{ toJson $cidrs }}{{ else }}[]{{ end }}
+ports: {{ toJson $ports }}
+{{- end }}
+
+{{/*
+The container port the probes call: the plain-HTTP health port when /metrics
+is served over HTTPS (metrics.secure), else the metrics port.
+*/}}
+{{- define "somastack-operator.probePort" -}}
+{{- if .Values.metrics.secure }}health{{ else }}metrics{{ end }}
+{{- end }}
