@@ -183,7 +183,7 @@ where
     let mut listed: Option<HashSet<(String, String)>> = None;
     let api: Api<PartialObjectMeta<K>> = Api::all(client);
     watcher(api, wc)
-        .default_backoff()
+        .backoff(crate::caches::watch_backoff())
         .for_each(|event| {
             let observe = |meta: &ObjectMeta, deleted: bool| {
                 let Some((namespace, name, uid)) = controller_of(meta) else {
