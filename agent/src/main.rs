@@ -11,6 +11,9 @@
 //!   pod: `review` when `SOMASTACK_TASK_OUTPUT` is set (a review Job), `task`
 //!   when `SOMASTACK_TASK` is set (a task Job), `serve` otherwise (an
 //!   Installation). One image serves every role, as a capsule must.
+//! - `connect`: one TCP connection attempt, its outcome printed and as the
+//!   exit code: how tests see what a pod may reach (`kubectl exec`; the
+//!   image has no shell).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +28,8 @@ use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+mod connect;
+
 use somastack_agent::{FailMode, MAX_SENTENCES, MAX_TEXT_BYTES, Readiness, review, run_task, summarize};
 
 /// Dependencies' accepted outputs, as a JSON object `{task: output}`.
@@ -74,6 +79,16 @@ enum Command {
     /// The role the pod's environment names (review, task or serve), with
     /// every setting from the environment: the image's default command.
     Auto,
+    /// Try one TCP connection to ADDRESS (IP:PORT) and say what came of it:
+    /// `connected` (exit 0), `timeout` (1: no answer, dropped), `refused`
+    /// (3: rejected, or nothing listens) or `error` (4).
+    Connect {
+        /// IP:PORT; no names (a pod here has no resolver).
+        address: SocketAddr,
+        /// How long to wait for the handshake: 2s, 500ms, or seconds.
+        #[arg(long, default_value = "2s", value_parser = connect::parse_timeout)]
+        timeout: std::time::Duration,
+    },
 }
 
 /// What `auto` runs, from the variables the operator sets.
@@ -117,6 +132,7 @@ fn run(command: Command) -> ExitCode {
             fail,
         } => task(&output, sentences, fail.as_deref()),
         Command::Review { output } => review_cmd(&output),
+        Command::Connect { address, timeout } => ExitCode::from(connect::run(address, timeout)),
         Command::Auto => {
             let sub = match role(|k| std::env::var(k).ok()) {
                 Role::Serve => "serve",
