@@ -66,9 +66,8 @@ pub struct RunArgs {
     /// OpenTelemetry collector, OTLP over HTTP (e.g. http://otel-collector:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
-    /// Address of the plain-HTTP server for /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "SOMASTACK_METRICS_ADDR")]
-    pub metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Reconciles each controller runs at once (every kind has its own).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256), env = "SOMASTACK_CONCURRENCY")]
     pub concurrency: u16,
@@ -94,6 +93,35 @@ pub struct RunArgs {
     #[command(flatten)]
     pub webhook: WebhookArgs,
 }
+
+/// The /metrics server and the probes (served by every replica).
+#[derive(Args, Debug, Clone)]
+pub struct MetricsArgs {
+    /// Address of the /metrics server. Without --metrics-secure it is plain
+    /// HTTP and also serves /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "SOMASTACK_METRICS_ADDR")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Serve /metrics over HTTPS only, to callers whose bearer token the API
+    /// server authenticates (TokenReview) and authorizes to `get` the
+    /// non-resource URL /metrics (SubjectAccessReview); the probes move to
+    /// --health-probe-addr.
+    #[arg(long, env = "SOMASTACK_METRICS_SECURE")]
+    pub metrics_secure: bool,
+    /// Folder holding tls.crt and tls.key for --metrics-secure (re-read every
+    /// minute, so a renewed certificate is served); without it the operator
+    /// makes a self-signed certificate at start.
+    #[arg(long, env = "SOMASTACK_METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
+    /// Address of the plain-HTTP server for /healthz and /readyz (the
+    /// probes). Default with --metrics-secure: 127.0.0.1:8081; without, the
+    /// probes are served on --metrics-addr, and here too when given.
+    #[arg(long, env = "SOMASTACK_HEALTH_PROBE_ADDR")]
+    pub health_probe_addr: Option<std::net::SocketAddr>,
+}
+
+/// Where the probes go with --metrics-secure when --health-probe-addr is not given.
+pub const DEFAULT_HEALTH_PROBE_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 8081));
 
 /// The admission webhook server (served by every replica).
 #[derive(Args, Debug, Clone)]

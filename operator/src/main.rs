@@ -16,6 +16,7 @@ mod error;
 mod http;
 mod leader;
 mod memory;
+mod metrics_auth;
 mod run;
 mod telemetry;
 mod webhook;
