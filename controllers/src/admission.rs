@@ -175,6 +175,14 @@ pub fn drill(
     may_disrupt: Option<bool>,
     now: jiff::Timestamp,
 ) -> Answer {
+    // A schedule the CRD's rule let through (it checks the shape only) but
+    // that cannot run is refused when written, not found by the controller.
+    if let Some(schedule) = &new.spec.schedule
+        && old.is_none_or(|o| o.spec.schedule.as_ref() != Some(schedule))
+        && let Some(why) = crate::domain::drills::schedule_problem(schedule, now)
+    {
+        return Answer::deny(format!("DrDrill {}: {why}", new.name_any()));
+    }
     let reasons = drill_needs_authority(new, old, now);
     if reasons.is_empty() || may_disrupt == Some(true) {
         return Answer::default();
@@ -239,6 +247,24 @@ pub fn project(
             bytes.div_ceil(1024),
             somastack_crds::kamachiq::MAX_PLAN_BYTES / 1024
         ));
+    }
+    // Listed tasks are the plan: what the schema's rules cannot see (a
+    // cycle, more tasks than the default budget) is refused here, before
+    // the project is stored, rather than found by the controller.
+    if !new.spec.tasks.is_empty() {
+        let max_tasks = new
+            .spec
+            .budget
+            .as_ref()
+            .and_then(|b| b.max_tasks)
+            .unwrap_or(somastack_crds::kamachiq::DEFAULT_MAX_TASKS);
+        if let Err(problems) = crate::kinds::project::plan::validate(&new.spec.tasks, max_tasks) {
+            return Answer::deny(format!(
+                "KamachiqProject {}: spec.tasks is not a plan that can run: {}",
+                new.name_any(),
+                problems.join("; ")
+            ));
+        }
     }
     // A planner naming both a URL and a capsule is the schema's to refuse.
     let Some(url) = new
@@ -331,6 +357,13 @@ where
         Some(a) => a.get(SUBMITTER_ANNOTATION).cloned(),
     };
     let reviewer = if review_changed(new, old) {
+        if let Some(decision) = new.annotations().get(DECISION_ANNOTATION)
+            && !matches!(decision.trim(), "approve" | "reject")
+        {
+            return Answer::deny(format!(
+                "{DECISION_ANNOTATION} is {decision:?}; use approve or reject"
+            ));
+        }
         if may_review != Some(true) {
             return Answer::deny(format!(
                 "user {user} may not review {kind}s: setting {DECISION_ANNOTATION} needs the RBAC verb \
@@ -636,5 +669,90 @@ mod tests {
             },
         ));
         assert_eq!(super::project(&project, None, &[allowing]), Answer::default());
+    }
+
+    #[test]
+    fn a_review_decision_other_than_approve_or_reject_is_refused_when_written() {
+        let old = capsule_with(&[(SUBMITTER_ANNOTATION, "alice")]);
+        for decision in ["maybe", "APPROVE", "approved", ""] {
+            let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, decision)]);
+            let msg = review(&new, Some(&old), "bob", Some(true)).denied.unwrap();
+            assert_eq!(
+                msg,
+                format!("{DECISION_ANNOTATION} is {decision:?}; use approve or reject")
+            );
+        }
+        // Padding is forgiven, as the controller trims it.
+        let new = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, " reject ")]);
+        assert_eq!(review(&new, Some(&old), "bob", Some(true)).denied, None);
+        // An old object holding one is not refused for an unrelated change.
+        let legacy = capsule_with(&[(SUBMITTER_ANNOTATION, "alice"), (DECISION_ANNOTATION, "maybe")]);
+        assert_eq!(review(&legacy, Some(&legacy), "carol", None).denied, None);
+    }
+
+    #[test]
+    fn drill_schedules_that_cannot_run_are_refused_when_written() {
+        use crate::access::Requester;
+        use somastack_crds::drill::Scope;
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let alice = Requester {
+            user: "alice".into(),
+            groups: vec![],
+        };
+        let mut spec = drill_spec(Scope::Installation);
+        spec.schedule = Some("99 99 99 99 99".into());
+        let bad = DrDrill::new("bad", spec);
+        let msg = drill(&bad, None, &alice, Some(true), now).denied.unwrap();
+        assert!(
+            msg.starts_with("DrDrill bad: spec.schedule \"99 99 99 99 99\" is not a schedule: "),
+            "{msg}"
+        );
+        let mut never = bad.clone();
+        never.spec.schedule = Some("0 0 31 2 *".into());
+        let msg = drill(&never, None, &alice, Some(true), now).denied.unwrap();
+        assert!(msg.contains("never runs"), "{msg}");
+        // Written before the check existed: other changes still go through.
+        let mut later = bad.clone();
+        later.spec.suspend = true;
+        assert_eq!(
+            drill(&later, Some(&bad), &alice, Some(true), now),
+            Answer::default()
+        );
+    }
+
+    #[test]
+    fn listed_tasks_that_cannot_run_are_refused_when_written() {
+        let project = |tasks: serde_json::Value, budget: serde_json::Value| -> KamachiqProject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "somastack.io/v1alpha1", "kind": "KamachiqProject",
+                "metadata": { "name": "p", "namespace": "t1" },
+                "spec": { "goal": "g", "tasks": tasks, "budget": budget },
+            }))
+            .unwrap()
+        };
+        let task = |name: &str, deps: &[&str]| serde_json::json!({ "name": name, "capsule": { "package": "a", "version": "1.0.0" }, "dependsOn": deps });
+        let cycle = project(
+            serde_json::json!([
+                task("a", &["c"]),
+                task("b", &["a"]),
+                task("c", &["b"]),
+                task("d", &[])
+            ]),
+            serde_json::json!({}),
+        );
+        assert_eq!(
+            super::project(&cycle, None, &[]).denied.unwrap(),
+            "KamachiqProject p: spec.tasks is not a plan that can run: the tasks form a cycle: a -> b -> c -> a"
+        );
+        let many: Vec<_> = (0..101).map(|i| task(&format!("t{i}"), &[])).collect();
+        let over = project(serde_json::json!(many), serde_json::json!({}));
+        assert!(
+            super::project(&over, None, &[])
+                .denied
+                .unwrap()
+                .contains("the plan has 101 tasks; budget.maxTasks allows at most 100")
+        );
+        let allowed = project(serde_json::json!(many), serde_json::json!({ "maxTasks": 101 }));
+        assert_eq!(super::project(&allowed, None, &[]), Answer::default());
     }
 }

@@ -76,7 +76,7 @@ pub const SHARD_LABEL: &str = "somastack.io/project-shard";
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.planner) || (has(self.tasks) && size(self.tasks) > 0)").message("a project needs tasks or a planner: list spec.tasks, or set spec.planner to decompose the goal"))]
 #[x_kube(validation = Rule::new("!has(self.tasks) || self.tasks.all(t, !has(t.dependsOn) || t.dependsOn.all(d, self.tasks.exists(u, u.name == d)))").message("every dependsOn entry must name a task listed in spec.tasks").field_path(".tasks"))]
-#[x_kube(validation = Rule::new("!has(self.tasks) || !has(self.budget) || !has(self.budget.maxTasks) || size(self.tasks) <= self.budget.maxTasks").message("spec.tasks has more tasks than budget.maxTasks allows").field_path(".tasks"))]
+#[x_kube(validation = Rule::new("!has(self.tasks) || size(self.tasks) <= (has(self.budget) && has(self.budget.maxTasks) ? self.budget.maxTasks : 100)").message("spec.tasks has more tasks than budget.maxTasks allows (100 when not set)").field_path(".tasks"))]
 pub struct KamachiqProjectSpec {
     /// What the project should achieve, in plain words; given to the planner and every task.
     #[schemars(length(min = 1, max = 4096))]
@@ -292,4 +292,20 @@ pub struct KamachiqProjectStatus {
     /// The `kamachiq.somastack.io/retry-failed` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    /// The CEL rule on listed tasks spells the default budget out: it must
+    /// be the one the operator applies.
+    #[test]
+    fn the_task_count_rule_uses_the_default_budget() {
+        let crd = serde_json::to_string(&super::KamachiqProject::crd()).unwrap();
+        assert!(
+            crd.contains(&format!(": {})", super::DEFAULT_MAX_TASKS)),
+            "the rule's default differs from DEFAULT_MAX_TASKS"
+        );
+    }
 }

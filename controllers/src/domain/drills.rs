@@ -18,6 +18,24 @@ pub fn next_after(schedule: &str, after: Timestamp) -> Result<Timestamp, String>
         .map_err(|e| format!("schedule {schedule:?}: {e}"))
 }
 
+/// Why `schedule` cannot drive a drill, if it cannot: it does not parse
+/// (the CRD's rule checks only its shape: five fields of cron characters),
+/// or it never fires (e.g. `0 0 31 2 *`). Admission refuses such a
+/// schedule, so the drill controller never meets one it cannot run.
+pub fn schedule_problem(schedule: &str, now: Timestamp) -> Option<String> {
+    let cron = match croner::Cron::from_str(schedule) {
+        Ok(cron) => cron,
+        Err(e) => return Some(format!("spec.schedule {schedule:?} is not a schedule: {e}")),
+    };
+    let zoned = now.to_zoned(jiff::tz::TimeZone::UTC);
+    match cron.find_next_occurrence(&zoned, false) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "spec.schedule {schedule:?} never runs ({e}); give a date that exists, such as '0 3 28 2 *'"
+        )),
+    }
+}
+
 /// Why `spec` goes beyond what a tenant may do on their own (each reason
 /// needs the RBAC verb [`somastack_crds::drill::DISRUPT_VERB`]): empty when it stays within the
 /// tenant bounds. A schedule is judged by the shortest gap between its next
@@ -66,4 +84,35 @@ pub fn shortest_gap(schedule: &str, now: Timestamp, runs: usize) -> Option<i64> 
         at = next;
     }
     shortest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn schedules_that_pass_the_crd_rule_but_cannot_run_are_named() {
+        for bad in ["99 99 99 99 99", "a b c d e", "*/0 * * * *", "0 5-2 * * *"] {
+            let why = schedule_problem(bad, now()).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(
+                why.starts_with(&format!("spec.schedule {bad:?} is not a schedule: ")),
+                "{why}"
+            );
+        }
+        let started = std::time::Instant::now();
+        let why = schedule_problem("0 0 31 2 *", now()).expect("February 31 refused");
+        assert!(why.contains("never runs"), "{why}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "a never-firing schedule took {:?} to judge",
+            started.elapsed()
+        );
+        for good in ["0 3 * * *", "@daily", "*/15 * * * 1-5", "0 0 29 2 *"] {
+            assert_eq!(schedule_problem(good, now()), None, "{good}");
+        }
+    }
 }
