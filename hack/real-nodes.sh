@@ -11,12 +11,17 @@
 #   - a bridge `soma0` (10.213.0.1/16), the pods' only network;
 #   - iptables: FORWARD from or to soma0 and any other interface is dropped
 #     before the first pod starts (pod traffic never leaves the machine; no
-#     masquerade); kubelet's and kube-proxy's chains. `down` restores the
-#     tables saved by `up` (iptables-save/-restore, IPv4 and IPv6);
+#     masquerade); kubelet's, kube-proxy's and kube-router's chains. `down`
+#     restores the tables saved by `up` (iptables-save/-restore, IPv4 and
+#     IPv6) and destroys the ipsets kube-router made;
 #   - sysctls kubelet and the bridge plugin set (saved and written back);
 #   - cgroups under /somastack-nodes in every v1 hierarchy; mounts under
-#     .local/nodes; processes (kubelet, containerd, shims, kube-proxy, the
-#     API relay).
+#     .local/nodes; processes (kubelet, containerd, shims, kube-proxy,
+#     kube-router, the API relay).
+# NetworkPolicies are enforced: kube-router, firewall only (no routing, no
+# service proxy, no BGP, no health or metrics listener), one for the machine
+# like kube-proxy, since both nodes share one network namespace and one
+# node address (its "local pods" are those of that host IP: every pod).
 # Every listener is on loopback or on soma0.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -40,6 +45,11 @@ SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_o
 # links); removed by `down` when `up` did not find them.
 HOST_PATHS=(/run/containerd /var/lib/kubelet /var/log/pods /var/log/containers)
 PAUSE_IMAGE="localhost/somastack/pause:1"
+# The NetworkPolicy enforcer: kube-router's firewall, built from its Go
+# module (github.com/cloudnativelabs/kube-router/v2; no replace directives,
+# so `go install` works) into the tools' cache.
+KUBE_ROUTER_VERSION="${KUBE_ROUTER_VERSION:-v2.1.0}"
+KUBE_ROUTER_BIN="$BIN_DIR/kube-router-$KUBE_ROUTER_VERSION"
 # Loopback ports: kubelet healthz PORT_BASE-20000+100+i, kubelet API on the
 # bridge 10250+i, kube-proxy healthz/metrics +110/+111.
 kubelet_port() { echo $((10250 + $1)); }
@@ -54,7 +64,7 @@ need_root() {
 
 install_packages() {
   local missing=() pkg
-  for pkg in runc containernetworking-plugins conntrack socat iptables; do
+  for pkg in runc containernetworking-plugins conntrack socat iptables ipset; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
@@ -95,6 +105,7 @@ save_host_state() {
   done
   iptables-save >"$STATE_DIR/iptables"
   ip6tables-save >"$STATE_DIR/ip6tables"
+  ipset list -n >"$STATE_DIR/ipsets"
   local path
   for path in "${HOST_PATHS[@]}"; do
     [[ -e "$path" ]] || echo "$path" >>"$STATE_DIR/absent-paths"
@@ -115,6 +126,14 @@ restore_host_state() {
   fi
   restore_tables iptables "$STATE_DIR/iptables"
   restore_tables ip6tables "$STATE_DIR/ip6tables"
+  # kube-router's ipsets, once no rule refers to them any more.
+  if [[ -f "$STATE_DIR/ipsets" ]]; then
+    local current set
+    current=$(ipset list -n 2>/dev/null || true)
+    for set in $current; do
+      grep -qxF "$set" "$STATE_DIR/ipsets" || ipset destroy "$set"
+    done
+  fi
   rm -rf "$STATE_DIR"
 }
 
@@ -123,11 +142,14 @@ restore_host_state() {
 # with its built-in chains empty and accepting, as a new table is; restoring a
 # table replaces its rules and drops chains not in it.
 restore_tables() {
-  local tool=$1 saved=$2 table
+  local tool=$1 saved=$2 table current
   for table in filter nat mangle raw security; do
     if grep -qx "\*$table" "$saved"; then
       awk -v t="*$table" '$0 == t { p = 1 } p { print } p && /^COMMIT/ { exit }' "$saved" | "$tool-restore"
-    elif "$tool-save" -t "$table" 2>/dev/null | grep -qx "\*$table"; then
+    # Captured, not piped into grep -q: under pipefail, grep -q leaving
+    # early kills a large table's $tool-save with SIGPIPE, and the table was
+    # then judged absent and its rules (kubelet's, kube-router's) left.
+    elif current=$("$tool-save" -t "$table" 2>/dev/null) && grep -qx "\*$table" <<<"$current"; then
       { echo "*$table"
         "$tool-save" -t "$table" | sed -nE 's/^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) .*/:\1 ACCEPT/p'
         echo COMMIT; } | "$tool-restore"
@@ -375,6 +397,75 @@ EOF
     "TCP-LISTEN:$APISERVER_PORT,bind=$BRIDGE_IP,reuseaddr,fork" "TCP:127.0.0.1:$APISERVER_PORT"
 }
 
+# kube-router's binary, built once into the cache (a warm Go build cache
+# makes it a link; cold, a few minutes).
+build_kube_router() {
+  local steps_total=1
+  install_into "$KUBE_ROUTER_BIN" 1 "kube-router $KUBE_ROUTER_VERSION" build_kube_router_into
+}
+build_kube_router_into() {
+  CGO_ENABLED=0 GOBIN="$1" go install -trimpath \
+    -ldflags "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+}
+
+# NetworkPolicies enforced for the real nodes' pods: kube-router's firewall
+# only (--run-router=false: no BGP, no routes; --run-service-proxy=false:
+# kube-proxy serves Services), no health (--health-port=0) or metrics
+# listener, talking to the API server on loopback with a client certificate
+# of its own (CN=system:kube-router) that may read what it enforces. Its
+# filter chains (KUBE-ROUTER-*, KUBE-POD-FW-*, KUBE-NWPLCY-*) and its ipsets
+# go away with `down`.
+netpol_up() {
+  local d="$NODES_DIR/kube-router" first
+  first=${REAL_NODES%% *}; first=${first%%:*}
+  mkdir -p "$d"
+  issue_cert "$d/kube-router" "/CN=system:kube-router"
+  kubeconfig_for "$d/kubeconfig" "$d/kube-router"
+  kubectl_local apply --server-side --field-manager=somastack-real-nodes -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "somastack:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes, services, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "somastack:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "somastack:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:kube-router"}]
+EOF
+  start_daemon kube-router "$d/kube-router.log" "$KUBE_ROUTER_BIN/kube-router" \
+    --kubeconfig "$d/kubeconfig" --hostname-override "$first" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+    --enable-ipv4=true --enable-ipv6=false --health-port=0 --metrics-port=0 \
+    --service-cluster-ip-range "$SERVICE_CIDR"
+  # Its top-level chain exists once it has synced the policies for the
+  # first time (captured, not piped into grep -q: see restore_tables).
+  local chains=""
+  for _ in $(seq 1 60); do
+    chains=$(iptables -S 2>/dev/null || true)
+    grep -q -- '-N KUBE-ROUTER-FORWARD' <<<"$chains" && break
+    kill -0 "$(cat "$NODES_DIR/kube-router.pid")" 2>/dev/null ||
+      { tail -20 "$d/kube-router.log" >&2; die "kube-router exited"; }
+    sleep 0.5
+  done
+  grep -q -- '-N KUBE-ROUTER-FORWARD' <<<"$chains" ||
+    { tail -20 "$d/kube-router.log" >&2; die "kube-router did not set up its chains within 30s"; }
+  log "NetworkPolicies enforced by kube-router $KUBE_ROUTER_VERSION (firewall only)"
+}
+
 # Imports the project's images (hack/build-image.sh: target/image/*.oci.tar)
 # into every real node's containerd; no registry exists, so this is how a
 # node gets them. Pods refer to them as localhost/<name>:<version>.
@@ -453,6 +544,7 @@ up() {
   real_nodes_enabled || die "SOMASTACK_REAL_NODES=0: real nodes are off"
   cluster_running || die "the local cluster is not running: hack/cluster-up.sh"
   [[ -f "$K8S_NODE_BIN/kubelet" && -f "$CONTAINERD_BIN/containerd" ]] || "$ROOT/hack/build-tools.sh"
+  [[ -f "$KUBE_ROUTER_BIN/.complete" ]] || build_kube_router
   install_packages
   PAUSE_ARCHIVE=$(pause_image)
   mkdir -p "$NODES_DIR"
@@ -468,6 +560,7 @@ up() {
     node_up "$name" "$region" "$zone" "$index"
   done
   [[ -f "$NODES_DIR/kube-proxy.pid" ]] || proxy_up
+  [[ -f "$NODES_DIR/kube-router.pid" ]] || netpol_up
   load_images
   for spec in $REAL_NODES; do
     name=${spec%%:*}
