@@ -19,8 +19,6 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("webhook certificate: {0}")]
     Certificate(String),
-    #[error("lost the leader Lease; stopping so that only one replica reconciles")]
-    LeadershipLost,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

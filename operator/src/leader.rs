@@ -3,10 +3,12 @@
 //! With several replicas, only the holder of the Lease runs the controllers.
 //! The holder renews every [`Config::renew_every`]; a follower takes over a
 //! Lease not renewed for `leaseDurationSeconds`. A leader that fails to renew
-//! before its own lease would expire stops at once (the process exits, as
-//! controller-runtime does, and its Deployment restarts it as a follower). On
-//! SIGTERM the leader releases the Lease so a follower takes over without
-//! waiting for it to expire.
+//! before its own lease would expire stops its controllers at once and
+//! campaigns again as a follower, in the same process (controller-runtime
+//! exits instead and lets the Deployment restart it: that would also take
+//! down this replica's webhook and caches, which every replica serves, for
+//! as long as the API server is away). On SIGTERM the leader releases the
+//! Lease so a follower takes over without waiting for it to expire.
 
 use somastack_controllers::apply::ApiResultExt;
 use std::time::Duration;

@@ -70,7 +70,14 @@ async fn run(args: RunArgs) -> Result<()> {
         caches: caches.clone(),
         webhook: webhook_loaded,
     };
-    let (_, server) = http::serve(args.metrics_addr, Arc::new(registry), readiness, shutdown.clone()).await?;
+    let (_, server) = http::serve(
+        &args.metrics,
+        client.clone(),
+        Arc::new(registry),
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
     tokio::spawn(server);
 
     let result = lead_and_reconcile(&args, client, caches, metrics, shutdown).await;
@@ -108,26 +115,33 @@ where
         renew_every: RENEW_EVERY,
     };
     let leases = leader::api(client.clone(), &cfg);
-    tokio::select! {
-        () = leader::acquire(&leases, &cfg) => {}
-        () = shutdown.clone() => {
-            tracing::info!("stopped while following");
-            return Ok(());
+    // A leader that loses the Lease (it could not renew it in time, say while
+    // the API server or etcd was away) drops its controllers, which aborts
+    // their reconciles, and campaigns again as a follower in the same
+    // process: its caches, metrics and webhook server stay up, so admission
+    // keeps working and a new term starts from warm caches.
+    loop {
+        tokio::select! {
+            () = leader::acquire(&leases, &cfg) => {}
+            () = shutdown.clone() => {
+                tracing::info!("stopped while following");
+                return Ok(());
+            }
         }
-    }
-    tracing::info!("controllers starting");
-    metrics.leader.set(1);
-    tokio::select! {
-        () = controllers(client, caches, metrics.clone(), shards(args), tuning(args), shutdown.clone()) => {
-            tracing::info!("all controllers stopped; releasing the Lease");
-            leader::release(&leases, &cfg).await;
-            metrics.leader.set(0);
-            Ok(())
-        }
-        // Dropping the controllers aborts their reconciles at once.
-        () = leader::keep(&leases, &cfg) => {
-            metrics.leader.set(0);
-            Err(Error::LeadershipLost)
+        tracing::info!("controllers starting");
+        metrics.leader.set(1);
+        tokio::select! {
+            () = controllers(client.clone(), caches.clone(), metrics.clone(), shards(args), tuning(args), shutdown.clone()) => {
+                tracing::info!("all controllers stopped; releasing the Lease");
+                leader::release(&leases, &cfg).await;
+                metrics.leader.set(0);
+                return Ok(());
+            }
+            // Dropping the controllers aborts their reconciles at once.
+            () = leader::keep(&leases, &cfg) => {
+                metrics.leader.set(0);
+                tracing::warn!(lease = %cfg.name, "leadership lost: controllers stopped; following until the Lease is free again");
+            }
         }
     }
 }

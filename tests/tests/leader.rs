@@ -1,6 +1,7 @@
 //! Leader election with real operator processes: one leads, the other waits;
 //! SIGKILL the leader and the other takes over; a leader whose Lease is taken
-//! stops; SIGTERM releases the Lease.
+//! stops reconciling and leads again once it is free; SIGTERM releases the
+//! Lease.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -168,7 +169,7 @@ async fn one_leader_failover_after_sigkill_and_release_on_sigterm() {
 }
 
 #[tokio::test]
-async fn a_leader_that_loses_its_lease_stops() {
+async fn a_leader_that_loses_its_lease_stops_reconciling_and_leads_again_without_a_restart() {
     let client = client().await;
     let (ns, lease, leases) = election(&client, "lost").await;
     let mut only = Replica::start("op-solo", &ns.name, &lease);
@@ -177,26 +178,42 @@ async fn a_leader_that_loses_its_lease_stops() {
     })
     .await;
 
-    // Another party takes the Lease (as a partitioned replica's peer would).
+    // Another party takes the Lease (as a partitioned replica's peer would),
+    // for 8 s, and never renews it.
     let mut taken = leases.get(&lease).await.expect("lease");
     if let Some(spec) = taken.spec.as_mut() {
         spec.holder_identity = Some("intruder".into());
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
-        spec.lease_duration_seconds = Some(60);
+        spec.lease_duration_seconds = Some(8);
     }
     leases
         .replace(&lease, &PostParams::default(), &taken)
         .await
         .expect("lease taken");
-    let status = tokio::time::timeout(Duration::from_secs(20), only.child.wait())
-        .await
-        .expect("the replica stops once it sees the Lease is gone")
-        .expect("status");
-    assert!(!status.success(), "losing the Lease is an error exit");
-    assert!(
-        only.logs().contains("another replica took the Lease"),
-        "{}",
-        only.logs()
+    wait_for("the replica to stop its controllers", Duration::from_secs(20), || async {
+        (only.logs().contains("another replica took the Lease")
+            && only.leader_gauge().await.as_deref() == Some("0"))
+        .then_some(())
+    })
+    .await;
+    // Still the same process, still serving: a follower now.
+    assert!(only.child.try_wait().expect("status").is_none(), "{}", only.logs());
+    assert_eq!(
+        http_get(only.port, "/readyz").await.map(|(code, _)| code),
+        Some(200),
+        "a follower stays ready: it serves the webhooks"
     );
+
+    // Once the intruder's lease expires, it leads again, same process.
+    wait_for("the replica to lead again", Duration::from_secs(30), || async {
+        (holder(&leases, &lease).await.as_deref() == Some("op-solo")
+            && only.logs().matches("controllers starting").count() == 2
+            && only.leader_gauge().await.as_deref() == Some("1"))
+        .then_some(())
+    })
+    .await;
+    assert!(only.child.try_wait().expect("status").is_none(), "{}", only.logs());
+    let status = sigterm(&mut only.child, Duration::from_secs(30)).await;
+    assert!(status.success(), "exit {status:?}; logs:\n{}", only.logs());
     ns.delete().await;
 }

@@ -14,7 +14,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use somastack_controllers::Caches;
@@ -283,7 +283,12 @@ impl Keeper {
     /// reloads the served certificate when it changed.
     async fn keep(&self, mut served: Material, tls: RustlsConfig) {
         let wc = watcher::Config::default().fields(&format!("metadata.name={}", self.args.webhook_secret));
-        let mut changes = watcher(self.secrets.clone(), wc).boxed();
+        // With the operator's backoff: a bare watcher yields its errors at
+        // once, which during an API server outage spun this loop (and a
+        // failing `ensure` call) as fast as the errors came.
+        let mut changes = watcher(self.secrets.clone(), wc)
+            .backoff(somastack_controllers::caches::watch_backoff())
+            .boxed();
         let mut wait = Duration::ZERO;
         loop {
             tokio::select! {
