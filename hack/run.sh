@@ -106,6 +106,11 @@ helm upgrade --install "$OPERATOR_RELEASE" "$ROOT/charts/somastack-operator" \
   --set-json 'tolerations=[{"key":"node.somastack.io/real","operator":"Exists","effect":"NoSchedule"}]' \
   --wait --timeout 180s >/dev/null || {
   kubectl -n "$OPERATOR_NAMESPACE" get pods -o wide >&2
+  # Why: the scheduler's and kubelets' events (a Pending pod says why here,
+  # unless no scheduler runs), and the nodes with their taints.
+  kubectl -n "$OPERATOR_NAMESPACE" get events --sort-by=.lastTimestamp >&2 || true
+  kubectl get nodes -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,TAINTS:.spec.taints[*].key' >&2 || true
+  kubectl get leases -n kube-system >&2 || true
   kubectl -n "$OPERATOR_NAMESPACE" logs -l app.kubernetes.io/component=operator --tail=20 >&2 || true
   die "the operator's pods did not become ready"
 }
@@ -147,3 +152,35 @@ log "checking what a user sees"
 python3 "$ROOT/hack/check-story.py" "$ns" "$OPERATOR_NAMESPACE" "$OPERATOR_RELEASE" ||
   die "the end-to-end check failed"
 log "end-to-end check passed"
+
+# The in-cluster operator survives its leader's death: the leader pod's
+# process is SIGKILLed on its real node (no graceful release of the Lease),
+# and the other replica must hold the Lease within 15 s (lease 10 s, retry
+# 2 s). Found through /proc: the process whose POD_NAME is the holder.
+lease=$(helm get values "$OPERATOR_RELEASE" -n "$OPERATOR_NAMESPACE" -a -o json |
+  python3 -c 'import json,sys; v=json.load(sys.stdin); print((v.get("leaderElection") or {}).get("leaseName") or "")')
+# The chart's default: its full name, the release's here.
+[[ -n "$lease" ]] || lease=$OPERATOR_RELEASE
+holder=$(kubectl -n "$OPERATOR_NAMESPACE" get lease "$lease" -o jsonpath='{.spec.holderIdentity}')
+[[ -n "$holder" ]] || die "no operator replica holds Lease $lease"
+leader_pid=""
+for pid in $(pgrep -x somastack-opera || true); do
+  if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "POD_NAME=$holder"; then leader_pid=$pid; fi
+done
+[[ -n "$leader_pid" ]] || die "the leader pod $holder has no process on this machine's real nodes"
+log "SIGKILL of the leader pod's process ($holder, host pid $leader_pid)"
+t0=$(date +%s.%N)
+kill -KILL "$leader_pid"
+new=""
+for _ in $(seq 1 300); do
+  new=$(kubectl -n "$OPERATOR_NAMESPACE" get lease "$lease" -o jsonpath='{.spec.holderIdentity}' --request-timeout=2s 2>/dev/null || true)
+  [[ -n "$new" && "$new" != "$holder" ]] && break
+  sleep 0.1
+done
+failover=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+[[ -n "$new" && "$new" != "$holder" ]] || die "no other replica took Lease $lease within 30 s of the leader's SIGKILL"
+log "the other replica ($new) holds the Lease ${failover}s after the leader pod's SIGKILL"
+awk -v t="$failover" 'BEGIN { exit !(t <= 15) }' || die "failover took ${failover}s (target: at most 15 s)"
+kubectl -n "$OPERATOR_NAMESPACE" rollout status deploy/"$OPERATOR_RELEASE" --timeout=120s >&2 ||
+  die "the killed replica did not come back"
+log "in-cluster failover passed"

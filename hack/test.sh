@@ -25,7 +25,7 @@ step "shell scripts (shellcheck)"
 command -v shellcheck >/dev/null || die "shellcheck is not installed (Debian: apt-get install shellcheck; .ci/run installs it)"
 # -x follows each script's `source` of hack/lib.sh (and hack/bench's of
 # hack/bench.d/*.sh, which are checked on their own too).
-shellcheck -x hack/*.sh hack/bench hack/bench.d/*.sh .ci/run || die "shellcheck found problems in the scripts above"
+shellcheck -x hack/*.sh hack/bench hack/bench.d/*.sh hack/chaos .ci/run || die "shellcheck found problems in the scripts above"
 
 step "local control plane"
 "$ROOT/hack/cluster-up.sh"
@@ -83,6 +83,13 @@ if [[ $status -ne 0 ]]; then
   die "cargo test failed"
 fi
 passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$results" | awk '{s+=$1} END {print s+0}')
+
+if [[ ${#filter[@]} -eq 0 ]]; then
+  # Its two replicas are the only operators running then: the suite's is
+  # stopped above, and the in-cluster one of hack/run.sh starts below.
+  step "faults on purpose, short form (hack/chaos --short: leader kills, API server and etcd stops, no webhook)"
+  "$ROOT/hack/chaos" --short --seed "${SOMASTACK_CHAOS_SEED:-7}"
+fi
 
 if [[ ${#filter[@]} -eq 0 ]] && real_nodes_enabled; then
   step "end to end (hack/run.sh --check)"
