@@ -93,6 +93,8 @@ where
         let guard = crate::metrics_auth::Guard::new(client);
         let app = Router::new()
             .route("/metrics", get(metrics))
+            // Every path is checked first: no answer says what exists.
+            .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
             .with_state(state)
             .layer(axum::middleware::from_fn_with_state(
                 guard,
