@@ -21,7 +21,8 @@ use k8s_openapi::api::core::v1::{
     ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -42,6 +43,19 @@ use crate::{INSTALLATION_LABEL, MANAGED_BY, Result};
 pub const REVISION_HASH_ANNOTATION: &str = "somastack.io/revision-hash";
 /// Pod-template annotation: hash of the config, so a config change rolls pods.
 pub const CONFIG_HASH_ANNOTATION: &str = "somastack.io/config-hash";
+/// The node label the replicas are spread over, beside the zone.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+/// Namespace label, set by a cluster administrator (tenants cannot label
+/// namespaces), that marks the namespace the operator runs in: its pods may
+/// connect to every Installation's ports (planner capsules are called at
+/// their Service).
+pub const OPERATOR_NAMESPACE_LABEL: &str = "somastack.io/operator";
+/// Pod labels of the operator (the chart's `app.kubernetes.io/part-of` and
+/// `app.kubernetes.io/component`).
+pub const OPERATOR_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/part-of", "somastack"),
+    ("app.kubernetes.io/component", "operator"),
+];
 
 /// Everything rendering needs.
 #[derive(Clone, Debug)]
@@ -273,13 +287,20 @@ fn pod_template(
             },
         ]),
         affinity: Some(residency(region, unavailable)),
-        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-            max_skew: 1,
-            topology_key: ZONE_LABEL.into(),
-            when_unsatisfiable: "ScheduleAnyway".into(),
-            label_selector: Some(label_selector(name)),
-            ..Default::default()
-        }]),
+        // Over zones and over nodes; preferences only, so replicas still
+        // schedule where the region has one zone or one node.
+        topology_spread_constraints: Some(
+            [ZONE_LABEL, HOSTNAME_LABEL]
+                .into_iter()
+                .map(|key| TopologySpreadConstraint {
+                    max_skew: 1,
+                    topology_key: key.into(),
+                    when_unsatisfiable: "ScheduleAnyway".into(),
+                    label_selector: Some(label_selector(name)),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
         ..Default::default()
     };
     if let Some(placement) = &input.installation.spec.placement {
@@ -386,16 +407,43 @@ pub fn render(input: &Input<'_>) -> Result<Children> {
     } else {
         vec![]
     };
+    // The capsule's ports, to pods of the Installation's own namespace and
+    // to the operator's pods (which call planner capsules at their
+    // Service); never to another tenant's pods.
     let ingress = if capsule.ports.is_empty() {
         vec![]
     } else {
         vec![NetworkPolicyIngressRule {
+            from: Some(vec![
+                NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector::default()),
+                    ..Default::default()
+                },
+                NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            OPERATOR_NAMESPACE_LABEL.to_string(),
+                            "true".to_string(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(
+                            OPERATOR_POD_LABELS
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ]),
             ports: each_port(capsule, |p| NetworkPolicyPort {
                 port: Some(IntOrString::Int(p.port)),
                 protocol: protocol(p.protocol),
                 ..Default::default()
             }),
-            ..Default::default()
         }]
     };
     let network_policy = NetworkPolicy {
@@ -554,8 +602,63 @@ mod tests {
         let term = &region_terms(&c)[0];
         assert_eq!(term.key, REGION_LABEL);
         assert_eq!(term.values, Some(vec!["eu-central-1".to_string()]));
-        let spread = &pod(&c).topology_spread_constraints.as_ref().unwrap()[0];
-        assert_eq!(spread.topology_key, ZONE_LABEL);
+        let spread = pod(&c).topology_spread_constraints.as_ref().unwrap();
+        let keys: Vec<&str> = spread.iter().map(|s| s.topology_key.as_str()).collect();
+        assert_eq!(keys, [ZONE_LABEL, HOSTNAME_LABEL]);
+        for constraint in spread {
+            // A preference: never keeps a replica Pending.
+            assert_eq!(constraint.when_unsatisfiable, "ScheduleAnyway");
+            assert_eq!(constraint.max_skew, 1);
+            assert_eq!(
+                constraint.label_selector.as_ref().unwrap().match_labels,
+                Some(selector("summarizer"))
+            );
+        }
+    }
+
+    #[test]
+    fn ingress_admits_the_namespace_and_the_operator_only() {
+        let inst = installation(None, None);
+        let cap = capsule();
+        let policy = rendered(&inst, &cap, "eu-west-1", false)
+            .network_policy
+            .spec
+            .unwrap();
+        let ingress = policy.ingress.unwrap();
+        assert_eq!(ingress.len(), 1);
+        let from = ingress[0].from.as_ref().unwrap();
+        assert_eq!(from.len(), 2, "{from:?}");
+        // Every pod of the Installation's own namespace, and no other: a
+        // podSelector without namespaceSelector.
+        assert_eq!(from[0].pod_selector, Some(LabelSelector::default()));
+        assert_eq!(from[0].namespace_selector, None);
+        assert_eq!(from[0].ip_block, None);
+        // The operator's pods, only in a namespace an administrator labelled.
+        let operator_ns = from[1].namespace_selector.as_ref().unwrap();
+        assert_eq!(
+            operator_ns.match_labels,
+            Some(BTreeMap::from([(
+                OPERATOR_NAMESPACE_LABEL.to_string(),
+                "true".to_string()
+            )]))
+        );
+        assert_eq!(operator_ns.match_expressions, None);
+        let operator_pods = from[1]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(operator_pods["app.kubernetes.io/component"], "operator");
+        // No peer selects every namespace.
+        assert!(
+            from.iter().all(|p| p
+                .namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.match_labels.as_ref().is_some_and(|m| !m.is_empty()))),
+            "{from:?}"
+        );
     }
 
     #[test]
