@@ -2,7 +2,9 @@
 # Builds, from pinned Go modules through the module proxy, the checkers the
 # tests run against the project's own files (not the cluster's tools, which
 # hack/build-tools.sh builds): promtool, which checks and unit-tests the
-# chart's alerting rules (tests/tests/alerts.rs). Results are cached outside
+# chart's alerting rules (tests/tests/alerts.rs), and kube-score, which
+# hack/lint-manifests.sh runs on the rendered chart and on the children the
+# operator provisions. Results are cached outside
 # the repository (see hack/lib.sh) like the cluster's tools; a second run
 # finds them and returns at once.
 #
@@ -15,8 +17,15 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
+# kube-score (github.com/zegl/kube-score): pinned here, beside the only
+# script that runs it (hack/lint-manifests.sh). kube-linter is not built:
+# the module proxy answers 403 Forbidden for golang.stackrox.io/kube-linter
+# and github.com/stackrox/kube-linter (docs/operations.md, "Linters").
+KUBE_SCORE_VERSION="${KUBE_SCORE_VERSION:-v1.20.0}"
+KUBE_SCORE_BIN="$BIN_DIR/kube-score-$KUBE_SCORE_VERSION"
+
 if [[ "${1:-}" == "--print" ]]; then
-  echo "$PROMTOOL_BIN:$VERDICTS_BIN"; exit 0
+  echo "$PROMTOOL_BIN:$VERDICTS_BIN:$KUBE_SCORE_BIN"; exit 0
 fi
 
 command -v go >/dev/null || die "go is not installed (the project needs Go >= 1.26)"
@@ -60,7 +69,18 @@ build_verdicts() {
   ( cd "$ROOT/hack/verdicts" && go build -trimpath -ldflags "-s -w" -o "$out/verdicts" . )
 }
 
-steps_total=2
+# kube-score: no replace directives, so `go install` of the pinned version
+# (its go.sum pins every dependency); the version is stamped as its own
+# release builds do, so `kube-score version` names it.
+build_kube_score() {
+  local out="$1"
+  GOBIN="$out" go install -trimpath \
+    -ldflags "-s -w -X main.version=${KUBE_SCORE_VERSION#v} -X main.commit=$KUBE_SCORE_VERSION" \
+    "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+}
+
+steps_total=3
 install_into "$PROMTOOL_BIN" 1 "promtool (Prometheus module $PROMETHEUS_VERSION)" build_promtool
 install_into "$VERDICTS_BIN" 2 "verdicts (hack/verdicts)" build_verdicts
+install_into "$KUBE_SCORE_BIN" 3 "kube-score $KUBE_SCORE_VERSION" build_kube_score
 log "all checkers ready under $BIN_DIR"
