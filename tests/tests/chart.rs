@@ -1,7 +1,8 @@
 //! The Helm chart (`charts/somastack-operator`) with the real `helm` binary:
 //! it lints, renders what the operator needs (no RBAC wildcards, a restricted
-//! pod, the right webhook certificate mode), refuses bad values through its
-//! schema, and installs into (and uninstalls from) the real local cluster.
+//! pod spread over nodes and zones, the right webhook certificate mode,
+//! secure metrics, NetworkPolicies), refuses bad values through its schema,
+//! and installs into (and uninstalls from) the real local cluster.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,6 +12,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams};
@@ -20,12 +23,13 @@ use serde_json::{Value, json};
 use somastack_tests::{client, kubeconfig_path, kubectl, parse_docs, repo_root, workspace_binary};
 
 /// Suffixes of the user-facing ClusterRoles the chart ships (`<release>-<suffix>`).
-const USER_ROLES: [&str; 5] = [
+const USER_ROLES: [&str; 6] = [
     "capsule-reviewer",
     "capsule-publisher",
     "project-reviewer",
     "view",
     "edit",
+    "metrics-reader",
 ];
 
 /// The Helm release hack/lib.sh pins and hack/build-tools.sh builds.
@@ -235,19 +239,67 @@ async fn rbac_has_no_wildcards_and_only_the_named_objects() {
         );
         let role = find(&docs, "Role", &name);
         assert_eq!(role["metadata"]["namespace"], NAMESPACE);
-        let role_resources: Vec<&str> = role["rules"]
-            .as_array()
-            .expect("rules")
+        let role_rules = role["rules"].as_array().expect("rules");
+        let secret_rules: Vec<&Value> = role_rules
             .iter()
-            .flat_map(|r| strings(&r["resources"]))
+            .filter(|r| strings(&r["resources"]) == ["secrets"])
             .collect();
-        assert_eq!(role_resources, ["leases", "secrets"], "{role}");
+        let secret_name = format!("{name}-webhook-tls");
+        let cert_manager = sets.contains(&EVERYTHING_ON);
+        if cert_manager {
+            // cert-manager writes the certificate: the operator may only
+            // read its one Secret.
+            assert_eq!(secret_rules.len(), 1, "{role}");
+            assert_eq!(
+                strings(&secret_rules[0]["verbs"]),
+                ["get", "list", "watch"],
+                "{role}"
+            );
+            assert_eq!(strings(&secret_rules[0]["resourceNames"]), [secret_name.as_str()]);
+        } else {
+            // Self-managed: writes its own Secret by name; create (which
+            // cannot be limited by name) in a rule of its own.
+            assert_eq!(secret_rules.len(), 2, "{role}");
+            assert_eq!(
+                strings(&secret_rules[0]["verbs"]),
+                ["get", "list", "watch", "update", "patch"],
+                "{role}"
+            );
+            assert_eq!(strings(&secret_rules[0]["resourceNames"]), [secret_name.as_str()]);
+            assert_eq!(strings(&secret_rules[1]["verbs"]), ["create"], "{role}");
+        }
+        assert!(
+            role_rules
+                .iter()
+                .all(|r| strings(&r["resources"]) == ["leases"] || strings(&r["resources"]) == ["secrets"]),
+            "{role}"
+        );
         let view = find(&docs, "ClusterRole", &format!("{name}-view"));
         assert_eq!(
             view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
             "true"
         );
+        // Secure metrics (the default): tokens are reviewed, and scrapers
+        // are granted /metrics by a ClusterRole of their own.
+        let tokens = rule_for("tokenreviews");
+        assert_eq!(strings(&tokens["apiGroups"]), ["authentication.k8s.io"]);
+        assert_eq!(strings(&tokens["verbs"]), ["create"]);
+        let access = rule_for("subjectaccessreviews");
+        assert_eq!(strings(&access["verbs"]), ["create"]);
+        let reader = find(&docs, "ClusterRole", &format!("{name}-metrics-reader"));
+        assert_eq!(
+            reader["rules"],
+            json!([{ "nonResourceURLs": ["/metrics"], "verbs": ["get"] }]),
+            "{reader}"
+        );
     }
+    // Plain metrics: no TokenReviews.
+    let docs = render(&["metrics.secure=false"]).await;
+    let cluster_role = find(&docs, "ClusterRole", &fullname());
+    assert!(
+        !cluster_role.to_string().contains("tokenreviews"),
+        "{cluster_role}"
+    );
 }
 
 #[tokio::test]
@@ -273,15 +325,46 @@ async fn deployment_is_restricted_highly_available_and_probed() {
     assert_eq!(security["readOnlyRootFilesystem"], true, "{container}");
     assert_eq!(security["allowPrivilegeEscalation"], false, "{container}");
     assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{container}");
+    // /metrics is served over HTTPS: the probes use the plain health port.
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{container}");
-        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{container}");
+        assert_eq!(container[probe]["httpGet"]["port"], "health", "{container}");
     }
-    let ports: Vec<&str> = container["ports"]
+    let ports: Vec<(&str, i64)> = container["ports"]
         .as_array()
-        .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+        .map(|p| {
+            p.iter()
+                .filter_map(|p| Some((p["name"].as_str()?, p["containerPort"].as_i64()?)))
+                .collect()
+        })
         .unwrap_or_default();
-    assert_eq!(ports, ["metrics", "webhook"]);
+    assert_eq!(ports, [("metrics", 8080), ("webhook", 8443), ("health", 8081)]);
+    // Spread over nodes and zones, as a preference only: two replicas still
+    // schedule on a single node.
+    let spread = pod["topologySpreadConstraints"]
+        .as_array()
+        .expect("topologySpreadConstraints");
+    let keys: Vec<&str> = spread.iter().filter_map(|c| c["topologyKey"].as_str()).collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"],
+        "{pod}"
+    );
+    for constraint in spread {
+        assert_eq!(constraint["whenUnsatisfiable"], "ScheduleAnyway", "{constraint}");
+        assert_eq!(constraint["maxSkew"], 1, "{constraint}");
+        assert_eq!(
+            constraint["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+            RELEASE
+        );
+    }
+    assert!(
+        pod["affinity"].get("nodeAffinity").is_none()
+            && pod["affinity"]["podAntiAffinity"]
+                .get("requiredDuringSchedulingIgnoredDuringExecution")
+                .is_none(),
+        "no hard placement rule: {pod}"
+    );
     let env: Vec<&str> = container["env"]
         .as_array()
         .map(|e| e.iter().filter_map(|e| e["name"].as_str()).collect())
@@ -291,6 +374,13 @@ async fn deployment_is_restricted_highly_available_and_probed() {
 
     let pdb = find(&docs, "PodDisruptionBudget", &fullname());
     assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow", "{pdb}");
+
+    // Plain metrics: the probes go back to the metrics port.
+    let docs = render(&["metrics.secure=false"]).await;
+    let container = operator_container(&docs);
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "metrics");
+    assert!(!container.to_string().contains("\"health\""), "{container}");
 }
 
 #[tokio::test]
@@ -313,6 +403,9 @@ async fn operator_args_follow_the_values() {
         "500".into(),
         "--metrics-addr".into(),
         "0.0.0.0:8080".into(),
+        "--metrics-secure".into(),
+        "--health-probe-addr".into(),
+        "0.0.0.0:8081".into(),
         "--webhook-addr".into(),
         "0.0.0.0:8443".into(),
         "--webhook-service".into(),
@@ -375,13 +468,15 @@ async fn operator_args_follow_the_values() {
 #[tokio::test]
 async fn the_operator_binary_accepts_the_rendered_args() {
     let binary = workspace_binary("somastack-operator");
-    let variants: [&[&str]; 3] = [
+    let variants: [&[&str]; 5] = [
         &[],
         &[
             EVERYTHING_ON,
             "otlp.endpoint=http://otel:4318,leaderElection.enabled=false",
         ],
         &["webhook.enabled=false"],
+        &["metrics.certSecret=metrics-tls"],
+        &["metrics.secure=false"],
     ];
     for sets in variants {
         let docs = render(sets).await;
@@ -494,6 +589,158 @@ async fn webhook_certificates_self_managed_or_from_cert_manager() {
         validating["webhooks"][0]["clientConfig"],
         json!({ "url": "https://192.0.2.10:9443/validate/installations" })
     );
+}
+
+/// The ports (names or numbers, as strings) of a NetworkPolicy rule.
+fn rule_ports(rule: &Value) -> Vec<String> {
+    rule["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|p| match &p["port"] {
+                    Value::String(name) => name.clone(),
+                    other => other.to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The rule of `rules` (ingress or egress) that names `port`.
+fn rule_with_port<'a>(rules: &'a Value, port: &str) -> Option<&'a Value> {
+    rules
+        .as_array()
+        .and_then(|r| r.iter().find(|rule| rule_ports(rule).iter().any(|p| p == port)))
+}
+
+#[tokio::test]
+async fn network_policy_admits_scrapers_and_the_api_server_only() {
+    let name = fullname();
+    // helm template cannot look the API server up: the webhook port then
+    // admits any address, and the operator may reach any address on the
+    // usual API server ports.
+    let docs = render(&[]).await;
+    let policy = find(&docs, "NetworkPolicy", &name);
+    let spec = &policy["spec"];
+    assert_eq!(policy["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(spec["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        RELEASE
+    );
+    let ingress = &spec["ingress"];
+    let metrics = rule_with_port(ingress, "metrics").expect("a metrics rule");
+    assert_eq!(
+        metrics["from"],
+        json!([{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "monitoring" } } }])
+    );
+    let webhook = rule_with_port(ingress, "webhook").expect("a webhook rule");
+    assert!(webhook.get("from").is_none(), "{webhook}");
+    let health = rule_with_port(ingress, "health").expect("a health rule");
+    assert_eq!(rule_ports(health), ["health"]);
+    assert_eq!(ingress.as_array().map(Vec::len), Some(3), "{ingress}");
+    let egress = &spec["egress"];
+    let api = rule_with_port(egress, "443").expect("an API server rule");
+    assert_eq!(rule_ports(api), ["443", "6443"]);
+    let dns = rule_with_port(egress, "53").expect("a DNS rule");
+    assert_eq!(
+        dns["ports"],
+        json!([{ "port": 53, "protocol": "UDP" }, { "port": 53, "protocol": "TCP" }])
+    );
+    let installations = egress
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r.get("ports").is_none()))
+        .expect("a rule to Installation pods");
+    assert_eq!(
+        installations["to"][0]["podSelector"]["matchExpressions"][0]["key"],
+        "somastack.io/installation"
+    );
+
+    // The API server named: only its addresses, on its port, both ways;
+    // scrapers named by their own selector; no extra rules.
+    let docs = render(&[
+        "networkPolicy.apiServer.cidrs={10.0.0.0/28,fd00::1/128}",
+        "networkPolicy.apiServer.ports={6443}",
+        "networkPolicy.dns.enabled=false,networkPolicy.egress.installations=false",
+    ])
+    .await;
+    let spec = &find(&docs, "NetworkPolicy", &name)["spec"];
+    let blocks = json!([{ "ipBlock": { "cidr": "10.0.0.0/28" } }, { "ipBlock": { "cidr": "fd00::1/128" } }]);
+    assert_eq!(
+        rule_with_port(&spec["ingress"], "webhook").expect("webhook")["from"],
+        blocks
+    );
+    let egress = spec["egress"].as_array().expect("egress");
+    assert_eq!(egress.len(), 1, "only the API server: {egress:?}");
+    assert_eq!(egress[0]["to"], blocks);
+    assert_eq!(rule_ports(&egress[0]), ["6443"]);
+
+    // Scrapers: nobody, or whom the values name.
+    let docs = render(&["networkPolicy.metrics.from=null", "metrics.secure=false"]).await;
+    let spec = &find(&docs, "NetworkPolicy", &name)["spec"];
+    assert!(rule_with_port(&spec["ingress"], "metrics").is_none(), "{spec}");
+    assert!(rule_with_port(&spec["ingress"], "health").is_none(), "{spec}");
+    let chart = chart_dir();
+    let run = helm(&[
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--set-json",
+        r#"networkPolicy.metrics.from=[{"podSelector":{"matchLabels":{"app":"prometheus"}}}]"#,
+    ])
+    .await;
+    assert!(run.success, "{}", run.report());
+    let docs = parse_docs(&run.stdout);
+    let spec = &find(&docs, "NetworkPolicy", &name)["spec"];
+    assert_eq!(
+        rule_with_port(&spec["ingress"], "metrics").expect("metrics")["from"],
+        json!([{ "podSelector": { "matchLabels": { "app": "prometheus" } } }])
+    );
+
+    let docs = render(&["networkPolicy.enabled=false"]).await;
+    assert!(!docs.iter().any(|d| d["kind"] == "NetworkPolicy"));
+}
+
+#[tokio::test]
+async fn service_monitor_scrapes_over_https_with_a_token() {
+    let docs = render(&["metrics.serviceMonitor.enabled=true"]).await;
+    let monitor = find(&docs, "ServiceMonitor", &fullname());
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https", "{endpoint}");
+    assert_eq!(
+        endpoint["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(endpoint["tlsConfig"], json!({ "insecureSkipVerify": true }));
+
+    let chart = chart_dir();
+    let run = helm(&[
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set-json",
+        r#"metrics.serviceMonitor.tlsConfig={"ca":{"secret":{"name":"metrics-ca","key":"ca.crt"}},"serverName":"op"}"#,
+    ])
+    .await;
+    assert!(run.success, "{}", run.report());
+    let docs = parse_docs(&run.stdout);
+    let endpoint = &find(&docs, "ServiceMonitor", &fullname())["spec"]["endpoints"][0];
+    assert_eq!(
+        endpoint["tlsConfig"],
+        json!({ "ca": { "secret": { "name": "metrics-ca", "key": "ca.crt" } }, "serverName": "op" })
+    );
+
+    let docs = render(&["metrics.serviceMonitor.enabled=true,metrics.secure=false"]).await;
+    let endpoint = &find(&docs, "ServiceMonitor", &fullname())["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "http");
+    assert!(endpoint.get("bearerTokenFile").is_none(), "{endpoint}");
 }
 
 /// The rule file the PrometheusRule ships, as promtool tests it.
@@ -695,6 +942,64 @@ async fn wait_until_not_terminating(namespaces: &Api<Namespace>) {
     }
 }
 
+/// The installed NetworkPolicy names the API server as the cluster has it
+/// (helm install looked up the default/kubernetes EndpointSlice): its
+/// addresses are the only sources of the webhook port and, with its port,
+/// the only destinations of the operator's API calls.
+async fn check_network_policy(client: &Client) -> Vec<String> {
+    let slice = match Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .get("kubernetes")
+        .await
+    {
+        Ok(slice) => slice,
+        Err(e) => return vec![format!("EndpointSlice default/kubernetes: {e}")],
+    };
+    let cidrs: Vec<Value> = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .flat_map(|e| e.addresses.iter())
+        .map(|a| {
+            let bits = if a.contains(':') { 128 } else { 32 };
+            json!({ "ipBlock": { "cidr": format!("{a}/{bits}") } })
+        })
+        .collect();
+    let ports: Vec<String> = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.port.map(|p| p.to_string()))
+        .collect();
+    let policy = match Api::<NetworkPolicy>::namespaced(client.clone(), NAMESPACE)
+        .get(&fullname())
+        .await
+    {
+        Ok(p) => serde_json::to_value(p).unwrap_or_default(),
+        Err(e) => return vec![format!("NetworkPolicy {}: {e}", fullname())],
+    };
+    let spec = &policy["spec"];
+    let mut problems = Vec::new();
+    if cidrs.is_empty() || ports.is_empty() {
+        problems.push(format!(
+            "the EndpointSlice default/kubernetes names no address or port: {slice:?}"
+        ));
+    }
+    match rule_with_port(&spec["ingress"], "webhook") {
+        Some(rule) if rule["from"] == Value::Array(cidrs.clone()) => {}
+        other => problems.push(format!("webhook ingress {other:?}, want from {cidrs:?}")),
+    }
+    let api = spec["egress"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["to"] == Value::Array(cidrs.clone())));
+    match api {
+        Some(rule) if rule_ports(rule) == ports => {}
+        other => problems.push(format!(
+            "API server egress {other:?}, want to {cidrs:?} on {ports:?}"
+        )),
+    }
+    problems
+}
+
 /// What the installed release put in the cluster; problems found, never a
 /// panic, so the uninstall always runs.
 async fn check_installed(client: &Client) -> Vec<String> {
@@ -719,6 +1024,7 @@ async fn check_installed(client: &Client) -> Vec<String> {
     .flatten()
     .collect();
     problems.extend(check_cluster_scoped(client, true).await);
+    problems.extend(check_network_policy(client).await);
 
     // The guard that keeps these webhooks away from the other tests' objects.
     let never = json!({ "matchLabels": { "somastack.io/chart-test": "never" } });
