@@ -2,8 +2,8 @@
 # Lints what the project puts in a cluster, without a cluster:
 #   - the Helm chart, rendered by `helm template` with its defaults and in
 #     cert-manager mode (with the ServiceMonitor);
-#   - the children the operator provisions for the Installations of
-#     examples/, rendered by the operator's own pure function
+#   - the children the operator provisions for the Installations and
+#     KamachiqProjects of examples/, rendered by the operator's own pure functions
 #     (controllers/examples/render-children.rs).
 # with kube-score (built by hack/build-checkers.sh). Every finding must be
 # allowed by a row of the table in docs/operations.md, section "Linters"
@@ -35,7 +35,7 @@ helm template "$OPERATOR_RELEASE" "$chart" --namespace "$OPERATOR_NAMESPACE" >"$
 helm template "$OPERATOR_RELEASE" "$chart" --namespace "$OPERATOR_NAMESPACE" \
   --set webhook.certManager.enabled=true,metrics.serviceMonitor.enabled=true >"$work/chart-cert-manager.yaml"
 
-log "rendering the children of the Installations in examples/ (cargo run --example render-children)"
+log "rendering the children of the Installations and KamachiqProjects in examples/ (cargo run --example render-children)"
 (cd "$ROOT" && cargo run --quiet --locked -p somastack-controllers --example render-children -- examples/) \
   >"$work/children.yaml"
 

@@ -1,13 +1,16 @@
-//! Prints, as a YAML stream of JSON documents, the children the operator provisions for the
-//! Installations among the manifests given (files or folders of `*.yaml`),
-//! each rendered from its Capsule (matched by package and version among the
-//! same manifests) by the operator's own pure function,
-//! `kinds::installation::render::render`, for its home region. No cluster:
-//! hack/lint-manifests.sh lints the output.
+//! Prints, as a YAML stream of JSON documents, the children the operator
+//! provisions for the Installations and KamachiqProjects among the manifests
+//! given (files or folders of `*.yaml`), with their Capsules (matched by
+//! package and version among the same manifests), by the operator's own pure
+//! functions: `kinds::installation::render::render` for an Installation in
+//! its home region; for a project with listed tasks, the agents'
+//! ServiceAccount and NetworkPolicies (`kinds::project::render`) and the
+//! first attempt's Job of each task. No cluster: hack/lint-manifests.sh lints
+//! the output.
 //!
 //!     cargo run -p somastack-controllers --example render-children -- examples/
 //!
-//! The Installations have never been created, so they have no uid; the
+//! The objects have never been created, so they have no uid; the
 //! owner references carry the nil UUID in its place (no linter reads it).
 
 use std::path::{Path, PathBuf};
@@ -17,8 +20,11 @@ use serde_json::Value;
 use somastack_controllers::apply::owner_reference;
 use somastack_controllers::kinds::installation::ObjectKey;
 use somastack_controllers::kinds::installation::render::{Children, Input, render};
+use somastack_controllers::kinds::project::plan::Role;
+use somastack_controllers::kinds::project::render::{JobInput, Project, job};
 use somastack_crds::capsule::CapsuleSpec;
-use somastack_crds::{Capsule, Installation};
+use somastack_crds::common::CapsuleRef;
+use somastack_crds::{Capsule, Installation, KamachiqProject};
 
 const NIL_UID: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -60,9 +66,69 @@ fn children_json(children: &Children) -> Result<Vec<Value>, serde_json::Error> {
     Ok(out)
 }
 
+/// The Capsule `wanted` names, among `capsules`.
+fn capsule_for<'a>(
+    capsules: &'a [CapsuleSpec],
+    wanted: &CapsuleRef,
+    who: &str,
+) -> Result<&'a CapsuleSpec, String> {
+    capsules
+        .iter()
+        .find(|c| c.package == wanted.package && c.version == wanted.version)
+        .ok_or_else(|| {
+            format!(
+                "{who}: no Capsule {} {} among the manifests",
+                wanted.package, wanted.version
+            )
+        })
+}
+
+/// The agents' ServiceAccount and NetworkPolicies of `project`, and the
+/// first attempt's Job of each listed task.
+fn project_children(mut project: KamachiqProject, capsules: &[CapsuleSpec]) -> Result<Vec<Value>, String> {
+    project.metadata.uid = Some(NIL_UID.into());
+    let owner = owner_reference(&project).map_err(|e| e.to_string())?;
+    let meta = &project.metadata;
+    let (Some(name), Some(namespace)) = (meta.name.as_deref(), meta.namespace.as_deref()) else {
+        return Err("a KamachiqProject without a name or namespace".into());
+    };
+    let who = format!("KamachiqProject {namespace}/{name}");
+    let identity = Project {
+        name,
+        namespace,
+        uid: NIL_UID,
+        goal: &project.spec.goal,
+        owner,
+        region: project.spec.region.as_deref(),
+        placement: project.spec.placement.as_ref(),
+    };
+    let mut out = vec![serde_json::to_value(identity.service_account()).map_err(|e| e.to_string())?];
+    for policy in identity.network_policies() {
+        out.push(serde_json::to_value(policy).map_err(|e| e.to_string())?);
+    }
+    let no_dependencies = std::collections::BTreeMap::new();
+    for task in &project.spec.tasks {
+        let capsule = capsule_for(capsules, &task.capsule, &who)?;
+        let input = JobInput {
+            task,
+            role: Role::Task,
+            attempt: 1,
+            round: "",
+            capsule,
+            output: None,
+            dependencies: &no_dependencies,
+            max_cpu: None,
+            max_memory: None,
+        };
+        out.push(serde_json::to_value(job(&identity, &input)).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
 fn run(args: &[String]) -> Result<Vec<Value>, String> {
     let mut capsules: Vec<CapsuleSpec> = Vec::new();
     let mut installations: Vec<Installation> = Vec::new();
+    let mut projects: Vec<KamachiqProject> = Vec::new();
     for file in manifests(args)? {
         let name = file.display().to_string();
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{name}: {e}"))?;
@@ -80,6 +146,11 @@ fn run(args: &[String]) -> Result<Vec<Value>, String> {
                         serde_json::from_value(doc).map_err(|e| format!("{name}: Installation: {e}"))?;
                     installations.push(i);
                 }
+                (Some("somastack.io/v1alpha1"), Some("KamachiqProject")) => {
+                    let p: KamachiqProject =
+                        serde_json::from_value(doc).map_err(|e| format!("{name}: KamachiqProject: {e}"))?;
+                    projects.push(p);
+                }
                 _ => {}
             }
         }
@@ -88,16 +159,8 @@ fn run(args: &[String]) -> Result<Vec<Value>, String> {
     for mut inst in installations {
         inst.metadata.uid = Some(NIL_UID.into());
         let key = ObjectKey::of(&inst).map_err(|e| e.to_string())?;
-        let wanted = &inst.spec.capsule;
-        let capsule = capsules
-            .iter()
-            .find(|c| c.package == wanted.package && c.version == wanted.version)
-            .ok_or_else(|| {
-                format!(
-                    "Installation {}/{}: no Capsule {} {} among the manifests",
-                    key.namespace, key.name, wanted.package, wanted.version
-                )
-            })?;
+        let who = format!("Installation {}/{}", key.namespace, key.name);
+        let capsule = capsule_for(&capsules, &inst.spec.capsule, &who)?;
         let owner = owner_reference(&inst).map_err(|e| e.to_string())?;
         let children = render(&Input {
             installation: &inst,
@@ -111,6 +174,9 @@ fn run(args: &[String]) -> Result<Vec<Value>, String> {
         })
         .map_err(|e| e.to_string())?;
         out.extend(children_json(&children).map_err(|e| e.to_string())?);
+    }
+    for project in projects {
+        out.extend(project_children(project, &capsules)?);
     }
     Ok(out)
 }
