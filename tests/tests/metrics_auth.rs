@@ -3,19 +3,23 @@
 //! RBAC lets `get` the non-resource URL /metrics (SubjectAccessReview); the
 //! probes stay plain HTTP on `--health-probe-addr`.
 //!
-//! The operator under test follows a Lease the test holds for an hour, so it
-//! never runs its controllers beside the suite's operator; its caches,
-//! metrics and probes run all the same.
+//! The operators under test follow a Lease the test holds for an hour, so
+//! they never run their controllers beside the suite's operator; their
+//! caches, metrics and probes run all the same. The first serves a
+//! certificate it made at start (no client can verify it); the second one
+//! from `--metrics-cert-dir` (the first's webhook certificate, issued by the
+//! operator's own CA), which a client trusting that CA verifies.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::json;
@@ -168,13 +172,22 @@ async fn secure_metrics_need_a_token_allowed_to_get_metrics() {
     let (metrics_port, probe_port) = (free_port(), free_port());
     let metrics_addr = format!("127.0.0.1:{metrics_port}");
     let probe_addr = format!("127.0.0.1:{probe_port}");
+    let webhook_addr = format!("127.0.0.1:{}", free_port());
     let _operator = spawn_operator(&[
         "--metrics-secure",
         "--metrics-addr",
         &metrics_addr,
         "--health-probe-addr",
         &probe_addr,
-        "--no-webhook",
+        // Webhooks on (no configuration points at them): the operator issues
+        // a CA and a certificate for 127.0.0.1 into the namespace's Secret,
+        // which the second operator below serves /metrics with.
+        "--webhook-addr",
+        &webhook_addr,
+        "--webhook-configuration",
+        "metrics-auth-not-installed",
+        "--webhook-san",
+        "127.0.0.1",
         "--leader-elect",
         "--namespace",
         &ns.name,
@@ -234,5 +247,86 @@ async fn secure_metrics_need_a_token_allowed_to_get_metrics() {
         "plain HTTP on the secure port answered: {plain:?}"
     );
 
+    // Its certificate was made at start by a CA nobody keeps: a client that
+    // verifies cannot trust it.
+    let secret = Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .get("somastack-operator-webhook-tls")
+        .await
+        .expect("the operator's certificate Secret");
+    let data = secret.data.unwrap_or_default();
+    let file = |key: &str| {
+        data.get(key)
+            .map(|b| b.0.clone())
+            .unwrap_or_else(|| panic!("the Secret holds {key}"))
+    };
+    let verifying = verifying_client(&file("ca.crt"));
+    let refused = verifying
+        .get(format!("https://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a self-signed certificate verified: {refused:?}"
+    );
+
+    // With --metrics-cert-dir: that certificate, which verifies.
+    let dir = std::env::temp_dir().join(format!("somastack-metrics-certs-{suffix}"));
+    std::fs::create_dir_all(&dir).expect("cert dir");
+    std::fs::write(dir.join("tls.crt"), file("tls.crt")).expect("tls.crt");
+    std::fs::write(dir.join("tls.key"), file("tls.key")).expect("tls.key");
+    let (second_port, second_probe) = (free_port(), free_port());
+    let _second = spawn_operator(&[
+        "--metrics-secure",
+        "--metrics-cert-dir",
+        &dir.display().to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{second_port}"),
+        "--health-probe-addr",
+        &format!("127.0.0.1:{second_probe}"),
+        "--no-webhook",
+        "--leader-elect",
+        "--namespace",
+        &ns.name,
+        "--lease-name",
+        lease,
+        "--identity",
+        "metrics-auth-test-2",
+    ]);
+    wait_for(
+        "the second operator's /readyz",
+        Duration::from_secs(60),
+        || async {
+            (http_get(second_probe, "/readyz").await.map(|(code, _)| code) == Some(200)).then_some(())
+        },
+    )
+    .await;
+    let (code, body) = get(&verifying, second_port, "/metrics", Some(&scraper)).await;
+    assert_eq!(code, 200, "verified TLS with the certificate given: {body}");
+    assert!(body.lines().any(|l| l == "somastack_leader 0"), "{body}");
+    let (code, _) = get(&verifying, second_port, "/metrics", None).await;
+    assert_eq!(code, 401);
+    let _ = std::fs::remove_dir_all(&dir);
+
     ns.delete().await;
+}
+
+/// A client that trusts only the CA certificate `ca_pem`.
+fn verifying_client(ca_pem: &[u8]) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
 }
