@@ -57,6 +57,9 @@ step "checkers (hack/build-checkers.sh: promtool and the other tools tests run, 
 PATH="$("$ROOT/hack/build-checkers.sh" --print):$PATH"
 export PATH
 
+step "manifest linters (hack/lint-manifests.sh: kube-score on the chart and the provisioned children)"
+"$ROOT/hack/lint-manifests.sh"
+
 step "build (the integration tests run the operator binary)"
 cargo build --workspace --bins --locked --quiet
 
