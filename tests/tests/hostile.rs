@@ -1649,6 +1649,35 @@ async fn versions(env: &Env, docs: &[Value]) -> BTreeMap<String, String> {
     out
 }
 
+/// Deletes `docs` and waits until they are gone; the ones still there
+/// after [`SETTLE`], with their finalizers.
+async fn gone(env: &Env, docs: &[Value]) -> Vec<String> {
+    futures::stream::iter(docs.iter())
+        .map(|doc| async move {
+            let api = api_for(&env.admin, doc).await;
+            let name = name_of(doc);
+            let _ = api.delete(&name, &Default::default()).await;
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                match api.get_opt(&name).await {
+                    Ok(None) => return None,
+                    Ok(Some(obj)) if Instant::now() >= deadline => {
+                        return Some(format!(
+                            "{}/{name} (finalizers {:?})",
+                            doc["kind"].as_str().unwrap_or_default(),
+                            obj.finalizers()
+                        ));
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
+
 /// The reconcile counters of every kind.
 async fn reconciles() -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
@@ -1834,9 +1863,24 @@ async fn hostile_manifests_are_refused_early_or_reported() {
         .map(|(k, d)| format!("{k}: {d} reconciles in 5 s"))
         .collect();
     say!("idle check over 5 s: {watched} objects, written {writes:?}, reconciles {count0:?} -> {count1:?}");
+    // Nothing is stuck: every object left goes when deleted (finalizers
+    // released), with its planner still hanging; namespaced ones first, as
+    // Capsules in use are kept until their Installations go.
+    let deleting = Instant::now();
+    let (namespaced, cluster): (Vec<Value>, Vec<Value>) = left
+        .into_iter()
+        .partition(|d| d["metadata"].get("namespace").is_some());
+    let mut stuck = gone(&env, &namespaced).await;
+    stuck.extend(gone(&env, &cluster).await);
+    say!(
+        "deleted {} objects in {:?}; stuck: {stuck:?}",
+        watched,
+        deleting.elapsed()
+    );
     say!("hostile suite took {:?}", started.elapsed());
     drop(planner);
     env.ns.delete().await;
+    assert!(stuck.is_empty(), "stuck on delete: {stuck:?}");
     assert!(
         wrong.is_empty(),
         "{} case(s) differ:\n{}",
