@@ -105,7 +105,7 @@ save_host_state() {
   done
   iptables-save >"$STATE_DIR/iptables"
   ip6tables-save >"$STATE_DIR/ip6tables"
-  ipset list -n >"$STATE_DIR/ipsets"
+  ipset list -n >"$STATE_DIR/ipsets" 2>/dev/null || true
   local path
   for path in "${HOST_PATHS[@]}"; do
     [[ -e "$path" ]] || echo "$path" >>"$STATE_DIR/absent-paths"
