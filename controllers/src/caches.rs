@@ -485,7 +485,10 @@ mod tests {
         r.begin();
         assert!(!seen(&mut r, "a/x", "1"));
         r.done();
-        assert!(seen(&mut r, "a/gone", "2"), "forgotten by the relist, so news again");
+        assert!(
+            seen(&mut r, "a/gone", "2"),
+            "forgotten by the relist, so news again"
+        );
         r.gone("a/x");
         assert!(seen(&mut r, "a/x", "1"), "deleted, then back");
     }

@@ -190,14 +190,22 @@ async fn a_leader_that_loses_its_lease_stops_reconciling_and_leads_again_without
         .replace(&lease, &PostParams::default(), &taken)
         .await
         .expect("lease taken");
-    wait_for("the replica to stop its controllers", Duration::from_secs(20), || async {
-        (only.logs().contains("another replica took the Lease")
-            && only.leader_gauge().await.as_deref() == Some("0"))
-        .then_some(())
-    })
+    wait_for(
+        "the replica to stop its controllers",
+        Duration::from_secs(20),
+        || async {
+            (only.logs().contains("another replica took the Lease")
+                && only.leader_gauge().await.as_deref() == Some("0"))
+            .then_some(())
+        },
+    )
     .await;
     // Still the same process, still serving: a follower now.
-    assert!(only.child.try_wait().expect("status").is_none(), "{}", only.logs());
+    assert!(
+        only.child.try_wait().expect("status").is_none(),
+        "{}",
+        only.logs()
+    );
     assert_eq!(
         http_get(only.port, "/readyz").await.map(|(code, _)| code),
         Some(200),
@@ -212,7 +220,11 @@ async fn a_leader_that_loses_its_lease_stops_reconciling_and_leads_again_without
         .then_some(())
     })
     .await;
-    assert!(only.child.try_wait().expect("status").is_none(), "{}", only.logs());
+    assert!(
+        only.child.try_wait().expect("status").is_none(),
+        "{}",
+        only.logs()
+    );
     let status = sigterm(&mut only.child, Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status:?}; logs:\n{}", only.logs());
     ns.delete().await;
