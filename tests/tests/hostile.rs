@@ -1744,6 +1744,29 @@ async fn gone(env: &Env, docs: &[Value]) -> Vec<String> {
         .await
 }
 
+/// The operator's webhooks (as its metrics name them).
+const WEBHOOKS: [&str; 8] = [
+    "installations.somastack.io",
+    "capsules.somastack.io",
+    "capsule-versions.somastack.io",
+    "kamachiqprojects.somastack.io",
+    "project-policy.somastack.io",
+    "drdrills.somastack.io",
+    "drill-authority.somastack.io",
+    "policybundles.somastack.io",
+];
+
+/// Requests each webhook could not judge so far (`decision="error"`): what
+/// SomastackOperatorWebhookErrors alerts on.
+async fn webhook_errors() -> BTreeMap<&'static str, f64> {
+    let mut out = BTreeMap::new();
+    for w in WEBHOOKS {
+        let series = format!("somastack_webhook_requests_total{{webhook=\"{w}\",decision=\"error\"}}");
+        out.insert(w, metric(&series).await);
+    }
+    out
+}
+
 /// The reconcile counters of every kind.
 async fn reconciles() -> BTreeMap<&'static str, f64> {
     let mut out = BTreeMap::new();
@@ -1820,6 +1843,7 @@ async fn hostile_manifests_are_refused_early_or_reported() {
         }
     }
 
+    let errors_before = webhook_errors().await;
     let cases_started = Instant::now();
     let all = futures::stream::iter(cases.into_iter())
         .map(|c| {
@@ -1881,6 +1905,16 @@ async fn hostile_manifests_are_refused_early_or_reported() {
         }
     }
     assert!(judged.len() >= 200, "only {} cases", judged.len());
+
+    // No hostile manifest made a webhook fail (rather than refuse): the
+    // platform team is not paged for what a tenant wrote.
+    let errors_after = webhook_errors().await;
+    let failed: Vec<String> = WEBHOOKS
+        .iter()
+        .filter(|w| errors_after[*w] > errors_before[*w])
+        .map(|w| format!("{w}: {} errors", errors_after[w] - errors_before[w]))
+        .collect();
+    say!("webhook errors during the cases: {failed:?}");
 
     // The gigabyte planner was cut off early.
     let sent = planner.sent.load(Ordering::SeqCst);
@@ -1947,6 +1981,7 @@ async fn hostile_manifests_are_refused_early_or_reported() {
     drop(planner);
     env.ns.delete().await;
     assert!(stuck.is_empty(), "stuck on delete: {stuck:?}");
+    assert!(failed.is_empty(), "webhooks failed on hostile input: {failed:?}");
     assert!(
         wrong.is_empty(),
         "{} case(s) differ:\n{}",

@@ -150,7 +150,14 @@ where
                 .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
         })
         .map_err(|e| {
-            tracing::warn!(error = %e, "could not read an AdmissionReview");
+            // Before the schema (mutating webhooks), an object that is not
+            // a `K` is the user's mistake, which the schema then names: not
+            // worth a warning each time a user makes it.
+            if unreadable == Unreadable::Allow {
+                tracing::debug!(error = %e, "an object the schema will refuse; let through to it");
+            } else {
+                tracing::warn!(error = %e, "could not read an AdmissionReview");
+            }
             let mut res = AdmissionResponse::invalid(format!("not a valid {}: {e}", K::kind(&())));
             if unreadable == Unreadable::Allow {
                 res.allowed = true;
@@ -251,7 +258,16 @@ where
     let req = match parse::<K>(&body, hook.unreadable) {
         Ok(r) => r,
         Err(res) => {
-            state.metrics.webhook(webhook, WebhookDecision::Error);
+            // Let through to the schema (see `Unreadable::Allow`) is a
+            // decision, not a failure of the webhook: counted as an error, a
+            // tenant applying malformed manifests would page the platform
+            // team (SomastackOperatorWebhookErrors).
+            let decision = if res.allowed {
+                WebhookDecision::Allowed
+            } else {
+                WebhookDecision::Error
+            };
+            state.metrics.webhook(webhook, decision);
             return reply(*res);
         }
     };
