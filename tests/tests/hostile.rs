@@ -1637,6 +1637,58 @@ async fn mid_reconcile(env: &Env) -> Vec<(Case, (Layer, String))> {
         ),
         result,
     ));
+    // A running workload is not lost to hostile updates: refused ones
+    // change nothing, and one naming a capsule that does not exist leaves
+    // the Deployment as it was.
+    let name = format!("keep-{}", unique_suffix());
+    let mut keep = env.base("installation", &name);
+    put(&env.admin, &keep).await;
+    let deployments = api_for(
+        &env.admin,
+        &json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": { "namespace": env.ns.name } }),
+    )
+    .await;
+    let made = wait_some(|| async { deployments.get_opt(&name).await.ok().flatten() }).await;
+    for refused in [
+        json!({ "replicas": 1001 }),
+        json!({ "region": "ap-south-1" }),
+        json!({ "replicas": 11 }),
+    ] {
+        let mut doc = keep.clone();
+        merge(&mut doc["spec"], &refused);
+        let _ = somastack_tests::apply(&env.admin, &doc).await;
+    }
+    keep["spec"]["capsule"]["version"] = json!("9.9.9");
+    put(&env.admin, &keep).await;
+    let mut result = settled_on(
+        env,
+        &keep,
+        "Ready",
+        "CapsuleNotFound",
+        "the running workload is left as it was",
+    )
+    .await;
+    let after = deployments.get_opt(&name).await.ok().flatten();
+    let replicas = |d: &Option<DynamicObject>| d.as_ref().and_then(|d| d.data["spec"]["replicas"].as_i64());
+    if made.is_none() || after.is_none() || replicas(&after) != Some(1) {
+        result = (
+            Layer::Failure,
+            format!(
+                "the Deployment was lost or changed: before {:?}, after {:?}",
+                replicas(&made),
+                replicas(&after)
+            ),
+        );
+    }
+    out.push((
+        Case::new(
+            "installation-running-then-hostile-updates-keeps-workload",
+            Layer::Controller,
+            "the running workload is left as it was",
+            keep,
+        ),
+        result,
+    ));
     // A drill waiting for a missing target, pointed at another one.
     let name = format!("churn-drill-{}", unique_suffix());
     let mut drill = env.base("drill", &name);
@@ -1655,6 +1707,22 @@ async fn mid_reconcile(env: &Env) -> Vec<(Case, (Layer, String))> {
         result,
     ));
     out
+}
+
+/// Polls `get` until it returns something, for at most [`SETTLE`].
+async fn wait_some<T, F, Fut>(mut get: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if let Some(v) = get().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
 }
 
 /// Waits until `doc`'s condition `type_` has `reason` and a message with
