@@ -18,9 +18,10 @@ source "$(dirname "$0")/lib.sh"
 
 CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.2}"
 CARGO_FUZZ_BIN="$BIN_DIR/cargo-fuzz-$CARGO_FUZZ_VERSION"
-# libFuzzer's instrumentation needs no unstable flag without a sanitizer, but
-# cargo-fuzz is made for nightly; any nightly that builds the workspace does.
-FUZZ_TOOLCHAIN="${SOMASTACK_FUZZ_TOOLCHAIN:-nightly}"
+# Without a sanitizer, cargo fuzz passes rustc no unstable flag: the
+# workspace's stable toolchain builds the targets (nightly too; a sanitizer,
+# cargo fuzz's --sanitizer address, needs nightly).
+FUZZ_TOOLCHAIN="${SOMASTACK_FUZZ_TOOLCHAIN:-stable}"
 SECONDS_EACH="${SOMASTACK_FUZZ_SECONDS:-5}"
 # Longest one input may take before it counts as a hang (seconds, in this
 # unoptimized build): the API server gives an admission webhook 10 s in all.

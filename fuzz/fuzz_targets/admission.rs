@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(req) = parse::<Capsule>(data)
         && let Some((new, old)) = written(&req)
     {
-        if let Some(why) = admission::capsule_duplicate(new, old, &[CAPSULE.clone()]) {
+        if let Some(why) = admission::capsule_duplicate(new, old, std::slice::from_ref(&*CAPSULE)) {
             assert!(!why.is_empty());
         }
         reviews(&req, new, old);
@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(req) = parse::<KamachiqProject>(data)
         && let Some((new, old)) = written(&req)
     {
-        denial(&admission::project(new, old, &[BUNDLE.clone()]));
+        denial(&admission::project(new, old, std::slice::from_ref(&*BUNDLE)));
         reviews(&req, new, old);
     }
     if let Some(req) = parse::<DrDrill>(data)
