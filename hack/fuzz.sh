@@ -99,14 +99,16 @@ for t in "${TARGETS[@]}"; do
   "$BIN/$t" "$scratch/$t" "$seeds" -max_total_time="$SECONDS_EACH" -timeout="$UNIT_TIMEOUT" \
     -print_final_stats=1 -artifact_prefix="$FUZZ_DIR/artifacts/$t/" >"$out" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out" | tail -1)
-  corpus=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$out" | tail -1 | cut -d' ' -f2)
+  corpus=$(grep -o 'corp: [0-9]*/[0-9]*[a-zA-Z]*' "$out" | tail -1 | cut -d' ' -f2 || true)
   artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$out" | tail -1)
   crashes=0
   if (( status != 0 )); then
     crashes=1
     failed+=("$t")
-    log "$t failed (exit $status); its output:"
-    grep -v '^#[0-9]' "$out" | tail -40 >&2
+    log "$t failed (exit $status):"
+    # The panic (message and place), a hang or running out of memory.
+    grep -m1 -A3 -E "panicked at|ALARM: working on|out-of-memory|ERROR: libFuzzer" "$out" >&2 ||
+      tail -20 "$out" >&2
     [[ -n "$artifact" ]] && log "reproduce: $BIN/$t $artifact"
   fi
   rows+=("$(printf '%-10s %10s %7s %14s %7s  %s' "$t" "${runs:-?}" \
