@@ -6,6 +6,7 @@
 //! repeats the regular expression.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -239,13 +240,17 @@ pub struct Placement {
 }
 
 /// A taint the pods tolerate (a pod's `tolerations` entry, without
-/// `tolerationSeconds`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+/// `tolerationSeconds`). Checked as a Pod's would be, so a Deployment made
+/// from it is never refused for it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.operator != 'Exists' || !has(self.value) || self.value == ''").message("a toleration with operator Exists takes no value"))]
+#[x_kube(validation = Rule::new("self.operator == 'Exists' || (has(self.key) && self.key != '')").message("a toleration with operator Equal needs a key (an empty key with operator Exists tolerates every taint)"))]
 pub struct Toleration {
     /// Taint key; empty with `operator: Exists` tolerates every taint.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 317))]
+    #[x_kube(validation = Rule::new(r"self == '' || self.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$')").message("a toleration key must be a label key: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))]
     pub key: String,
     /// `Equal` (default: key and value match) or `Exists` (any value).
     #[serde(default)]
@@ -253,6 +258,7 @@ pub struct Toleration {
     /// Taint value, for `Equal`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(r"self.matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')").message("a toleration value must be empty or letters, digits, '-', '_' and '.', starting and ending with a letter or digit"))]
     pub value: String,
     /// Effect to tolerate; empty tolerates every effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,6 +295,14 @@ fn node_selector(_: &mut SchemaGenerator) -> Schema {
             rule(
                 "self.all(k, size(k) <= 317)",
                 "node label keys are at most 317 characters (prefix/name)",
+            ),
+            rule(
+                r"self.all(k, k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
+                "node label keys must be label keys: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit",
+            ),
+            rule(
+                r"self.all(k, self[k].matches('^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$'))",
+                "node label values must be empty or letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
             ),
         ],
     })
