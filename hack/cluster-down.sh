@@ -15,6 +15,8 @@ for pid in $(pgrep -f -- "$cluster_dir" || true); do
   [[ "$pid" == "$$" ]] && continue
   log "stopping a leftover process of the cluster: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)"
   kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
 done
 rm -f "$LOCAL_KUBECONFIG" "$LOCAL_DIR/cluster-mode"
 log "cluster '$CLUSTER_NAME' stopped"
