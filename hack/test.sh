@@ -88,6 +88,8 @@ fi
 passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$results" | awk '{s+=$1} END {print s+0}')
 
 if [[ ${#filter[@]} -eq 0 ]]; then
+  step "fuzz targets (hack/fuzz.sh: ${SOMASTACK_FUZZ_SECONDS:-5} s each; SOMASTACK_FUZZ=0 skips)"
+  "$ROOT/hack/fuzz.sh"
   # Its two replicas are the only operators running then: the suite's is
   # stopped above, and the in-cluster one of hack/run.sh starts below.
   step "faults on purpose, short form (hack/chaos --short: leader kills, API server and etcd stops, no webhook)"
