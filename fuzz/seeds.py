@@ -100,6 +100,13 @@ stop["spec"]["projects"] = {"allowedPlannerUrls": ["http://planner.tenant-acme.s
 write("policy", {"bundles": [stop, named], "region": "eu-central-1", "replicas": 1,
                  "plannerUrl": "http://planner.tenant-acme.svc:8080/plan/x"})
 write("policy", {"bundles": [stop], "plannerUrl": "http://user:s3cret-token@planner.tenant-acme.svc:8080/plan?key=abcdef"})
+# A bundle that requires a signature but trusts no key, with and without
+# the example bundle, which trusts the capsule's (found by the fuzzer: the
+# first bundle listing a key can satisfy what the other requires).
+strict = copy.deepcopy(named)
+strict["name"] = "acme-strict"
+del strict["spec"]["trust"]["publishers"]
+write("policy", {"bundles": [strict, named], "region": "eu-central-1", "replicas": 1, "approved": True})
 for b in invalid.get("PolicyBundle", []):
     if "spec" in b:
         write("policy", {"bundles": [named, {"name": b["metadata"]["name"], "spec": b["spec"]}]})
