@@ -28,6 +28,7 @@ snapshot() {
            /^COMMIT/ { if (real) print t "\n" body "COMMIT"; next }
            { body = body $0 "\n"; if ($0 !~ /^:(PREROUTING|INPUT|FORWARD|OUTPUT|POSTROUTING) ACCEPT$/) real = 1 }'
   done
+  echo "## ipsets"; ipset list -n 2>/dev/null | sort
   echo "## links"; ip -o link show | awk -F': ' '{ print $2 }' | cut -d@ -f1 | sort
   echo "## addresses"; ip -o addr show | awk '{ print $2, $4 }' | sort
   echo "## routes"; ip route show table all | sort
@@ -39,10 +40,10 @@ snapshot() {
     [[ -e "$p" ]] && echo "$p"
   done
   echo "## processes"
-  # By process name: kubelet, containerd and its shims, kube-proxy, the API
-  # relay, pod sandboxes.
+  # By process name: kubelet, containerd and its shims, kube-proxy,
+  # kube-router, the API relay, pod sandboxes.
   # shellcheck disable=SC2009 # pgrep would add PIDs, which differ between the two snapshots
-  ps -eo comm=,args= | grep -E '^(kubelet|containerd|kube-proxy|socat|pause|runc)' | sort || true
+  ps -eo comm=,args= | grep -E '^(kubelet|containerd|kube-proxy|kube-router|socat|pause|runc)' | sort || true
 }
 
 was_up=false
