@@ -89,7 +89,7 @@ pub struct CapsuleSpec {
 #[serde(rename_all = "camelCase")]
 pub struct CapsulePort {
     /// Port name (lowercase, at most 15 characters, as Services require).
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 15").message("port name must be a lowercase name of at most 15 characters"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self) <= 15 && self.matches('[a-z]') && !self.contains('--')").message("port name must be a lowercase name of at most 15 characters, with a letter and no '--' (an IANA service name, as Services require)"))]
     #[schemars(length(max = 15))]
     pub name: String,
     /// Port number, 1-65535.

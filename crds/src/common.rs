@@ -126,13 +126,16 @@ pub fn dns_label_set(generator: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Semantic version 2.0.0 (`1.2.3`, `1.2.3-rc.1`, `1.2.3+build.5`).
+/// Semantic version 2.0.0 (`1.2.3`, `1.2.3-rc.1`), at most 63 characters
+/// and without build metadata (`+build.5`): the version is the
+/// `app.kubernetes.io/version` label of every child of an Installation, and
+/// a label value takes neither (the API server refused such children).
 pub fn semver(_: &mut SchemaGenerator) -> Schema {
     string_with(
-        128,
+        63,
         vec![rule(
-            r"self.matches('^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?(\\+[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$')",
-            "must be a semantic version such as 1.4.2 or 2.0.0-rc.1",
+            r"self.matches('^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)(-[0-9A-Za-z-]+(\\.[0-9A-Za-z-]+)*)?$')",
+            "must be a semantic version such as 1.4.2 or 2.0.0-rc.1, without build metadata (+...): it labels the workload",
         )],
     )
 }
