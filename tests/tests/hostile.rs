@@ -2024,10 +2024,12 @@ async fn hostile_manifests_are_refused_early_or_reported() {
         .filter(|(_, n)| **n > 2)
         .map(|(k, n)| format!("{k}: {n} writes"))
         .collect();
+    // Per kind, whatever else the cluster does: a hot loop reconciles
+    // hundreds of times a second; what is left here, a few times.
     let busy: Vec<String> = count0
         .iter()
         .map(|(k, v)| (k, count1[k] - v))
-        .filter(|(_, d)| *d > 25.0)
+        .filter(|(_, d)| *d > 100.0)
         .map(|(k, d)| format!("{k}: {d} reconciles in 5 s"))
         .collect();
     say!("idle check over 5 s: {watched} objects, written {writes:?}, reconciles {count0:?} -> {count1:?}");
