@@ -406,16 +406,19 @@ async fn projects_read_awaiting_approval_running_suspended_succeeded_and_failed(
     )
     .await;
 
-    // A plan with a cycle fails for good.
-    let cycle = json!({ "goal": "g", "tasks": [task("a", &["b"], ""), task("b", &["a"], "")] });
-    put(&client, &project("cycle", cycle)).await;
+    // A task that fails every attempt (hack/kwok-stages.yaml), with no
+    // retry: the project fails for good. (A plan with a cycle is refused
+    // when written now.)
+    let mut broken = task("a", &[], "kwok:fail");
+    broken["retries"] = json!(0);
+    put(&client, &project("broken", json!({ "goal": "g", "tasks": [broken] }))).await;
     reads(
         "kamachiqprojects",
         n,
-        "cycle",
+        "broken",
         "Failed",
         "Degraded",
-        "InvalidPlan",
+        "TasksFailed",
     )
     .await;
     ns.delete().await;

@@ -16,8 +16,8 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    agent_capsule, allow_planners, bundle, capsule, condition_with, message, on_real_nodes, published, put,
-    put_api, put_policy, wait_condition, wait_succeeded,
+    agent_capsule, allow_planners, bundle, capsule, condition_with, denied, message, on_real_nodes, published,
+    put, put_api, put_policy, wait_condition, wait_succeeded,
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
@@ -304,7 +304,8 @@ async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
             .is_some_and(|e| e.contains("every dependsOn entry must name a task listed in spec.tasks")),
         "{err:?}"
     );
-    // A cycle: only the operator can see it; it says so and starts nothing.
+    // A cycle: the schema's rules cannot see it; the project-policy webhook
+    // refuses it when written (planned cycles: tests/tests/hostile.rs).
     let cycle = env.listed(
         "cycle",
         vec![
@@ -314,16 +315,11 @@ async fn cycles_and_unknown_dependencies_are_refused_before_anything_runs() {
             env.task("d", &[], ""),
         ],
     );
-    let api = put_api(&client, &cycle).await;
-    let obj = finished(&api, "cycle", "False", "InvalidPlan").await;
-    let msg = message(&obj, "Succeeded");
-    assert!(msg.contains("the tasks form a cycle: a -> b -> c -> a"), "{msg}");
-    assert_eq!(obj.data["status"]["phase"], "Failed");
-    assert!(
-        env.jobs(&client, &obj).await.is_empty(),
-        "nothing is spawned for an invalid plan"
+    let msg = denied(&client, &cycle, "project-policy.somastack.io").await;
+    assert_eq!(
+        msg,
+        "KamachiqProject cycle: spec.tasks is not a plan that can run: the tasks form a cycle: a -> b -> c -> a"
     );
-    assert!(somastack_tests::event_recorded(&env.ns.name, "InvalidPlan"));
     env.delete().await;
 }
 
