@@ -89,6 +89,9 @@ passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$results" | awk
 
 if [[ ${#filter[@]} -eq 0 ]]; then
   step "fuzz targets (hack/fuzz.sh: ${SOMASTACK_FUZZ_SECONDS:-5} s each; SOMASTACK_FUZZ=0 skips)"
+  # fuzz/ is a workspace of its own: formatted and linted like the main one.
+  cargo fmt --manifest-path fuzz/Cargo.toml -- --check || die "fuzz/ is not formatted: run cargo fmt --manifest-path fuzz/Cargo.toml"
+  (cd fuzz && cargo clippy --all-targets --locked --quiet -- -D warnings)
   "$ROOT/hack/fuzz.sh"
   # Its two replicas are the only operators running then: the suite's is
   # stopped above, and the in-cluster one of hack/run.sh starts below.
