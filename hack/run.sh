@@ -154,9 +154,10 @@ python3 "$ROOT/hack/check-story.py" "$ns" "$OPERATOR_NAMESPACE" "$OPERATOR_RELEA
 log "end-to-end check passed"
 
 # The in-cluster operator survives its leader's death: the leader pod's
-# process is SIGKILLed on its real node (no graceful release of the Lease),
-# and the other replica must hold the Lease within 15 s (lease 10 s, retry
-# 2 s). Found through /proc: the process whose POD_NAME is the holder.
+# process is SIGKILLed on its real node (no graceful release of the Lease)
+# and its pod removed, and the other replica must hold the Lease within 15 s
+# (lease 10 s, retry 2 s). Found through /proc: the process whose POD_NAME
+# is the holder.
 lease=$(helm get values "$OPERATOR_RELEASE" -n "$OPERATOR_NAMESPACE" -a -o json |
   python3 -c 'import json,sys; v=json.load(sys.stdin); print((v.get("leaderElection") or {}).get("leaseName") or "")')
 # The chart's default: its full name, the release's here.
@@ -168,9 +169,13 @@ for pid in $(pgrep -x somastack-opera || true); do
   if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "POD_NAME=$holder"; then leader_pid=$pid; fi
 done
 [[ -n "$leader_pid" ]] || die "the leader pod $holder has no process on this machine's real nodes"
-log "SIGKILL of the leader pod's process ($holder, host pid $leader_pid)"
+log "SIGKILL of the leader pod's process ($holder, host pid $leader_pid), and its pod removed"
 t0=$(date +%s.%N)
 kill -KILL "$leader_pid"
+# Otherwise the kubelet restarts the container in the same pod, whose
+# identity (the pod's name) still holds the Lease and simply renews it: the
+# pod is gone for good, as on a node that died, so the follower must take over.
+kubectl -n "$OPERATOR_NAMESPACE" delete pod "$holder" --grace-period=0 --force --wait=false >/dev/null 2>&1
 new=""
 for _ in $(seq 1 300); do
   new=$(kubectl -n "$OPERATOR_NAMESPACE" get lease "$lease" -o jsonpath='{.spec.holderIdentity}' --request-timeout=2s 2>/dev/null || true)
@@ -181,6 +186,7 @@ failover=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'
 [[ -n "$new" && "$new" != "$holder" ]] || die "no other replica took Lease $lease within 30 s of the leader's SIGKILL"
 log "the other replica ($new) holds the Lease ${failover}s after the leader pod's SIGKILL"
 awk -v t="$failover" 'BEGIN { exit !(t <= 15) }' || die "failover took ${failover}s (target: at most 15 s)"
-kubectl -n "$OPERATOR_NAMESPACE" rollout status deploy/"$OPERATOR_RELEASE" --timeout=120s >&2 ||
-  die "the killed replica did not come back"
+# The pod that replaces it (the killed one is gone from the API at once).
+kubectl -n "$OPERATOR_NAMESPACE" wait pod -l app.kubernetes.io/component=operator --for=condition=Ready --timeout=120s >&2 ||
+  die "the killed replica's replacement did not become ready"
 log "in-cluster failover passed"
