@@ -93,18 +93,15 @@ impl Server {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    reply: &(dyn Fn(&[u8]) -> Reply + Send + Sync),
-    requests: &AtomicUsize,
-    held: &Arc<AtomicUsize>,
-) -> std::io::Result<()> {
+/// Reads one HTTP/1.1 request (head, then a body of its Content-Length):
+/// the bytes and where the body starts; `None` if the client closed first.
+pub async fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, usize)>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let (head_end, length) = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -124,6 +121,18 @@ async fn serve(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+    Ok(Some((buf, head_end)))
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    reply: &(dyn Fn(&[u8]) -> Reply + Send + Sync),
+    requests: &AtomicUsize,
+    held: &Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let Some((buf, head_end)) = read_request(&mut stream).await? else {
+        return Ok(());
+    };
     requests.fetch_add(1, Ordering::SeqCst);
     match reply(&buf[head_end..]) {
         Reply::Hang => {

@@ -411,7 +411,11 @@ async fn projects_read_awaiting_approval_running_suspended_succeeded_and_failed(
     // when written now.)
     let mut broken = task("a", &[], "kwok:fail");
     broken["retries"] = json!(0);
-    put(&client, &project("broken", json!({ "goal": "g", "tasks": [broken] }))).await;
+    put(
+        &client,
+        &project("broken", json!({ "goal": "g", "tasks": [broken] })),
+    )
+    .await;
     reads(
         "kamachiqprojects",
         n,

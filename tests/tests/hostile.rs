@@ -30,7 +30,7 @@ use somastack_tests::{
     TestNamespace, api_for, create_dry_run, http_get, metric, metrics_port, parse_docs, repo_root, setup,
     unique_suffix,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Writes a line to the test's stderr even when the test passes (libtest
@@ -1138,31 +1138,9 @@ async fn start_planner(package: String) -> Planner {
 }
 
 async fn serve_planner(mut stream: TcpStream, package: &str, sent: &AtomicU64) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let (head_end, length) = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            break (end + 4, length);
-        }
+    let Some((buf, head_end)) = somastack_tests::http::read_request(&mut stream).await? else {
+        return Ok(());
     };
-    while buf.len() < head_end + length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
     // The project's name ends in the mode: "POST /plan HTTP/1.1" is the same
     // for all, so the mode travels in the request body (the project name).

@@ -62,6 +62,12 @@ impl Replica {
         }
     }
 
+    /// The same process is still running (it did not exit or restart).
+    fn assert_running(&mut self) {
+        let exited = self.child.try_wait().expect("status");
+        assert!(exited.is_none(), "exited {exited:?}: {}", self.logs());
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -201,11 +207,7 @@ async fn a_leader_that_loses_its_lease_stops_reconciling_and_leads_again_without
     )
     .await;
     // Still the same process, still serving: a follower now.
-    assert!(
-        only.child.try_wait().expect("status").is_none(),
-        "{}",
-        only.logs()
-    );
+    only.assert_running();
     assert_eq!(
         http_get(only.port, "/readyz").await.map(|(code, _)| code),
         Some(200),
@@ -220,11 +222,7 @@ async fn a_leader_that_loses_its_lease_stops_reconciling_and_leads_again_without
         .then_some(())
     })
     .await;
-    assert!(
-        only.child.try_wait().expect("status").is_none(),
-        "{}",
-        only.logs()
-    );
+    only.assert_running();
     let status = sigterm(&mut only.child, Duration::from_secs(30)).await;
     assert!(status.success(), "exit {status:?}; logs:\n{}", only.logs());
     ns.delete().await;

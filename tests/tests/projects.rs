@@ -16,8 +16,8 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use somastack_tests::fixtures::{
-    agent_capsule, allow_planners, bundle, capsule, condition_with, denied, message, on_real_nodes, published,
-    put, put_api, put_policy, wait_condition, wait_succeeded,
+    agent_capsule, allow_planners, bundle, capsule, condition_with, denied, message, on_real_nodes,
+    published, put, put_api, put_policy, wait_condition, wait_succeeded,
 };
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
