@@ -149,13 +149,21 @@ pub async fn keep(api: &Api<Lease>, cfg: &Config) {
     let mut last_renewal = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(cfg.renew_every).await;
-        match try_hold(api, cfg).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => {
+        // Bounded: with etcd away the API server holds a write for up to a
+        // minute, and a leader waiting on it would keep reconciling past its
+        // own lease, when another replica may already have taken over.
+        match tokio::time::timeout(cfg.renew_every, try_hold(api, cfg)).await {
+            Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+            Ok(Ok(false)) => {
                 tracing::error!(lease = %cfg.name, "another replica took the Lease");
                 return;
             }
-            Err(err) => tracing::warn!(error = %err, "could not renew the Lease"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not renew the Lease"),
+            Err(_) => tracing::warn!(
+                lease = %cfg.name,
+                "could not renew the Lease: no answer within {:?}",
+                cfg.renew_every
+            ),
         }
         // Stop before a follower may legitimately take over.
         if last_renewal.elapsed() + cfg.renew_every >= cfg.lease_duration {
