@@ -9,13 +9,34 @@ use somastack_crds::drill::{
     DrDrillSpec, Scope, TENANT_MAX_TIMEOUT_SECONDS, TENANT_MIN_SCHEDULE_INTERVAL_SECONDS,
 };
 
+/// A drill schedule, parsed once: finding its next runs does not parse it
+/// again (admission looks at its next 500 runs, the controller at up to
+/// 10,000 missed ones).
+pub struct Schedule<'a> {
+    text: &'a str,
+    cron: croner::Cron,
+}
+
+impl<'a> Schedule<'a> {
+    /// `schedule` parsed, or why it does not parse.
+    pub fn parse(schedule: &'a str) -> Result<Self, String> {
+        let cron = croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+        Ok(Self { text: schedule, cron })
+    }
+
+    /// The next time it fires strictly after `after` (UTC).
+    pub fn next_after(&self, after: Timestamp) -> Result<Timestamp, String> {
+        let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
+        self.cron
+            .find_next_occurrence(&zoned, false)
+            .map(|z| z.timestamp())
+            .map_err(|e| format!("schedule {:?}: {e}", self.text))
+    }
+}
+
 /// The next time `schedule` fires strictly after `after` (UTC).
 pub fn next_after(schedule: &str, after: Timestamp) -> Result<Timestamp, String> {
-    let cron = croner::Cron::from_str(schedule).map_err(|e| format!("schedule {schedule:?}: {e}"))?;
-    let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
-    cron.find_next_occurrence(&zoned, false)
-        .map(|z| z.timestamp())
-        .map_err(|e| format!("schedule {schedule:?}: {e}"))
+    Schedule::parse(schedule)?.next_after(after)
 }
 
 /// Why `schedule` cannot drive a drill, if it cannot: it does not parse
@@ -75,10 +96,11 @@ pub fn beyond_tenant_bounds(spec: &DrDrillSpec, now: Timestamp) -> Vec<String> {
 /// `runs` of `schedule` after `now`; `None` for a schedule that does not parse
 /// (reported elsewhere) or runs less than twice.
 pub fn shortest_gap(schedule: &str, now: Timestamp, runs: usize) -> Option<i64> {
-    let mut at = next_after(schedule, now).ok()?;
+    let schedule = Schedule::parse(schedule).ok()?;
+    let mut at = schedule.next_after(now).ok()?;
     let mut shortest: Option<i64> = None;
     for _ in 1..runs {
-        let Ok(next) = next_after(schedule, at) else { break };
+        let Ok(next) = schedule.next_after(at) else { break };
         let gap = next.as_second() - at.as_second();
         shortest = Some(shortest.map_or(gap, |s| s.min(gap)));
         at = next;

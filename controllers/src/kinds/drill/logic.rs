@@ -13,7 +13,7 @@ use somastack_crds::{DrDrill, Installation};
 
 use crate::conditions::{Desired, Health, Status};
 use crate::domain::capsules::CapsuleUse;
-use crate::domain::drills::next_after;
+use crate::domain::drills::Schedule;
 use crate::domain::regions::active_region;
 
 /// Most entries a timeline holds (the CRD's bound).
@@ -78,13 +78,14 @@ pub fn should_start(
             Start::Now { scheduled_for: None }
         });
     };
-    let mut next = next_after(schedule, last_scheduled.unwrap_or(created))?;
+    let schedule = Schedule::parse(schedule)?;
+    let mut next = schedule.next_after(last_scheduled.unwrap_or(created))?;
     if next > now {
         return Ok(Start::At(next));
     }
     // The latest missed time is the one to run for.
     for _ in 0..10_000 {
-        let after = next_after(schedule, next)?;
+        let after = schedule.next_after(next)?;
         if after > now {
             break;
         }
