@@ -9,7 +9,6 @@
 //! a watch of its own (`Controller::for_shared_stream`,
 //! `watches_shared_stream`).
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
@@ -215,11 +214,11 @@ pub fn cache_with<K: Cached>(
     let (store, writer) = reflector::store();
     let events = Subscribers::new();
     let publish = events.clone();
-    // What the last list and the events since left in the store, by
-    // resourceVersion: a relist after a lost watch passes on only what
-    // changed while the watch was down.
-    let mut relisted = Relisted::default();
-    // `reflect` applies each event to the store before passing it on.
+    let before = store.clone();
+    // `reflect` applies each event to the store before passing it on; while
+    // a list is under way the store keeps what it held before (kube buffers
+    // the list and swaps it in at `InitDone`), so a relisted object is
+    // compared with what the watch had seen of it.
     let fill = watcher(api, wc)
         .backoff(watch_backoff())
         .modify(move |obj| {
@@ -229,21 +228,14 @@ pub fn cache_with<K: Cached>(
         .reflect(writer)
         .for_each(move |event| {
             match event {
-                Ok(watcher::Event::Init) => relisted.begin(),
                 Ok(watcher::Event::InitApply(obj)) => {
-                    if relisted.seen(key_of(&obj), version_of(&obj)) {
+                    if listed_news(&before, &obj) {
                         publish.publish(obj, false)
                     }
                 }
-                Ok(watcher::Event::InitDone) => relisted.done(),
-                Ok(watcher::Event::Apply(obj)) => {
-                    relisted.seen(key_of(&obj), version_of(&obj));
-                    publish.publish(obj, false)
-                }
-                Ok(watcher::Event::Delete(obj)) => {
-                    relisted.gone(&key_of(&obj));
-                    publish.publish(obj, true)
-                }
+                Ok(watcher::Event::Apply(obj)) => publish.publish(obj, false),
+                Ok(watcher::Event::Delete(obj)) => publish.publish(obj, true),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 // The watcher retries with backoff; say why the cache is not
                 // filling or is behind (an API server without the WatchList
                 // feature refuses `--initial-list stream` here, with 422).
@@ -256,19 +248,6 @@ pub fn cache_with<K: Cached>(
             futures::future::ready(())
         });
     (Cache { store, events }, fill)
-}
-
-fn key_of<K: Resource>(obj: &K) -> String {
-    let meta = obj.meta();
-    format!(
-        "{}/{}",
-        meta.namespace.as_deref().unwrap_or_default(),
-        meta.name.as_deref().unwrap_or_default()
-    )
-}
-
-fn version_of<K: Resource>(obj: &K) -> String {
-    obj.meta().resource_version.clone().unwrap_or_default()
 }
 
 /// How every watch of the operator retries after an error: from 0.5 s,
@@ -291,50 +270,21 @@ pub fn watch_backoff() -> ExponentialBackoff {
         .into()
 }
 
-/// The resourceVersion of every object a watch holds, so that a relist
-/// (after the watch expired or the API server came back) passes on only the
-/// objects that changed while the watch was down, not every object again.
+/// Whether `obj`, as a list brings it, is news to a watch whose store
+/// (`before`) still holds what the watch had seen: a new object, a new
+/// version, or one with no version to compare. A relist (after the watch
+/// expired or the API server came back) thereby passes on only the objects
+/// that changed while the watch was down, not every object again.
 ///
 /// Without it, a relist of 2,000 Installations queued 2,000 reconciles (and
 /// as many of their owners) ahead of anything new: measured from outside, a
 /// new Installation waited over two minutes for its first status after the
 /// control plane came back.
-#[derive(Debug, Default)]
-pub struct Relisted {
-    versions: HashMap<String, String>,
-    listed: Option<std::collections::HashSet<String>>,
-}
-
-impl Relisted {
-    /// A list begins.
-    pub fn begin(&mut self) {
-        self.listed = Some(Default::default());
-    }
-
-    /// `key` is at `version` now: true when that is news (a new object, a
-    /// new version, or an object with no version to compare).
-    pub fn seen(&mut self, key: String, version: String) -> bool {
-        if let Some(listed) = self.listed.as_mut() {
-            listed.insert(key.clone());
-        }
-        if version.is_empty() {
-            self.versions.remove(&key);
-            return true;
-        }
-        self.versions.insert(key, version.clone()).as_deref() != Some(version.as_str())
-    }
-
-    /// `key` was deleted.
-    pub fn gone(&mut self, key: &str) {
-        self.versions.remove(key);
-    }
-
-    /// The list is complete: what it did not bring back is gone.
-    pub fn done(&mut self) {
-        if let Some(listed) = self.listed.take() {
-            self.versions.retain(|k, _| listed.contains(k));
-        }
-    }
+fn listed_news<K: Cached>(before: &Store<K>, obj: &K) -> bool {
+    let version = obj.meta().resource_version.as_deref().filter(|v| !v.is_empty());
+    let Some(version) = version else { return true };
+    let seen = before.get(&ObjectRef::from_obj(obj));
+    seen.and_then(|o| o.meta().resource_version.clone()).as_deref() != Some(version)
 }
 
 /// Raised once a cache has had its first full list; any number of tasks may
@@ -453,51 +403,109 @@ impl Caches {
 mod tests {
     use super::*;
 
-    fn seen(r: &mut Relisted, key: &str, version: &str) -> bool {
-        r.seen(key.to_string(), version.to_string())
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    /// A store fed as `cache_with` feeds it: each event applied first, then
+    /// judged; true when the cache would pass it on.
+    struct Watch {
+        store: Store<ConfigMap>,
+        writer: reflector::store::Writer<ConfigMap>,
+    }
+
+    impl Watch {
+        fn new() -> Self {
+            let (store, writer) = reflector::store();
+            Self { store, writer }
+        }
+
+        fn event(&mut self, event: watcher::Event<ConfigMap>) -> bool {
+            self.writer.apply_watcher_event(&event);
+            match &event {
+                watcher::Event::InitApply(obj) => listed_news(&self.store, obj),
+                watcher::Event::Apply(_) | watcher::Event::Delete(_) => true,
+                watcher::Event::Init | watcher::Event::InitDone => false,
+            }
+        }
+
+        fn begin(&mut self) {
+            self.event(watcher::Event::Init);
+        }
+
+        fn done(&mut self) {
+            self.event(watcher::Event::InitDone);
+        }
+
+        fn listed(&mut self, name: &str, version: &str) -> bool {
+            self.event(watcher::Event::InitApply(map(name, version)))
+        }
+
+        fn applied(&mut self, name: &str, version: &str) -> bool {
+            self.event(watcher::Event::Apply(map(name, version)))
+        }
+
+        fn deleted(&mut self, name: &str, version: &str) -> bool {
+            self.event(watcher::Event::Delete(map(name, version)))
+        }
+    }
+
+    fn map(name: &str, version: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                namespace: Some("a".into()),
+                name: Some(name.into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     #[test]
     fn a_relist_passes_on_only_what_changed_while_the_watch_was_down() {
-        let mut r = Relisted::default();
-        r.begin();
-        assert!(seen(&mut r, "a/x", "1"), "first list: everything is news");
-        assert!(seen(&mut r, "a/y", "2"));
-        r.done();
-        assert!(seen(&mut r, "a/x", "3"), "a change while watching");
+        let mut w = Watch::new();
+        w.begin();
+        assert!(w.listed("x", "1"), "first list: everything is news");
+        assert!(w.listed("y", "2"));
+        w.done();
+        assert!(w.applied("x", "3"), "a change while watching");
         // The watch expires; the relist brings x unchanged, y changed, z new.
-        r.begin();
-        assert!(!seen(&mut r, "a/x", "3"), "unchanged since the watch saw it");
-        assert!(seen(&mut r, "a/y", "4"), "changed while the watch was down");
-        assert!(seen(&mut r, "a/z", "5"), "created while the watch was down");
-        r.done();
-        assert!(!seen(&mut r, "a/y", "4"));
+        w.begin();
+        assert!(!w.listed("x", "3"), "unchanged since the watch saw it");
+        assert!(w.listed("y", "4"), "changed while the watch was down");
+        assert!(w.listed("z", "5"), "created while the watch was down");
+        w.done();
+        w.begin();
+        assert!(!w.listed("y", "4"));
     }
 
     #[test]
     fn an_object_deleted_and_created_again_is_news() {
-        let mut r = Relisted::default();
-        r.begin();
-        assert!(seen(&mut r, "a/x", "1"));
-        assert!(seen(&mut r, "a/gone", "2"));
-        r.done();
+        let mut w = Watch::new();
+        w.begin();
+        assert!(w.listed("x", "1"));
+        assert!(w.listed("gone", "2"));
+        w.done();
         // Deleted while the watch was down: the relist does not bring it.
-        r.begin();
-        assert!(!seen(&mut r, "a/x", "1"));
-        r.done();
-        assert!(
-            seen(&mut r, "a/gone", "2"),
-            "forgotten by the relist, so news again"
-        );
-        r.gone("a/x");
-        assert!(seen(&mut r, "a/x", "1"), "deleted, then back");
+        w.begin();
+        assert!(!w.listed("x", "1"));
+        w.done();
+        w.begin();
+        assert!(w.listed("gone", "2"), "forgotten by the relist, so news again");
+        w.done();
+        assert!(w.deleted("x", "1"));
+        w.begin();
+        assert!(w.listed("x", "1"), "deleted, then back");
     }
 
     #[test]
     fn an_object_without_a_version_is_always_news() {
-        let mut r = Relisted::default();
-        assert!(seen(&mut r, "a/x", ""));
-        assert!(seen(&mut r, "a/x", ""));
+        let mut w = Watch::new();
+        w.begin();
+        assert!(w.listed("x", ""));
+        w.done();
+        w.begin();
+        assert!(w.listed("x", ""));
     }
 
     #[test]
