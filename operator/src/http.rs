@@ -81,11 +81,13 @@ where
         (false, None) => None,
     };
     if let Some(addr) = probe_addr {
-        let probes = Router::new()
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .with_state(state.clone());
-        let (bound, fut) = plain(addr, probes, "/healthz and /readyz", shutdown.clone()).await?;
+        let (bound, fut) = plain(
+            addr,
+            probes(state.clone()),
+            "/healthz and /readyz",
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(address = %bound, "serving /healthz and /readyz");
         servers.push(fut.boxed());
     }
@@ -107,15 +109,22 @@ where
     } else {
         let app = Router::new()
             .route("/metrics", get(metrics))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .with_state(state);
+            .with_state(state.clone())
+            .merge(probes(state));
         let (bound, fut) = plain(args.metrics_addr, app, "/metrics", shutdown).await?;
         tracing::info!(address = %bound, "serving /metrics, /healthz and /readyz");
         servers.push(fut.boxed());
         bound
     };
     Ok((bound, futures::future::join_all(servers).map(|_| ())))
+}
+
+/// `/healthz` and `/readyz`: on their own port, or beside plain `/metrics`.
+fn probes(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 /// A plain-HTTP server of `app` on `addr`.
