@@ -26,12 +26,13 @@ impl<'a> Schedule<'a> {
 
     /// The next time it fires strictly after `after` (UTC).
     pub fn next_after(&self, after: Timestamp) -> Result<Timestamp, String> {
-        let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
-        self.cron
-            .find_next_occurrence(&zoned, false)
-            .map(|z| z.timestamp())
-            .map_err(|e| format!("schedule {:?}: {e}", self.text))
+        first_after(&self.cron, after).map_err(|e| format!("schedule {:?}: {e}", self.text))
     }
+}
+
+fn first_after(cron: &croner::Cron, after: Timestamp) -> Result<Timestamp, croner::errors::CronError> {
+    let zoned = after.to_zoned(jiff::tz::TimeZone::UTC);
+    cron.find_next_occurrence(&zoned, false).map(|z| z.timestamp())
 }
 
 /// The next time `schedule` fires strictly after `after` (UTC).
@@ -48,8 +49,7 @@ pub fn schedule_problem(schedule: &str, now: Timestamp) -> Option<String> {
         Ok(cron) => cron,
         Err(e) => return Some(format!("spec.schedule {schedule:?} is not a schedule: {e}")),
     };
-    let zoned = now.to_zoned(jiff::tz::TimeZone::UTC);
-    match cron.find_next_occurrence(&zoned, false) {
+    match first_after(&cron, now) {
         Ok(_) => None,
         Err(e) => Some(format!(
             "spec.schedule {schedule:?} never runs ({e}); give a date that exists, such as '0 3 28 2 *'"
