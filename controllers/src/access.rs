@@ -55,27 +55,34 @@ pub async fn may(
     extra: Option<std::collections::BTreeMap<String, Vec<String>>>,
     action: Action<'_>,
 ) -> Result<bool, kube::Error> {
+    let spec = SubjectAccessReviewSpec {
+        user: Some(user.to_string()),
+        groups,
+        uid,
+        extra,
+        resource_attributes: Some(ResourceAttributes {
+            group: Some(somastack_crds::GROUP.into()),
+            resource: Some(action.plural.to_string()),
+            verb: Some(action.verb.to_string()),
+            name: action.name.map(str::to_string),
+            namespace: action.namespace.map(str::to_string),
+            ..ResourceAttributes::default()
+        }),
+        ..SubjectAccessReviewSpec::default()
+    };
+    allowed(client, spec).await
+}
+
+/// Asks the API server the SubjectAccessReview `spec` (of a resource or a
+/// non-resource URL): true when it allows and does not deny.
+pub async fn allowed(client: &Client, spec: SubjectAccessReviewSpec) -> Result<bool, kube::Error> {
     let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(user.to_string()),
-            groups,
-            uid,
-            extra,
-            resource_attributes: Some(ResourceAttributes {
-                group: Some(somastack_crds::GROUP.into()),
-                resource: Some(action.plural.to_string()),
-                verb: Some(action.verb.to_string()),
-                name: action.name.map(str::to_string),
-                namespace: action.namespace.map(str::to_string),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
+        spec,
         ..SubjectAccessReview::default()
     };
     let api: Api<SubjectAccessReview> = Api::all(client.clone());
     let answer = api.create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
+    Ok(answer.status.is_some_and(|s| s.allowed && s.denied != Some(true)))
 }
 
 #[cfg(test)]

@@ -19,9 +19,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::authorization::v1::{
-    NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::{NonResourceAttributes, SubjectAccessReviewSpec};
 use kube::api::PostParams;
 use kube::{Api, Client};
 
@@ -138,26 +136,18 @@ impl Guard {
             _ => return Ok(Decision::Unauthenticated),
         };
         let name = user.username.clone().unwrap_or_default();
-        let access = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: user.username,
-                groups: user.groups,
-                uid: user.uid,
-                extra: user.extra,
-                non_resource_attributes: Some(NonResourceAttributes {
-                    path: Some(path.to_string()),
-                    verb: Some(verb.to_string()),
-                }),
-                ..SubjectAccessReviewSpec::default()
-            },
-            ..SubjectAccessReview::default()
+        let spec = SubjectAccessReviewSpec {
+            user: user.username,
+            groups: user.groups,
+            uid: user.uid,
+            extra: user.extra,
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.to_string()),
+                verb: Some(verb.to_string()),
+            }),
+            ..SubjectAccessReviewSpec::default()
         };
-        let answered = Api::<SubjectAccessReview>::all(self.client.clone())
-            .create(&PostParams::default(), &access)
-            .await?;
-        let allowed = answered
-            .status
-            .is_some_and(|s| s.allowed && s.denied != Some(true));
+        let allowed = somastack_controllers::access::allowed(&self.client, spec).await?;
         Ok(if allowed {
             Decision::Allowed(name)
         } else {
