@@ -132,6 +132,131 @@ pub struct UpgradePolicy {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 10, max = 3600))]
     pub progress_deadline_seconds: i32,
+    /// A regression gate: each new revision of the pod template is
+    /// evaluated behind a preview Service before it takes traffic
+    /// (docs/installations.md, "Regression gate").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<UpgradeGate>,
+}
+
+/// Most entries of `spec.upgrade.gate.inputs`.
+pub const MAX_GATE_INPUTS: usize = 32;
+/// Most bytes of one gate input value.
+pub const MAX_GATE_INPUT_BYTES: usize = 16 * 1024;
+
+/// An evaluation capsule run as a Job against a candidate revision before
+/// it takes traffic.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeGate {
+    /// The evaluation capsule (package and version): signed, reviewed and
+    /// allowed by policy like any capsule; its image runs once per candidate.
+    pub capsule: CapsuleRef,
+    /// What the evaluation gets, as the JSON object `SOMASTACK_GATE_INPUTS`
+    /// (for the reference evaluator: `corpus`, `maxSentences`,
+    /// `minAgreement`, `expected`, `maxLatencyMs`; docs/agent.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "gate_inputs_schema")]
+    pub inputs: BTreeMap<String, String>,
+    /// `Previous` (default): the evaluation calls the revision serving now
+    /// too (`SOMASTACK_GATE_BASELINE`) and compares; `Fixed`: only the
+    /// candidate, against expectations in `inputs`.
+    #[serde(default)]
+    pub baseline: GateBaseline,
+    /// Seconds the candidate has to become ready and be evaluated (default
+    /// 300); a gate still undecided then fails.
+    #[serde(default = "default_gate_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub timeout_seconds: i32,
+}
+
+fn default_gate_timeout() -> i32 {
+    300
+}
+
+fn gate_inputs_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_GATE_INPUTS,
+        "additionalProperties": { "type": "string", "maxLength": MAX_GATE_INPUT_BYTES },
+    })
+}
+
+/// What a candidate is compared with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum GateBaseline {
+    /// The revision serving now answers the same requests.
+    #[default]
+    Previous,
+    /// Fixed expectations given in the gate's inputs.
+    Fixed,
+}
+
+/// Where the gate of one candidate revision stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum GatePhase {
+    /// The candidate runs behind its preview Service and is evaluated.
+    Evaluating,
+    /// The evaluation passed: the candidate was promoted.
+    Passed,
+    /// The evaluation failed, timed out or could not run: the candidate
+    /// was removed and the serving revision kept.
+    Failed,
+    /// Failed, then promoted by a person's explicit override.
+    Overridden,
+}
+
+/// The regression gate of the newest candidate revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// Number of the candidate revision.
+    pub revision: i64,
+    /// Its pod-template hash (the revision key).
+    pub revision_hash: String,
+    /// The revision that served (and was compared with) meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_revision: Option<i64>,
+    pub phase: GatePhase,
+    /// `Evaluating`, `EvaluationPassed`, `EvaluationFailed`,
+    /// `EvaluationTimedOut`, `EvaluationNotRun` or `Overridden`.
+    pub reason: String,
+    pub message: String,
+    pub start_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The evaluation Job (kept until the next candidate, for its logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// The evaluation's report, bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<GateReport>,
+    /// Who promoted a failed candidate: the field manager that set the
+    /// override annotation, and when (the API server's audit log has the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden_by: Option<String>,
+}
+
+/// What the evaluation reported (docs/evaluation.schema.json), bounded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateReport {
+    /// `Pass` or `Fail`.
+    pub verdict: String,
+    /// One line.
+    pub summary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub checks: Vec<GateCheck>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateCheck {
+    pub name: String,
+    pub passed: bool,
+    #[serde(default)]
+    pub detail: String,
 }
 
 fn default_progress_deadline() -> i32 {
@@ -177,6 +302,10 @@ pub struct InstallationStatus {
     /// The last rollback, manual or automatic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback: Option<RollbackRecord>,
+    /// The regression gate of the newest candidate revision, when
+    /// `spec.upgrade.gate` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateStatus>,
 }
 
 /// A rollback: which revision failed or was left, and where it went.
@@ -201,3 +330,7 @@ pub const ACTIVE_REGION_ANNOTATION: &str = "somastack.io/active-region";
 pub const UNAVAILABLE_REGIONS_ANNOTATION: &str = "somastack.io/unavailable-regions";
 /// The DrDrill acting on an Installation (one at a time).
 pub const DRILL_LOCK_ANNOTATION: &str = "somastack.io/drill";
+/// Set to a candidate revision's number to promote it although its
+/// regression gate failed: an explicit override, recorded in status and a
+/// Warning Event.
+pub const GATE_OVERRIDE_ANNOTATION: &str = "somastack.io/gate-override";

@@ -119,6 +119,24 @@ pub enum CapsuleUse {
     Allowed(Evaluation),
 }
 
+impl CapsuleUse {
+    /// Why the capsule may not be used, for people; `None` when it may.
+    pub fn refusal(&self) -> Option<String> {
+        match self {
+            CapsuleUse::CapsuleNotFound => Some("no Capsule with this package and version exists".into()),
+            CapsuleUse::CapsuleUnusable(why) => Some(why.clone()),
+            CapsuleUse::Blocked(eval) => Some(
+                eval.blocking
+                    .iter()
+                    .map(|v| v.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            CapsuleUse::Allowed(_) => None,
+        }
+    }
+}
+
 /// Pure: may the Installation run its Capsule in `region` under the bundles
 /// that govern its namespace?
 pub fn may_install(

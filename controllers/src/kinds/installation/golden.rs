@@ -110,6 +110,7 @@ fn cases() -> Vec<Case> {
     let mut watched = installation(None, None);
     watched.spec.config.clear();
     watched.spec.upgrade = Some(UpgradePolicy {
+        gate: None,
         auto_rollback: true,
         progress_deadline_seconds: 120,
     });

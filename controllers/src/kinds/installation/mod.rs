@@ -10,6 +10,7 @@
 
 mod context;
 pub mod drift;
+pub mod gate;
 pub mod render;
 pub mod revisions;
 
@@ -27,9 +28,11 @@ use kube::api::PostParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
+use somastack_crds::Installation;
 use somastack_crds::capsule::CapsuleSpec;
-use somastack_crds::installation::{InstallationPhase, InstallationSpec, InstallationStatus, RollbackRecord};
-use somastack_crds::{Installation, PolicyBundle};
+use somastack_crds::installation::{
+    GatePhase, GateStatus, InstallationPhase, InstallationSpec, InstallationStatus, RollbackRecord,
+};
 
 use crate::apply::{self, owner_reference};
 use crate::conditions::{self, Desired, Health, Status};
@@ -128,8 +131,20 @@ fn owner(d: &Deployment) -> Option<kube::runtime::reflector::ObjectRef<Installat
 /// Keeps of a Deployment what triggers need: its owner (which Installation
 /// it belongs to) and what [`Workload::from_deployment`] reads.
 fn trim_deployment(d: &mut Deployment) {
+    // The pod template's revision hash: which revision serves (the gate).
+    let hash = gate::serving_hash(d);
     d.spec = k8s_openapi::api::apps::v1::DeploymentSpec {
         replicas: d.spec.replicas,
+        template: k8s_openapi::api::core::v1::PodTemplateSpec {
+            metadata: hash.map(|h| ObjectMeta {
+                annotations: Some(BTreeMap::from([(
+                    render::REVISION_HASH_ANNOTATION.to_string(),
+                    h,
+                )])),
+                ..Default::default()
+            }),
+            spec: None,
+        },
         ..Default::default()
     };
     d.metadata.annotations = None;
@@ -227,6 +242,22 @@ impl Assessment {
     /// workload shows.
     pub fn failed(&mut self, why: &str) {
         self.not_ready("ApplyFailed", format!("{why}; retrying"));
+    }
+
+    /// The regression gate holds the serving children: a candidate is
+    /// evaluated (Progressing) or was rejected (Blocked, Stalled until the
+    /// spec changes); `Ready=False` says which and why.
+    pub fn gated(&mut self, record: &GateStatus) {
+        let (phase, reason) = match record.phase {
+            GatePhase::Evaluating => (InstallationPhase::Progressing, "EvaluatingUpgrade"),
+            _ => (InstallationPhase::Blocked, "UpgradeRejected"),
+        };
+        self.phase = phase;
+        let message = match record.phase {
+            GatePhase::Evaluating => record.message.clone(),
+            _ => format!("{}; change the spec to try again, or override", record.message),
+        };
+        self.not_ready(reason, message);
     }
 
     /// Replaces the `Ready` condition with `Ready=False` for `reason`.
@@ -458,12 +489,58 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
     // Decide (pure): may the Capsule run here, under these bundles?
     let decision = may_install(&inst, &resolved, &bundles, &region);
 
-    // Build (pure) and apply, unless blocked or paused.
+    // Build (pure) and apply, unless blocked or paused, or held by the
+    // regression gate (the serving children stay as they are).
+    let mut gate_record = inst.status.as_ref().and_then(|s| s.gate.clone());
+    let mut held = None;
     let applied = match (&decision, resolved.found(), inst.spec.paused) {
         (CapsuleUse::Allowed(eval), Some(capsule), false) => {
             let owner = owner_reference(inst.as_ref())?;
-            let children = build(&inst, &key, owner.clone(), &capsule.spec, &region, eval, &bundles)?;
-            apply_children(&ctx, &inst, &key, &owner, &capsule.spec, &children).await?
+            let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
+            let effective = Effective::combine(policy::views(&bundles, &names));
+            let ceilings = Ceilings {
+                cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
+                memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
+            };
+            let children = build(
+                &inst,
+                &key,
+                owner.clone(),
+                &capsule.spec,
+                &region,
+                eval,
+                &ceilings,
+            )?;
+            let gated =
+                if gate_record.is_some() || inst.spec.upgrade.as_ref().is_some_and(|u| u.gate.is_some()) {
+                    gate::Run {
+                        ctx: &ctx,
+                        inst: &inst,
+                        key: &key,
+                        owner: &owner,
+                        capsule: &capsule.spec,
+                        children: &children,
+                        region: &region,
+                        bundles: &bundles,
+                        max_cpu: ceilings.cpu,
+                        max_memory: ceilings.memory,
+                    }
+                    .run()
+                    .await?
+                } else {
+                    gate::Gated::Open(None)
+                };
+            match gated {
+                gate::Gated::Open(record) => {
+                    gate_record = record;
+                    apply_children(&ctx, &inst, &key, &owner, &capsule.spec, &children).await?
+                }
+                gate::Gated::Held(record) => {
+                    held = Some(record.clone());
+                    gate_record = Some(record);
+                    Applied::default()
+                }
+            }
         }
         _ => Applied::default(),
     };
@@ -475,7 +552,10 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
         None => Workload::from_deployment(ctx.deployment(&key).as_deref()),
     };
     ctx.seen(&key, &workload);
-    let assessment = assess_applied(&inst, &decision, &workload, &applied);
+    let mut assessment = assess_applied(&inst, &decision, &workload, &applied);
+    if let Some(record) = &held {
+        assessment.gated(record);
+    }
     let current_revision = applied
         .revision
         .or(inst.status.as_ref().and_then(|s| s.current_revision));
@@ -504,6 +584,7 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
         available_revision: available_revision(&decision, &workload, current_revision, previous_available),
         active_region: Some(region),
         last_rollback,
+        gate: gate_record,
     };
     report(&ctx, &inst, &key, &assessment.conditions, observed).await?;
     if let Some(e) = applied.failed {
@@ -514,7 +595,10 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
     // watches, and look again after an hour for whatever one may have missed
     // (a delete while it was down): from the caches, sending no request
     // when the children are as applied.
-    let next = if applied.refused.is_some() {
+    let evaluating = held.as_ref().is_some_and(|r| r.phase == GatePhase::Evaluating);
+    let next = if evaluating {
+        gate::POLL_SECONDS
+    } else if applied.refused.is_some() {
         300
     } else if assessment.phase == InstallationPhase::Ready {
         3600
@@ -524,8 +608,15 @@ pub async fn reconcile(inst: Arc<Installation>, ctx: Arc<InstallationContext>) -
     Ok(Action::requeue(Duration::from_secs(next)))
 }
 
-/// Pure: the children wanted for `capsule`, within the ceilings of the
-/// governing `bundles`; none run while a kill switch is engaged.
+/// The effective policy's ceilings, used as limits a capsule did not set.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ceilings<'a> {
+    cpu: Option<&'a str>,
+    memory: Option<&'a str>,
+}
+
+/// Pure: the children wanted for `capsule`, within the `ceilings` of the
+/// governing bundles; none run while a kill switch is engaged.
 fn build(
     inst: &Installation,
     key: &ObjectKey,
@@ -533,10 +624,8 @@ fn build(
     capsule: &CapsuleSpec,
     region: &str,
     eval: &Evaluation,
-    bundles: &[Arc<PolicyBundle>],
+    ceilings: &Ceilings<'_>,
 ) -> Result<render::Children> {
-    let names: Vec<String> = bundles.iter().map(|b| b.name_any()).collect();
-    let effective = Effective::combine(policy::views(bundles, &names));
     render::render(&render::Input {
         installation: inst,
         key,
@@ -544,8 +633,8 @@ fn build(
         capsule,
         region,
         stopped: !eval.kill_switch.is_empty(),
-        max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
-        max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
+        max_cpu: ceilings.cpu,
+        max_memory: ceilings.memory,
     })
 }
 
@@ -845,7 +934,9 @@ pub fn health(observed: &InstallationStatus, conditions: &[Desired]) -> (Health,
         (Status::True, _) => Health::Current,
         (_, "RollingOut") if observed.phase == Some(InstallationPhase::Suspended) => Health::Waiting,
         (_, "KillSwitchEngaged" | "CapsuleNotFound" | "CapsuleUnusable") => Health::Waiting,
-        (_, "ProgressDeadlineExceeded" | "PolicyViolation" | "ChildRejected") => Health::Stalled,
+        (_, "ProgressDeadlineExceeded" | "PolicyViolation" | "ChildRejected" | "UpgradeRejected") => {
+            Health::Stalled
+        }
         _ => Health::Progressing,
     };
     (health, None)

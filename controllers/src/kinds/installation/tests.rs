@@ -417,6 +417,7 @@ mod rollback {
     fn watched() -> InstallationSpec {
         let mut spec = installation(Some(2), None).spec;
         spec.upgrade = Some(UpgradePolicy {
+            gate: None,
             auto_rollback: true,
             progress_deadline_seconds: 120,
         });
@@ -471,6 +472,7 @@ mod rollback {
     fn not_unless_asked_for() {
         let mut spec = watched();
         spec.upgrade = Some(UpgradePolicy {
+            gate: None,
             auto_rollback: false,
             progress_deadline_seconds: 120,
         });
@@ -634,6 +636,7 @@ fn the_typed_status_has_the_wire_format_of_the_json_it_replaced() {
         active_region: Some("eu-west-1".into()),
         available_revision: None,
         last_rollback: None,
+        gate: None,
     };
     assert_eq!(
         serde_json::to_value(&typed).unwrap(),
