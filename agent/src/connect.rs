@@ -79,23 +79,12 @@ pub fn report(addr: SocketAddr, outcome: &Outcome, took: Duration) -> String {
 /// `--timeout`: `2s`, `500ms`, or a number of seconds; more than zero, at
 /// most five minutes.
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000.0)
-    } else {
-        (text, 1000.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("timeout {text:?} is not a duration such as 2s or 500ms"))?;
-    let ms = value * unit_ms;
-    if !ms.is_finite() || !(1.0..=300_000.0).contains(&ms) {
-        return Err(format!("timeout {text:?} must be between 1ms and 300s"));
-    }
-    Ok(Duration::from_millis(ms as u64))
+    somastack_agent::parse_duration(
+        "timeout",
+        text,
+        Duration::from_millis(1),
+        Duration::from_secs(300),
+    )
 }
 
 /// Runs one attempt and prints its line; the exit code.
@@ -139,7 +128,10 @@ mod tests {
         assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_timeout("0s").is_err());
+        assert_eq!(
+            parse_timeout("0s"),
+            Err("timeout \"0s\" must be between 1ms and 300s".to_string())
+        );
         assert!(parse_timeout("10m").is_err());
         assert!(parse_timeout("forever").is_err());
         assert!(parse_timeout("301s").is_err());

@@ -6,8 +6,20 @@
 //! The summary is deterministic: sentences are scored by how frequent their
 //! content words are in the whole text (longer sentences do not win by
 //! length: the score is a mean), the best are kept, in their original order.
+//!
+//! [`evaluate`] is the evaluation gate's computation (an Installation
+//! upgrade's candidate against its baseline), [`moderate`] the moderation
+//! capsule's (a KamachiqProject's goal, inputs and outputs), [`http1`] the
+//! plain HTTP/1.1 the evaluator speaks.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+pub mod evaluate;
+pub mod http1;
+pub mod moderate;
+
+pub use evaluate::EVAL_CORPUS;
 
 /// The most a KamachiqProject task's result may hold: the kubelet keeps at
 /// most 4096 bytes of a container's termination message.
@@ -133,6 +145,87 @@ pub fn combine(sources: &[&str], max: usize) -> Vec<String> {
     chosen.into_iter().map(|s| s.text.clone()).collect()
 }
 
+/// The first `max` sentences of `text`, in order: what a naive summarizer
+/// answers (`AGENT_METHOD=lead`, a plausible regressed release).
+pub fn lead(text: &str, max: usize) -> Vec<String> {
+    sentences(text)
+        .into_iter()
+        .take(max)
+        .map(str::to_string)
+        .collect()
+}
+
+/// How the service summarizes (`AGENT_METHOD`): `scored` (the default,
+/// [`summarize`]) or `lead` ([`lead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Scored,
+    Lead,
+}
+
+impl Method {
+    pub fn parse(value: Option<&str>) -> Result<Method, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("scored") => Ok(Method::Scored),
+            Some("lead") => Ok(Method::Lead),
+            Some(other) => Err(format!("AGENT_METHOD={other:?} is not one of scored, lead")),
+        }
+    }
+
+    pub fn summarize(&self, text: &str, max: usize) -> Vec<String> {
+        match self {
+            Method::Scored => summarize(text, max),
+            Method::Lead => lead(text, max),
+        }
+    }
+}
+
+/// A duration as a user writes it: `2s`, `500ms`, or a number of seconds,
+/// from `min` to `max` inclusive; `what` names the setting in errors.
+pub fn parse_duration(what: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (text, 1000.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{what} {text:?} is not a duration such as 2s or 500ms"))?;
+    let ms = value * unit_ms;
+    let (lo, hi) = (min.as_secs_f64() * 1000.0, max.as_secs_f64() * 1000.0);
+    if !ms.is_finite() || !(lo..=hi).contains(&ms) {
+        return Err(format!(
+            "{what} {text:?} must be between {} and {}",
+            human_ms(min),
+            human_ms(max)
+        ));
+    }
+    Ok(Duration::from_millis(ms as u64))
+}
+
+/// `300s`, `1ms`, `0s`: how [`parse_duration`] names its bounds.
+fn human_ms(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// `AGENT_DELAY`: how long the service waits before answering each
+/// summarization (a slow release); unset or empty is none.
+pub fn parse_delay(value: Option<&str>) -> Result<Duration, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(Duration::ZERO),
+        Some(v) => parse_duration("AGENT_DELAY", v, Duration::ZERO, Duration::from_secs(300)),
+    }
+}
+
 /// Why a task produced no result.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskError {
@@ -241,7 +334,8 @@ pub fn review(output: &str, sources: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+/// `s` cut to at most `max` characters, `...` marking a cut.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &s[..i]),
         None => s.to_string(),
@@ -381,6 +475,38 @@ mod tests {
         assert_eq!(review(&out, &[ARTICLE]), Ok(()));
         assert!(review("Solar is bad.", &[ARTICLE]).is_err());
         assert!(review("", &[ARTICLE]).is_err());
+    }
+
+    #[test]
+    fn the_lead_method_keeps_the_first_sentences() {
+        assert_eq!(
+            lead(ARTICLE, 2),
+            vec![
+                "Solar capacity in Europe grew quickly in 2025.",
+                "Grid operators added storage to absorb solar peaks."
+            ]
+        );
+        assert_eq!(Method::parse(None), Ok(Method::Scored));
+        assert_eq!(Method::parse(Some(" lead ")), Ok(Method::Lead));
+        assert_eq!(Method::Scored.summarize(ARTICLE, 2), summarize(ARTICLE, 2));
+        let err = Method::parse(Some("random")).unwrap_err();
+        assert_eq!(err, "AGENT_METHOD=\"random\" is not one of scored, lead");
+    }
+
+    #[test]
+    fn delays_read_as_users_write_them() {
+        assert_eq!(parse_delay(None), Ok(Duration::ZERO));
+        assert_eq!(parse_delay(Some("")), Ok(Duration::ZERO));
+        assert_eq!(parse_delay(Some("30s")), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_delay(Some("500ms")), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_delay(Some("2")), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_delay(Some("0")), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_delay(Some("301s")),
+            Err("AGENT_DELAY \"301s\" must be between 0s and 300s".to_string())
+        );
+        assert!(parse_delay(Some("-1s")).is_err());
+        assert!(parse_delay(Some("soon")).is_err());
     }
 
     #[test]

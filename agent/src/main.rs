@@ -7,8 +7,15 @@
 //!   it (the termination message).
 //! - `review`: as a reviewer, accepts an output only if every line of it is
 //!   a sentence of what it was made from.
+//! - `evaluate`: as an Installation upgrade's evaluation capsule, asks the
+//!   candidate revision and the baseline to summarize a corpus and reports
+//!   a verdict on the candidate (the termination message).
+//! - `moderate`: as a KamachiqProject's moderation capsule, allows or
+//!   refuses a goal, a task input or an output (the termination message).
 //! - `auto` (the image's default command): the role the operator gave the
-//!   pod: `review` when `SOMASTACK_TASK_OUTPUT` is set (a review Job), `task`
+//!   pod: `evaluate` when `SOMASTACK_GATE_CANDIDATE` is set (an evaluation
+//!   Job), `moderate` when `SOMASTACK_MODERATION_STAGE` is set (a moderation
+//!   Job), `review` when `SOMASTACK_TASK_OUTPUT` is set (a review Job), `task`
 //!   when `SOMASTACK_TASK` is set (a task Job), `serve` otherwise (an
 //!   Installation). One image serves every role, as a capsule must.
 //! - `connect`: one TCP connection attempt, its outcome printed and as the
@@ -19,7 +26,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -28,9 +35,12 @@ use axum::{Json, Router};
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+mod client;
 mod connect;
 
-use somastack_agent::{FailMode, MAX_SENTENCES, MAX_TEXT_BYTES, Readiness, review, run_task, summarize};
+use somastack_agent::evaluate::{self, Answer, Reference};
+use somastack_agent::moderate::{self, Stage};
+use somastack_agent::{FailMode, MAX_SENTENCES, MAX_TEXT_BYTES, Method, Readiness, review, run_task};
 
 /// Dependencies' accepted outputs, as a JSON object `{task: output}`.
 const ENV_DEPENDENCIES: &str = "SOMASTACK_TASK_DEPENDENCIES";
@@ -56,8 +66,16 @@ enum Command {
         #[arg(long, env = "AGENT_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// When /readyz answers 200: always, never, after:<seconds>.
-        #[arg(long, env = "AGENT_READY")]
-        ready: Option<String>,
+        #[arg(long, env = "AGENT_READY", default_value = "always", value_parser = |v: &str| Readiness::parse(Some(v)))]
+        ready: Readiness,
+        /// How summaries are made: scored (the best sentences), or lead (the
+        /// first ones: a regressed release).
+        #[arg(long, env = "AGENT_METHOD", default_value = "scored", value_parser = |v: &str| Method::parse(Some(v)))]
+        method: Method,
+        /// How long to wait before answering each summarization (a slow
+        /// release): 30s, 500ms, or seconds.
+        #[arg(long, env = "AGENT_DELAY", default_value = "0", value_parser = |v: &str| somastack_agent::parse_delay(Some(v)))]
+        delay: Duration,
     },
     /// Run one KamachiqProject task from SOMASTACK_TASK_* variables.
     Task {
@@ -76,9 +94,29 @@ enum Command {
         #[arg(long, default_value = "/dev/termination-log")]
         output: String,
     },
-    /// The role the pod's environment names (review, task or serve), with
+    /// Evaluate the candidate SOMASTACK_GATE_CANDIDATE against the baseline
+    /// (or expected summaries); the report says Pass or Fail (exit 0), exit
+    /// 2 when the evaluation cannot run.
+    Evaluate {
+        /// Where the report goes (the operator reads the termination message).
+        #[arg(long, default_value = "/dev/termination-log")]
+        output: String,
+    },
+    /// Moderate SOMASTACK_MODERATION_TEXT at SOMASTACK_MODERATION_STAGE; the
+    /// decision says Allow or Refuse (exit 0), exit 2 when it cannot moderate.
+    Moderate {
+        /// Where the decision goes (the operator reads the termination message).
+        #[arg(long, default_value = "/dev/termination-log")]
+        output: String,
+    },
+    /// The role the pod's environment names (evaluate, moderate, review,
+    /// task or serve), with
     /// every setting from the environment: the image's default command.
-    Auto,
+    Auto {
+        /// Where a Job's role writes its result (ignored by serve).
+        #[arg(long, default_value = "/dev/termination-log")]
+        output: String,
+    },
     /// Try one TCP connection to ADDRESS (IP:PORT) and say what came of it:
     /// `connected` (exit 0), `timeout` (1: no answer, dropped), `refused`
     /// (3: rejected, or nothing listens) or `error` (4).
@@ -97,10 +135,16 @@ enum Role {
     Serve,
     Task,
     Review,
+    Evaluate,
+    Moderate,
 }
 
 fn role(var: impl Fn(&str) -> Option<String>) -> Role {
-    if var("SOMASTACK_TASK_OUTPUT").is_some() {
+    if var("SOMASTACK_GATE_CANDIDATE").is_some() {
+        Role::Evaluate
+    } else if var("SOMASTACK_MODERATION_STAGE").is_some() {
+        Role::Moderate
+    } else if var("SOMASTACK_TASK_OUTPUT").is_some() {
         Role::Review
     } else if var("SOMASTACK_TASK").is_some() {
         Role::Task
@@ -122,29 +166,43 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> ExitCode {
     match command {
-        Command::Serve { listen, ready } => match Readiness::parse(ready.as_deref()) {
-            Ok(readiness) => serve(listen, readiness),
-            Err(e) => fail_with(&e),
-        },
+        Command::Serve {
+            listen,
+            ready,
+            method,
+            delay,
+        } => serve(listen, ready, method, delay),
         Command::Task {
             output,
             sentences,
             fail,
         } => task(&output, sentences, fail.as_deref()),
         Command::Review { output } => review_cmd(&output),
+        Command::Evaluate { output } => evaluate_cmd(&output),
+        Command::Moderate { output } => moderate_cmd(&output),
         Command::Connect { address, timeout } => ExitCode::from(connect::run(address, timeout)),
-        Command::Auto => {
+        Command::Auto { output } => {
             let sub = match role(|k| std::env::var(k).ok()) {
                 Role::Serve => "serve",
                 Role::Task => "task",
                 Role::Review => "review",
+                Role::Evaluate => "evaluate",
+                Role::Moderate => "moderate",
             };
             tracing::info!(role = sub, "auto: running the role the environment names");
             // Parsed as if given on the command line, so every setting
-            // comes from the environment exactly as for the named role.
-            match Cli::try_parse_from(["somastack-agent", sub]) {
+            // comes from the environment exactly as for the named role, and
+            // a bad one is refused the same way (exit 2).
+            let mut args = vec!["somastack-agent", sub];
+            if sub != "serve" {
+                args.extend(["--output", &output]);
+            }
+            match Cli::try_parse_from(args) {
                 Ok(cli) => run(cli.command),
-                Err(e) => fail_with(&e.to_string()),
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
+                }
             }
         }
     }
@@ -174,6 +232,101 @@ fn dependencies() -> Result<BTreeMap<String, String>, String> {
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_default()
+}
+
+/// A variable's value, if set (a value that is not UTF-8 read lossily).
+fn env_var(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// The exit code of a gate that could not do its work (bad settings, a
+/// baseline that does not answer): the operator counts it as a failure.
+const CANNOT_RUN: u8 = 2;
+
+/// Says why a gate could not do its work, on one line, where the operator
+/// reads it; exit 2.
+fn cannot_run(path: &str, why: &str) -> ExitCode {
+    let line: String = why.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = match line.char_indices().nth(1000) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line,
+    };
+    eprintln!("somastack-agent: {line}");
+    if let Err(e) = std::fs::write(path, &line) {
+        eprintln!("somastack-agent: could not write {path}: {e}");
+    }
+    ExitCode::from(CANNOT_RUN)
+}
+
+/// `evaluate`: asks the baseline (when set) and the candidate to summarize
+/// every document, then judges the candidate's answers.
+fn evaluate_cmd(output: &str) -> ExitCode {
+    let settings = match evaluate::Settings::from_env(env_var) {
+        Ok(s) => s,
+        Err(e) => return cannot_run(output, &e),
+    };
+    let ask = |addr: SocketAddr, doc: &str| -> Result<(Vec<String>, Duration), String> {
+        let body = evaluate::request_body(doc, settings.max_sentences);
+        let (answer, took) = client::post_json(addr, "/v1/summarize", &body, settings.request_timeout)?;
+        evaluate::summary_of(answer.status, &answer.body).map(|s| (s, took))
+    };
+    let mut answers = Vec::new();
+    let mut reference = Vec::new();
+    for (i, doc) in settings.documents.iter().enumerate() {
+        if let Reference::Baseline(addr) = settings.reference {
+            match ask(addr, doc) {
+                Ok((sentences, _)) => reference.push(sentences),
+                Err(e) => {
+                    return cannot_run(
+                        output,
+                        &format!(
+                            "the baseline http://{addr} gave no summary of document {} of {}: {e}",
+                            i + 1,
+                            settings.documents.len()
+                        ),
+                    );
+                }
+            }
+        }
+        let answer = match ask(settings.candidate, doc) {
+            Ok((sentences, took)) => Answer::Summary { sentences, took },
+            Err(e) => Answer::Failed(e),
+        };
+        tracing::info!(document = i + 1, ?answer, "the candidate answered");
+        answers.push(answer);
+    }
+    if let Reference::Expected(expected) = &settings.reference {
+        reference = expected.clone();
+    }
+    let report = evaluate::judge(&settings, &answers, &reference);
+    tracing::info!(verdict = ?report.verdict, summary = %report.summary, "evaluated");
+    self::report(output, &evaluate::render(&report));
+    ExitCode::SUCCESS
+}
+
+/// `moderate`: the decision on the text at its stage.
+fn moderate_cmd(output: &str) -> ExitCode {
+    let stage = match env_var("SOMASTACK_MODERATION_STAGE") {
+        Some(v) => Stage::parse("SOMASTACK_MODERATION_STAGE", &v),
+        None => Err("SOMASTACK_MODERATION_STAGE (goal, input or output) is not set".into()),
+    };
+    let settings = moderate::Settings::from_env(env_var);
+    let (stage, settings) = match (stage, settings) {
+        (Ok(stage), Ok(settings)) => (stage, settings),
+        (Err(e), _) | (_, Err(e)) => return cannot_run(output, &e),
+    };
+    let text = env_var("SOMASTACK_MODERATION_TEXT").unwrap_or_default();
+    let answer = moderate::moderate(&settings, stage, &text);
+    tracing::info!(
+        subject = env("SOMASTACK_MODERATION_SUBJECT"),
+        stage = stage.as_str(),
+        decision = ?answer.decision,
+        reason = %answer.reason,
+        "moderated"
+    );
+    let text = serde_json::to_string(&answer).unwrap_or_else(|e| e.to_string());
+    report(output, &text);
+    ExitCode::SUCCESS
 }
 
 fn task(output: &str, sentences: usize, fail: Option<&str>) -> ExitCode {
@@ -221,6 +374,8 @@ fn review_cmd(output: &str) -> ExitCode {
 struct App {
     started: Instant,
     readiness: Readiness,
+    method: Method,
+    delay: Duration,
 }
 
 #[derive(Deserialize)]
@@ -237,7 +392,7 @@ struct SummarizeResponse {
     sentences: Vec<String>,
 }
 
-fn serve(listen: SocketAddr, readiness: Readiness) -> ExitCode {
+fn serve(listen: SocketAddr, readiness: Readiness, method: Method, delay: Duration) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -250,6 +405,8 @@ fn serve(listen: SocketAddr, readiness: Readiness) -> ExitCode {
         let app = Arc::new(App {
             started: Instant::now(),
             readiness,
+            method,
+            delay,
         });
         let router = Router::new()
             .route(
@@ -270,7 +427,7 @@ fn serve(listen: SocketAddr, readiness: Readiness) -> ExitCode {
         let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         // The first line on stdout says where (tests start it on port 0).
         println!("somastack-agent listening on {local}");
-        tracing::info!(%local, ?readiness, "serving");
+        tracing::info!(%local, ?readiness, ?method, ?delay, "serving");
         let shutdown = async {
             let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -300,8 +457,12 @@ async fn readyz(State(app): State<Arc<App>>) -> (StatusCode, &'static str) {
 }
 
 async fn summarize_handler(
+    State(app): State<Arc<App>>,
     Json(req): Json<SummarizeRequest>,
 ) -> Result<Json<SummarizeResponse>, (StatusCode, Json<serde_json::Value>)> {
+    if !app.delay.is_zero() {
+        tokio::time::sleep(app.delay).await;
+    }
     let max = req.max_sentences.unwrap_or(3);
     if max == 0 || max > MAX_SENTENCES {
         return Err((
@@ -315,7 +476,7 @@ async fn summarize_handler(
             Json(json!({ "error": "text is empty" })),
         ));
     }
-    let sentences = summarize(&req.text, max);
+    let sentences = app.method.summarize(&req.text, max);
     Ok(Json(SummarizeResponse {
         summary: sentences.join(" "),
         sentences,
@@ -341,6 +502,22 @@ mod tests {
         assert_eq!(
             role(env(&[("SOMASTACK_TASK", "t"), ("SOMASTACK_TASK_OUTPUT", "y")])),
             Role::Review
+        );
+        assert_eq!(
+            role(env(&[
+                ("SOMASTACK_MODERATION_STAGE", "goal"),
+                ("SOMASTACK_TASK", "t")
+            ])),
+            Role::Moderate
+        );
+        // The gate comes first, whatever else is set.
+        assert_eq!(
+            role(env(&[
+                ("SOMASTACK_GATE_CANDIDATE", "http://10.0.0.1:8080"),
+                ("SOMASTACK_MODERATION_STAGE", "goal"),
+                ("SOMASTACK_TASK_OUTPUT", "y"),
+            ])),
+            Role::Evaluate
         );
     }
 }
