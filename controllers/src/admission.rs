@@ -664,6 +664,7 @@ mod tests {
                 projects: Some(ProjectRules {
                     require_approval: false,
                     allowed_planner_urls: vec!["http://10.0.0.1/".into()],
+                    ..ProjectRules::default()
                 }),
                 ..Default::default()
             },

@@ -48,6 +48,18 @@ pub const ROUND_ANNOTATION: &str = "kamachiq.somastack.io/round";
 pub const RETRY_FAILED_ANNOTATION: &str = "kamachiq.somastack.io/retry-failed";
 /// Label shards projects between operators (`--project-selector`).
 pub const SHARD_LABEL: &str = "somastack.io/project-shard";
+/// Label on a moderation Job: the stage it moderates (`goal`, `input`, `output`).
+pub const STAGE_LABEL: &str = "kamachiq.somastack.io/stage";
+/// Annotation the operator writes on a finished moderation Job: `Allow` or `Refuse`.
+pub const DECISION_ANNOTATION: &str = "kamachiq.somastack.io/decision";
+/// Annotation on a moderation Job: the moderator it runs and where it comes from.
+pub const MODERATOR_ANNOTATION: &str = "kamachiq.somastack.io/moderator";
+/// Most entries of a moderator's `config`.
+pub const MAX_MODERATION_CONFIG: usize = 32;
+/// Most bytes of one `config` value.
+pub const MAX_MODERATION_CONFIG_VALUE: usize = 4096;
+/// Most moderators listed in status (`status.moderators`).
+pub const MAX_LISTED_MODERATORS: usize = 16;
 
 /// A goal decomposed into a DAG of tasks, each run as an agent Job, reviewed
 /// and aggregated, under budgets and approval gates.
@@ -115,6 +127,54 @@ pub struct KamachiqProjectSpec {
     /// taints), within `region`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<common::Placement>,
+    /// A moderator capsule that checks the goal before it is planned, every
+    /// task input before its Job starts and every output before it is
+    /// accepted (docs/kamachiq.md). PolicyBundles may require more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<Moderation>,
+}
+
+/// A moderator: a capsule run as a Job per text it checks, whose
+/// termination message (`{"decision":"Allow"|"Refuse","stage":...,"reason":...}`)
+/// decides; anything else (a failure, a timeout, an unreadable answer) refuses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Moderation {
+    /// The moderator capsule (published, usable and allowed like a task capsule).
+    pub capsule: CapsuleRef,
+    /// Settings given to the moderator as environment variables (at most 32,
+    /// values at most 4 KiB; names are environment variable names, never
+    /// `SOMASTACK_*`), e.g. `MODERATION_DENY`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(schema_with = "moderation_config")]
+    pub config: std::collections::BTreeMap<String, String>,
+    /// Seconds one moderation Job may run (default 120, 10 to 3600); one
+    /// that runs longer refuses.
+    #[serde(default = "default_moderation_timeout")]
+    #[schemars(range(min = 10, max = 3600))]
+    pub timeout_seconds: i32,
+}
+
+fn default_moderation_timeout() -> i32 {
+    120
+}
+
+fn moderation_config(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, size(k) <= 128 && k.matches('^[A-Za-z_][A-Za-z0-9_]*$'))",
+                "message": "moderation.config keys are environment variable names: letters, digits and '_', not starting with a digit, at most 128 characters",
+            },
+            {
+                "rule": "self.all(k, !k.startsWith('SOMASTACK_'))",
+                "message": "moderation.config keys may not start with SOMASTACK_: the operator sets those (SOMASTACK_MODERATION_STAGE, _SUBJECT, _TEXT)",
+            },
+        ],
+    })
 }
 
 fn default_parallelism() -> i32 {
@@ -292,6 +352,11 @@ pub struct KamachiqProjectStatus {
     /// The `kamachiq.somastack.io/retry-failed` value last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_token: Option<String>,
+    /// The moderators that check this project (`<package> <version>
+    /// (<PolicyBundle name | spec.moderation>)`), at most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub moderators: Vec<String>,
 }
 
 #[cfg(test)]

@@ -177,6 +177,11 @@ pub struct ProjectRules {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "planner_url_set")]
     pub allowed_planner_urls: Vec<String>,
+    /// A moderator every project of the governed namespaces runs, beside its
+    /// own `spec.moderation` (every moderator must allow). Only `Enforce`
+    /// bundles require it; an `Audit` bundle's moderator is not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<crate::kamachiq::Moderation>,
 }
 
 fn planner_url_set(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

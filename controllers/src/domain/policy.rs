@@ -606,6 +606,32 @@ pub fn planner_url_allowed(bundles: &[Bundle<'_>], url: &str) -> Result<Vec<Stri
         .collect())
 }
 
+/// The moderators the enforced bundles of `bundles` require for every
+/// project they govern (`projects.moderation`): sorted by bundle name, one
+/// per distinct moderator (package, version and config; the first bundle
+/// names it). `Audit` bundles require none: a moderator that only reports
+/// would still hold every text until it answered, so it is not run.
+pub fn required_moderation<'a>(
+    bundles: &[Bundle<'a>],
+) -> Vec<(&'a str, &'a somastack_crds::kamachiq::Moderation)> {
+    let mut required: Vec<(&'a str, &'a somastack_crds::kamachiq::Moderation)> = bundles
+        .iter()
+        .filter(|b| b.spec.enforcement == Enforcement::Enforce)
+        .filter_map(|b| Some((b.name, b.spec.projects.as_ref()?.moderation.as_ref()?)))
+        .collect();
+    required.sort_by_key(|(name, _)| *name);
+    let mut out: Vec<(&'a str, &'a somastack_crds::kamachiq::Moderation)> = Vec::new();
+    for (name, m) in required {
+        let same = |(_, o): &(&str, &somastack_crds::kamachiq::Moderation)| {
+            o.capsule == m.capsule && o.config == m.config
+        };
+        if !out.iter().any(same) {
+            out.push((name, m));
+        }
+    }
+    out
+}
+
 /// One rule of the effective policy of a namespace, and where it comes from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Provenance {
@@ -700,7 +726,7 @@ fn rows_of(eff: &Effective, mode: Enforcement) -> Vec<Provenance> {
 /// comes from: what the `Enforce` bundles combine to, then each rule the
 /// `Audit` bundles make stricter (reported only), then the engaged kill
 /// switches, which stop everything whatever their mode; then the project
-/// rules (plan approval, allowed planner URLs).
+/// rules (plan approval, required moderators, allowed planner URLs).
 pub fn explain(bundles: &[Bundle<'_>]) -> Vec<Provenance> {
     let enforced = Effective::combine(
         bundles
@@ -738,6 +764,14 @@ pub fn explain(bundles: &[Bundle<'_>]) -> Vec<Provenance> {
             value: "true".into(),
             mode: Enforcement::Enforce,
             bundles: plan_approval,
+        });
+    }
+    for (bundle, m) in required_moderation(bundles) {
+        out.push(Provenance {
+            rule: "projects/moderation".into(),
+            value: format!("{} {}", m.capsule.package, m.capsule.version),
+            mode: Enforcement::Enforce,
+            bundles: vec![bundle.to_string()],
         });
     }
     let mut planners: Vec<&Bundle<'_>> = bundles.iter().filter(|b| !planner_urls(b).is_empty()).collect();
@@ -840,6 +874,7 @@ mod tests {
             projects: Some(ProjectRules {
                 require_approval: true,
                 allowed_planner_urls: vec!["https://planner.example/".into()],
+                moderation: None,
             }),
             ..bundle_spec()
         };
@@ -1150,6 +1185,7 @@ mod tests {
             projects: Some(ProjectRules {
                 require_approval: false,
                 allowed_planner_urls: entries.iter().map(|e| e.to_string()).collect(),
+                moderation: None,
             }),
             enforcement,
             ..bundle_spec()
@@ -1176,6 +1212,63 @@ mod tests {
         assert!(warned[0].starts_with("audit: ") && warned[0].contains("PolicyBundle c"));
         // An Audit bundle alone allows nothing it does not list.
         assert!(planner_url_allowed(&[bundle("c", &audit)], url).is_err());
+    }
+
+    #[test]
+    fn moderation_is_required_by_enforced_bundles_sorted_and_deduplicated() {
+        use somastack_crds::common::CapsuleRef;
+        use somastack_crds::kamachiq::Moderation;
+        use somastack_crds::policy::ProjectRules;
+        let moderator = |package: &str, deny: &str| Moderation {
+            capsule: CapsuleRef {
+                package: package.into(),
+                version: "1.0.0".into(),
+            },
+            config: BTreeMap::from([("MODERATION_DENY".to_string(), deny.to_string())]),
+            timeout_seconds: 120,
+        };
+        let requiring = |m: Moderation, enforcement| PolicyBundleSpec {
+            projects: Some(ProjectRules {
+                moderation: Some(m),
+                ..ProjectRules::default()
+            }),
+            enforcement,
+            ..bundle_spec()
+        };
+        let (z, a, same, audit, none) = (
+            requiring(moderator("mod", "secret"), Enforcement::Enforce),
+            requiring(moderator("mod", "weapon"), Enforcement::Enforce),
+            requiring(moderator("mod", "secret"), Enforcement::Enforce),
+            requiring(moderator("other", "x"), Enforcement::Audit),
+            bundle_spec(),
+        );
+        let bundles = [
+            bundle("zeta", &z),
+            bundle("none", &none),
+            bundle("audit", &audit),
+            bundle("beta", &same),
+            bundle("alpha", &a),
+        ];
+        let required: Vec<(&str, &str)> = required_moderation(&bundles)
+            .into_iter()
+            .map(|(b, m)| (b, m.config["MODERATION_DENY"].as_str()))
+            .collect();
+        // Sorted by bundle; zeta's moderator is beta's (same package,
+        // version and config): run once, named by beta; the Audit bundle's is not run.
+        assert_eq!(required, vec![("alpha", "weapon"), ("beta", "secret")]);
+        let rows: Vec<(String, Vec<String>)> = explain(&bundles)
+            .into_iter()
+            .filter(|r| r.rule == "projects/moderation")
+            .map(|r| (r.value, r.bundles))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("mod 1.0.0".to_string(), vec!["alpha".to_string()]),
+                ("mod 1.0.0".to_string(), vec!["beta".to_string()]),
+            ]
+        );
+        assert!(required_moderation(&[bundle("none", &none)]).is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ use somastack_crds::common::CapsuleRef;
 use somastack_crds::kamachiq::{ProjectPhase, RETRY_FAILED_ANNOTATION, Task, TaskCounts};
 use somastack_crds::{Capsule, KamachiqProject, PolicyBundle};
 
+use super::moderation::Refusal;
 use super::plan::{self, Gates, Outcome};
 use super::{APPROVED, SUCCEEDED};
 use crate::conditions::{Desired, Health, Status};
@@ -275,16 +276,21 @@ pub fn approval(
     }
 }
 
-/// Checks every capsule the plan uses. `Err((reason, message))` when one
-/// is missing, unusable or blocked by enforced policy.
+/// Checks every capsule the plan uses, and `others` (the review and
+/// moderator capsules). `Err((reason, message))` when one is missing,
+/// unusable or blocked by enforced policy.
 pub fn check_capsules(
     tasks: &[Task],
-    review: Option<&CapsuleRef>,
+    others: &[&CapsuleRef],
     capsules: &[Arc<Capsule>],
     bundles: &[Arc<PolicyBundle>],
     region: Option<&str>,
 ) -> std::result::Result<(), (&'static str, String)> {
-    let mut refs: Vec<&CapsuleRef> = tasks.iter().map(|t| &t.capsule).chain(review).collect();
+    let mut refs: Vec<&CapsuleRef> = tasks
+        .iter()
+        .map(|t| &t.capsule)
+        .chain(others.iter().copied())
+        .collect();
     refs.sort_by(|a, b| (&a.package, &a.version).cmp(&(&b.package, &b.version)));
     refs.dedup();
     let region = region.unwrap_or(NO_REGION);
@@ -344,6 +350,8 @@ pub struct Observed<'a> {
     pub capsules: &'a [Arc<Capsule>],
     /// The PolicyBundles governing the project's namespace.
     pub bundles: &'a [Arc<PolicyBundle>],
+    /// The moderator capsules that apply (checked like task capsules).
+    pub moderators: &'a [&'a CapsuleRef],
     /// The first engaged kill switch: (PolicyBundle, reason).
     pub kill_switch: Option<(&'a str, &'a str)>,
     /// The Jobs cache shows every Job this operator created.
@@ -425,14 +433,9 @@ pub fn check(o: &Observed<'_>) -> GateDecision {
 /// of a plan whose capsule is missing, unusable or blocked by enforced policy.
 pub fn capsules_gate(o: &Observed<'_>) -> Option<(Report, EventIntent)> {
     let spec = &o.project.spec;
-    let (reason, message) = check_capsules(
-        o.tasks,
-        spec.review.as_ref(),
-        o.capsules,
-        o.bundles,
-        spec.region.as_deref(),
-    )
-    .err()?;
+    let others: Vec<&CapsuleRef> = spec.review.iter().chain(o.moderators.iter().copied()).collect();
+    let (reason, message) =
+        check_capsules(o.tasks, &others, o.capsules, o.bundles, spec.region.as_deref()).err()?;
     let event = EventIntent::warning(reason, "Spawn", message.clone());
     let report = Report::new(
         ProjectPhase::Pending,
@@ -500,6 +503,7 @@ pub fn outcome(p: &Progress<'_>, gated: &Gated) -> Reported {
             SETTLED_RESYNC,
         ),
         Outcome::Failed(failed) => failed_report(failed, p.counts, gated.gates.deadline_passed),
+        Outcome::Refused(refusal) => refused(refusal).0,
         Outcome::Running => {
             let requeue = running_requeue(p.caught_up, gated.deadline, p.now);
             match &gated.report {
@@ -526,7 +530,11 @@ pub fn outcome(p: &Progress<'_>, gated: &Gated) -> Reported {
         EventIntent {
             kind,
             reason: report.succeeded.reason,
-            action: "Finish",
+            action: if matches!(p.outcome, Outcome::Refused(_)) {
+                "Moderate"
+            } else {
+                "Finish"
+            },
             message: report.succeeded.message.clone(),
         }
     });
@@ -536,6 +544,28 @@ pub fn outcome(p: &Progress<'_>, gated: &Gated) -> Reported {
         ..report
     };
     (report, event)
+}
+
+/// A moderator refused (or could not moderate) a text: the project fails
+/// with the stage's reason, the moderator and its reason, and a Warning
+/// Event says the same.
+pub fn refused(refusal: &Refusal) -> Reported {
+    let message = refusal.message();
+    let reason = refusal.condition_reason();
+    let event = EventIntent::warning(reason, "Moderate", message.clone());
+    (Report::failed(reason, message), Some(event))
+}
+
+/// The goal waits for its moderators (`undecided` names them): nothing is
+/// planned or run until every one allowed it.
+pub fn moderating_goal(undecided: &str) -> Report {
+    Report::new(
+        ProjectPhase::Pending,
+        Status::Unknown,
+        "ModeratingGoal",
+        format!("waiting for moderator {undecided} to check the goal; nothing is planned or run before"),
+        RUNNING_RESYNC,
+    )
 }
 
 /// The report of a project whose tasks failed (or whose budget ran out),
@@ -638,6 +668,7 @@ mod tests {
                 suspend: false,
                 region: Some("eu-central-1".into()),
                 placement: None,
+                moderation: None,
             },
         );
         p.metadata.namespace = Some("tenant-acme".into());
@@ -715,6 +746,7 @@ mod tests {
                 plan_config_map: PLAN_CM,
                 capsules: &self.capsules,
                 bundles: &self.bundles,
+                moderators: &[],
                 kill_switch: self.kill_switch,
                 caught_up: self.caught_up,
                 start: self.start,
@@ -967,6 +999,7 @@ mod tests {
             parallelism: 4,
             review: false,
             gates: g.gates.clone(),
+            moderation: None,
         });
         assert_eq!(step.suspend, vec!["market-brief-a-1".to_string()]);
         assert!(step.spawn.is_empty());
@@ -1161,6 +1194,60 @@ mod tests {
         };
         let (report, _) = outcome(&progress(&Outcome::Running, &counts, &[]), &near);
         assert_eq!(report.requeue, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_refusal_fails_the_project_stalled_with_the_stage_and_the_moderators_reason() {
+        use crate::kinds::project::moderation::{Refusal, Stage};
+        let refusal = Refusal {
+            stage: Stage::Output,
+            subject: "a".into(),
+            attempt: Some(1),
+            moderator: "mod 1.0.0 (PolicyBundle strict)".into(),
+            reason: "output contains the denied term \"secret\"".into(),
+            failed: false,
+        };
+        let g = World::of(project()).gated();
+        let counts = TaskCounts {
+            total: 2,
+            failed: 1,
+            pending: 1,
+            ..TaskCounts::default()
+        };
+        let refused_outcome = Outcome::Refused(refusal.clone());
+        let (report, event) = outcome(&progress(&refused_outcome, &counts, &[]), &g);
+        assert_eq!(report.phase, ProjectPhase::Failed);
+        assert_eq!(report.succeeded.status, Status::False);
+        assert_eq!(report.succeeded.reason, "OutputRefused");
+        let message = "the output of task a (attempt 1) was refused by moderator mod 1.0.0 (PolicyBundle strict): output contains the denied term \"secret\"; the output is not in the results and no dependant received it; nothing new starts and running Jobs were stopped (task a)";
+        assert_eq!(report.succeeded.message, message);
+        assert_eq!(
+            event,
+            Some(EventIntent::warning("OutputRefused", "Moderate", message))
+        );
+        assert_eq!(report.readiness().1, Health::Stalled);
+        // Announced once.
+        let recorded = [condition("OutputRefused")];
+        assert_eq!(
+            outcome(&progress(&refused_outcome, &counts, &recorded), &g).1,
+            None
+        );
+        // The goal's report names the stage; a goal waiting says for whom.
+        let goal = Refusal {
+            stage: Stage::Goal,
+            subject: "market-brief".into(),
+            attempt: None,
+            ..refusal
+        };
+        let (report, event) = refused(&goal);
+        assert_eq!(report.succeeded.reason, "GoalRefused");
+        assert_eq!(event.map(|e| e.kind), Some(EventKind::Warning));
+        let waiting = moderating_goal("mod 1.0.0 (spec.moderation)");
+        assert_eq!(waiting.phase, ProjectPhase::Pending);
+        assert_eq!(
+            waiting.succeeded.message,
+            "waiting for moderator mod 1.0.0 (spec.moderation) to check the goal; nothing is planned or run before"
+        );
     }
 
     #[test]

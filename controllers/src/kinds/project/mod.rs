@@ -9,8 +9,12 @@
 //!    dependencies, cycles, `budget.maxTasks`); then approval, capsules and
 //!    policy, kill switch, suspend and budget decide what this step may do
 //!    ([`gates::decide`]).
+//!    With moderators ([`moderation`]: `spec.moderation` and those enforced
+//!    PolicyBundles require), the goal is moderated before anything else:
+//!    until every moderator allowed it, nothing is planned or run.
 //! 3. **Build** (pure, [`plan::step`], [`render`]): every task's state from
-//!    its Jobs, the Jobs to create, judge, stop or resume, and the outcome.
+//!    its Jobs, the Jobs to create, judge, stop or resume, the inputs and
+//!    outputs to moderate, and the outcome (a refusal stops everything).
 //! 4. **Apply**: the agents' ServiceAccount and NetworkPolicies, Jobs
 //!    (created, never updated: the name is deterministic, so a second create
 //!    is refused and a restart cannot duplicate one), verdicts written on
@@ -24,6 +28,7 @@ mod fixtures;
 pub mod gates;
 #[cfg(test)]
 mod golden;
+pub mod moderation;
 pub mod plan;
 pub mod planning;
 mod reconcile;
@@ -105,11 +110,11 @@ impl Expectations {
 pub struct CapsuleUses(Mutex<HashMap<String, HashSet<(String, String)>>>);
 
 impl CapsuleUses {
-    fn record(&self, uid: &str, tasks: &[Task], review: Option<&CapsuleRef>) {
+    fn record(&self, uid: &str, tasks: &[Task], others: &[&CapsuleRef]) {
         let used: HashSet<(String, String)> = tasks
             .iter()
             .map(|t| &t.capsule)
-            .chain(review)
+            .chain(others.iter().copied())
             .map(|r| (r.package.clone(), r.version.clone()))
             .collect();
         if let Ok(mut m) = self.0.lock() {
@@ -206,8 +211,9 @@ pub fn controller(
 }
 
 /// Whether a Capsule change can matter to a project: one that has not
-/// finished and names the capsule (its tasks, review, planner agent or
-/// planner capsule, or its planned tasks as last seen).
+/// finished and names the capsule (its tasks, review, moderator, planner
+/// agent or planner capsule, or its planned tasks and the moderators its
+/// bundles require as last seen).
 fn uses(p: &KamachiqProject, package: &str, version: &str, planned: &CapsuleUses) -> bool {
     let finished = p
         .status
@@ -220,6 +226,7 @@ fn uses(p: &KamachiqProject, package: &str, version: &str, planned: &CapsuleUses
     let is = |r: &CapsuleRef| r.package == package && r.version == version;
     p.spec.tasks.iter().any(|t| is(&t.capsule))
         || p.spec.review.as_ref().is_some_and(is)
+        || p.spec.moderation.as_ref().is_some_and(|m| is(&m.capsule))
         || p.spec
             .planner
             .as_ref()

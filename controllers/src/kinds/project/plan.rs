@@ -9,6 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+use super::moderation::{self, Gate, Refusal, Stage};
 use somastack_crds::kamachiq::{MAX_LISTED_TASKS, Task, TaskCounts, TaskPhase, TaskState};
 
 pub use somastack_crds::kamachiq::{
@@ -298,6 +300,9 @@ pub struct Input<'a> {
     pub parallelism: i32,
     pub review: bool,
     pub gates: Gates,
+    /// What the moderators decided about inputs and outputs; `None` when no
+    /// moderator applies (everything is allowed).
+    pub moderation: Option<&'a moderation::Gates>,
 }
 
 /// A Job to create.
@@ -305,6 +310,15 @@ pub struct Input<'a> {
 pub struct Spawn {
     pub task: String,
     pub role: Role,
+    pub attempt: u32,
+}
+
+/// A text to moderate before the pipeline goes on: the input of `task`
+/// before its first Job (`attempt` 0), or the output of `attempt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moderate {
+    pub stage: Stage,
+    pub task: String,
     pub attempt: u32,
 }
 
@@ -316,6 +330,9 @@ pub enum Judge {
     /// The attempt succeeded: read its output, then accept it (or, with a
     /// review capsule, record it for the review).
     ReadOutput { job: String },
+    /// The output kept on `job` was allowed by every moderator and there is
+    /// no review: accept it.
+    Accept { job: String },
     /// The review of `job` finished: accepted when it succeeded.
     Reviewed {
         job: String,
@@ -332,6 +349,9 @@ pub enum Outcome {
     Succeeded,
     /// The failed tasks with their messages (or the budget that ran out).
     Failed(Vec<(String, String)>),
+    /// A moderator refused an input or an output: nothing more starts or
+    /// is judged, and running Jobs are stopped.
+    Refused(Refusal),
 }
 
 /// The result of one step.
@@ -347,6 +367,8 @@ pub struct Step {
     pub suspend: Vec<String>,
     /// Suspended Jobs to resume.
     pub resume: Vec<String>,
+    /// Texts to moderate (their moderation Jobs are created where missing).
+    pub moderate: Vec<Moderate>,
     /// Where the project stands after this step.
     pub outcome: Outcome,
 }
@@ -378,6 +400,9 @@ pub fn step(input: &Input<'_>) -> Step {
     let mut retry_next: BTreeMap<&str, u32> = BTreeMap::new();
     let mut active_jobs = Vec::new();
     let mut suspended_jobs = Vec::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
+    let mut moderate_outputs = Vec::new();
+    let mut moderate = Vec::new();
 
     for task in input.tasks {
         let mut jobs: Vec<&JobView> = by_task.get(task.name.as_str()).cloned().unwrap_or_default();
@@ -396,12 +421,19 @@ pub fn step(input: &Input<'_>) -> Step {
             continue;
         }
         let Some(latest) = jobs.last() else {
-            states.push(state(TaskPhase::Pending, None, String::new()));
+            match input_gate(input, task) {
+                Gate::Refused(r) => {
+                    states.push(state(TaskPhase::Failed, None, r.message()));
+                    refusals.push(r);
+                }
+                _ => states.push(state(TaskPhase::Pending, None, String::new())),
+            }
             continue;
         };
         match &latest.verdict {
             None => {
                 let mut message = String::new();
+                let mut refused = None;
                 match &latest.state {
                     JobState::Active => active_jobs.push(latest.name.clone()),
                     JobState::Suspended => {
@@ -415,40 +447,60 @@ pub fn step(input: &Input<'_>) -> Step {
                     JobState::Succeeded if !latest.has_output => judge.push(Judge::ReadOutput {
                         job: latest.name.clone(),
                     }),
-                    JobState::Succeeded => match reviews.get(&(task.name.as_str(), latest.attempt)) {
-                        None => {
-                            message = "awaiting review".into();
-                            spawn_reviews.push(Spawn {
+                    JobState::Succeeded => match output_gate(input, task, latest.attempt) {
+                        Gate::Refused(r) => refused = Some(r),
+                        Gate::Pending => {
+                            message = "awaiting moderation of its output".into();
+                            moderate_outputs.push(Moderate {
+                                stage: Stage::Output,
                                 task: task.name.clone(),
-                                role: Role::Review,
                                 attempt: latest.attempt,
                             });
                         }
-                        Some(r) => match &r.state {
-                            JobState::Active => {
-                                message = "under review".into();
-                                active_jobs.push(r.name.clone());
+                        Gate::Allowed if !input.review => judge.push(Judge::Accept {
+                            job: latest.name.clone(),
+                        }),
+                        Gate::Allowed => match reviews.get(&(task.name.as_str(), latest.attempt)) {
+                            None => {
+                                message = "awaiting review".into();
+                                spawn_reviews.push(Spawn {
+                                    task: task.name.clone(),
+                                    role: Role::Review,
+                                    attempt: latest.attempt,
+                                });
                             }
-                            JobState::Suspended => {
-                                message = "review suspended".into();
-                                suspended_jobs.push(r.name.clone());
-                            }
-                            JobState::Succeeded => judge.push(Judge::Reviewed {
-                                job: latest.name.clone(),
-                                review: r.name.clone(),
-                                accepted: true,
-                                reason: String::new(),
-                            }),
-                            JobState::Failed(reason) => judge.push(Judge::Reviewed {
-                                job: latest.name.clone(),
-                                review: r.name.clone(),
-                                accepted: false,
-                                reason: reason.clone(),
-                            }),
+                            Some(r) => match &r.state {
+                                JobState::Active => {
+                                    message = "under review".into();
+                                    active_jobs.push(r.name.clone());
+                                }
+                                JobState::Suspended => {
+                                    message = "review suspended".into();
+                                    suspended_jobs.push(r.name.clone());
+                                }
+                                JobState::Succeeded => judge.push(Judge::Reviewed {
+                                    job: latest.name.clone(),
+                                    review: r.name.clone(),
+                                    accepted: true,
+                                    reason: String::new(),
+                                }),
+                                JobState::Failed(reason) => judge.push(Judge::Reviewed {
+                                    job: latest.name.clone(),
+                                    review: r.name.clone(),
+                                    accepted: false,
+                                    reason: reason.clone(),
+                                }),
+                            },
                         },
                     },
                 }
-                states.push(state(TaskPhase::Running, Some(&latest.name), message));
+                match refused {
+                    Some(r) => {
+                        states.push(state(TaskPhase::Failed, Some(&latest.name), r.message()));
+                        refusals.push(r);
+                    }
+                    None => states.push(state(TaskPhase::Running, Some(&latest.name), message)),
+                }
             }
             Some(verdict) => {
                 let in_round = jobs.iter().filter(|j| j.round == input.round).count() as i32;
@@ -486,7 +538,9 @@ pub fn step(input: &Input<'_>) -> Step {
 
     let mut spawn = Vec::new();
     if input.gates.spawn && !input.gates.stop && !input.gates.deadline_passed {
-        // Reviews first: they finish tasks that already hold a slot.
+        // Moderation of outputs and reviews first: they finish tasks that
+        // already hold a slot.
+        moderate.extend(moderate_outputs);
         spawn.extend(spawn_reviews);
         if !any_failed {
             let mut free = input.parallelism.max(1) - running;
@@ -504,14 +558,45 @@ pub fn step(input: &Input<'_>) -> Step {
                 if !ready {
                     continue;
                 }
+                free -= 1;
+                match input_gate(input, task) {
+                    Gate::Allowed => {}
+                    Gate::Pending => {
+                        // Its slot waits for the moderators' decision.
+                        moderate.push(Moderate {
+                            stage: Stage::Input,
+                            task: task.name.clone(),
+                            attempt: 0,
+                        });
+                        continue;
+                    }
+                    // (A retried task whose input changed since.)
+                    Gate::Refused(r) => {
+                        refusals.push(r);
+                        continue;
+                    }
+                }
                 spawn.push(Spawn {
                     task: task.name.clone(),
                     role: Role::Task,
                     attempt: retry_next.get(task.name.as_str()).copied().unwrap_or(1),
                 });
-                free -= 1;
             }
         }
+    }
+
+    if let Some(refusal) = refusals.into_iter().next() {
+        // Nothing after a refusal: no Job, no moderation, no verdict (so no
+        // output is accepted), and what runs is stopped.
+        return Step {
+            tasks: states,
+            spawn: Vec::new(),
+            judge: Vec::new(),
+            suspend: active_jobs,
+            resume: Vec::new(),
+            moderate: Vec::new(),
+            outcome: Outcome::Refused(refusal),
+        };
     }
 
     let (suspend, resume) = if input.gates.stop || input.gates.deadline_passed {
@@ -552,8 +637,26 @@ pub fn step(input: &Input<'_>) -> Step {
         judge,
         suspend,
         resume,
+        moderate,
         outcome,
     }
+}
+
+/// What the moderators decided about `task`'s input (allowed without moderation).
+fn input_gate(input: &Input<'_>, task: &Task) -> Gate {
+    input.moderation.map_or(Gate::Allowed, |m| {
+        m.input.get(&task.name).cloned().unwrap_or(Gate::Pending)
+    })
+}
+
+/// What the moderators decided about the output of `task`'s `attempt`.
+fn output_gate(input: &Input<'_>, task: &Task, attempt: u32) -> Gate {
+    input.moderation.map_or(Gate::Allowed, |m| {
+        m.output
+            .get(&(task.name.clone(), attempt))
+            .cloned()
+            .unwrap_or(Gate::Pending)
+    })
 }
 
 /// Counts by phase.

@@ -19,18 +19,20 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::common::CapsuleRef;
 use somastack_crds::kamachiq::{
-    ATTEMPT_LABEL, DEFAULT_MAX_TASKS, OUTPUT_ANNOTATION, PROJECT_UID_LABEL, Planner, ProjectPhase,
-    REASON_ANNOTATION, RETRY_FAILED_ANNOTATION, ROLE_LABEL, ROUND_ANNOTATION, TASK_LABEL, Task,
+    ATTEMPT_LABEL, DECISION_ANNOTATION, DEFAULT_MAX_TASKS, OUTPUT_ANNOTATION, PROJECT_UID_LABEL, Planner,
+    ProjectPhase, REASON_ANNOTATION, RETRY_FAILED_ANNOTATION, ROLE_LABEL, ROUND_ANNOTATION, TASK_LABEL, Task,
     VERDICT_ANNOTATION,
 };
 use somastack_crds::planner::{PLANNER_API_VERSION, PlanRequest, ProjectRef};
 use somastack_crds::{Capsule, KamachiqProject, KamachiqProjectStatus, PolicyBundle};
 
 use super::gates::{
-    self, EventIntent, GateDecision, Gated, Observed, Progress, Recorded, Report, SETTLED_RESYNC,
+    self, EventIntent, GateDecision, Gated, Observed, Progress, RUNNING_RESYNC, Recorded, Report,
+    SETTLED_RESYNC,
 };
+use super::moderation::{self, Decision, Gate, Moderator, Records, Stage, Subject};
 use super::plan::{self, JobView, Judge, Role, Step, TaskVerdict};
-use super::render::{self, JobInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project, REFUSED_KEY};
+use super::render::{self, JobInput, ModerationInput, PLAN_INPUT_ANNOTATION, PLAN_KEY, Project, REFUSED_KEY};
 use super::{
     MAX_OUTPUT, PLANNER_RETRY, ProjectContext, job_view, planner_input, planning, service_url, summary,
     truncate_bytes,
@@ -131,6 +133,8 @@ struct ProjectReconcile<'a> {
     status: KamachiqProjectStatus,
     /// The PolicyBundles governing the namespace.
     bundles: Vec<Arc<PolicyBundle>>,
+    /// The moderators that apply (the bundles' required ones, then the project's).
+    moderators: Vec<Moderator>,
 }
 
 /// The project's Jobs, as the cache shows them.
@@ -146,6 +150,7 @@ impl<'a> ProjectReconcile<'a> {
     fn new(obj: &'a KamachiqProject, ctx: &'a ProjectContext, project: Project<'a>) -> Self {
         ProjectReconcile {
             bundles: ctx.governing_bundles(project.namespace),
+            moderators: Vec::new(),
             status: obj.status.clone().unwrap_or_default(),
             obj,
             ctx,
@@ -156,12 +161,29 @@ impl<'a> ProjectReconcile<'a> {
     /// One step: dereference, decide, build, apply, report.
     async fn step(&mut self) -> Result<Report> {
         let round = self.retry_round().await;
+        let own = self.own_jobs(&round);
+        let names = self.bundle_names();
+        let views = policy::views(&self.bundles, &names);
+        let effective = Effective::combine(views.iter().copied());
+        self.moderators = moderation::effective(self.obj.spec.moderation.as_ref(), &views);
+        self.status.moderators = moderation::listed(&self.moderators);
+        let records = self.judge_moderation(&own).await?;
+        if let Some(report) = self.moderate_goal(&records, &own, &effective).await? {
+            return Ok(report);
+        }
         let (tasks, digest) = match self.plan().await? {
             Ok(plan) => plan,
             Err(report) => return Ok(report),
         };
-        let own = self.own_jobs(&round);
-        let effective = Effective::combine(policy::views(&self.bundles, &self.bundle_names()));
+        let moderated = (!self.moderators.is_empty()).then(|| {
+            moderation::gates(
+                self.project.name,
+                &tasks,
+                &kept_outputs(&own.jobs),
+                &self.moderators,
+                &records,
+            )
+        });
         let now = jiff::Timestamp::now();
         let gated = match self.gate(&tasks, &digest, &own, &effective, now) {
             GateDecision::Rejected(report) => return Ok(report),
@@ -177,8 +199,11 @@ impl<'a> ProjectReconcile<'a> {
             parallelism: self.obj.spec.parallelism,
             review: self.obj.spec.review.is_some(),
             gates: gated.gates.clone(),
+            moderation: moderated.as_ref(),
         });
         self.apply(&step, &tasks, &own.jobs, &round, &effective).await?;
+        self.moderate(&step.moderate, &tasks, &own.jobs, &records, &effective)
+            .await?;
         self.report(&step, &tasks, &own, &gated, now).await
     }
 
@@ -236,9 +261,12 @@ impl<'a> ProjectReconcile<'a> {
             Err(report) => return Ok(Err(report)),
         };
         let spec = &self.obj.spec;
-        self.ctx
-            .project_uses
-            .record(self.project.uid, &tasks, spec.review.as_ref());
+        let others: Vec<&CapsuleRef> = spec
+            .review
+            .iter()
+            .chain(self.moderators.iter().map(|m| &m.capsule))
+            .collect();
+        self.ctx.project_uses.record(self.project.uid, &tasks, &others);
         if let Err(problems) = plan::validate(&tasks, self.max_tasks()) {
             self.status.plan_digest = None;
             let (report, event) = gates::invalid_plan(&problems, &self.recorded());
@@ -487,10 +515,10 @@ impl<'a> ProjectReconcile<'a> {
             // must not lose that (the duration budget counts from it).
             self.status.start_time = run_start(&jobs, round);
         }
-        let caught_up = self
-            .ctx
-            .expectations
-            .satisfied(uid, |name| views.iter().any(|v| v.name == name));
+        // Every Job created counts, moderation Jobs included.
+        let caught_up = self.ctx.expectations.satisfied(uid, |name| {
+            jobs.iter().any(|j| j.metadata.name.as_deref() == Some(name))
+        });
         OwnJobs {
             jobs,
             views,
@@ -509,6 +537,7 @@ impl<'a> ProjectReconcile<'a> {
     ) -> GateDecision {
         let capsules = self.ctx.caches.capsules.state();
         let plan_config_map = self.project.plan_config_map_name();
+        let moderators: Vec<&CapsuleRef> = self.moderators.iter().map(|m| &m.capsule).collect();
         gates::check(&Observed {
             project: self.obj,
             tasks,
@@ -516,6 +545,7 @@ impl<'a> ProjectReconcile<'a> {
             plan_config_map: &plan_config_map,
             capsules: &capsules,
             bundles: &self.bundles,
+            moderators: &moderators,
             kill_switch: effective
                 .kill_switch
                 .iter()
@@ -580,7 +610,9 @@ impl<'a> ProjectReconcile<'a> {
         self.status.tasks = plan::listed(&step.tasks);
         match step.outcome {
             plan::Outcome::Running => self.status.completion_time = None,
-            plan::Outcome::Succeeded | plan::Outcome::Failed(_) => self.finish(tasks, &own.jobs).await?,
+            plan::Outcome::Succeeded | plan::Outcome::Failed(_) | plan::Outcome::Refused(_) => {
+                self.finish(tasks, &own.jobs).await?
+            }
         }
         let results = self.project.results_config_map_name(0);
         let progress = Progress {
@@ -640,8 +672,9 @@ impl<'a> ProjectReconcile<'a> {
                 if output.trim().is_empty() {
                     let why = "the agent wrote no output (termination message empty)";
                     (job.as_str(), TaskVerdict::Rejected(why.into()), None)
-                } else if self.obj.spec.review.is_some() {
-                    // Kept for the review Job; the verdict comes from it.
+                } else if self.obj.spec.review.is_some() || !self.moderators.is_empty() {
+                    // Kept for the moderators and the review Job; the
+                    // verdict comes from them.
                     let patch = json!({ "metadata": { "annotations": { OUTPUT_ANNOTATION: truncate_bytes(&output, MAX_OUTPUT) } } });
                     api.patch(job, &PatchParams::default(), &Patch::Merge(&patch))
                         .await?;
@@ -650,7 +683,8 @@ impl<'a> ProjectReconcile<'a> {
                     (job.as_str(), TaskVerdict::Accepted, Some(output))
                 }
             }
-            Judge::Reviewed {
+            Judge::Accept { job }
+            | Judge::Reviewed {
                 job, accepted: true, ..
             } => (job.as_str(), TaskVerdict::Accepted, None),
             Judge::Reviewed {
@@ -694,6 +728,201 @@ impl<'a> ProjectReconcile<'a> {
         Ok(finished.pop().map(|(_, m)| m).filter(|m| !m.trim().is_empty()))
     }
 
+    /// The ServiceAccount and NetworkPolicies every agent, reviewer and
+    /// moderator Job runs under.
+    async fn agents_objects(&self) -> Result<()> {
+        let (client, namespace) = (&self.ctx.client, self.project.namespace);
+        apply_object(client, namespace, &self.project.service_account()).await?;
+        for np in self.project.network_policies() {
+            apply_object(client, namespace, &np).await?;
+        }
+        Ok(())
+    }
+
+    /// Judges the moderation Jobs that ended without a decision (reading
+    /// their pods' termination messages) and writes each decision on its
+    /// Job, once; the project's moderation records, with those decisions.
+    async fn judge_moderation(&self, own: &OwnJobs) -> Result<Records> {
+        let mut records: Records = own.jobs.iter().filter_map(|j| moderation::record(j)).collect();
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), self.project.namespace);
+        let mut decided: Vec<(String, Decision)> = Vec::new();
+        for (name, stage, state) in moderation::to_judge(&records) {
+            let message = self.pod_message(name).await?;
+            let Some(decision) = moderation::judge(stage, state, message.as_deref()) else {
+                continue;
+            };
+            let patch = json!({ "metadata": { "annotations": {
+                DECISION_ANNOTATION: decision.as_str(), REASON_ANNOTATION: decision.reason() } } });
+            let patched = api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .ok_if_not_found()?;
+            if patched.is_some() {
+                tracing::info!(job = %name, stage = stage.as_str(), decision = decision.as_str(), reason = decision.reason(), "moderation judged");
+                decided.push((name.to_string(), decision));
+            }
+        }
+        for (name, decision) in decided {
+            if let Some(r) = records.get_mut(&name) {
+                r.decision = Some(decision);
+            }
+        }
+        Ok(records)
+    }
+
+    /// The goal's moderation, before anything is planned or run: `None`
+    /// once every moderator allowed it (or none applies); else the report
+    /// of a refusal, or of a goal waiting for its moderators (whose Jobs
+    /// are created here, when their capsules are usable and nothing holds
+    /// the project).
+    async fn moderate_goal(
+        &self,
+        records: &Records,
+        own: &OwnJobs,
+        effective: &Effective,
+    ) -> Result<Option<Report>> {
+        let subject = moderation::goal_subject(self.project.name, &self.obj.spec.goal);
+        match moderation::gate(self.project.name, &subject, &self.moderators, records) {
+            Gate::Allowed => Ok(None),
+            Gate::Refused(refusal) => {
+                let (report, event) = gates::refused(&refusal);
+                self.publish(event.and_then(|e| e.once(&self.recorded()))).await;
+                Ok(Some(report))
+            }
+            Gate::Pending => {
+                if let Some(report) = self.moderation_held(effective).await {
+                    return Ok(Some(report));
+                }
+                if own.caught_up {
+                    self.create_moderation(&[subject], records, effective).await?;
+                }
+                let undecided = moderation::undecided(self.project.name, &subject, &self.moderators, records);
+                Ok(Some(gates::moderating_goal(&undecided)))
+            }
+        }
+    }
+
+    /// What keeps the goal's moderation Jobs from being created: a
+    /// moderator capsule missing, unusable or blocked by policy (checked as
+    /// task capsules are), an engaged kill switch, `spec.suspend`.
+    async fn moderation_held(&self, effective: &Effective) -> Option<Report> {
+        let capsules = self.ctx.caches.capsules.state();
+        let refs: Vec<&CapsuleRef> = self.moderators.iter().map(|m| &m.capsule).collect();
+        let region = self.obj.spec.region.as_deref();
+        if let Err((reason, message)) = gates::check_capsules(&[], &refs, &capsules, &self.bundles, region) {
+            let event = EventIntent::warning(reason, "Moderate", message.clone());
+            self.publish(event.once(&self.recorded())).await;
+            let report = Report::new(
+                ProjectPhase::Pending,
+                Status::Unknown,
+                reason,
+                message,
+                RUNNING_RESYNC,
+            );
+            return Some(report);
+        }
+        let kill_switch = effective
+            .kill_switch
+            .iter()
+            .next()
+            .map(|(bundle, why)| (bundle.as_str(), why.as_str()));
+        let (report, event) = gates::halt_gate(kill_switch, self.obj.spec.suspend)?;
+        self.publish(event.and_then(|e| e.once(&self.recorded()))).await;
+        Some(report)
+    }
+
+    /// Creates the moderation Jobs the step asked for (inputs before their
+    /// first Job, outputs before review or acceptance) where missing.
+    async fn moderate(
+        &self,
+        asked: &[plan::Moderate],
+        tasks: &[Task],
+        jobs: &[Arc<Job>],
+        records: &Records,
+        effective: &Effective,
+    ) -> Result<()> {
+        if asked.is_empty() || self.moderators.is_empty() {
+            return Ok(());
+        }
+        let mut subjects: Vec<Subject<'_>> = Vec::new();
+        for m in asked {
+            let Some(task) = tasks.iter().find(|t| t.name == m.task) else {
+                continue;
+            };
+            match m.stage {
+                Stage::Goal => {}
+                Stage::Input => subjects.push(moderation::input_subject(task)),
+                Stage::Output => {
+                    let name = self.project.job_name(&task.name, m.attempt, Role::Task);
+                    let output = jobs
+                        .iter()
+                        .find(|j| j.metadata.name.as_deref() == Some(name.as_str()))
+                        .and_then(|j| j.annotations().get(OUTPUT_ANNOTATION));
+                    if let Some(text) = output {
+                        subjects.push(moderation::output_subject(&task.name, m.attempt, text));
+                    }
+                }
+            }
+        }
+        self.create_moderation(&subjects, records, effective).await
+    }
+
+    /// Creates the missing moderation Jobs of `subjects` (create-only: the
+    /// name is deterministic, a second create is refused).
+    async fn create_moderation(
+        &self,
+        subjects: &[Subject<'_>],
+        records: &Records,
+        effective: &Effective,
+    ) -> Result<()> {
+        let wanted: Vec<(&Subject<'_>, String, &Moderator)> = subjects
+            .iter()
+            .flat_map(|s| {
+                moderation::missing(self.project.name, s, &self.moderators, records)
+                    .into_iter()
+                    .map(move |(name, m)| (s, name, m))
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        self.agents_objects().await?;
+        let capsules = self.ctx.caches.capsules.state();
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), self.project.namespace);
+        let creates: Vec<_> = wanted
+            .into_iter()
+            .filter_map(|(subject, name, moderator)| {
+                let capsule = capsules::find(&capsules, &moderator.capsule)?;
+                let job = render::moderation_job(
+                    &self.project,
+                    &ModerationInput {
+                        subject,
+                        moderator,
+                        capsule: &capsule.spec,
+                        max_cpu: effective.max_cpu.as_ref().map(|c| c.value.written.as_str()),
+                        max_memory: effective.max_memory.as_ref().map(|c| c.value.written.as_str()),
+                    },
+                );
+                Some((name, subject.stage, job))
+            })
+            .map(|(name, stage, job)| {
+                let api = &api;
+                async move {
+                    match api.create(&PostParams::default(), &job).await.ok_if_conflict() {
+                        Ok(Some(_)) => {
+                            tracing::info!(job = %name, stage = stage.as_str(), "moderation job created")
+                        }
+                        Ok(None) => tracing::debug!(job = %name, "moderation job already exists"),
+                        Err(e) => return Err(Error::refusing(e, "Job", &name)),
+                    }
+                    self.ctx.expectations.expect(self.project.uid, &name);
+                    Ok(())
+                }
+            })
+            .collect();
+        together(creates).await
+    }
+
     /// Creates the Jobs of `spawns` (and, first, what they run under).
     async fn spawn(
         &self,
@@ -704,10 +933,7 @@ impl<'a> ProjectReconcile<'a> {
         effective: &Effective,
     ) -> Result<()> {
         let (client, namespace) = (&self.ctx.client, self.project.namespace);
-        apply_object(client, namespace, &self.project.service_account()).await?;
-        for np in self.project.network_policies() {
-            apply_object(client, namespace, &np).await?;
-        }
+        self.agents_objects().await?;
         let capsules = self.ctx.caches.capsules.state();
         let accepted = accepted_attempts(own_jobs);
         let api: Api<Job> = Api::namespaced(client.clone(), namespace);
@@ -851,6 +1077,22 @@ pub(super) fn accepted_attempts(jobs: &[Arc<Job>]) -> Vec<plan::Accepted<'_>> {
                     .map(String::as_str)
                     .unwrap_or(""),
             })
+        })
+        .collect()
+}
+
+/// The outputs kept on task Jobs that have no verdict yet (awaiting their
+/// moderators or review): `(task, attempt, output)`.
+pub(super) fn kept_outputs(jobs: &[Arc<Job>]) -> Vec<moderation::KeptOutput<'_>> {
+    jobs.iter()
+        .filter(|j| j.labels().get(ROLE_LABEL).map(String::as_str) == Some("task"))
+        .filter(|j| !j.annotations().contains_key(VERDICT_ANNOTATION))
+        .filter_map(|j| {
+            Some((
+                j.labels().get(TASK_LABEL)?.as_str(),
+                j.labels().get(ATTEMPT_LABEL)?.parse().ok()?,
+                j.annotations().get(OUTPUT_ANNOTATION)?.as_str(),
+            ))
         })
         .collect()
 }

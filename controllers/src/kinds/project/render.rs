@@ -15,9 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use serde_json::json;
 use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::kamachiq::{
-    ATTEMPT_LABEL, PROJECT_LABEL, PROJECT_UID_LABEL, ROLE_LABEL, ROUND_ANNOTATION, TASK_LABEL, Task,
+    ATTEMPT_LABEL, PROJECT_LABEL, PROJECT_UID_LABEL, ROLE_LABEL, ROUND_ANNOTATION, STAGE_LABEL, TASK_LABEL,
+    Task,
 };
 
+use super::moderation::{self, Moderator, Stage, Subject};
 use super::plan::Role;
 use crate::MANAGED_BY;
 use crate::domain::pods::{
@@ -289,15 +291,30 @@ pub fn job(project: &Project<'_>, input: &JobInput<'_>) -> Job {
 /// The pod of a task or review Job: the agent container, restricted, on
 /// the project's placement and region.
 fn pod_spec(project: &Project<'_>, input: &JobInput<'_>) -> PodSpec {
+    agent_pod(
+        project,
+        input.capsule,
+        env(project, input),
+        input.max_cpu,
+        input.max_memory,
+    )
+}
+
+/// The pod of a task, review or moderation Job: one container `agent`
+/// running `capsule`'s image with `env`, restricted, on the project's
+/// placement and region, as the agents' ServiceAccount.
+fn agent_pod(
+    project: &Project<'_>,
+    capsule: &CapsuleSpec,
+    env: Vec<EnvVar>,
+    max_cpu: Option<&str>,
+    max_memory: Option<&str>,
+) -> PodSpec {
     let agent = Container {
         name: "agent".into(),
-        image: Some(input.capsule.image.clone()),
-        env: Some(env(project, input)),
-        resources: Some(container_resources(
-            input.capsule,
-            input.max_cpu,
-            input.max_memory,
-        )),
+        image: Some(capsule.image.clone()),
+        env: Some(env),
+        resources: Some(container_resources(capsule, max_cpu, max_memory)),
         // The agent writes its result to /dev/termination-log; if it
         // crashes without writing one, the end of its log is used.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -362,4 +379,81 @@ fn env(project: &Project<'_>, input: &JobInput<'_>) -> Vec<EnvVar> {
         env.push(var(ENV_DEPENDENCIES, &json!(input.dependencies).to_string()));
     }
     env
+}
+
+/// Environment variables of a moderation Job (the contract in
+/// docs/kamachiq.md and docs/moderation.schema.json).
+pub const ENV_MODERATION_STAGE: &str = "SOMASTACK_MODERATION_STAGE";
+pub const ENV_MODERATION_SUBJECT: &str = "SOMASTACK_MODERATION_SUBJECT";
+pub const ENV_MODERATION_TEXT: &str = "SOMASTACK_MODERATION_TEXT";
+
+/// What one moderation Job runs.
+#[derive(Clone, Debug)]
+pub struct ModerationInput<'a> {
+    pub subject: &'a Subject<'a>,
+    pub moderator: &'a Moderator,
+    pub capsule: &'a CapsuleSpec,
+    pub max_cpu: Option<&'a str>,
+    pub max_memory: Option<&'a str>,
+}
+
+/// The Job of one moderator checking one text: named from the digest of
+/// both ([`moderation::job_name`]), so it is created once; like a review
+/// Job it runs the capsule's image without API rights, under the agents'
+/// NetworkPolicies, on the project's region and placement, and never
+/// restarts (`backoffLimit: 0`); `activeDeadlineSeconds` is the moderator's
+/// `timeoutSeconds`. Its environment: the capsule's, then the moderator's
+/// `config`, then the stage, subject and text (set last, so they win).
+pub fn moderation_job(project: &Project<'_>, input: &ModerationInput<'_>) -> Job {
+    let subject = input.subject;
+    let name = moderation::job_name(project.name, subject, input.moderator);
+    let mut labels = project.labels();
+    labels.insert(ROLE_LABEL.into(), moderation::ROLE.into());
+    labels.insert(STAGE_LABEL.into(), subject.stage.as_str().into());
+    if subject.stage != Stage::Goal {
+        labels.insert(TASK_LABEL.into(), subject.name.into());
+    }
+    let mut pod_labels = labels.clone();
+    if input.capsule.capabilities.iter().any(|c| c == EGRESS_CAPABILITY) {
+        pod_labels.insert(EGRESS_LABEL.into(), "true".into());
+    }
+    let var = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    };
+    let mut env: Vec<EnvVar> = input.capsule.env.iter().map(|e| var(&e.name, &e.value)).collect();
+    env.extend(input.moderator.config.iter().map(|(k, v)| var(k, v)));
+    env.push(var(ENV_PROJECT, project.name));
+    env.push(var(ENV_MODERATION_STAGE, subject.stage.as_str()));
+    env.push(var(ENV_MODERATION_SUBJECT, subject.name));
+    env.push(var(ENV_MODERATION_TEXT, subject.text));
+    let annotations = moderation::created_annotations(input.moderator);
+    let annotations: Vec<(&str, &str)> = annotations.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Job {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..project.annotated(&name, &annotations)
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: Some(i64::from(input.moderator.timeout_seconds)),
+            suspend: Some(false),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(agent_pod(
+                    project,
+                    input.capsule,
+                    env,
+                    input.max_cpu,
+                    input.max_memory,
+                )),
+            },
+            ..JobSpec::default()
+        }),
+        ..Job::default()
+    }
 }

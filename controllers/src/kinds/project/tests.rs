@@ -50,6 +50,7 @@ fn step(tasks: &[Task], jobs: &[JobView], parallelism: i32, gates: Gates) -> pla
         parallelism,
         review: false,
         gates,
+        moderation: None,
     })
 }
 
@@ -237,6 +238,7 @@ fn a_new_retry_round_reruns_only_the_failed_tasks() {
         parallelism: 4,
         review: false,
         gates: open(),
+        moderation: None,
     });
     assert_eq!(spawned(&s), vec![("b", 3)], "a is not run again; c waits for b");
     assert_eq!(s.outcome, Outcome::Running);
@@ -291,6 +293,7 @@ fn with_a_review_capsule_the_review_decides() {
             parallelism: 1,
             review: true,
             gates: open(),
+            moderation: None,
         })
     };
     let s = input(std::slice::from_ref(&done));
@@ -502,10 +505,10 @@ fn capsules_are_checked_against_residency_and_existence() {
     let capsules = capsules();
     let bundles = vec![eu_only()];
     assert_eq!(
-        check_capsules(&tasks, None, &capsules, &bundles, Some("eu-central-1")),
+        check_capsules(&tasks, &[], &capsules, &bundles, Some("eu-central-1")),
         Ok(())
     );
-    let (reason, message) = check_capsules(&tasks, None, &capsules, &bundles, Some("us-east-1"))
+    let (reason, message) = check_capsules(&tasks, &[], &capsules, &bundles, Some("us-east-1"))
         .err()
         .unwrap_or_default();
     assert_eq!(reason, "PolicyBlocked");
@@ -513,11 +516,11 @@ fn capsules_are_checked_against_residency_and_existence() {
         message.contains("confidential data may not be processed in region us-east-1"),
         "{message}"
     );
-    let (_, message) = check_capsules(&tasks, None, &capsules, &bundles, None)
+    let (_, message) = check_capsules(&tasks, &[], &capsules, &bundles, None)
         .err()
         .unwrap_or_default();
     assert!(message.contains("spec.region is not set"), "{message}");
-    let (reason, _) = check_capsules(&tasks, None, &[], &bundles, None)
+    let (reason, _) = check_capsules(&tasks, &[], &[], &bundles, None)
         .err()
         .unwrap_or_default();
     assert_eq!(reason, "CapsuleNotFound");
@@ -657,4 +660,274 @@ fn a_run_starts_with_the_first_job_of_its_round() {
     assert_eq!(start(""), Some(10));
     assert_eq!(start("r1"), Some(20));
     assert_eq!(start("r2"), None);
+}
+
+mod moderated {
+    //! The step with moderators: inputs before their first Job, outputs
+    //! before review or acceptance, and a refusal stops everything.
+
+    use super::*;
+    use crate::kinds::project::moderation::{self, Gate, Refusal, Stage};
+    use somastack_crds::kamachiq::TaskPhase;
+
+    fn refusal(stage: Stage, task: &str, attempt: Option<u32>) -> Refusal {
+        Refusal {
+            stage,
+            subject: task.into(),
+            attempt,
+            moderator: "mod 1.0.0 (spec.moderation)".into(),
+            reason: format!("{} contains the denied term \"x\"", stage.as_str()),
+            failed: false,
+        }
+    }
+
+    fn gates(inputs: &[(&str, Gate)], outputs: &[(&str, u32, Gate)]) -> moderation::Gates {
+        moderation::Gates {
+            input: inputs.iter().map(|(t, g)| (t.to_string(), g.clone())).collect(),
+            output: outputs
+                .iter()
+                .map(|(t, a, g)| ((t.to_string(), *a), g.clone()))
+                .collect(),
+        }
+    }
+
+    fn moderated_step(tasks: &[Task], jobs: &[JobView], review: bool, m: &moderation::Gates) -> plan::Step {
+        plan::step(&Input {
+            tasks,
+            jobs,
+            round: "",
+            parallelism: 2,
+            review,
+            gates: open(),
+            moderation: Some(m),
+        })
+    }
+
+    fn kept(task: &str, attempt: u32) -> JobView {
+        JobView {
+            has_output: true,
+            ..job(task, attempt, JobState::Succeeded, None)
+        }
+    }
+
+    fn asked(s: &plan::Step) -> Vec<(Stage, &str, u32)> {
+        s.moderate
+            .iter()
+            .map(|m| (m.stage, m.task.as_str(), m.attempt))
+            .collect()
+    }
+
+    #[test]
+    fn nothing_is_spawned_for_a_task_whose_input_is_not_yet_allowed() {
+        let tasks = diamond();
+        let pending = gates(&[("a", Gate::Pending)], &[]);
+        let s = moderated_step(&tasks, &[], false, &pending);
+        assert!(s.spawn.is_empty(), "{:?}", s.spawn);
+        assert_eq!(asked(&s), vec![(Stage::Input, "a", 0)]);
+        assert_eq!(s.outcome, Outcome::Running);
+        assert_eq!(s.tasks[0].phase, TaskPhase::Pending);
+        // A task missing from the gates is not allowed either.
+        let s = moderated_step(&tasks, &[], false, &gates(&[], &[]));
+        assert!(s.spawn.is_empty());
+        // Allowed: it is spawned, and nothing more is asked.
+        let allowed = gates(&[("a", Gate::Allowed)], &[]);
+        let s = moderated_step(&tasks, &[], false, &allowed);
+        assert_eq!(spawned(&s), vec![("a", 1)]);
+        assert!(s.moderate.is_empty());
+        // A slot waiting for moderation counts against parallelism (2).
+        let a_done = [job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted))];
+        let mixed = gates(
+            &[("a", Gate::Allowed), ("b", Gate::Pending), ("c", Gate::Allowed)],
+            &[],
+        );
+        let s = moderated_step(&tasks, &a_done, false, &mixed);
+        assert_eq!(spawned(&s), vec![("c", 1)]);
+        assert_eq!(asked(&s), vec![(Stage::Input, "b", 0)]);
+        // Nothing is asked while the gates hold the project.
+        let s = plan::step(&Input {
+            tasks: &tasks,
+            jobs: &[],
+            round: "",
+            parallelism: 2,
+            review: false,
+            gates: Gates::default(),
+            moderation: Some(&pending),
+        });
+        assert!(s.spawn.is_empty() && s.moderate.is_empty());
+    }
+
+    #[test]
+    fn a_refused_input_stops_the_project_and_its_running_jobs() {
+        let tasks = diamond();
+        let a_done = job("a", 1, JobState::Succeeded, Some(TaskVerdict::Accepted));
+        let b_running = job("b", 1, JobState::Active, None);
+        let refused = gates(
+            &[
+                ("a", Gate::Allowed),
+                ("b", Gate::Allowed),
+                ("c", Gate::Refused(refusal(Stage::Input, "c", None))),
+            ],
+            &[],
+        );
+        let s = moderated_step(&tasks, &[a_done, b_running], false, &refused);
+        assert!(s.spawn.is_empty() && s.moderate.is_empty() && s.judge.is_empty());
+        assert_eq!(s.suspend, vec!["p-b-1".to_string()], "running Jobs are stopped");
+        let Outcome::Refused(r) = &s.outcome else {
+            panic!("refused: {:?}", s.outcome);
+        };
+        assert_eq!(r.condition_reason(), "InputRefused");
+        let c = &s.tasks[2];
+        assert_eq!(
+            (c.name.as_str(), c.phase, c.job.as_deref()),
+            ("c", TaskPhase::Failed, None)
+        );
+        assert!(
+            c.message
+                .starts_with("the input of task c was refused by moderator"),
+            "{}",
+            c.message
+        );
+    }
+
+    #[test]
+    fn an_output_is_moderated_before_it_is_accepted_or_reviewed() {
+        let tasks = vec![task("a", &[]), task("b", &["a"])];
+        let allowed_a = [("a", Gate::Allowed), ("b", Gate::Allowed)];
+        // Kept, no decision yet: moderation is asked, nothing judged, b waits.
+        let pending = gates(&allowed_a, &[("a", 1, Gate::Pending)]);
+        let s = moderated_step(&tasks, &[kept("a", 1)], false, &pending);
+        assert_eq!(asked(&s), vec![(Stage::Output, "a", 1)]);
+        assert!(s.judge.is_empty() && s.spawn.is_empty());
+        assert_eq!(s.tasks[0].phase, TaskPhase::Running);
+        assert_eq!(s.tasks[0].message, "awaiting moderation of its output");
+        // Allowed without a review: accepted.
+        let allowed = gates(&allowed_a, &[("a", 1, Gate::Allowed)]);
+        let s = moderated_step(&tasks, &[kept("a", 1)], false, &allowed);
+        assert_eq!(s.judge, vec![Judge::Accept { job: "p-a-1".into() }]);
+        // Allowed with a review: the review runs (it never sees an unmoderated output).
+        let s = moderated_step(&tasks, &[kept("a", 1)], true, &pending);
+        assert!(s.spawn.is_empty(), "no review before the moderators allowed");
+        let s = moderated_step(&tasks, &[kept("a", 1)], true, &allowed);
+        assert_eq!(
+            s.spawn,
+            vec![Spawn {
+                task: "a".into(),
+                role: Role::Review,
+                attempt: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn a_refused_output_is_not_accepted_and_reaches_no_dependant() {
+        let tasks = vec![task("a", &[]), task("b", &["a"]), task("c", &[])];
+        let c_running = job("c", 1, JobState::Active, None);
+        let refused = gates(
+            &[("a", Gate::Allowed), ("b", Gate::Allowed), ("c", Gate::Allowed)],
+            &[("a", 1, Gate::Refused(refusal(Stage::Output, "a", Some(1))))],
+        );
+        let s = moderated_step(&tasks, &[kept("a", 1), c_running], false, &refused);
+        assert!(s.judge.is_empty(), "no verdict: the output is never accepted");
+        assert!(s.spawn.is_empty(), "b never receives a's output");
+        assert!(s.moderate.is_empty());
+        assert_eq!(s.suspend, vec!["p-c-1".to_string()]);
+        let Outcome::Refused(r) = &s.outcome else {
+            panic!("refused: {:?}", s.outcome);
+        };
+        assert_eq!(r.condition_reason(), "OutputRefused");
+        assert_eq!(s.tasks[0].phase, TaskPhase::Failed);
+        assert_eq!(s.tasks[1].phase, TaskPhase::Pending);
+    }
+
+    #[test]
+    fn without_moderators_a_kept_output_is_accepted_as_before() {
+        // Moderation removed while an output waited for it: accepted.
+        let tasks = vec![task("a", &[])];
+        let s = step(&tasks, &[kept("a", 1)], 2, open());
+        assert_eq!(s.judge, vec![Judge::Accept { job: "p-a-1".into() }]);
+    }
+
+    #[test]
+    fn a_moderation_job_gets_the_contract_and_runs_like_a_review() {
+        let p = project();
+        let capsule = capsule_spec(DataClassification::Internal);
+        let moderator = moderation::Moderator {
+            capsule: somastack_crds::common::CapsuleRef {
+                package: "moderator".into(),
+                version: "1.0.0".into(),
+            },
+            config: BTreeMap::from([("MODERATION_DENY".to_string(), "weapon, secret".to_string())]),
+            timeout_seconds: 90,
+            source: "PolicyBundle strict".into(),
+        };
+        let t = task("gather", &[]);
+        let subject = moderation::input_subject(&t);
+        let job = render::moderation_job(
+            &p,
+            &render::ModerationInput {
+                subject: &subject,
+                moderator: &moderator,
+                capsule: &capsule,
+                max_cpu: None,
+                max_memory: None,
+            },
+        );
+        assert_eq!(
+            job.name_any(),
+            moderation::job_name("market-brief", &subject, &moderator)
+        );
+        assert!(job.name_any().starts_with("market-brief-gather-input-"));
+        let labels = job.labels();
+        assert_eq!(labels["kamachiq.somastack.io/role"], "moderation");
+        assert_eq!(labels["kamachiq.somastack.io/stage"], "input");
+        assert_eq!(labels["kamachiq.somastack.io/task"], "gather");
+        assert_eq!(labels["kamachiq.somastack.io/project-uid"], "0000-1111");
+        assert_eq!(
+            job.annotations()["kamachiq.somastack.io/moderator"],
+            "moderator 1.0.0 (PolicyBundle strict)"
+        );
+        for (name, value) in [
+            ("SOMASTACK_MODERATION_STAGE", "input"),
+            ("SOMASTACK_MODERATION_SUBJECT", "gather"),
+            ("SOMASTACK_MODERATION_TEXT", "do gather"),
+            ("MODERATION_DENY", "weapon, secret"),
+        ] {
+            assert_eq!(env_value(&job, name).as_deref(), Some(value), "{name}");
+        }
+        assert_eq!(
+            env_value(&job, "SOMASTACK_TASK_INPUT"),
+            None,
+            "a moderator gets the text only"
+        );
+        let spec = job.spec.clone().unwrap_or_default();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(90));
+        let pod = spec.template.spec.unwrap_or_default();
+        assert_eq!(pod.service_account_name.as_deref(), Some("market-brief-agent"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(
+            pod.node_selector
+                .unwrap_or_default()
+                .get("topology.kubernetes.io/region")
+                .map(String::as_str),
+            Some("eu-central-1")
+        );
+        // The goal's Job names no task.
+        let goal = moderation::goal_subject("market-brief", "g");
+        let job = render::moderation_job(
+            &p,
+            &render::ModerationInput {
+                subject: &goal,
+                moderator: &moderator,
+                capsule: &capsule,
+                max_cpu: None,
+                max_memory: None,
+            },
+        );
+        assert!(!job.labels().contains_key("kamachiq.somastack.io/task"));
+        assert_eq!(
+            env_value(&job, "SOMASTACK_MODERATION_SUBJECT").as_deref(),
+            Some("market-brief")
+        );
+    }
 }
