@@ -18,6 +18,8 @@ use std::time::Duration;
 pub mod evaluate;
 pub mod http1;
 pub mod moderate;
+#[cfg(test)]
+mod schemas;
 
 pub use evaluate::EVAL_CORPUS;
 
