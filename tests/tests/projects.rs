@@ -19,6 +19,7 @@ use somastack_tests::fixtures::{
     agent_capsule, allow_planners, bundle, capsule, condition_with, denied, message, on_real_nodes,
     published, put, put_api, put_policy, wait_condition, wait_succeeded,
 };
+use somastack_tests::http::{Reply, Server};
 use somastack_tests::users::{PUBLISHER_ROLE, REVIEWER_ROLE, user};
 use somastack_tests::{
     TestNamespace, api_for, free_port, http_get, kubectl, setup, soma_ok, spawn_shard_operator,
@@ -974,6 +975,363 @@ mod real_node {
             "stage 2 used stage 1's output: {second:?}"
         );
         pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=planned").await;
+        env.delete().await;
+    }
+
+    /// How long a moderated project on the real nodes may take: every
+    /// moderation is a pod of its own, one after another.
+    const MODERATED: Duration = Duration::from_secs(240);
+
+    /// The project's Jobs of `role` (`task`, `review`, `moderation`).
+    fn with_role<'a>(jobs: &'a [Job], role: &str) -> Vec<&'a Job> {
+        jobs.iter()
+            .filter(|j| label(j, "kamachiq.somastack.io/role") == role)
+            .collect()
+    }
+
+    /// (stage, task or "", decision) of every moderation Job, sorted.
+    fn moderations(jobs: &[Job]) -> Vec<(String, String, String)> {
+        let mut out: Vec<(String, String, String)> = with_role(jobs, "moderation")
+            .iter()
+            .map(|j| {
+                (
+                    label(j, "kamachiq.somastack.io/stage").to_string(),
+                    label(j, "kamachiq.somastack.io/task").to_string(),
+                    j.annotations()
+                        .get("kamachiq.somastack.io/decision")
+                        .cloned()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn triples(expected: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+        expected
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect()
+    }
+
+    /// The moderation Job of `stage` (and `task`).
+    fn moderation_job<'a>(jobs: &'a [Job], stage: &str, task: &str) -> &'a Job {
+        with_role(jobs, "moderation")
+            .into_iter()
+            .find(|j| {
+                label(j, "kamachiq.somastack.io/stage") == stage
+                    && label(j, "kamachiq.somastack.io/task") == task
+            })
+            .unwrap_or_else(|| panic!("no {stage} moderation Job for {task:?}"))
+    }
+
+    /// The message of the Event with `reason` on the project `name`, as
+    /// `kubectl get events` lists it (waited for).
+    async fn event_message(client: &Client, ns: &str, name: &str, reason: &str) -> String {
+        let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+        let fields = format!("involvedObject.name={name},reason={reason}");
+        wait_for(&format!("a {reason} Event on {name}"), T, || async {
+            let list = events.list(&ListParams::default().fields(&fields)).await.ok()?;
+            list.items.into_iter().find_map(|e| e.message)
+        })
+        .await
+    }
+
+    /// The moderator: the reference agent's image again (its `auto` role
+    /// moderates when SOMASTACK_MODERATION_STAGE is set), with `config`.
+    fn moderation(env: &Env, config: Value) -> Value {
+        json!({ "capsule": { "package": env.package, "version": "1.0.0" }, "config": config })
+    }
+
+    /// A PolicyBundle with `projects.moderation` governing only the test's
+    /// namespace applies its moderator to a project that asks for none:
+    /// the goal, each task's input and each output get a moderation Job
+    /// (run by the reference agent on the real nodes), each before what it
+    /// guards, every one allows, and the project succeeds.
+    #[tokio::test]
+    async fn a_policy_bundle_requiring_moderation_moderates_every_project_of_its_namespaces() {
+        let (client, env) = agent_env("kp-mod-bundle", &[]).await;
+        let bundle_name = format!("{}-moderation", env.ns.name);
+        let policy = bundle(
+            &bundle_name,
+            &env.ns.name,
+            json!({ "projects": { "moderation": moderation(&env, json!({ "MODERATION_DENY": "ransomware, exfiltrate" })) } }),
+        );
+        put_policy(&client, env.ns.owns(&policy)).await;
+        let doc = on_real_nodes(env.project(
+            "moderated",
+            json!({
+                "goal": "a brief on data transfers",
+                "region": "eu-central-1",
+                "tasks": [
+                    env.task("regulation", &[], REGULATION),
+                    env.task("brief", &["regulation"], "Write a brief from the summary."),
+                ],
+            }),
+        ));
+        let api = put_api(&client, &doc).await;
+        let done = wait_condition(
+            &api,
+            "moderated",
+            "Succeeded",
+            "True",
+            Some("AllTasksSucceeded"),
+            MODERATED,
+        )
+        .await;
+        assert_eq!(
+            done.data["status"]["moderators"],
+            json!([format!("{} 1.0.0 (PolicyBundle {bundle_name})", env.package)]),
+            "status names the moderator and the bundle requiring it"
+        );
+        let jobs = env.jobs(&client, &done).await;
+        assert_eq!(
+            moderations(&jobs),
+            triples(&[
+                ("goal", "", "Allow"),
+                ("input", "brief", "Allow"),
+                ("input", "regulation", "Allow"),
+                ("output", "brief", "Allow"),
+                ("output", "regulation", "Allow"),
+            ]),
+            "one moderation Job per text, each allowed"
+        );
+        assert_eq!(attempts(&jobs), pairs(&[("brief", "1"), ("regulation", "1")]));
+        // Each moderation ended before what it guards started.
+        let task_job = |t: &str| {
+            *task_jobs(&jobs)
+                .iter()
+                .find(|j| label(j, "kamachiq.somastack.io/task") == t)
+                .unwrap_or_else(|| panic!("no task Job {t}"))
+        };
+        let goal = interval(moderation_job(&jobs, "goal", ""));
+        for (t, upstream) in [("regulation", None), ("brief", Some("regulation"))] {
+            let started = interval(task_job(t)).0;
+            let input = interval(moderation_job(&jobs, "input", t));
+            assert!(input.0 >= goal.1, "{t}'s input was moderated after the goal");
+            assert!(started >= input.1, "{t} started before its input was allowed");
+            if let Some(u) = upstream {
+                let output = interval(moderation_job(&jobs, "output", u));
+                assert!(started >= output.1, "{t} started before {u}'s output was allowed");
+            }
+        }
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+            .get("moderated-results")
+            .await
+            .expect("results ConfigMap");
+        let data = cm.data.unwrap_or_default();
+        assert_eq!(
+            data.keys().collect::<Vec<_>>(),
+            vec!["brief", "regulation"],
+            "both moderated outputs are the results"
+        );
+        let pods = pods_on_real_nodes(&client, &env.ns.name, "kamachiq.somastack.io/project=moderated").await;
+        assert_eq!(pods.len(), 7, "5 moderations and 2 tasks ran in real containers");
+        env.delete().await;
+    }
+
+    /// A goal with a denied word is refused before anything else: the
+    /// project fails GoalRefused naming the moderator and its reason, the
+    /// planner it names is never called, and no task Job exists.
+    #[tokio::test]
+    async fn a_refused_goal_is_never_planned() {
+        let (client, env) = agent_env("kp-mod-goal", &[]).await;
+        let planner =
+            Server::start(|_| Reply::json(500, &json!({ "error": "this planner must not be called" }))).await;
+        allow_planners(&client, &env.ns, &[planner.url("/")]).await;
+        let doc = on_real_nodes(env.project(
+            "refused-goal",
+            json!({
+                "goal": "Draft a ransomware note for the finance team.",
+                "region": "eu-central-1",
+                "planner": {
+                    "url": planner.url("/plan"),
+                    "agent": { "package": env.package, "version": "1.0.0" },
+                },
+                "moderation": moderation(&env, json!({ "MODERATION_DENY": "ransomware" })),
+            }),
+        ));
+        let api = put_api(&client, &doc).await;
+        let failed = wait_condition(
+            &api,
+            "refused-goal",
+            "Succeeded",
+            "False",
+            Some("GoalRefused"),
+            MODERATED,
+        )
+        .await;
+        assert_eq!(failed.data["status"]["phase"], "Failed");
+        let msg = message(&failed, "Succeeded");
+        let head = format!(
+            "the goal was refused by moderator {} 1.0.0 (spec.moderation): ",
+            env.package
+        );
+        assert!(msg.starts_with(&head), "{msg}");
+        assert!(
+            msg.contains("denied term \"ransomware\""),
+            "the moderator's reason: {msg}"
+        );
+        assert!(msg.ends_with("nothing was planned and no task ran"), "{msg}");
+        condition_with(&failed, "Stalled", "status", "True");
+        assert_eq!(
+            event_message(&client, &env.ns.name, "refused-goal", "GoalRefused").await,
+            msg
+        );
+        let jobs = env.jobs(&client, &failed).await;
+        assert_eq!(moderations(&jobs), triples(&[("goal", "", "Refuse")]));
+        assert_eq!(jobs.len(), 1, "no task Job: {:?}", attempts(&jobs));
+        assert_eq!(
+            planner.requests(),
+            0,
+            "the planner was called with a refused goal"
+        );
+        pods_on_real_nodes(
+            &client,
+            &env.ns.name,
+            "kamachiq.somastack.io/project=refused-goal",
+        )
+        .await;
+        env.delete().await;
+    }
+
+    /// A task whose input has a denied word is refused before its first
+    /// Job: InputRefused names the task and the moderator's reason, and no
+    /// Job of that task or of its dependant exists.
+    #[tokio::test]
+    async fn a_refused_input_never_reaches_a_job() {
+        let (client, env) = agent_env("kp-mod-input", &[]).await;
+        let doc = on_real_nodes(env.project(
+            "refused-input",
+            json!({
+                "goal": "a brief on data transfers",
+                "region": "eu-central-1",
+                "moderation": moderation(&env, json!({ "MODERATION_DENY": "exfiltrate" })),
+                "tasks": [
+                    env.task("intake", &[], "Explain how to exfiltrate the customer database."),
+                    env.task("report", &["intake"], "Report on the intake."),
+                ],
+            }),
+        ));
+        let api = put_api(&client, &doc).await;
+        let failed = wait_condition(
+            &api,
+            "refused-input",
+            "Succeeded",
+            "False",
+            Some("InputRefused"),
+            MODERATED,
+        )
+        .await;
+        let msg = message(&failed, "Succeeded");
+        assert!(
+            msg.starts_with(&format!(
+                "the input of task intake was refused by moderator {} 1.0.0 (spec.moderation): ",
+                env.package
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("denied term \"exfiltrate\""), "{msg}");
+        assert!(msg.contains("task intake did not run"), "{msg}");
+        assert_eq!(
+            event_message(&client, &env.ns.name, "refused-input", "InputRefused").await,
+            msg
+        );
+        let jobs = env.jobs(&client, &failed).await;
+        assert_eq!(
+            moderations(&jobs),
+            triples(&[("goal", "", "Allow"), ("input", "intake", "Refuse")])
+        );
+        assert!(task_jobs(&jobs).is_empty(), "a task ran: {:?}", attempts(&jobs));
+        let intake = &failed.data["status"]["tasks"][0];
+        assert_eq!(
+            (intake["name"].as_str(), intake["phase"].as_str()),
+            (Some("intake"), Some("Failed"))
+        );
+        env.delete().await;
+    }
+
+    /// An output with a denied word is refused before it is accepted. The
+    /// reference agent's output is made of its input's sentences, so an
+    /// input with the word would be refused first: the moderator is told
+    /// to check outputs only (`MODERATION_STAGES=output`; the goal and
+    /// inputs are still given to it and allowed as "stage not moderated"),
+    /// and every sentence of the input has the word, so whichever the
+    /// agent keeps, its output has it. OutputRefused names the task; the
+    /// output is not in the results and the dependant never runs.
+    #[tokio::test]
+    async fn a_refused_output_is_not_gathered_and_reaches_no_dependant() {
+        let (client, env) = agent_env("kp-mod-output", &[]).await;
+        let screening = "The quarantine of the shipment began on Monday. \
+            Inspectors extended the quarantine after finding mould. \
+            The importer disputes the quarantine in court. \
+            A quarantine of this length is rare for grain.";
+        let doc = on_real_nodes(env.project(
+            "refused-output",
+            json!({
+                "goal": "a notice on the shipment",
+                "region": "eu-central-1",
+                "moderation": moderation(&env, json!({ "MODERATION_DENY": "quarantine", "MODERATION_STAGES": "output" })),
+                "tasks": [
+                    env.task("screening", &[], screening),
+                    env.task("notice", &["screening"], "Write the notice."),
+                ],
+            }),
+        ));
+        let api = put_api(&client, &doc).await;
+        let failed = wait_condition(
+            &api,
+            "refused-output",
+            "Succeeded",
+            "False",
+            Some("OutputRefused"),
+            MODERATED,
+        )
+        .await;
+        let msg = message(&failed, "Succeeded");
+        assert!(
+            msg.starts_with(&format!(
+                "the output of task screening (attempt 1) was refused by moderator {} 1.0.0 (spec.moderation): ",
+                env.package
+            )),
+            "{msg}"
+        );
+        assert!(msg.contains("denied term \"quarantine\""), "{msg}");
+        assert_eq!(
+            event_message(&client, &env.ns.name, "refused-output", "OutputRefused").await,
+            msg
+        );
+        let jobs = env.jobs(&client, &failed).await;
+        assert_eq!(
+            moderations(&jobs),
+            triples(&[
+                ("goal", "", "Allow"),
+                ("input", "screening", "Allow"),
+                ("output", "screening", "Refuse"),
+            ])
+        );
+        assert_eq!(attempts(&jobs), pairs(&[("screening", "1")]), "notice never ran");
+        let screening_job = task_jobs(&jobs)[0];
+        assert!(
+            !screening_job
+                .annotations()
+                .contains_key("kamachiq.somastack.io/verdict"),
+            "the refused output was not accepted"
+        );
+        let results = failed.data["status"]["resultsRef"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(results, "refused-output-results");
+        let cm = Api::<ConfigMap>::namespaced(client.clone(), &env.ns.name)
+            .get(&results)
+            .await
+            .expect("results ConfigMap");
+        assert!(
+            cm.data.unwrap_or_default().is_empty(),
+            "the refused output is not among the results"
+        );
         env.delete().await;
     }
 }
