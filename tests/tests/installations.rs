@@ -777,6 +777,341 @@ mod real_node {
         assert!(somastack_tests::event_recorded(&ns.name, "RolledBack"));
         ns.delete().await;
     }
+
+    /// The regression gate on the real nodes: a real candidate behind a real
+    /// preview Service, evaluated by the reference agent's evaluation mode,
+    /// with the gate's inputs of examples/30-installation.yaml.
+    mod gate {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        use k8s_openapi::api::batch::v1::Job;
+        use kube::api::{Patch, PatchParams};
+        use somastack_tests::fixtures::{agent_capsule, on_real_nodes};
+        use somastack_tests::real::{node_of, service_addr, summarize};
+
+        use super::*;
+
+        const T_GATE: Duration = Duration::from_secs(240);
+        const TEXT: &str = "Residency rules keep confidential data in the European Union. \
+            The operator places each workload only on nodes of its region. \
+            A drill proves that a workload survives the loss of its region. \
+            Nothing in this test leaves the machine.";
+
+        /// The gate of examples/30-installation.yaml, evaluated by `evaluator`
+        /// (a package at 1.0.0), ending after `timeout` seconds.
+        fn example_gate(evaluator: &str, timeout: i64) -> Value {
+            let example = somastack_tests::read_docs(
+                &somastack_tests::repo_root().join("examples/30-installation.yaml"),
+            );
+            let mut gate = example[0]["spec"]["upgrade"]["gate"].clone();
+            assert!(
+                gate["inputs"]["corpus"].is_string(),
+                "the example has a gate with a corpus"
+            );
+            gate["capsule"] = json!({ "package": evaluator, "version": "1.0.0" });
+            gate["timeoutSeconds"] = json!(timeout);
+            gate
+        }
+
+        /// A namespace where the reference agent is published as `<prefix>-<suffix>`
+        /// 1.0.0 and, with `env`, as 2.0.0, and an Installation `app` of 1.0.0
+        /// (2 replicas on the real nodes) gated by 1.0.0 itself, Ready.
+        async fn gated(
+            prefix: &str,
+            env: &[(&str, &str)],
+            timeout: i64,
+        ) -> (Client, TestNamespace, Value, Api<kube::api::DynamicObject>) {
+            let (client, ns) = setup(prefix).await;
+            let package = format!("{prefix}-{}", unique_suffix());
+            let v1 = agent_capsule(&format!("{package}-1"), &package, "1.0.0", "internal", &[]);
+            let v2 = agent_capsule(&format!("{package}-2"), &package, "2.0.0", "internal", env);
+            put(&client, ns.owns(&v1)).await;
+            put(&client, ns.owns(&v2)).await;
+            let mut inst = on_real_nodes(installation(&ns.name, "app", &package, "1.0.0", "eu-west-1", 2));
+            inst["spec"]["upgrade"] = json!({ "gate": example_gate(&package, timeout) });
+            let api = put_api(&client, &inst).await;
+            let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
+            assert!(
+                obj.data["status"]["gate"].is_null(),
+                "a first install is not gated: nothing serves yet"
+            );
+            (client, ns, inst, api)
+        }
+
+        async fn gate_phase(api: &Api<kube::api::DynamicObject>, phase: &str) -> kube::api::DynamicObject {
+            wait_for(&format!("the gate to end {phase}"), T_GATE, || async {
+                let o = api.get("app").await.ok()?;
+                (o.data["status"]["gate"]["phase"] == phase).then_some(o)
+            })
+            .await
+        }
+
+        async fn gone<K>(client: &Client, ns: &str, name: &str)
+        where
+            K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+                + Clone
+                + serde::de::DeserializeOwned
+                + std::fmt::Debug,
+        {
+            let api: Api<K> = Api::namespaced(client.clone(), ns);
+            wait_for(&format!("{} {name} to be deleted", K::kind(&())), T, || async {
+                api.get_opt(name).await.ok()?.is_none().then_some(())
+            })
+            .await;
+        }
+
+        /// The gate mark of revision `n` (its ControllerRevision's annotation).
+        async fn revision_mark(client: &Client, ns: &str, n: i64) -> Option<String> {
+            let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
+            api.get(&format!("app-{n}"))
+                .await
+                .ok()?
+                .annotations()
+                .get("somastack.io/gate")
+                .cloned()
+        }
+
+        /// Pods of `selector` that ran on a real node under containerd.
+        async fn ran_on_real_nodes(client: &Client, ns: &str, selector: &str) -> Vec<Pod> {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            pods.list(&ListParams::default().labels(selector))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| {
+                    node_of(p).starts_with("real-")
+                        && p.status
+                            .as_ref()
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().all(|c| {
+                                    c.container_id
+                                        .as_deref()
+                                        .is_some_and(|i| i.starts_with("containerd://"))
+                                })
+                            })
+                })
+                .collect()
+        }
+
+        fn env_of(pod: &Pod, name: &str) -> Option<String> {
+            pod.spec.as_ref()?.containers[0]
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        }
+
+        /// A configuration change is a new revision: evaluated behind its
+        /// preview Service by the evaluation agent, which compares the
+        /// candidate's summaries of the example corpus with those of the
+        /// revision serving, finds them equal, and passes it; the candidate is
+        /// then promoted and the report stays in status.
+        #[tokio::test]
+        async fn an_upgrade_whose_evaluation_passes_is_promoted() {
+            let (client, ns, mut inst, api) = gated("rgok", &[], 180).await;
+            inst["spec"]["config"] = json!({ "RELEASE": "2" });
+            put(&client, &inst).await;
+            let obj = gate_phase(&api, "Passed").await;
+            let gate = &obj.data["status"]["gate"];
+            assert_eq!(
+                (gate["revision"].as_i64(), gate["baselineRevision"].as_i64()),
+                (Some(2), Some(1))
+            );
+            assert_eq!(gate["reason"], "EvaluationPassed");
+            assert_eq!(gate["report"]["verdict"], "Pass", "{gate}");
+            let checks = gate["report"]["checks"].as_array().cloned().unwrap_or_default();
+            assert!(checks.iter().any(|c| c["name"] == "agreement"), "{gate}");
+            assert!(checks.iter().all(|c| c["passed"] == true), "{gate}");
+            let obj = wait_condition(&api, "app", "Ready", "True", None, T).await;
+            assert_eq!(obj.data["status"]["currentRevision"], 2);
+            let config: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+            let served = config.get("app-config").await.expect("the config");
+            assert_eq!(
+                served.data.unwrap_or_default().get("RELEASE").map(String::as_str),
+                Some("2")
+            );
+            // The evaluation ran as a pod on a real node, and the preview is gone.
+            let evaluators = ran_on_real_nodes(&client, &ns.name, "somastack.io/gate-of=app").await;
+            assert_eq!(evaluators.len(), 1, "one evaluation pod ran on a real node");
+            gone::<Deployment>(&client, &ns.name, "app-preview").await;
+            gone::<Service>(&client, &ns.name, "app-preview").await;
+            assert_eq!(
+                revision_mark(&client, &ns.name, 2).await.as_deref(),
+                Some("Passed")
+            );
+            assert!(somastack_tests::event_recorded(&ns.name, "EvaluatingUpgrade"));
+            assert!(somastack_tests::event_recorded(&ns.name, "UpgradePassedGate"));
+            ns.delete().await;
+        }
+
+        /// A regressed release (AGENT_METHOD=lead: the first sentences instead
+        /// of the best) is brought up behind its preview Service, evaluated,
+        /// found to disagree with the serving release, removed, and marked
+        /// rejected; the Installation is Stalled saying why. Requests sent
+        /// through the Service all along, one every 50 ms, all get the serving
+        /// release's answer.
+        #[tokio::test]
+        async fn an_upgrade_whose_evaluation_fails_is_removed_with_no_failed_request() {
+            let (client, ns, mut inst, api) = gated("rgfail", &[("AGENT_METHOD", "lead")], 180).await;
+            let addr = service_addr(&client, &ns.name, "app", 8080).await;
+            let first = wait_for("the Service to answer", T, || async {
+                summarize(addr, TEXT, 2).await.ok()
+            })
+            .await;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let sender = {
+                let (stop, ok, failed, expected) = (stop.clone(), ok.clone(), failed.clone(), first.clone());
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match summarize(addr, TEXT, 2).await {
+                            Ok(got) if got == expected => ok.fetch_add(1, Ordering::Relaxed),
+                            Ok(got) => {
+                                errors.push(format!("other answer {got:?}"));
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(e) => {
+                                errors.push(e);
+                                failed.fetch_add(1, Ordering::Relaxed)
+                            }
+                        };
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    errors
+                })
+            };
+
+            inst["spec"]["capsule"]["version"] = json!("2.0.0");
+            put(&client, &inst).await;
+            // The candidate really ran: its preview pod on a real node, with
+            // the regressed setting.
+            let preview = wait_for("the candidate's preview pod", T_GATE, || async {
+                let pods = ran_on_real_nodes(&client, &ns.name, "somastack.io/preview-of=app").await;
+                pods.into_iter()
+                    .find(|p| env_of(p, "AGENT_METHOD").as_deref() == Some("lead"))
+            })
+            .await;
+            assert!(
+                node_of(&preview).starts_with("real-eu-west-1"),
+                "{}",
+                node_of(&preview)
+            );
+            let obj = gate_phase(&api, "Failed").await;
+            let gate = &obj.data["status"]["gate"];
+            assert_eq!(gate["reason"], "EvaluationFailed", "{gate}");
+            assert_eq!(gate["report"]["verdict"], "Fail", "{gate}");
+            let agreement = gate["report"]["checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["name"] == "agreement").cloned())
+                .unwrap_or_default();
+            assert_eq!(agreement["passed"], false, "{gate}");
+            let obj = wait_condition(&api, "app", "Ready", "False", Some("UpgradeRejected"), T).await;
+            let msg = message(&obj, "Ready");
+            assert!(
+                msg.contains("revision 2 was rejected") && msg.contains("agreement"),
+                "{msg}"
+            );
+            assert!(msg.contains("revision 1 keeps serving"), "{msg}");
+            let stalled = condition(&obj, "Stalled").expect("a Stalled condition");
+            assert_eq!(
+                (stalled["status"].as_str(), stalled["reason"].as_str()),
+                (Some("True"), Some("UpgradeRejected"))
+            );
+            assert_eq!(obj.data["status"]["phase"], "Blocked");
+            assert_eq!(obj.data["status"]["currentRevision"], 1);
+            assert_eq!(condition(&obj, "Available").expect("Available")["status"], "True");
+            wait_event(&ns.name, "UpgradeRejected", T).await;
+            gone::<Deployment>(&client, &ns.name, "app-preview").await;
+            gone::<Service>(&client, &ns.name, "app-preview").await;
+            assert_eq!(
+                revision_mark(&client, &ns.name, 2).await.as_deref(),
+                Some("Rejected")
+            );
+            // Only the serving release runs behind the Service.
+            let serving = ran_on_real_nodes(&client, &ns.name, "somastack.io/installation=app").await;
+            assert_eq!(serving.len(), 2);
+            assert!(serving.iter().all(|p| env_of(p, "AGENT_METHOD").is_none()));
+
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Ordering::Relaxed);
+            let errors = sender.await.expect("the request loop");
+            let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+            eprintln!(
+                "requests through the Service during the gated upgrade: {ok} succeeded, {failed} failed"
+            );
+            assert_eq!(failed, 0, "requests failed during the gated upgrade: {errors:?}");
+            assert!(ok >= 100, "only {ok} requests were sent");
+            ns.delete().await;
+        }
+
+        /// A release that answers too slowly (AGENT_DELAY) keeps the
+        /// evaluation from ending within the gate's 30 s: the gate fails as
+        /// timed out and the evaluation Job is stopped. A person then
+        /// overrides the gate explicitly: the rejected revision is promoted,
+        /// and status and a Warning Event say who set the override.
+        #[tokio::test]
+        async fn an_evaluation_that_times_out_fails_the_gate_and_an_override_promotes_it() {
+            let (client, ns, mut inst, api) = gated("rgslow", &[("AGENT_DELAY", "600s")], 30).await;
+            inst["spec"]["upgrade"]["gate"]["inputs"]["requestTimeoutSeconds"] = json!("300");
+            inst["spec"]["capsule"]["version"] = json!("2.0.0");
+            put(&client, &inst).await;
+            let obj = gate_phase(&api, "Failed").await;
+            let gate = obj.data["status"]["gate"].clone();
+            assert_eq!(gate["reason"], "EvaluationTimedOut", "{gate}");
+            assert!(
+                gate["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("was not evaluated within 30s"),
+                "{gate}"
+            );
+            wait_condition(&api, "app", "Ready", "False", Some("UpgradeRejected"), T).await;
+            let job = gate["job"]
+                .as_str()
+                .expect("the evaluation Job was started")
+                .to_string();
+            gone::<Job>(&client, &ns.name, &job).await;
+            gone::<Deployment>(&client, &ns.name, "app-preview").await;
+            assert_eq!(
+                revision_mark(&client, &ns.name, 2).await.as_deref(),
+                Some("Rejected")
+            );
+
+            let patch = json!({ "metadata": { "annotations": { "somastack.io/gate-override": "2" } } });
+            let params = PatchParams {
+                field_manager: Some("gate-test-override".into()),
+                ..Default::default()
+            };
+            api.patch("app", &params, &Patch::Merge(&patch))
+                .await
+                .expect("the override is set");
+            let obj = gate_phase(&api, "Overridden").await;
+            let by = obj.data["status"]["gate"]["overriddenBy"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(by.starts_with("gate-test-override at "), "{by}");
+            wait_event(&ns.name, "GateOverridden", T).await;
+            let obj = wait_condition(&api, "app", "Ready", "True", None, T_GATE).await;
+            assert_eq!(obj.data["status"]["currentRevision"], 2);
+            let serving = ran_on_real_nodes(&client, &ns.name, "somastack.io/installation=app").await;
+            assert!(
+                serving
+                    .iter()
+                    .any(|p| env_of(p, "AGENT_DELAY").as_deref() == Some("600s"))
+            );
+            assert_eq!(
+                revision_mark(&client, &ns.name, 2).await.as_deref(),
+                Some("Overridden")
+            );
+            ns.delete().await;
+        }
+    }
 }
 
 #[tokio::test]
