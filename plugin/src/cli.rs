@@ -68,7 +68,7 @@ pub enum Command {
     /// Capsules: the signed payload, signing, verifying, reviewing.
     #[command(subcommand)]
     Capsule(CapsuleCommand),
-    /// Installations: revision history, rollback, what changed between revisions.
+    /// Installations: revision history, rollback, what changed between revisions, the regression gate.
     #[command(subcommand)]
     Installation(InstallationCommand),
     /// Disaster-recovery drills: run one now, the summary.
@@ -153,6 +153,9 @@ pub enum InstallationCommand {
     Rollback(RollbackArgs),
     /// What differs between two revisions of an Installation.
     Diff(DiffArgs),
+    /// The regression gate of an Installation's newest candidate revision
+    /// (exit 3 when it was rejected); `--override` promotes a rejected one.
+    Gate(GateArgs),
 }
 
 #[derive(Args, Debug)]
@@ -178,6 +181,20 @@ pub struct DiffArgs {
     pub from: i64,
     /// The newer revision.
     pub to: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct GateArgs {
+    /// The Installation.
+    pub name: String,
+    /// Promote this revision although its gate rejected it: sets the
+    /// annotation somastack.io/gate-override (the revision must be the
+    /// gate's rejected candidate).
+    #[arg(long = "override", value_name = "REVISION", requires = "reason")]
+    pub override_revision: Option<i64>,
+    /// Why (with --override; recorded in somastack.io/gate-override-reason).
+    #[arg(long, requires = "override_revision")]
+    pub reason: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,6 +309,27 @@ mod tests {
             cli.command,
             Command::Installation(InstallationCommand::Rollback(RollbackArgs { to: 2, .. }))
         ));
+        let cli = Cli::try_parse_from([
+            "kubectl-soma",
+            "installation",
+            "gate",
+            "app",
+            "--override",
+            "4",
+            "--reason",
+            "the judge was wrong",
+            "--as",
+            "jane",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.as_user.as_deref(), Some("jane"));
+        let Command::Installation(InstallationCommand::Gate(gate)) = cli.command else {
+            panic!("not a gate command");
+        };
+        assert_eq!(
+            (gate.name.as_str(), gate.override_revision, gate.reason.as_deref()),
+            ("app", Some(4), Some("the judge was wrong"))
+        );
     }
 
     #[test]
@@ -301,6 +339,19 @@ mod tests {
             vec!["kubectl-soma", "killswitch", "engage", "b"],
             vec!["kubectl-soma", "status", "-o", "xml"],
             vec!["kubectl-soma", "installation", "rollback", "app"],
+            // An override says why; a reason alone overrides nothing.
+            vec!["kubectl-soma", "installation", "gate", "app", "--override", "4"],
+            vec!["kubectl-soma", "installation", "gate", "app", "--reason", "x"],
+            vec![
+                "kubectl-soma",
+                "installation",
+                "gate",
+                "app",
+                "--override",
+                "four",
+                "--reason",
+                "x",
+            ],
         ] {
             let err = Cli::try_parse_from(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

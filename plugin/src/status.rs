@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
+use somastack_controllers::text;
+use somastack_crds::installation::{GatePhase, GateStatus};
 use somastack_crds::{Capsule, DrDrill, Installation, KamachiqProject, PolicyBundle};
 
 use crate::cli::{Global, Listing};
@@ -42,14 +44,50 @@ pub fn row(kind: &str, obj: &DynamicObject) -> Row {
             .and_then(|s| s.get("phase"))
             .and_then(serde_json::Value::as_str),
     });
+    let gate: Option<GateStatus> = status
+        .and_then(|s| s.get("gate"))
+        .and_then(|g| serde_json::from_value(g.clone()).ok());
+    let message = match gate.as_ref() {
+        Some(g)
+            if kind == "Installation"
+                && verdict.reason == "UpgradeRejected"
+                && g.phase == GatePhase::Failed =>
+        {
+            rejected_line(g, &obj.namespace().unwrap_or_default(), &obj.name_any())
+        }
+        _ => verdict.message,
+    };
     Row {
         kind: kind.to_string(),
         namespace: obj.namespace(),
         name: obj.name_any(),
         health: verdict.health,
         reason: verdict.reason,
-        message: verdict.message,
+        message,
     }
+}
+
+/// Most characters of an evaluation's summary in a status line.
+const MAX_SUMMARY: usize = 100;
+
+/// Pure: the line of an Installation whose gate rejected its newest
+/// revision: which revision, why, what serves instead, and the command
+/// that shows the report (and overrides). The condition's own message
+/// lists every failed check and can run to a kilobyte.
+pub fn rejected_line(g: &GateStatus, namespace: &str, name: &str) -> String {
+    let summary = g
+        .report
+        .as_ref()
+        .map(|r| format!(": {}", text::bounded(&r.summary, MAX_SUMMARY)))
+        .unwrap_or_default();
+    let serving = g
+        .baseline_revision
+        .map_or("the running revision".into(), |b| format!("revision {b}"));
+    format!(
+        "revision {} rejected by its gate ({}{summary}); {serving} keeps serving; \
+         report and override: kubectl soma -n {namespace} installation gate {name}",
+        g.revision, g.reason
+    )
 }
 
 async fn rows_of<K>(cluster: &Cluster, all: bool, namespaced: bool) -> Result<Vec<Row>>
@@ -160,5 +198,68 @@ mod tests {
              PolicyBundle   -           eu     Current   Valid    governs 2 namespaces\n"
         );
         assert_eq!(table(&[]), "No SomaStack resources found.\n");
+    }
+
+    #[test]
+    fn an_installation_held_by_its_gate_says_why_in_one_line() {
+        let long = "agreement 0.41 below 0.80 on the corpus; ".repeat(20);
+        let rejected = |gate: serde_json::Value| {
+            object(json!({
+                "apiVersion": "somastack.io/v1alpha1", "kind": "Installation",
+                "metadata": { "name": "app", "namespace": "t1", "generation": 5 },
+                "status": { "observedGeneration": 5, "phase": "Blocked", "gate": gate, "conditions": [
+                    { "type": "Ready", "status": "False", "reason": "UpgradeRejected",
+                      "message": "revision 4 was rejected and removed: ...; change the spec to try again, or override",
+                      "lastTransitionTime": "2026-11-26T10:00:00Z" },
+                    { "type": "Stalled", "status": "True", "reason": "UpgradeRejected",
+                      "message": "revision 4 was rejected and removed: ...; change the spec to try again, or override",
+                      "lastTransitionTime": "2026-11-26T10:00:00Z" } ] }
+            }))
+        };
+        let gate = json!({ "revision": 4, "revisionHash": "5d9f", "baselineRevision": 3, "phase": "Failed",
+                           "reason": "EvaluationFailed", "message": "m", "startTime": "2026-11-26T10:00:00Z",
+                           "report": { "verdict": "Fail", "summary": long, "checks": [] } });
+        let r = row("Installation", &rejected(gate));
+        assert_eq!((r.health, r.reason.as_str()), (Health::Failed, "UpgradeRejected"));
+        assert_eq!(
+            r.message,
+            format!(
+                "revision 4 rejected by its gate (EvaluationFailed: {}...); revision 3 keeps serving; \
+                 report and override: kubectl soma -n t1 installation gate app",
+                &long[..97]
+            )
+        );
+        let timed_out = json!({ "revision": 4, "revisionHash": "5d9f", "phase": "Failed",
+                                "reason": "EvaluationTimedOut", "message": "m", "startTime": "2026-11-26T10:00:00Z" });
+        assert_eq!(
+            row("Installation", &rejected(timed_out)).message,
+            "revision 4 rejected by its gate (EvaluationTimedOut); the running revision keeps serving; \
+             report and override: kubectl soma -n t1 installation gate app"
+        );
+    }
+
+    #[test]
+    fn an_installation_being_evaluated_keeps_the_conditions_message() {
+        let inst = object(json!({
+            "apiVersion": "somastack.io/v1alpha1", "kind": "Installation",
+            "metadata": { "name": "app", "namespace": "t1", "generation": 5 },
+            "status": { "observedGeneration": 5, "phase": "Progressing",
+                "gate": { "revision": 4, "revisionHash": "5d9f", "phase": "Evaluating", "reason": "Evaluating",
+                          "message": "revision 4: evaluation Job app-gate-4 running", "startTime": "2026-11-26T10:00:00Z" },
+                "conditions": [
+                    { "type": "Ready", "status": "False", "reason": "EvaluatingUpgrade",
+                      "message": "revision 4: evaluation Job app-gate-4 running", "lastTransitionTime": "2026-11-26T10:00:00Z" },
+                    { "type": "Reconciling", "status": "True", "reason": "EvaluatingUpgrade",
+                      "message": "revision 4: evaluation Job app-gate-4 running", "lastTransitionTime": "2026-11-26T10:00:00Z" } ] }
+        }));
+        let r = row("Installation", &inst);
+        assert_eq!(
+            (r.health, r.reason.as_str(), r.message.as_str()),
+            (
+                Health::InProgress,
+                "EvaluatingUpgrade",
+                "revision 4: evaluation Job app-gate-4 running"
+            )
+        );
     }
 }
