@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "SomaStack in kubectl: health, capsules, installations, drills, projects, kill switch, policy",
     after_help = "Exit codes: 0 success; 1 runtime or cluster error, or object not found; \
-                  2 usage error; 3 a check failed (e.g. a bad signature). See docs/kubectl-soma.md."
+                  2 usage error; 3 a check failed (e.g. a bad signature, a revision its gate rejected). \
+                  See docs/kubectl-soma.md."
 )]
 pub struct Cli {
     #[command(flatten)]
