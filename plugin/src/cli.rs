@@ -75,7 +75,7 @@ pub enum Command {
     /// Disaster-recovery drills: run one now, the summary.
     #[command(subcommand)]
     Drill(DrillCommand),
-    /// KAMACHIQ projects: the summary, retrying failed tasks, approving a plan.
+    /// KAMACHIQ projects: the summary, retrying failed tasks, approving a plan, moderation.
     #[command(subcommand)]
     Project(ProjectCommand),
     /// A PolicyBundle's kill switch: stop (or let run again) what it governs.
@@ -214,6 +214,9 @@ pub enum ProjectCommand {
     RetryFailed(NameArgs),
     /// Approve a KamachiqProject's plan, bound to its plan digest.
     Approve(ProjectApproveArgs),
+    /// A KamachiqProject's moderation: its moderators, each decision, the
+    /// refusal that stopped it (exit 3 when refused).
+    Moderation(NameArgs),
 }
 
 #[derive(Args, Debug)]

@@ -6,14 +6,15 @@
 //! kubectl soma capsule payload|sign|verify|approve|reject
 //! kubectl soma installation history|rollback --to N|diff N M|gate [--override N --reason R]
 //! kubectl soma drill run NAME | drill summary [-A]
-//! kubectl soma project summary [-A] | retry-failed NAME | approve NAME
+//! kubectl soma project summary [-A] | retry-failed NAME | approve NAME | moderation NAME
 //! kubectl soma killswitch engage BUNDLE --reason R | release BUNDLE [--reason R]
 //! kubectl soma policy explain NAMESPACE
 //! ```
 //!
 //! Exit codes: 0 success; 1 runtime or cluster error, or not found; 2 usage
 //! error; 3 a check failed (e.g. a signature that does not verify, a
-//! candidate revision its regression gate rejected).
+//! candidate revision its regression gate rejected, a project moderation
+//! refused).
 
 mod capsule;
 mod cli;

@@ -1,6 +1,7 @@
-//! `kubectl soma project summary|retry-failed|approve`: the KAMACHIQ
-//! summary, from the projects' status and their task Jobs; running a
-//! project's failed tasks again; approving its plan.
+//! `kubectl soma project summary|retry-failed|approve|moderation`: the
+//! KAMACHIQ summary, from the projects' status and their task Jobs; running
+//! a project's failed tasks again; approving its plan; what its moderators
+//! decided.
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
@@ -12,9 +13,13 @@ use serde_json::json;
 use somastack_controllers::domain::review::{
     DECISION_ANNOTATION, DIGEST_ANNOTATION, REASON_ANNOTATION, REVIEWER_ANNOTATION,
 };
+use somastack_controllers::kinds::project::moderation::{self, Stage};
+use somastack_controllers::kinds::project::plan::JobState;
 use somastack_controllers::kinds::project::summary::{Summary, summary};
 use somastack_crds::KamachiqProject;
-use somastack_crds::kamachiq::{PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION};
+use somastack_crds::kamachiq::{
+    MODERATOR_ANNOTATION, PROJECT_UID_LABEL, RETRY_FAILED_ANNOTATION, ROLE_LABEL, TASK_LABEL,
+};
 
 use crate::cli::{Global, Listing, NameArgs, ProjectApproveArgs, ProjectCommand};
 use crate::cluster::{FIELD_MANAGER, with_cluster};
@@ -26,6 +31,7 @@ pub fn command(global: &Global, command: ProjectCommand) -> Result<()> {
         ProjectCommand::Summary(listing) => summary_command(global, listing),
         ProjectCommand::RetryFailed(args) => retry_failed(global, &args),
         ProjectCommand::Approve(args) => approve(global, &args),
+        ProjectCommand::Moderation(args) => moderation_command(global, &args),
     }
 }
 
@@ -149,6 +155,159 @@ fn approve(global: &Global, args: &ProjectApproveArgs) -> Result<()> {
                 .unwrap_or_default()
         )
     })
+}
+
+/// The `Succeeded` reasons of a project its moderation stopped.
+pub const REFUSED_REASONS: [&str; 4] = ["GoalRefused", "InputRefused", "OutputRefused", "ModerationFailed"];
+
+/// What `moderation` shows of a project.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModerationView {
+    pub project: String,
+    pub namespace: String,
+    /// `status.moderators`: `<package> <version> (<PolicyBundle NAME | spec.moderation>)`.
+    pub moderators: Vec<String>,
+    /// The refusal that stopped the project (its `Succeeded` condition).
+    pub refusal: Option<Refusal>,
+    /// One per moderation Job: goal first, then inputs, then outputs.
+    pub decisions: Vec<ModerationRow>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// `GoalRefused`, `InputRefused`, `OutputRefused` or `ModerationFailed`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// One moderation Job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModerationRow {
+    pub job: String,
+    /// `goal`, `input` or `output`.
+    pub stage: String,
+    /// The task whose input or output it checks; absent for the goal.
+    pub task: Option<String>,
+    pub moderator: Option<String>,
+    /// `Allow`, `Refuse` or `Failed` (no answer: a refusal) once the
+    /// operator judged it; before, `Running`, `Suspended` or `Judging`.
+    pub decision: String,
+    pub reason: Option<String>,
+}
+
+/// Pure: the moderation of `project` from its status and its Jobs (those
+/// that are not moderation Jobs are left out).
+pub fn moderation_view(project: &KamachiqProject, jobs: &[Job]) -> ModerationView {
+    let status = project.status.as_ref();
+    let refusal = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Succeeded"))
+        .filter(|c| c.status != "True" && REFUSED_REASONS.contains(&c.reason.as_str()))
+        .map(|c| Refusal {
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+        });
+    let mut decisions: Vec<(Stage, ModerationRow)> = jobs
+        .iter()
+        .filter_map(|job| {
+            let (name, record) = moderation::record(job)?;
+            let decision = match (&record.decision, &record.state) {
+                (Some(d), _) => d.as_str().to_string(),
+                (None, JobState::Active) => "Running".into(),
+                (None, JobState::Suspended) => "Suspended".into(),
+                (None, JobState::Succeeded | JobState::Failed(_)) => "Judging".into(),
+            };
+            let row = ModerationRow {
+                job: name,
+                stage: record.stage.as_str().into(),
+                task: job.labels().get(TASK_LABEL).cloned(),
+                moderator: job.annotations().get(MODERATOR_ANNOTATION).cloned(),
+                decision,
+                reason: record.decision.as_ref().map(|d| d.reason().to_string()),
+            };
+            Some((record.stage, row))
+        })
+        .collect();
+    decisions.sort_by(|(a, x), (b, y)| (a, &x.task, &x.job).cmp(&(b, &y.task, &y.job)));
+    ModerationView {
+        project: project.name_any(),
+        namespace: project.namespace().unwrap_or_default(),
+        moderators: status.map(|s| s.moderators.clone()).unwrap_or_default(),
+        refusal,
+        decisions: decisions.into_iter().map(|(_, r)| r).collect(),
+    }
+}
+
+/// Pure: the moderation as people read it.
+pub fn moderation_table(v: &ModerationView) -> String {
+    let moderators = if v.moderators.is_empty() {
+        "none (no spec.moderation, no PolicyBundle requires one)".to_string()
+    } else {
+        v.moderators.join(", ")
+    };
+    let mut out = format!(
+        "Project:     {}/{}\nModerators:  {moderators}\n",
+        v.namespace, v.project
+    );
+    if let Some(r) = &v.refusal {
+        out.push_str(&format!("Refused:     {}: {}\n", r.reason, r.message));
+    }
+    out.push('\n');
+    if v.decisions.is_empty() {
+        out.push_str("No moderation Jobs.\n");
+        return out;
+    }
+    let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let cells: Vec<Vec<String>> = v
+        .decisions
+        .iter()
+        .map(|d| {
+            vec![
+                d.stage.clone(),
+                or(&d.task),
+                d.decision.clone(),
+                or(&d.moderator),
+                d.job.clone(),
+                or(&d.reason),
+            ]
+        })
+        .collect();
+    out.push_str(&crate::output::table(
+        &["STAGE", "TASK", "DECISION", "MODERATOR", "JOB", "REASON"],
+        &cells,
+    ));
+    out
+}
+
+/// `moderation`: exit 3 when moderation refused the project.
+fn moderation_command(global: &Global, args: &NameArgs) -> Result<()> {
+    let view = with_cluster(global, async |cluster| {
+        let what = cluster.name("kamachiqproject", &args.name);
+        let project = cluster
+            .namespaced::<KamachiqProject>()
+            .get(&args.name)
+            .await
+            .context(&what)?;
+        let uid = project
+            .uid()
+            .ok_or_else(|| Error::Input(format!("{what} has no uid")))?;
+        let selector = format!("{PROJECT_UID_LABEL}={uid},{ROLE_LABEL}={}", moderation::ROLE);
+        let jobs = cluster
+            .namespaced::<Job>()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .context(format!("list the moderation jobs of {what}"))?
+            .items;
+        Ok(moderation_view(&project, &jobs))
+    })?;
+    crate::output::print(global.output, &view, moderation_table)?;
+    match &view.refusal {
+        Some(r) => Err(Error::CheckFailed(format!(
+            "kamachiqproject {}/{} was refused by moderation ({})",
+            view.namespace, view.project, r.reason
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The summary as a table, one project per line, then the totals.
@@ -330,6 +489,116 @@ mean task duration: 9.2s
         assert_eq!(
             retry_patch("2026-01-02T03:04:05Z"),
             json!({ "metadata": { "annotations": { "kamachiq.somastack.io/retry-failed": "2026-01-02T03:04:05Z" } } })
+        );
+    }
+
+    /// A moderation Job of `stage` (for `task`), ended (`complete`) with
+    /// `decision` (`(decision, reason)`) as the operator annotates it.
+    fn moderation_job(name: &str, stage: &str, task: Option<&str>, decision: Option<(&str, &str)>) -> Job {
+        let mut labels = json!({ "kamachiq.somastack.io/role": "moderation", "kamachiq.somastack.io/stage": stage,
+                                  "kamachiq.somastack.io/project-uid": "u1" });
+        if let Some(t) = task {
+            labels["kamachiq.somastack.io/task"] = json!(t);
+        }
+        let mut annotations =
+            json!({ "kamachiq.somastack.io/moderator": "moderate 1.0.0 (PolicyBundle eu)" });
+        let mut status = json!({});
+        if let Some((d, why)) = decision {
+            annotations["kamachiq.somastack.io/decision"] = json!(d);
+            annotations["kamachiq.somastack.io/reason"] = json!(why);
+            status = json!({ "conditions": [{ "type": "Complete", "status": "True" }] });
+        }
+        serde_json::from_value(
+            json!({ "metadata": { "name": name, "namespace": "t1", "labels": labels,
+                                                     "annotations": annotations }, "status": status }),
+        )
+        .unwrap()
+    }
+
+    fn refused_project() -> KamachiqProject {
+        serde_json::from_value(json!({
+            "apiVersion": "somastack.io/v1alpha1", "kind": "KamachiqProject",
+            "metadata": { "name": "docs", "namespace": "t1", "uid": "u1" },
+            "spec": { "goal": "write the release notes", "plannerRef": { "package": "p", "version": "1.0.0" } },
+            "status": { "phase": "Failed", "moderators": ["moderate 1.0.0 (PolicyBundle eu)"], "conditions": [
+                { "type": "Succeeded", "status": "False", "reason": "OutputRefused",
+                  "message": "the output of task notes (attempt 1) was refused by moderate 1.0.0 (PolicyBundle eu): names a customer",
+                  "lastTransitionTime": "2026-11-26T10:00:00Z" } ] }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn moderation_lists_every_decision_goal_first_and_the_refusal() {
+        let jobs = [
+            moderation_job(
+                "docs-notes-output-1a",
+                "output",
+                Some("notes"),
+                Some(("Refuse", "names a customer")),
+            ),
+            moderation_job("docs-goal-0b", "goal", None, Some(("Allow", "no denied term"))),
+            moderation_job(
+                "docs-notes-input-2c",
+                "input",
+                Some("notes"),
+                Some(("Allow", "no denied term")),
+            ),
+            moderation_job("docs-intro-input-3d", "input", Some("intro"), None),
+        ];
+        let mut other = moderation_job("docs-notes-1", "output", Some("notes"), None);
+        other
+            .labels_mut()
+            .insert("kamachiq.somastack.io/role".into(), "task".into());
+        let all: Vec<Job> = jobs.iter().cloned().chain([other]).collect();
+        let v = moderation_view(&refused_project(), &all);
+        assert_eq!(
+            v.refusal,
+            Some(Refusal {
+                reason: "OutputRefused".into(),
+                message:
+                    "the output of task notes (attempt 1) was refused by moderate 1.0.0 (PolicyBundle eu): \
+                          names a customer"
+                        .into()
+            })
+        );
+        assert_eq!(
+            moderation_table(&v),
+            "Project:     t1/docs\n\
+             Moderators:  moderate 1.0.0 (PolicyBundle eu)\n\
+             Refused:     OutputRefused: the output of task notes (attempt 1) was refused by moderate 1.0.0 \
+             (PolicyBundle eu): names a customer\n\
+             \n\
+             STAGE    TASK    DECISION   MODERATOR                          JOB                    REASON\n\
+             goal     -       Allow      moderate 1.0.0 (PolicyBundle eu)   docs-goal-0b           no denied term\n\
+             input    intro   Running    moderate 1.0.0 (PolicyBundle eu)   docs-intro-input-3d    -\n\
+             input    notes   Allow      moderate 1.0.0 (PolicyBundle eu)   docs-notes-input-2c    no denied term\n\
+             output   notes   Refuse     moderate 1.0.0 (PolicyBundle eu)   docs-notes-output-1a   names a customer\n"
+        );
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["refusal"]["reason"], "OutputRefused");
+        assert_eq!(json["decisions"][3]["decision"], "Refuse");
+        assert_eq!(json["decisions"][0]["task"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_project_without_moderation_says_so() {
+        let mut p = refused_project();
+        if let Some(s) = p.status.as_mut() {
+            s.moderators.clear();
+            s.conditions[0].reason = "TaskFailed".into();
+        }
+        let v = moderation_view(&p, &[]);
+        assert_eq!(
+            v.refusal, None,
+            "a failure that is not moderation's is no refusal"
+        );
+        assert_eq!(
+            moderation_table(&v),
+            "Project:     t1/docs\n\
+             Moderators:  none (no spec.moderation, no PolicyBundle requires one)\n\
+             \n\
+             No moderation Jobs.\n"
         );
     }
 }
