@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -283,19 +283,37 @@ pub fn gate_table(namespace: &str, name: &str, record: Option<&GateStatus>) -> S
     out
 }
 
-/// `gate`: prints `status.gate` (`-o json`: exactly that object, or `null`);
-/// exit 3 when its candidate was rejected.
+/// Pure: an Installation's `status.gate` as the API server holds it (JSON
+/// `null` when absent), and read as a record; `what` names the
+/// Installation.
+pub fn read_gate(inst: &DynamicObject, what: &str) -> Result<(Value, Option<GateStatus>)> {
+    let raw = inst
+        .data
+        .get("status")
+        .and_then(|s| s.get("gate"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let record = serde_json::from_value(raw.clone())
+        .map_err(|e| Error::Input(format!("the status.gate of {what} cannot be read: {e}")))?;
+    Ok((raw, record))
+}
+
+/// `gate`: prints `status.gate` (`-o json`: exactly that object as the API
+/// server holds it, or `null`); exit 3 when its candidate was rejected.
 fn gate(global: &Global, args: &GateArgs) -> Result<()> {
-    let (namespace, record) = with_cluster(global, async |cluster| {
-        let inst = cluster
-            .namespaced::<Installation>()
-            .get(&args.name)
-            .await
-            .context(cluster.name("installation", &args.name))?;
-        Ok((cluster.namespace.clone(), inst.status.and_then(|s| s.gate)))
+    let (namespace, raw, record) = with_cluster(global, async |cluster| {
+        let what = cluster.name("installation", &args.name);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            cluster.client.clone(),
+            &cluster.namespace,
+            &ApiResource::erase::<Installation>(&()),
+        );
+        let inst = api.get(&args.name).await.context(&what)?;
+        let (raw, record) = read_gate(&inst, &what)?;
+        Ok((cluster.namespace.clone(), raw, record))
     })?;
-    crate::output::print(global.output, &record, |r| {
-        gate_table(&namespace, &args.name, r.as_ref())
+    crate::output::print(global.output, &raw, |_| {
+        gate_table(&namespace, &args.name, record.as_ref())
     })?;
     match record.filter(rejected) {
         Some(g) => Err(Error::CheckFailed(format!(
@@ -670,21 +688,37 @@ mod tests {
 
     #[test]
     fn gate_json_is_status_gate_exactly() {
+        let installation = |status: Value| -> DynamicObject {
+            serde_json::from_value(json!({
+                "apiVersion": "somastack.io/v1alpha1", "kind": "Installation",
+                "metadata": { "name": "app", "namespace": "t1" }, "status": status
+            }))
+            .unwrap()
+        };
+        let json_of =
+            |v: &Value| crate::output::render(crate::cli::Output::Json, v, |_| unreachable!()).unwrap();
         for (phase, reason) in [
             ("Failed", "EvaluationFailed"),
             ("Passed", "EvaluationPassed"),
             ("Evaluating", "Evaluating"),
         ] {
-            let written = record_json(phase, reason);
-            let status: somastack_crds::InstallationStatus =
-                serde_json::from_value(json!({ "gate": written.clone() })).unwrap();
-            let out =
-                crate::output::render(crate::cli::Output::Json, &status.gate, |_| unreachable!()).unwrap();
-            assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), written);
+            let mut written = record_json(phase, reason);
+            // As the API server holds it, even where the typed value would
+            // say it otherwise (a fraction of a second).
+            written["startTime"] = json!("2026-11-26T10:00:00.250Z");
+            let inst = installation(json!({ "currentRevision": 3, "gate": written.clone() }));
+            let (raw, record) = read_gate(&inst, "installation t1/app").unwrap();
+            assert_eq!(serde_json::from_str::<Value>(&json_of(&raw)).unwrap(), written);
+            assert_eq!(record.map(|r| r.reason), Some(reason.to_string()));
         }
-        let none: Option<GateStatus> = None;
-        let out = crate::output::render(crate::cli::Output::Json, &none, |_| unreachable!()).unwrap();
-        assert_eq!(out, "null\n");
+        let (raw, record) = read_gate(&installation(json!({ "currentRevision": 3 })), "x").unwrap();
+        assert_eq!((json_of(&raw).as_str(), record), ("null\n", None));
+        let bad = installation(json!({ "gate": { "revision": "four" } }));
+        let err = read_gate(&bad, "installation t1/app").unwrap_err().to_string();
+        assert!(
+            err.starts_with("the status.gate of installation t1/app cannot be read: "),
+            "{err}"
+        );
     }
 
     #[test]
