@@ -3,7 +3,8 @@
 //! evaluators and moderators are written against. No JSON-schema crate is a
 //! dependency of the workspace: the validator below knows the keywords the
 //! two schemas use, and refuses any other, so a schema that grows past it
-//! fails these tests instead of being half checked.
+//! fails these tests instead of being half checked. And the corpus that
+//! docs/agent.md gives users to copy is the one the tests use.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -228,4 +229,18 @@ fn the_moderation_schema_refuses_what_is_not_a_decision() {
     let mut bad = good.clone();
     bad.as_object_mut().unwrap().remove("reason");
     assert_eq!(valid(MODERATION, &bad), Err("$: reason is required".to_string()));
+}
+
+#[test]
+fn docs_agent_md_shows_the_corpus_as_it_is() {
+    let docs = include_str!("../../docs/agent.md");
+    assert!(
+        docs.contains(&format!("```text\n{EVAL_CORPUS}```")),
+        "docs/agent.md has another corpus"
+    );
+    let yaml: String = EVAL_CORPUS.lines().map(|l| format!("    {l}\n")).collect();
+    assert!(
+        docs.contains(&format!("  corpus: |\n{yaml}```")),
+        "docs/agent.md has another YAML corpus"
+    );
 }
