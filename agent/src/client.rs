@@ -8,6 +8,25 @@ use std::time::{Duration, Instant};
 
 use somastack_agent::http1::{self, MAX_RESPONSE_BYTES, Response};
 
+/// Waits until a TCP connection to `addr` succeeds, trying every half
+/// second for at most `wait`: a pod that has just started may not be
+/// admitted yet by the NetworkPolicies of what it calls (the policy
+/// controller learns of the new pod's address a moment after it starts),
+/// nor a Service just created be served yet. The last error when it never
+/// connects.
+pub fn wait_reachable(addr: SocketAddr, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("could not connect within {} s: {e}", wait.as_secs()));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 /// `POST path` with a JSON `body` to `addr`: the answer and how long it
 /// took, or why there was none, all within `timeout`.
 pub fn post_json(

@@ -41,6 +41,11 @@ The agent summarizes its task input and writes the summary as its result. \
 A reviewer agent accepts a task result only when every sentence comes from the task input.
 ";
 
+/// How long the evaluator waits by default for a first TCP connection to
+/// the baseline and to the candidate before it sends anything (input
+/// `connectSeconds`, 0 to 300).
+pub const DEFAULT_CONNECT_SECONDS: u64 = 30;
+
 /// The defaults of the gate's inputs.
 pub const DEFAULT_MAX_SENTENCES: usize = 2;
 pub const DEFAULT_MIN_AGREEMENT: f64 = 0.8;
@@ -55,8 +60,9 @@ pub const MAX_REPORT_BYTES: usize = 4000;
 pub const MAX_SUMMARY_CHARS: usize = 200;
 
 /// The inputs this evaluator reads (`SOMASTACK_GATE_INPUTS`).
-const KNOWN_INPUTS: [&str; 6] = [
+const KNOWN_INPUTS: [&str; 7] = [
     "corpus",
+    "connectSeconds",
     "maxSentences",
     "minAgreement",
     "expected",
@@ -83,6 +89,8 @@ pub struct Settings {
     pub min_agreement: f64,
     pub max_latency: Duration,
     pub request_timeout: Duration,
+    /// How long to wait for a first connection to each end.
+    pub connect_wait: Duration,
     /// Inputs given that this evaluator does not read.
     pub ignored: Vec<String>,
     /// `SOMASTACK_INSTALLATION`, `SOMASTACK_GATE_REVISION` and
@@ -204,6 +212,13 @@ impl Settings {
             (1, MAX_REQUEST_TIMEOUT_SECONDS),
             "a whole number",
         )?;
+        let connect = number(
+            &inputs,
+            "connectSeconds",
+            DEFAULT_CONNECT_SECONDS,
+            (0, 300),
+            "a whole number",
+        )?;
         let mut ignored: Vec<String> = inputs
             .keys()
             .filter(|k| !KNOWN_INPUTS.contains(&k.as_str()))
@@ -239,6 +254,7 @@ impl Settings {
             min_agreement,
             max_latency: Duration::from_millis(max_latency_ms),
             request_timeout: Duration::from_secs(timeout),
+            connect_wait: Duration::from_secs(connect),
             ignored,
             installation: set("SOMASTACK_INSTALLATION"),
             revision: set("SOMASTACK_GATE_REVISION"),
@@ -638,6 +654,7 @@ mod tests {
             min_agreement: 0.8,
             max_latency: Duration::from_millis(5000),
             request_timeout: Duration::from_secs(30),
+            connect_wait: Duration::from_secs(30),
             ignored: vec![],
             installation: None,
             revision: None,

@@ -270,6 +270,20 @@ fn evaluate_cmd(output: &str) -> ExitCode {
         let (answer, took) = client::post_json(addr, "/v1/summarize", &body, settings.request_timeout)?;
         evaluate::summary_of(answer.status, &answer.body).map(|s| (s, took))
     };
+    // First contact: both ends reachable at all (a new pod's network may
+    // take a moment to admit it), so that what is measured afterwards is
+    // the releases, not the network settling.
+    if let Reference::Baseline(addr) = settings.reference
+        && let Err(e) = client::wait_reachable(addr, settings.connect_wait)
+    {
+        return cannot_run(
+            output,
+            &format!("the baseline http://{addr} is not reachable: {e}"),
+        );
+    }
+    if let Err(e) = client::wait_reachable(settings.candidate, settings.connect_wait) {
+        tracing::warn!(error = %e, "the candidate is not reachable");
+    }
     let mut answers = Vec::new();
     let mut reference = Vec::new();
     for (i, doc) in settings.documents.iter().enumerate() {

@@ -100,6 +100,7 @@ fn settings(reference: Reference) -> Settings {
         min_agreement: 0.8,
         max_latency: Duration::from_millis(5000),
         request_timeout: Duration::from_secs(30),
+        connect_wait: Duration::from_secs(30),
         ignored: vec!["temperature".into()],
         installation: Some("summarizer".into()),
         revision: Some("2".into()),

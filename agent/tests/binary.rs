@@ -336,11 +336,16 @@ async fn an_evaluation_without_a_baseline_to_ask_cannot_run() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    let (code, text) = evaluate(&candidate.base, Some(&gone), json!({ "corpus": EVAL_CORPUS })).await;
+    let (code, text) = evaluate(
+        &candidate.base,
+        Some(&gone),
+        json!({ "corpus": EVAL_CORPUS, "connectSeconds": "1" }),
+    )
+    .await;
     assert_eq!(code, Some(2), "{text}");
     assert!(
         text.starts_with(&format!(
-            "the baseline {gone} gave no summary of document 1 of 3: could not connect: "
+            "the baseline {gone} is not reachable: could not connect within 1 s: "
         )),
         "{text}"
     );
@@ -360,7 +365,12 @@ async fn an_evaluation_without_a_baseline_to_ask_cannot_run() {
     );
 
     // A candidate that is down is evaluated: it fails.
-    let (code, text) = evaluate(&gone, Some(&candidate.base), json!({ "corpus": EVAL_CORPUS })).await;
+    let (code, text) = evaluate(
+        &gone,
+        Some(&candidate.base),
+        json!({ "corpus": EVAL_CORPUS, "connectSeconds": "1" }),
+    )
+    .await;
     assert_eq!(code, Some(0), "{text}");
     let report: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["verdict"], "Fail");
