@@ -786,7 +786,6 @@ mod real_node {
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
         use k8s_openapi::api::batch::v1::Job;
-        use kube::api::{Patch, PatchParams};
         use somastack_tests::fixtures::{agent_capsule, on_real_nodes};
         use somastack_tests::real::{node_of, service_addr, summarize};
 
@@ -1036,6 +1035,16 @@ mod real_node {
             let serving = ran_on_real_nodes(&client, &ns.name, "somastack.io/installation=app").await;
             assert_eq!(serving.len(), 2);
             assert!(serving.iter().all(|p| env_of(p, "AGENT_METHOD").is_none()));
+            // What `kubectl soma` shows: the gate's record (exit 3: rejected)
+            // and the revision marked in the history.
+            let shown = soma(&["installation", "gate", "app", "-n", &ns.name, "-o", "json"]);
+            assert_eq!(shown.status.code(), Some(3), "{shown:?}");
+            let shown: Value = serde_json::from_slice(&shown.stdout).expect("the gate as JSON");
+            let now = api.get("app").await.expect("the Installation");
+            assert_eq!(shown, now.data["status"]["gate"]);
+            let history = soma_ok(&["installation", "history", "app", "-n", &ns.name]);
+            let second = history.lines().find(|l| l.starts_with("2 ")).unwrap_or_default();
+            assert!(second.contains("Rejected"), "{history}");
 
             tokio::time::sleep(Duration::from_secs(1)).await;
             stop.store(true, Ordering::Relaxed);
@@ -1056,7 +1065,7 @@ mod real_node {
         /// and status and a Warning Event say who set the override.
         #[tokio::test]
         async fn an_evaluation_that_times_out_fails_the_gate_and_an_override_promotes_it() {
-            let (client, ns, mut inst, api) = gated("rgslow", &[("AGENT_DELAY", "600s")], 30).await;
+            let (client, ns, mut inst, api) = gated("rgslow", &[("AGENT_DELAY", "300s")], 30).await;
             inst["spec"]["upgrade"]["gate"]["inputs"]["requestTimeoutSeconds"] = json!("300");
             inst["spec"]["capsule"]["version"] = json!("2.0.0");
             put(&client, &inst).await;
@@ -1082,20 +1091,36 @@ mod real_node {
                 Some("Rejected")
             );
 
-            let patch = json!({ "metadata": { "annotations": { "somastack.io/gate-override": "2" } } });
-            let params = PatchParams {
-                field_manager: Some("gate-test-override".into()),
-                ..Default::default()
-            };
-            api.patch("app", &params, &Patch::Merge(&patch))
-                .await
-                .expect("the override is set");
+            // An override of a revision the gate did not reject is refused.
+            let refused = soma(&[
+                "installation",
+                "gate",
+                "app",
+                "-n",
+                &ns.name,
+                "--override",
+                "1",
+                "--reason",
+                "test",
+            ]);
+            assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+            soma_ok(&[
+                "installation",
+                "gate",
+                "app",
+                "-n",
+                &ns.name,
+                "--override",
+                "2",
+                "--reason",
+                "slow is acceptable for this test",
+            ]);
             let obj = gate_phase(&api, "Overridden").await;
             let by = obj.data["status"]["gate"]["overriddenBy"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            assert!(by.starts_with("gate-test-override at "), "{by}");
+            assert!(by.starts_with("kubectl-soma at "), "{by}");
             wait_event(&ns.name, "GateOverridden", T).await;
             let obj = wait_condition(&api, "app", "Ready", "True", None, T_GATE).await;
             assert_eq!(obj.data["status"]["currentRevision"], 2);
@@ -1103,7 +1128,7 @@ mod real_node {
             assert!(
                 serving
                     .iter()
-                    .any(|p| env_of(p, "AGENT_DELAY").as_deref() == Some("600s"))
+                    .any(|p| env_of(p, "AGENT_DELAY").as_deref() == Some("300s"))
             );
             assert_eq!(
                 revision_mark(&client, &ns.name, 2).await.as_deref(),
