@@ -98,3 +98,41 @@ pub async fn summarize(addr: SocketAddr, text: &str, max: usize) -> Result<Vec<S
         .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
         .unwrap_or_default())
 }
+
+/// Requests through a Service, `POST /v1/summarize` of one text every 50 ms,
+/// from [`Requests::start`] until [`Requests::stop`]: how a test measures
+/// that a workload kept serving during an upgrade.
+pub struct Requests {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Requests {
+    /// Starts sending `text` to `addr`, asking for `max` sentences; an
+    /// answer other than `expected` counts as a failure.
+    pub fn start(addr: SocketAddr, text: &'static str, max: usize, expected: Vec<String>) -> Requests {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let (mut ok, mut failures) = (0, Vec::new());
+            while !stopped.load(Ordering::Relaxed) {
+                match summarize(addr, text, max).await {
+                    Ok(got) if got == expected => ok += 1,
+                    Ok(got) => failures.push(format!("other answer {got:?}")),
+                    Err(e) => failures.push(e),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            (ok, failures)
+        });
+        Requests { stop, task }
+    }
+
+    /// Stops sending: how many requests got the expected answer, and what
+    /// the others got.
+    pub async fn stop(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the request loop")
+    }
+}

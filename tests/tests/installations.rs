@@ -622,11 +622,10 @@ async fn paused_leaves_children_alone() {
 
 /// On the real nodes: real readiness probes, a real Service, real requests.
 mod real_node {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use somastack_tests::fixtures::{agent_capsule, on_real_nodes};
-    use somastack_tests::real::{node_of, pods_on_real_nodes, service_addr, summarize};
+    use somastack_tests::real::{Requests, node_of, pods_on_real_nodes, service_addr, summarize};
 
     use super::*;
 
@@ -681,29 +680,7 @@ mod real_node {
         );
 
         // Requests through the Service during the whole upgrade.
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let sender = {
-            let (stop, ok, failed, expected) = (stop.clone(), ok.clone(), failed.clone(), first.clone());
-            tokio::spawn(async move {
-                let mut errors = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match summarize(addr, TEXT, 2).await {
-                        Ok(got) if got == expected => ok.fetch_add(1, Ordering::Relaxed),
-                        Ok(got) => {
-                            errors.push(format!("other answer {got:?}"));
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => {
-                            errors.push(e);
-                            failed.fetch_add(1, Ordering::Relaxed)
-                        }
-                    };
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                errors
-            })
-        };
+        let requests = Requests::start(addr, TEXT, 2, first.clone());
 
         inst["spec"]["capsule"]["version"] = json!("2.0.0");
         put(&client, &inst).await;
@@ -766,9 +743,8 @@ mod real_node {
         assert_eq!(obj.data["status"]["currentRevision"], 3);
         // A few more requests against the rolled-back release, then stop.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        stop.store(true, Ordering::Relaxed);
-        let errors = sender.await.expect("the request loop");
-        let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        let (ok, errors) = requests.stop().await;
+        let failed = errors.len();
         eprintln!(
             "requests through the Service during the upgrade and rollback: {ok} succeeded, {failed} failed"
         );
@@ -782,12 +758,9 @@ mod real_node {
     /// preview Service, evaluated by the reference agent's evaluation mode,
     /// with the gate's inputs of examples/30-installation.yaml.
     mod gate {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
         use k8s_openapi::api::batch::v1::Job;
         use somastack_tests::fixtures::{agent_capsule, on_real_nodes};
-        use somastack_tests::real::{node_of, service_addr, summarize};
+        use somastack_tests::real::{Requests, node_of, service_addr, summarize};
 
         use super::*;
 
@@ -961,29 +934,7 @@ mod real_node {
                 summarize(addr, TEXT, 2).await.ok()
             })
             .await;
-            let stop = Arc::new(AtomicBool::new(false));
-            let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-            let sender = {
-                let (stop, ok, failed, expected) = (stop.clone(), ok.clone(), failed.clone(), first.clone());
-                tokio::spawn(async move {
-                    let mut errors = Vec::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match summarize(addr, TEXT, 2).await {
-                            Ok(got) if got == expected => ok.fetch_add(1, Ordering::Relaxed),
-                            Ok(got) => {
-                                errors.push(format!("other answer {got:?}"));
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                            Err(e) => {
-                                errors.push(e);
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    errors
-                })
-            };
+            let requests = Requests::start(addr, TEXT, 2, first.clone());
 
             inst["spec"]["capsule"]["version"] = json!("2.0.0");
             put(&client, &inst).await;
@@ -1047,9 +998,8 @@ mod real_node {
             assert!(second.contains("Rejected"), "{history}");
 
             tokio::time::sleep(Duration::from_secs(1)).await;
-            stop.store(true, Ordering::Relaxed);
-            let errors = sender.await.expect("the request loop");
-            let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+            let (ok, errors) = requests.stop().await;
+            let failed = errors.len();
             eprintln!(
                 "requests through the Service during the gated upgrade: {ok} succeeded, {failed} failed"
             );
