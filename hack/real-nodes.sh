@@ -245,7 +245,16 @@ EOF
 
 start_daemon() {  # start_daemon NAME LOG CMD...: runs CMD in its own session
   local name=$1 logfile=$2; shift 2
-  setsid "$@" >"$logfile" 2>&1 < /dev/null &
+  (
+    # A daemon keeps none of its caller's other open files: a lock the
+    # caller holds (`flock FILE hack/test.sh`) would stay held for as long
+    # as the node runs, and a CI runner's pipe would stay open.
+    for fd in /proc/"$BASHPID"/fd/*; do
+      fd=${fd##*/}
+      if [[ $fd =~ ^[0-9]+$ ]] && (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid "$@" >"$logfile" 2>&1 < /dev/null
+  ) &
   echo $! >"$NODES_DIR/$name.pid"
 }
 
