@@ -625,7 +625,11 @@ impl Run<'_> {
             Step::Start => self.start(gate).await,
             Step::Evaluate => self.evaluate(gate, record).await,
             Step::Override => {
-                let by = override_manager(inst.metadata.managed_fields.as_deref().unwrap_or_default())
+                // The caches drop managedFields: who set the override is read
+                // from the object itself, once.
+                let api: Api<Installation> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+                let fresh = api.get(&self.key.name).await?;
+                let by = override_manager(fresh.metadata.managed_fields.as_deref().unwrap_or_default())
                     .unwrap_or_else(|| "an unknown manager".into());
                 let message = format!(
                     "revision {} was promoted although its evaluation failed, by an override ({GATE_OVERRIDE_ANNOTATION}) set by {by}",
