@@ -392,6 +392,68 @@ async fn installation_history_diff_and_rollback() {
         })
         .collect();
     assert_eq!(rows, [(1, false, "1.0.0".into()), (2, true, "1.1.0".into())]);
+    // No gate asked for: no revision carries a gate's outcome.
+    assert!(
+        history.as_array().unwrap().iter().all(|r| r["gate"].is_null()),
+        "{history:#}"
+    );
+    let table = ok(&["installation", "history", "app", "-n", &ns.name]).stdout;
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0]
+            .split_whitespace()
+            .eq(["REVISION", "CURRENT", "CAPSULE", "REPLICAS", "GATE", "IMAGE"]),
+        "{table}"
+    );
+    let gate_column = lines[0].find("GATE").unwrap();
+    assert_eq!(
+        lines[2]
+            .get(gate_column..)
+            .and_then(|c| c.split_whitespace().next()),
+        Some("-"),
+        "{table}"
+    );
+
+    // The gate of an Installation without one: no record (JSON null), exit
+    // 0; an override of it is refused and writes nothing.
+    let gate = ok(&["installation", "gate", "app", "-n", &ns.name, "-o", "json"]);
+    assert_eq!(gate.json(), Value::Null);
+    let gate = ok(&["installation", "gate", "app", "-n", &ns.name]).stdout;
+    assert!(gate.contains("has no regression gate record"), "{gate}");
+    fails(
+        &[
+            "installation",
+            "gate",
+            "app",
+            "--override",
+            "2",
+            "--reason",
+            "nothing was rejected",
+            "-n",
+            &ns.name,
+        ],
+        1,
+        &format!(
+            "installation {}/app has no regression gate record: nothing to override",
+            ns.name
+        ),
+    );
+    let after = api.get("app").await.unwrap();
+    assert!(
+        after
+            .metadata
+            .annotations
+            .as_ref()
+            .is_none_or(|a| !a.keys().any(|k| k.starts_with("somastack.io/gate-override"))),
+        "{:?}",
+        after.metadata.annotations
+    );
+    fails(
+        &["installation", "gate", "app", "--override", "2", "-n", &ns.name],
+        2,
+        "--reason",
+    );
+    fails(&["installation", "gate", "nope", "-n", &ns.name], 1, "not found");
 
     let diff = ok(&[
         "installation",
@@ -575,6 +637,16 @@ async fn projects_are_approved_retried_and_summarized() {
     assert_eq!(approved["planDigest"], digest.as_str());
     assert_eq!(approved["reviewer"], reviewer.name.as_str());
     wait_condition(&api, "gated", "Succeeded", "True", Some("AllTasksSucceeded"), T).await;
+    // No moderator governs it (under KWOK a moderation Job has no answer,
+    // so a moderated project could not have succeeded): nothing refused,
+    // exit 0.
+    let moderation = ok(&["project", "moderation", "gated", "-n", &ns.name, "-o", "json"]).json();
+    assert_eq!(
+        moderation,
+        json!({ "project": "gated", "namespace": ns.name, "moderators": [], "refusal": null, "decisions": [] })
+    );
+    let table = ok(&["project", "moderation", "gated", "-n", &ns.name]).stdout;
+    assert!(table.contains("No moderation Jobs."), "{table}");
 
     // A task that fails its first attempt, never retried: the project fails
     // until its failed tasks run again.
@@ -602,6 +674,7 @@ async fn projects_are_approved_retried_and_summarized() {
     assert!(table.contains("projects: 2 (Succeeded 2)"), "{table}");
 
     fails(&["project", "approve", "nope", "-n", &ns.name], 1, "not found");
+    fails(&["project", "moderation", "nope", "-n", &ns.name], 1, "not found");
     ns.delete().await;
 }
 
