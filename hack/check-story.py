@@ -154,6 +154,15 @@ brief = results.get("write-brief", "")
 for dep in tasks["write-brief"].get("dependsOn", []):
     dep_lines = [l for l in results.get(dep, "").splitlines() if l.strip()]
     expect(any(l in brief for l in dep_lines), f"write-brief combines the output of {dep}")
+# Moderated before orchestration: the goal, every input and every output,
+# each by a moderation Job that allowed it.
+mod_jobs = get("-n", NS, "jobs", "-l",
+               "kamachiq.somastack.io/project=market-brief,kamachiq.somastack.io/role=moderation")["items"]
+stages = [j["metadata"]["labels"].get("kamachiq.somastack.io/stage") for j in mod_jobs]
+decisions = {j["metadata"].get("annotations", {}).get("kamachiq.somastack.io/decision") for j in mod_jobs}
+expect(stages.count("goal") == 1 and stages.count("input") == len(tasks) and stages.count("output") == len(tasks),
+       f"moderation checked the goal, each input and each output: {sorted(stages)}")
+expect(decisions == {"Allow"}, f"every moderation Job allowed what it checked: {decisions}")
 job_pods = get("-n", NS, "pods", "-l", "kamachiq.somastack.io/project=market-brief")["items"]
 expect(len(job_pods) >= 3, f"the project's tasks ran as {len(job_pods)} pods")
 for p in job_pods:
