@@ -23,6 +23,7 @@ pub mod caches;
 pub mod conditions;
 pub mod domain;
 pub mod error;
+pub mod jobs;
 pub mod kinds;
 pub mod kubeconfig;
 pub mod metrics;

@@ -99,6 +99,20 @@ pub fn redact_in(text: &str, url: &str) -> String {
     out
 }
 
+/// `base` + `suffix`, at most `max` characters: when too long, `base` is cut
+/// and an 8-hex hash of the whole keeps names distinct and deterministic
+/// (Kubernetes names and label values the operator derives from a user's).
+pub fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
+    let full = format!("{base}{suffix}");
+    if full.len() <= max {
+        return full;
+    }
+    let hash = &crate::domain::sha256_hex(full.as_bytes())[..8];
+    let keep = max.saturating_sub(suffix.len() + 9);
+    let cut: String = base.chars().take(keep).collect();
+    format!("{}-{hash}{suffix}", cut.trim_end_matches(['-', '.']))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

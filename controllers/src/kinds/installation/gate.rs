@@ -9,12 +9,13 @@
 //! [`evaluation_job`], [`judge`] and [`parse_report`]. The shell, [`run`],
 //! applies and deletes them and records the outcome.
 
+use crate::text::bounded_name;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, DeploymentStrategy};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, PodSpec, PodTemplateSpec, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec, Service};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
@@ -22,13 +23,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ManagedFieldsEntry, ObjectMeta, OwnerReference, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use somastack_crds::capsule::CapsuleSpec;
 use somastack_crds::installation::{
-    GATE_OVERRIDE_ANNOTATION, GateBaseline, GateCheck, GatePhase, GateReport, GateStatus, UpgradeGate,
+    GATE_OVERRIDE_ANNOTATION, GATE_OVERRIDE_REASON_ANNOTATION, GateBaseline, GateCheck, GatePhase,
+    GateReport, GateStatus, UpgradeGate,
 };
 use somastack_crds::{Installation, PolicyBundle};
 
@@ -37,7 +39,6 @@ use super::{ObjectKey, Workload, revisions};
 use crate::apply::{self, ApiResultExt};
 use crate::domain::capsules::{self, CapsuleUse};
 use crate::domain::pods::{container_resources, restricted_container_security, restricted_pod_security};
-use crate::domain::sha256_hex;
 use crate::{INSTALLATION_LABEL, MANAGED_BY, Result, status, text};
 
 /// Label on the candidate's preview pods (instead of the Installation's
@@ -57,19 +58,6 @@ const MAX_CHECKS: usize = 16;
 const MAX_NAME: usize = 63;
 /// How often an evaluation in progress is looked at.
 pub const POLL_SECONDS: u64 = 3;
-
-/// `base` + `suffix`, at most `max` characters: when too long, `base` is cut
-/// and an 8-hex hash of the whole keeps names distinct and deterministic.
-pub fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
-    let full = format!("{base}{suffix}");
-    if full.len() <= max {
-        return full;
-    }
-    let hash = &sha256_hex(full.as_bytes())[..8];
-    let keep = max.saturating_sub(suffix.len() + 9);
-    let cut: String = base.chars().take(keep).collect();
-    format!("{}-{hash}{suffix}", cut.trim_end_matches(['-', '.']))
-}
 
 /// Name of the candidate's preview Deployment, Service and NetworkPolicy.
 pub fn preview_name(name: &str) -> String {
@@ -631,8 +619,13 @@ impl Run<'_> {
                 let fresh = api.get(&self.key.name).await?;
                 let by = override_manager(fresh.metadata.managed_fields.as_deref().unwrap_or_default())
                     .unwrap_or_else(|| "an unknown manager".into());
+                let why = fresh
+                    .annotations()
+                    .get(GATE_OVERRIDE_REASON_ANNOTATION)
+                    .map(|r| format!(": {}", text::bounded(&text::sanitize(r), MAX_REPORT_TEXT)))
+                    .unwrap_or_default();
                 let message = format!(
-                    "revision {} was promoted although its evaluation failed, by an override ({GATE_OVERRIDE_ANNOTATION}) set by {by}",
+                    "revision {} was promoted although its evaluation failed, by an override ({GATE_OVERRIDE_ANNOTATION}) set by {by}{why}",
                     record.revision
                 );
                 self.mark_revision(record.revision, "Overridden", &message)
@@ -881,7 +874,7 @@ impl Run<'_> {
             record.message = format!("revision {}: evaluation Job {name} running", record.revision);
             return Ok(None);
         }
-        let message = termination_message(client, &key.namespace, &name).await?;
+        let message = crate::jobs::termination_message(client, &key.namespace, &name).await?;
         Ok(judge(&state, message.as_deref()))
     }
 
@@ -1000,30 +993,6 @@ fn cluster_ip(s: &Service) -> Option<String> {
         .cluster_ip
         .clone()
         .filter(|ip| !ip.is_empty() && ip != "None")
-}
-
-/// The termination message of the Job's (last) pod, if it left one.
-async fn termination_message(client: &kube::Client, namespace: &str, job: &str) -> Result<Option<String>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
-        .await?;
-    let mut finished: Vec<(jiff::Timestamp, String)> = list
-        .items
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .filter_map(|c| {
-            let t = c.state.as_ref()?.terminated.as_ref()?;
-            let at = t.finished_at.as_ref().map(|f| f.0).unwrap_or_default();
-            Some((at, t.message.clone().unwrap_or_default()))
-        })
-        .collect();
-    finished.sort();
-    Ok(finished.pop().map(|(_, m)| m).filter(|m| !m.trim().is_empty()))
 }
 
 #[cfg(test)]

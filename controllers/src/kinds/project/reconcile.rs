@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
@@ -706,26 +706,7 @@ impl<'a> ProjectReconcile<'a> {
 
     /// The termination message of the Job's (last) pod's agent container.
     async fn pod_message(&self, job: &str) -> Result<Option<String>> {
-        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.project.namespace);
-        let list = pods
-            .list(&ListParams::default().labels(&format!("job-name={job}")))
-            .await?;
-        let mut finished: Vec<(jiff::Timestamp, String)> = list
-            .items
-            .iter()
-            .flat_map(|p| {
-                p.status
-                    .iter()
-                    .flat_map(|s| s.container_statuses.iter().flatten())
-            })
-            .filter_map(|c| {
-                let t = c.state.as_ref()?.terminated.as_ref()?;
-                let at = t.finished_at.as_ref().map(|f| f.0).unwrap_or_default();
-                Some((at, t.message.clone().unwrap_or_default()))
-            })
-            .collect();
-        finished.sort();
-        Ok(finished.pop().map(|(_, m)| m).filter(|m| !m.trim().is_empty()))
+        crate::jobs::termination_message(&self.ctx.client, self.project.namespace, job).await
     }
 
     /// The ServiceAccount and NetworkPolicies every agent, reviewer and

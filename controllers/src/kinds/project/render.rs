@@ -2,6 +2,7 @@
 //! review Jobs, the agents' ServiceAccount and NetworkPolicies, the plan and
 //! results ConfigMaps.
 
+pub use crate::text::bounded_name;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
@@ -26,7 +27,6 @@ use crate::domain::pods::{
     EGRESS_CAPABILITY, container_resources, place, restricted_container_security, restricted_pod_security,
 };
 use crate::domain::regions::REGION_LABEL;
-use crate::domain::sha256_hex;
 
 /// Label on agent pods whose capsule may reach the network.
 pub const EGRESS_LABEL: &str = "kamachiq.somastack.io/egress";
@@ -43,19 +43,6 @@ pub const PLAN_KEY: &str = "plan.json";
 pub const REFUSED_KEY: &str = "refused";
 /// Most characters of a Kubernetes name used as a label value or Job name.
 const MAX_NAME: usize = 63;
-
-/// `base` + `suffix`, at most `max` characters: when too long, `base` is cut
-/// and an 8-hex hash of the whole keeps names distinct and deterministic.
-pub fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
-    let full = format!("{base}{suffix}");
-    if full.len() <= max {
-        return full;
-    }
-    let hash = &sha256_hex(full.as_bytes())[..8];
-    let keep = max.saturating_sub(suffix.len() + 9);
-    let cut: String = base.chars().take(keep).collect();
-    format!("{}-{hash}{suffix}", cut.trim_end_matches(['-', '.']))
-}
 
 /// The project's identity, as children need it.
 #[derive(Clone, Debug)]
