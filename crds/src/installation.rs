@@ -334,3 +334,7 @@ pub const DRILL_LOCK_ANNOTATION: &str = "somastack.io/drill";
 /// regression gate failed: an explicit override, recorded in status and a
 /// Warning Event.
 pub const GATE_OVERRIDE_ANNOTATION: &str = "somastack.io/gate-override";
+/// Why a person overrode the gate (`kubectl soma installation gate
+/// --override N --reason TEXT` sets it with the override); the operator
+/// quotes it in the `GateOverridden` Event and `status.gate.message`.
+pub const GATE_OVERRIDE_REASON_ANNOTATION: &str = "somastack.io/gate-override-reason";

@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, FIELD_MANAGER, with_cluster};
 use crate::error::{Context, Error, Result};
 
 /// Why a person overrode the gate (beside [`GATE_OVERRIDE_ANNOTATION`]).
-pub const GATE_OVERRIDE_REASON_ANNOTATION: &str = "somastack.io/gate-override-reason";
+pub use somastack_crds::installation::GATE_OVERRIDE_REASON_ANNOTATION;
 
 pub fn command(global: &Global, command: InstallationCommand) -> Result<()> {
     match command {

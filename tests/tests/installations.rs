@@ -1071,6 +1071,11 @@ mod real_node {
                 .unwrap_or_default()
                 .to_string();
             assert!(by.starts_with("kubectl-soma at "), "{by}");
+            let said = obj.data["status"]["gate"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            assert!(said.ends_with(": slow is acceptable for this test"), "{said}");
             wait_event(&ns.name, "GateOverridden", T).await;
             let obj = wait_condition(&api, "app", "Ready", "True", None, T_GATE).await;
             assert_eq!(obj.data["status"]["currentRevision"], 2);
