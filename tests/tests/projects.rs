@@ -1187,6 +1187,19 @@ mod real_node {
             0,
             "the planner was called with a refused goal"
         );
+        // What `kubectl soma project moderation` shows: the refusal (exit 3).
+        let shown = somastack_tests::soma(&[
+            "project",
+            "moderation",
+            "refused-goal",
+            "-n",
+            &env.ns.name,
+            "-o",
+            "json",
+        ]);
+        assert_eq!(shown.status.code(), Some(3), "{shown:?}");
+        let shown: Value = serde_json::from_slice(&shown.stdout).expect("the moderation view as JSON");
+        assert_eq!(shown["refusal"]["reason"], "GoalRefused", "{shown}");
         pods_on_real_nodes(
             &client,
             &env.ns.name,
