@@ -135,4 +135,16 @@ impl Requests {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.task.await.expect("the request loop")
     }
+
+    /// Sends for one more second, stops, and requires that every request
+    /// got the expected answer and that at least 100 were sent (`during`
+    /// names the episode in the output).
+    pub async fn all_succeeded(self, during: &str) {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let (ok, errors) = self.stop().await;
+        let failed = errors.len();
+        eprintln!("requests through the Service during {during}: {ok} succeeded, {failed} failed");
+        assert_eq!(failed, 0, "requests failed during {during}: {errors:?}");
+        assert!(ok >= 100, "only {ok} requests were sent during {during}");
+    }
 }

@@ -742,14 +742,7 @@ mod real_node {
         assert_eq!(obj.data["spec"]["capsule"]["version"], "1.0.0");
         assert_eq!(obj.data["status"]["currentRevision"], 3);
         // A few more requests against the rolled-back release, then stop.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let (ok, errors) = requests.stop().await;
-        let failed = errors.len();
-        eprintln!(
-            "requests through the Service during the upgrade and rollback: {ok} succeeded, {failed} failed"
-        );
-        assert_eq!(failed, 0, "requests failed during the upgrade: {errors:?}");
-        assert!(ok >= 100, "only {ok} requests were sent");
+        requests.all_succeeded("the upgrade and rollback").await;
         assert!(somastack_tests::event_recorded(&ns.name, "RolledBack"));
         ns.delete().await;
     }
@@ -997,14 +990,7 @@ mod real_node {
             let second = history.lines().find(|l| l.starts_with("2 ")).unwrap_or_default();
             assert!(second.contains("Rejected"), "{history}");
 
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let (ok, errors) = requests.stop().await;
-            let failed = errors.len();
-            eprintln!(
-                "requests through the Service during the gated upgrade: {ok} succeeded, {failed} failed"
-            );
-            assert_eq!(failed, 0, "requests failed during the gated upgrade: {errors:?}");
-            assert!(ok >= 100, "only {ok} requests were sent");
+            requests.all_succeeded("the gated upgrade").await;
             ns.delete().await;
         }
 
