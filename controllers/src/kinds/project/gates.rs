@@ -434,9 +434,19 @@ pub fn check(o: &Observed<'_>) -> GateDecision {
 pub fn capsules_gate(o: &Observed<'_>) -> Option<(Report, EventIntent)> {
     let spec = &o.project.spec;
     let others: Vec<&CapsuleRef> = spec.review.iter().chain(o.moderators.iter().copied()).collect();
-    let (reason, message) =
-        check_capsules(o.tasks, &others, o.capsules, o.bundles, spec.region.as_deref()).err()?;
-    let event = EventIntent::warning(reason, "Spawn", message.clone());
+    let checked = check_capsules(o.tasks, &others, o.capsules, o.bundles, spec.region.as_deref());
+    capsules_waiting(checked, "Spawn")
+}
+
+/// Pure: the report (the project waits, `Pending`) and the Warning Event,
+/// for `action`, of a [`check_capsules`] that found a capsule missing,
+/// unusable or blocked; `None` when it found none.
+pub fn capsules_waiting(
+    checked: Result<(), (&'static str, String)>,
+    action: &'static str,
+) -> Option<(Report, EventIntent)> {
+    let (reason, message) = checked.err()?;
+    let event = EventIntent::warning(reason, action, message.clone());
     let report = Report::new(
         ProjectPhase::Pending,
         Status::Unknown,

@@ -27,8 +27,7 @@ use somastack_crds::planner::{PLANNER_API_VERSION, PlanRequest, ProjectRef};
 use somastack_crds::{Capsule, KamachiqProject, KamachiqProjectStatus, PolicyBundle};
 
 use super::gates::{
-    self, EventIntent, GateDecision, Gated, Observed, Progress, RUNNING_RESYNC, Recorded, Report,
-    SETTLED_RESYNC,
+    self, EventIntent, GateDecision, Gated, Observed, Progress, Recorded, Report, SETTLED_RESYNC,
 };
 use super::moderation::{self, Decision, Gate, Moderator, Records, Stage, Subject};
 use super::plan::{self, JobView, Judge, Role, Step, TaskVerdict};
@@ -790,16 +789,9 @@ impl<'a> ProjectReconcile<'a> {
         let capsules = self.ctx.caches.capsules.state();
         let refs: Vec<&CapsuleRef> = self.moderators.iter().map(|m| &m.capsule).collect();
         let region = self.obj.spec.region.as_deref();
-        if let Err((reason, message)) = gates::check_capsules(&[], &refs, &capsules, &self.bundles, region) {
-            let event = EventIntent::warning(reason, "Moderate", message.clone());
+        let checked = gates::check_capsules(&[], &refs, &capsules, &self.bundles, region);
+        if let Some((report, event)) = gates::capsules_waiting(checked, "Moderate") {
             self.publish(event.once(&self.recorded())).await;
-            let report = Report::new(
-                ProjectPhase::Pending,
-                Status::Unknown,
-                reason,
-                message,
-                RUNNING_RESYNC,
-            );
             return Some(report);
         }
         let kill_switch = effective
