@@ -1142,27 +1142,19 @@ mod tests {
             .unwrap();
         // The serving Service selects by the Installation's label: the
         // preview's pods do not carry it, so they never take its traffic.
-        let serving = children
-            .service
-            .as_ref()
-            .unwrap()
-            .spec
-            .as_ref()
-            .unwrap()
-            .selector
-            .clone()
-            .unwrap();
+        let selector = |svc: &Option<Service>| {
+            svc.as_ref()
+                .unwrap()
+                .spec
+                .as_ref()
+                .unwrap()
+                .selector
+                .clone()
+                .unwrap()
+        };
+        let serving = selector(&children.service);
         assert!(!serving.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
-        let own = p
-            .service
-            .as_ref()
-            .unwrap()
-            .spec
-            .as_ref()
-            .unwrap()
-            .selector
-            .clone()
-            .unwrap();
+        let own = selector(&p.service);
         assert!(own.iter().all(|(k, v)| pod_labels.get(k) == Some(v)));
         assert_eq!(p.deployment.spec.selector.match_labels.as_ref(), Some(&own));
         // Its own config, so the serving pods keep reading theirs.
